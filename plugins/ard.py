@@ -1,0 +1,69 @@
+"""ARD (Goldblum et al., AAAI 2020, "Adversarially Robust Distillation").
+
+Official code: ``goldblum/AdversariallyRobustDistillation/main.py``.
+
+Inner: student-only CE PGD, uniform start *not* clipped to [0, 1], 10 steps of 2/255, eps 8/255, the
+student in **train** mode during the attack (BN batch statistics; running statistics move at every step).
+Outer (paper Eq. 3):
+``L = alpha tau^2 KL(S(x')/tau || T(x)/tau) + (1 - alpha) CE(S(x), y)``, teacher on the *clean* input, KL
+reduction ``mean`` = sum/(B*C) (``nn.KLDivLoss()``'s default in the code). Defaults tau = 30, alpha = 1
+(the CE term is off). Training: 200 epochs, lr 0.1, wd 2e-4, x0.1 at 100 and 150.
+
+Differs from the official code: its ``adjust_learning_rate`` restarts from the initial lr at each
+milestone, so the lr stays 0.01 after epoch 100 and never reaches 0.001. We decay at both milestones;
+``optim.schedule.kwargs.reproduce_reset_bug: true`` reproduces the official schedule.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl
+from robust_distill.losses import Reduction, kl_div
+
+
+class ARDLoss(OuterLoss):
+    """``alpha tau^2 KL(S(x')/tau || T(x)/tau) + (1 - alpha) CE(S(x), y)`` (ARD, Eq. 3).
+
+    :param alpha: weight of the distillation term (1.0: no CE term, no clean forward).
+    :param temperature: tau (30 in the official code).
+    :param reduction: KL reduction; ``mean`` = sum/(B*C) as the official ``nn.KLDivLoss()``.
+    :param teacher_input: ``clean`` (ARD) or ``adv``.
+    """
+
+    def __init__(self, alpha: float = 1.0, temperature: float = 30.0, reduction: Reduction = "mean",
+                 teacher_input: str = "clean") -> None:
+        self.alpha, self.temperature, self.reduction, self.teacher_input = alpha, temperature, reduction, teacher_input
+
+    def __call__(self, step: Step) -> Tensor:
+        tau = self.temperature
+        kd = kl_div(step.student_logits("adv"), step.teacher_logits(self.teacher_input), temperature=tau,
+                    reduction=self.reduction)
+        loss = self.alpha * tau * tau * kd
+        if self.alpha != 1.0:
+            loss = loss + (1 - self.alpha) * F.cross_entropy(step.student_logits("clean"), step.y)
+        step.logs["kd"] = kd.item()
+        return loss
+
+
+ARD = Method(
+    name="ard",
+    inner_attack=Part("pgd_ce", {"start": "uniform", "clamp_start": False, "bn_mode": "train"}),
+    outer_loss=Part("ard", {"alpha": 1.0, "temperature": 30.0, "reduction": "mean"}),
+    defaults={"optim": {"epochs": 200, "lr": 0.1, "weight_decay": 2e-4,
+                        "schedule": {"key": "multistep", "kwargs": {"milestones": [100, 150], "gamma": 0.1}}},
+              "threat": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10}},
+    summary="ARD (Goldblum et al. 2020): KD at tau=30 from T(x) on student CE-PGD examples",
+    reference="Goldblum et al., AAAI 2020, Eq. 3; goldblum/AdversariallyRobustDistillation/main.py",
+)
+
+
+@hookimpl
+def rd_register_outer_losses(registry):
+    registry.register(ARDLoss, name="ard")
+
+
+@hookimpl
+def rd_register_methods(registry):
+    registry.register(ARD)

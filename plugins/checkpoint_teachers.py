@@ -1,0 +1,44 @@
+"""``checkpoint:<path>`` teachers: any network saved by robust-distill (or a state dict plus ``arch``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from robust_distill import DatasetInfo, TeacherSource, hookimpl
+from robust_distill.checkpoint import build_from_checkpoint
+from robust_distill.plugin import get_registries
+
+
+def _arch(arch: Any) -> dict[str, Any] | None:
+    if arch is None or isinstance(arch, dict):
+        return arch
+    return {"key": str(arch), "kwargs": {}}
+
+
+class CheckpointTeachers(TeacherSource):
+    """``checkpoint:runs/pgd_at/best.pt``: rebuilds the saved architecture and loads its weights.
+
+    Options: ``arch`` (``timm:resnet18_cifar`` or ``{key, kwargs}``) for plain state dicts.
+    """
+
+    def load(self, name: str, *, dataset: DatasetInfo, arch: Any = None) -> nn.Module:
+        model, ckpt = build_from_checkpoint(Path(name).expanduser(), get_registries(), arch=_arch(arch),
+                                            dataset=dataset)
+        spec = ckpt.get("model", {})
+        if spec and spec.get("num_classes") != dataset.num_classes:
+            raise ValueError(f"teacher {name!r} has {spec.get('num_classes')} classes but dataset "
+                             f"{dataset.name} has {dataset.num_classes}.")
+        return model
+
+    def check(self, name: str, *, dataset: DatasetInfo, arch: Any = None) -> None:
+        if not Path(name).expanduser().is_file():
+            raise FileNotFoundError(f"teacher checkpoint {name!r} does not exist.")
+
+
+@hookimpl
+def rd_register_teacher_sources(registry):
+    registry.register(CheckpointTeachers(), name="checkpoint",
+                      help="a robust-distill checkpoint (or a state dict with arch=)")

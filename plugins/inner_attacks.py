@@ -1,0 +1,76 @@
+"""The inner maximisations shared by the methods, all through the one PGD loop (``robust_distill.attacks``).
+
+* ``pgd_ce``: ``x' = argmax CE(S(x'), y)`` (PGD-AT, ARD, IAD, AKD2, MTARD, CIARD);
+* ``kl_pgd``: ``x' = argmax KL(S(x') || target)`` with ``target`` one of ``teacher_clean`` (``T(x)``,
+  RSLAD), ``teacher_adv`` (``T(x')``, in the graph: AdaAD, AdaIAD, IGDM, DGAD) or ``student_clean``
+  (``S(x)`` in eval mode, TRADES).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from robust_distill import Step, hookimpl
+from robust_distill.attacks import BNMode, InnerPGD, Start
+from robust_distill.losses import kl_div
+
+Target = Literal["teacher_clean", "teacher_adv", "student_clean"]
+
+
+class StudentCE(InnerPGD):
+    """``x' = argmax_{||x'-x|| <= eps} CE(S(x'), y)``: the student-only PGD of Madry et al.
+
+    :param start: ``uniform`` (default, Madry/ARD/IAD) or ``gaussian`` (MTARD/CIARD: x + 0.001 N(0,1)).
+    :param clamp_start: clip the start to [0, 1] (Madry: yes; ARD/IAD: no).
+    :param bn_mode: student mode during the attack: ``eval`` or ``train`` (ARD, IAD).
+    """
+
+    def __init__(self, start: Start = "uniform", clamp_start: bool = True, bn_mode: BNMode = "eval") -> None:
+        super().__init__(start=start, clamp_start=clamp_start, bn_mode=bn_mode)
+
+    def objective(self, step: Step, x_adv: Tensor) -> Tensor:
+        return F.cross_entropy(step.student_module(x_adv), step.y, reduction="sum")
+
+
+class KLToTarget(InnerPGD):
+    """``x' = argmax KL(S(x') || target)`` (sum over the batch).
+
+    :param target: ``teacher_clean`` = ``T(x)`` computed once (RSLAD, Eq. 5 of the AdaAD paper);
+        ``teacher_adv`` = ``T(x')``, with the teacher in the graph w.r.t. ``x'`` (AdaAD, Eq. 9);
+        ``student_clean`` = ``S(x)`` of the student in eval mode, computed once (TRADES).
+    :param role: which teacher (``robust`` by default).
+    :param temperature: applied to both sides.
+    :param start: ``gaussian`` (0.001 N(0,1), the default of every KL-based method) or ``uniform``.
+    """
+
+    def __init__(self, target: Target = "teacher_clean", role: str = "robust", temperature: float = 1.0,
+                 start: Start = "gaussian", clamp_start: bool = False, bn_mode: BNMode = "eval") -> None:
+        super().__init__(start=start, clamp_start=clamp_start, bn_mode=bn_mode)
+        if target not in ("teacher_clean", "teacher_adv", "student_clean"):
+            raise ValueError(f"target must be teacher_clean, teacher_adv or student_clean, got {target!r}")
+        self.target, self.role, self.temperature = target, role, temperature
+
+    def make_objective(self, step: Step) -> Callable[[Tensor], Tensor]:
+        student, tau = step.student_module, self.temperature
+        if self.target == "teacher_adv":
+            teacher = step.teachers[self.role]
+            return lambda xa: kl_div(student(xa), teacher(xa), reduction="sum", temperature=tau)
+        if self.target == "teacher_clean":
+            target = step.teacher_logits("clean", self.role)
+        else:
+            with torch.no_grad():
+                target = student(step.x)
+        return lambda xa: kl_div(student(xa), target, reduction="sum", temperature=tau)
+
+    def __repr__(self) -> str:
+        return f"KLToTarget(target={self.target!r}, start={self.start!r}, bn_mode={self.bn_mode!r})"
+
+
+@hookimpl
+def rd_register_inner_attacks(registry):
+    registry.register(StudentCE, name="pgd_ce")
+    registry.register(KLToTarget, name="kl_pgd")

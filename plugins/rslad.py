@@ -1,0 +1,62 @@
+"""RSLAD (Zi et al., ICCV 2021, "Revisiting Adversarial Robustness Distillation: Robust Soft Labels ...").
+
+Official code: ``zibojia/RSLAD/rslad_loss.py``, ``resnet18_rslad_cifar10.py``.
+
+Inner: ``x' = argmax KL(S(x') || T(x))`` with the teacher's clean soft label computed once, start
+``x + 0.001 N(0,1)`` (not clipped), 10 steps of 2/255, eps 8/255, student in eval mode.
+Outer: ``L = 5/6 KL(S(x') || T(x)) + 1/6 KL(S(x) || T(x))``, no CE, no temperature, both terms with the
+official ``kl_loss`` (``-a*b + log(b + 1e-5)*b`` averaged over B*C). Training: 300 epochs, lr 0.1,
+wd 2e-4, x0.1 at 215, 260, 285.
+
+The official CIFAR-100 scripts multiply both terms by 10 (README: "to keep consistent with CIFAR-10") and
+use ``log(softmax)``; set ``outer_loss.kwargs.scale: 10`` for the former (we always use log_softmax, which
+avoids the ``-inf * 0 = nan`` of the latter).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl
+from robust_distill.losses import kl_div
+
+
+class RSLADLoss(OuterLoss):
+    """``scale * [alpha KL(S(x')||T(x)) + (1 - alpha) KL(S(x)||T(x))]``, KL averaged over B*C (RSLAD).
+
+    :param alpha: weight of the adversarial term (5/6).
+    :param scale: overall factor (1; the official CIFAR-100 scripts use 10).
+    """
+
+    def __init__(self, alpha: float = 5 / 6, scale: float = 1.0) -> None:
+        self.alpha, self.scale = alpha, scale
+
+    def __call__(self, step: Step) -> Tensor:
+        target = step.teacher_logits("clean")
+        kl_adv = kl_div(step.student_logits("adv"), target, reduction="mean", log_eps=1e-5)
+        kl_nat = kl_div(step.student_logits("clean"), target, reduction="mean", log_eps=1e-5)
+        step.logs.update(kl_adv=kl_adv.item(), kl_nat=kl_nat.item())
+        return self.scale * (self.alpha * kl_adv + (1 - self.alpha) * kl_nat)
+
+
+RSLAD = Method(
+    name="rslad",
+    inner_attack=Part("kl_pgd", {"target": "teacher_clean", "start": "gaussian", "clamp_start": False}),
+    outer_loss=Part("rslad", {"alpha": 5 / 6, "scale": 1.0}),
+    defaults={"optim": {"epochs": 300, "lr": 0.1, "weight_decay": 2e-4,
+                        "schedule": {"key": "multistep",
+                                     "kwargs": {"milestones": [215, 260, 285], "gamma": 0.1}}},
+              "threat": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10}},
+    summary="RSLAD (Zi et al. 2021): robust soft labels T(x) in the inner and outer problems",
+    reference="Zi et al., ICCV 2021, Eq. 6-7; zibojia/RSLAD/rslad_loss.py",
+)
+
+
+@hookimpl
+def rd_register_outer_losses(registry):
+    registry.register(RSLADLoss, name="rslad")
+
+
+@hookimpl
+def rd_register_methods(registry):
+    registry.register(RSLAD)

@@ -1,0 +1,140 @@
+"""Evaluation attacks: torchattacks' PGD/FGSM/APGD, CW-inf (margin loss), and the reference AutoAttack.
+
+Names and protocols (``shared/reference/ard_methods.md`` §1.4), for an L-inf radius ``eps``:
+
+* ``clean``: no attack;
+* ``fgsm``: one step of ``eps``, no random start (AdaAD/CIARD/PeerAiD's FGSM);
+* ``pgd20``: 20 steps of ``eps/4`` (2/255 at 8/255, "PGD_SAT"), uniform random start;
+* ``pgd20_trades``: 20 steps of ``0.003 * eps/(8/255)`` (0.003 at 8/255, "PGD_TRADES"), uniform start;
+* ``pgd10``: 10 steps of ``eps/4`` (AdaAD's checkpoint selection);
+* ``cw_inf``: CW margin loss with kappa 50, 30 steps of ``eps/4``, zero init (IAD/CIARD's CW-inf);
+* ``autoattack``: AutoAttack *standard* (APGD-CE, APGD-T, FAB-T, Square) with the reference
+  implementation (``pyautoattack``, fra31/auto-attack), as RobustBench reports it;
+* ``autoattack_fast``: torchattacks' AutoAttack (10 iterations per attack, not comparable with papers);
+* ``apgd_ce``: APGD with the CE loss (100 iterations), torchattacks.
+
+APGD, FAB and Square re-seed the global RNG; :func:`robust_distill.evaluation.evaluate` runs every attack
+inside ``torch.random.fork_rng``, so training randomness is unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import torch
+import torchattacks
+from torch import Tensor, nn
+
+from robust_distill import EvalAttack, hookimpl
+from robust_distill._compat import import_autoattack
+from robust_distill.attacks import pgd
+from robust_distill.threat import format_eps
+
+
+class Clean(EvalAttack):
+    name, label, eps = "clean", "Clean", 0.0
+
+    def __init__(self, eps: float = 0.0) -> None:
+        pass
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return x
+
+
+class TorchattacksAttack(EvalAttack):
+    """A torchattacks attack built for the model at hand (torchattacks holds the model by reference)."""
+
+    def __init__(self, name: str, label: str, eps: float, build: Callable[[nn.Module], Any]) -> None:
+        self.name, self.label, self.eps, self._build = name, label, eps, build
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return self._build(model)(x, y)
+
+
+def cw_margin(logits: Tensor, y: Tensor, kappa: float) -> Tensor:
+    """``-relu(z_y - max_{k != y} z_k + kappa)`` per sample (IAD's ``cwloss``; to be maximised)."""
+    onehot = torch.nn.functional.one_hot(y, logits.shape[1]).bool()
+    correct = logits[onehot]
+    other = logits.masked_fill(onehot, float("-inf")).amax(dim=1)
+    return -torch.relu(correct - other + kappa)
+
+
+class CWInf(EvalAttack):
+    """CW-inf: PGD on the CW margin loss (kappa 50, 30 steps of eps/4, zero init)."""
+
+    name = "cw_inf"
+
+    def __init__(self, eps: float, steps: int = 30, step_size: float | None = None, kappa: float = 50.0,
+                 start: str = "none") -> None:
+        self.eps, self.steps, self.kappa, self.start = eps, steps, kappa, start
+        self.step_size = step_size if step_size is not None else eps / 4
+        self.label = f"CW-inf ({steps} x {format_eps(self.step_size)}, kappa {kappa:g})"
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return pgd(lambda xa: cw_margin(model(xa), y, self.kappa).sum(), x, eps=self.eps,
+                   step_size=self.step_size, steps=self.steps, start=self.start,  # type: ignore[arg-type]
+                   clamp_start=True)
+
+
+class ReferenceAutoAttack(EvalAttack):
+    """AutoAttack standard from ``pyautoattack`` (fra31's reference implementation), seed 0."""
+
+    name = "autoattack"
+
+    def __init__(self, eps: float, version: str = "standard", seed: int = 0) -> None:
+        self.eps, self.version, self.seed = eps, version, seed
+        self.label = f"AutoAttack ({version})"
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        pyaa = import_autoattack()
+        logging.getLogger("auto-attack").setLevel(logging.WARNING)
+        aa = pyaa.AutoAttack(model, norm="Linf", eps=self.eps, version=self.version, device=x.device,
+                             seed=self.seed)
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=x.shape[0])
+        return x_adv.to(x.device)
+
+
+def _pgd_factory(name: str, steps: int, step_of_eps: Callable[[float], float], label: str) -> Callable[..., EvalAttack]:
+    def make(eps: float, steps: int = steps, step_size: float | None = None) -> EvalAttack:
+        alpha = step_size if step_size is not None else step_of_eps(eps)
+        return TorchattacksAttack(name, f"PGD-{steps} ({label}{format_eps(alpha)})", eps,
+                                  lambda m: torchattacks.PGD(m, eps=eps, alpha=alpha, steps=steps,
+                                                             random_start=True))
+    make.__doc__ = f"PGD-{steps}, uniform random start, step {label or ''}(torchattacks.PGD)"
+    return make
+
+
+def fgsm(eps: float) -> EvalAttack:
+    """FGSM, one step of eps, no random start (torchattacks.FGSM)."""
+    return TorchattacksAttack("fgsm", "FGSM", eps, lambda m: torchattacks.FGSM(m, eps=eps))
+
+
+def autoattack_fast(eps: float, num_classes: int = 10) -> EvalAttack:
+    """torchattacks' AutoAttack standard (10 iterations per attack; quick checks only)."""
+    return TorchattacksAttack("autoattack_fast", "AutoAttack (torchattacks, fast)", eps,
+                              lambda m: torchattacks.AutoAttack(m, norm="Linf", eps=eps, n_classes=num_classes,
+                                                                seed=0))
+
+
+def apgd_ce(eps: float, steps: int = 100) -> EvalAttack:
+    """APGD-CE (torchattacks), 1 restart."""
+    return TorchattacksAttack("apgd_ce", f"APGD-CE ({steps})", eps,
+                              lambda m: torchattacks.APGD(m, norm="Linf", eps=eps, steps=steps, loss="ce",
+                                                          seed=0))
+
+
+@hookimpl
+def rd_register_eval_attacks(registry):
+    registry.register(Clean, name="clean", help="no attack")
+    registry.register(fgsm, name="fgsm")
+    registry.register(_pgd_factory("pgd20", 20, lambda e: e / 4, "step eps/4 = "), name="pgd20",
+                      help="PGD-20, step eps/4 (2/255 at 8/255), uniform start (torchattacks)")
+    registry.register(_pgd_factory("pgd20_trades", 20, lambda e: 0.003 * e / (8 / 255), "step "),
+                      name="pgd20_trades", help="PGD-20, step 0.003 at 8/255 (TRADES' eval), uniform start")
+    registry.register(_pgd_factory("pgd10", 10, lambda e: e / 4, "step eps/4 = "), name="pgd10",
+                      help="PGD-10, step eps/4, uniform start (AdaAD's selection metric)")
+    registry.register(CWInf, name="cw_inf", help="CW margin loss, kappa 50, 30 steps of eps/4")
+    registry.register(ReferenceAutoAttack, name="autoattack", help="AutoAttack standard, reference (pyautoattack)")
+    registry.register(autoattack_fast, name="autoattack_fast")
+    registry.register(apgd_ce, name="apgd_ce")

@@ -1,0 +1,46 @@
+"""robust-distill: adversarial robustness distillation methods as pluggy plugins.
+
+Write a plugin in a few lines::
+
+    # my_plugin.py
+    from robust_distill import hookimpl, Method, Part
+
+    @hookimpl
+    def rd_register_methods(registry):
+        registry.register(Method(
+            name="rslad_t2",
+            inner_attack=Part("kl_pgd", {"target": "teacher_clean"}),
+            outer_loss=Part("rslad", {"temperature": 2.0}),
+            summary="RSLAD with temperature 2",
+        ))
+
+and declare it in your distribution's ``setup.cfg``::
+
+    [options.entry_points]
+    robust_distill =
+        my_plugin = my_plugin
+
+After ``pip install``, ``robust-distill plugins`` lists it and ``method: rslad_t2`` works in a config.
+See ``robust_distill.hookspecs`` for every hook.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+__version__ = "0.1.0"
+
+hookimpl = pluggy.HookimplMarker("robust_distill")
+"""Marker for hook implementations: ``@hookimpl def rd_register_methods(registry): ...``."""
+
+from .components import (DataBundle, DatasetInfo, EvalAttack, InnerAttack, Method,  # noqa: E402
+                         OuterLoss, Part, Stateful, StudentSource, TeacherSource, TeacherUpdater)
+from .registry import Registry  # noqa: E402
+from .step import Step  # noqa: E402
+from .threat import ThreatModel  # noqa: E402
+
+__all__ = [
+    "__version__", "hookimpl", "Registry", "Step", "ThreatModel", "Method", "Part", "Stateful",
+    "DataBundle", "DatasetInfo", "TeacherSource", "StudentSource", "InnerAttack", "OuterLoss",
+    "TeacherUpdater", "EvalAttack",
+]

@@ -1,0 +1,182 @@
+"""The parts a plugin provides, as small base classes and data types.
+
+Hooks (``hookspecs.py``) fill registries with these at start-up; the engine then calls the plain
+objects. A method is a :class:`Method`: the names of its parts plus its paper's defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .step import Step
+    from .threat import ThreatModel
+    from .trainer import Run
+
+__all__ = [
+    "Stateful", "DatasetInfo", "DataBundle", "TeacherSource", "StudentSource", "InnerAttack",
+    "OuterLoss", "TeacherUpdater", "EvalAttack", "Method", "Part", "LRSchedule",
+]
+
+
+class Stateful:
+    """Parts that carry state across steps (adaptive weights, temperatures, EMA teachers) save it here.
+
+    The checkpoint stores ``state_dict()`` of every stateful part, so a resumed run continues exactly.
+    Values must be tensors, numbers, strings or containers of them (``torch.load(weights_only=True)``).
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state but the checkpoint holds {sorted(state)}")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What models need to know about a dataset."""
+
+    name: str
+    num_classes: int
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    class_names: tuple[str, ...] = ()
+
+
+@dataclass
+class DataBundle:
+    """A dataset held in memory: uint8 (or float in [0, 1]) NCHW images and int64 labels.
+
+    Augmentation is applied batch-wise on the training device by the engine (random crop with
+    ``crop_padding`` and horizontal ``flip``), which is much faster than per-sample PIL transforms.
+    """
+
+    info: DatasetInfo
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    crop_padding: int = 4
+    flip: bool = True
+
+
+class TeacherSource:
+    """Resolves ``<source>:<name>`` teacher specs into frozen models that take [0, 1] inputs."""
+
+    def load(self, name: str, *, dataset: DatasetInfo, **options: Any) -> nn.Module:
+        """Return the teacher in ``eval()`` mode, on CPU, outputting logits (or log-probabilities)."""
+        raise NotImplementedError
+
+    def check(self, name: str, *, dataset: DatasetInfo, **options: Any) -> None:
+        """Raise ``ValueError`` (listing valid names) if ``name``/``options`` cannot work; no loading."""
+
+    def names(self, dataset: DatasetInfo | None = None) -> list[str] | None:
+        """Known names (for ``robust-distill plugins``), or None if the space is open."""
+        return None
+
+
+class StudentSource:
+    """Builds freshly initialised students from ``<source>:<name>`` specs."""
+
+    def build(self, name: str, *, input_shape: tuple[int, int, int], num_classes: int,
+              **options: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def check(self, name: str, **options: Any) -> None:
+        """Raise ``ValueError`` (listing valid names) if ``name`` is unknown."""
+
+    def names(self) -> list[str] | None:
+        return None
+
+
+class InnerAttack(Stateful):
+    """The inner maximisation: crafts the step's training inputs. Returns ``x_adv`` and nothing else.
+
+    Subclasses normally implement :meth:`objective` and leave ``__call__`` to
+    :func:`robust_distill.attacks.inner_pgd` (the one PGD loop).
+    """
+
+    def __call__(self, step: "Step") -> Tensor:
+        raise NotImplementedError
+
+
+class OuterLoss(Stateful):
+    """The student's objective on a step whose ``x_adv`` is set. Returns a scalar tensor."""
+
+    def __call__(self, step: "Step") -> Tensor:
+        raise NotImplementedError
+
+
+class TeacherUpdater(Stateful):
+    """How the teachers change during training. The default (``frozen``) never changes them.
+
+    :cvar grad_teachers: teacher roles whose step outputs must keep their graph (they are trained).
+    """
+
+    grad_teachers: frozenset[str] = frozenset()
+    provides: tuple[str, ...] = ()  # teacher roles this updater creates itself (self-distillation)
+
+    def setup(self, run: "Run") -> None:
+        """Once, before the first epoch (and after resuming): may create or wrap teachers."""
+
+    def before_step(self, step: "Step") -> None:
+        """Before the inner attack of every step (e.g. set a teacher's mode)."""
+
+    def after_step(self, step: "Step") -> None:
+        """After the student's optimizer step."""
+
+    def end_epoch(self, run: "Run", epoch: int, metrics: Mapping[str, Any]) -> None:
+        """After the epoch's evaluation; ``metrics["is_best"]`` says if the student improved."""
+
+
+class EvalAttack:
+    """An evaluation attack: ``attack(model, x, y) -> x_adv`` with ``model`` in eval mode."""
+
+    name: str = ""
+    label: str = ""  # human-readable, e.g. "PGD-20 (step 2/255)"
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+LRSchedule = Callable[[float], float]
+"""``schedule(epoch) -> multiplier`` of the base learning rate; ``epoch`` is fractional (per step)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """A configured component: registry ``key`` plus constructor ``kwargs``."""
+
+    key: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "kwargs": dict(self.kwargs)}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named ARD method: which parts it combines and its paper's defaults.
+
+    :param name: what users type in configs (``method: rslad``).
+    :param inner_attack: inner maximisation (registry ``inner_attacks``).
+    :param outer_loss: outer minimisation (registry ``outer_losses``).
+    :param teacher_updater: how teachers change (registry ``teacher_updaters``).
+    :param teachers: teacher roles the user must configure (``("robust",)``; ``()`` for PGD-AT).
+    :param defaults: config defaults of the paper/official code (``{"optim": {"epochs": 200}}``);
+        the user's config overrides them key by key.
+    :param reference: paper, equation and official code path.
+    """
+
+    name: str
+    inner_attack: Part
+    outer_loss: Part
+    teacher_updater: Part = Part("frozen")
+    teachers: tuple[str, ...] = ("robust",)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    reference: str = ""

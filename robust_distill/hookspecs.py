@@ -1,0 +1,193 @@
+"""Hook specifications: every extension point of robust-distill, in one place.
+
+A plugin is a module (or object) with functions named like these hooks and decorated with
+``@robust_distill.hookimpl``. It reaches the plugin manager through the setuptools entry-point group
+``robust_distill`` (built-in plugins use the same group). Hooks must be called with keyword arguments;
+an implementation may accept fewer arguments than the specification.
+
+Registration hooks run once at start-up, one implementation at a time, and fill registries; the
+training loop then calls the registered objects directly and never goes through pluggy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .components import (EvalAttack, InnerAttack, LRSchedule, Method, OuterLoss, StudentSource,
+                             TeacherSource, TeacherUpdater)
+    from .registry import Registry
+    from .trainer import Run
+
+hookspec = pluggy.HookspecMarker("robust_distill")
+
+# -------------------------------------------------------------------------------------------------
+# Bootstrapping hooks
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def rd_addhooks(pluginmanager: pluggy.PluginManager) -> None:
+    """Add new hook specifications (``pluginmanager.add_hookspecs(module)``).
+
+    Called once when a plugin is registered. Replayed to plugins registered later; cannot return a
+    value.
+
+    :param pluginmanager: the robust-distill plugin manager.
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Registration hooks: called once at start-up, after all plugins are loaded; never during training.
+# Each receives a :class:`~robust_distill.registry.Registry`; call ``registry.register(obj, name=...)``.
+# A name registered by two plugins is an error naming both. All results are collected (not firstresult).
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def rd_register_datasets(registry: "Registry[Any]") -> None:
+    """Register datasets: callables ``load(**options) -> DataBundle``.
+
+    ``options`` come from the config's ``data.options`` plus ``root`` (``data.root``); a loader returns
+    the whole train and test split in memory (:class:`~robust_distill.components.DataBundle`), with the
+    augmentation it uses (crop padding, flip). The engine splits a validation set off the training set.
+
+    :param registry: registry of dataset loaders, keyed by the name used in ``data.dataset``.
+    :returns: nothing; register into ``registry``.
+    """
+
+
+@hookspec
+def rd_register_teacher_sources(registry: "Registry[TeacherSource]") -> None:
+    """Register teacher sources: :class:`~robust_distill.components.TeacherSource` objects.
+
+    A source resolves the part after the colon of a teacher spec (``robustbench:Chen2021LTD_WRN34_10``,
+    ``checkpoint:runs/x/best.pt``, ``timm:resnet18``) into a model in ``eval()`` mode that takes inputs in
+    [0, 1] and returns logits; ``check`` validates a spec without loading it.
+
+    :param registry: keyed by the prefix before the colon.
+    :returns: nothing; register into ``registry``.
+    """
+
+
+@hookspec
+def rd_register_student_sources(registry: "Registry[StudentSource]") -> None:
+    """Register student sources: :class:`~robust_distill.components.StudentSource` objects.
+
+    ``source.build(name, input_shape=(C, H, W), num_classes=K, **options)`` returns a freshly initialised
+    model taking [0, 1] inputs (normalisation, if any, inside the model).
+
+    :param registry: keyed by the prefix before the colon of a student spec (``timm:resnet18_cifar``).
+    :returns: nothing; register into ``registry``.
+    """
+
+
+@hookspec
+def rd_register_inner_attacks(registry: "Registry[type[InnerAttack]]") -> None:
+    """Register inner-attack generators: classes (or factories) of
+    :class:`~robust_distill.components.InnerAttack`.
+
+    An instance is created once per run with the config's ``inner_attack.kwargs``; then, every step,
+    ``attack(step) -> x_adv`` crafts the training inputs (the inner maximisation). The threat model is
+    ``step.threat``. Most attacks subclass :class:`~robust_distill.attacks.InnerPGD` and only write the
+    objective.
+
+    :param registry: keyed by the name used in ``inner_attack.key``.
+    :returns: nothing; register into ``registry``.
+    """
+
+
+@hookspec
+def rd_register_outer_losses(registry: "Registry[type[OuterLoss]]") -> None:
+    """Register outer losses: classes (or factories) of :class:`~robust_distill.components.OuterLoss`.
+
+    Created once per run with ``outer_loss.kwargs`` (plus ``num_classes`` if the constructor takes it);
+    every step ``loss(step)`` returns the scalar the student minimises. Read model outputs through
+    ``step.student_logits(...)`` and ``step.teacher_logits(...)`` so nothing is computed twice.
+
+    :param registry: keyed by the name used in ``outer_loss.key``.
+    :returns: nothing; register into ``registry``.
+    """
+
+
+@hookspec
+def rd_register_teacher_updaters(registry: "Registry[type[TeacherUpdater]]") -> None:
+    """Register teacher updaters: classes of :class:`~robust_distill.components.TeacherUpdater`.
+
+    An updater decides whether and how teachers change during training: ``frozen`` (default) never
+    changes them; others fine-tune a teacher on the student's adversarial examples (CIARD), train a peer
+    jointly (PeerAiD) or make the student's own checkpoints the teacher (self-distillation).
+
+    :param registry: keyed by the name used in ``teacher_updater.key``.
+    :returns: nothing; register into ``registry``.
+    """
+
+
+@hookspec
+def rd_register_eval_attacks(registry: "Registry[Any]") -> None:
+    """Register evaluation attacks: factories ``make(eps=..., **options) -> EvalAttack``.
+
+    An :class:`~robust_distill.components.EvalAttack` is called as ``attack(model, x, y) -> x_adv`` with
+    the model in eval mode. Used by per-epoch evaluation (``eval.attacks``) and ``robust-distill eval``.
+
+    :param registry: keyed by attack name (``clean``, ``pgd20``, ``autoattack``, ...).
+    :returns: nothing; register into ``registry``.
+    """
+
+
+@hookspec
+def rd_register_lr_schedules(registry: "Registry[Any]") -> None:
+    """Register learning-rate schedules: factories ``make(epochs=..., **options) -> LRSchedule``.
+
+    A schedule maps the (fractional) epoch to a multiplier of the base learning rate.
+
+    :param registry: keyed by the name used in ``optim.schedule.key``.
+    :returns: nothing; register into ``registry``.
+    """
+
+
+@hookspec
+def rd_register_methods(registry: "Registry[Method]") -> None:
+    """Register methods: :class:`~robust_distill.components.Method` objects.
+
+    A method names its inner attack, outer loss, teacher updater and teacher roles, and carries its
+    paper's defaults; ``method: <name>`` in a config selects it and any key can still be overridden.
+
+    :param registry: keyed by ``method.name``.
+    :returns: nothing; register into ``registry``.
+    """
+
+
+# -------------------------------------------------------------------------------------------------
+# Run lifecycle hooks: called by the engine a few times per run, never inside the step loop.
+# -------------------------------------------------------------------------------------------------
+
+
+@hookspec
+def rd_run_start(run: "Run") -> None:
+    """Called once per run, after models, data and parts are built and before the first epoch.
+
+    :param run: the :class:`~robust_distill.trainer.Run` (config, student, teachers, output dir).
+    """
+
+
+@hookspec
+def rd_epoch_end(run: "Run", epoch: int, metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Called after each epoch's evaluation, before the metrics row is written.
+
+    :param run: the run.
+    :param epoch: 0-based epoch that just ended.
+    :param metrics: the metrics of this epoch so far (read-only).
+    :returns: extra metrics to merge into the row, or None. All results are merged.
+    """
+
+
+@hookspec
+def rd_run_end(run: "Run", summary: Mapping[str, Any]) -> None:
+    """Called once when a run finishes (not when it crashes).
+
+    :param run: the run.
+    :param summary: best/last metrics and checkpoint paths, as written to ``summary.json``.
+    """

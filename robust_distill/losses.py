@@ -1,0 +1,63 @@
+"""Divergences shared by the methods, with the reduction always explicit.
+
+Notation of the ARD papers (``shared/reference/ard_methods.md`` §1.3): ``KL(S || T)`` is
+``F.kl_div(log_softmax(S), softmax(T))`` = ``sum_c p_T (log p_T - log p_S)``; the *second* argument is
+the (soft) target. PyTorch's default ``reduction='mean'`` divides by B*C, not B, which is the #1 source
+of silent mismatches between re-implementations, so :func:`kl_div` has no default reduction.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["kl_div", "Reduction", "entropy", "reduce"]
+
+Reduction = Literal["batchmean", "mean", "sum", "none"]
+
+
+def reduce(per_sample: Tensor, reduction: Reduction, num_classes: int) -> Tensor:
+    """Reduce a per-sample sum over classes: ``batchmean`` /B, ``mean`` /(B*C), ``sum``, ``none``."""
+    if reduction == "none":
+        return per_sample
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "batchmean":
+        return per_sample.sum() / per_sample.shape[0]
+    if reduction == "mean":
+        return per_sample.sum() / (per_sample.shape[0] * num_classes)
+    raise ValueError(f"reduction must be batchmean, mean, sum or none, got {reduction!r}")
+
+
+def kl_div(student: Tensor, teacher: Tensor, *, reduction: Reduction, temperature: float = 1.0,
+           teacher_temperature: float | None = None, log_eps: float | None = None) -> Tensor:
+    """``KL(S^tau || T^tau)`` between logits ``student`` and target logits ``teacher``.
+
+    :param reduction: ``"batchmean"`` (true KL: sum / B; TRADES, IAD, AdaAD on CIFAR-100),
+        ``"mean"`` (sum / (B*C), ``nn.KLDivLoss()``'s default; ARD, AdaAD on CIFAR-10, PeerAiD, and with
+        ``log_eps`` RSLAD/MTARD/CIARD), ``"sum"`` or ``"none"`` (per-sample vector, summed over classes).
+    :param temperature: divides the student logits (and the teacher's, unless ``teacher_temperature``).
+    :param log_eps: if set, the target's entropy term is ``p_T log(p_T + log_eps)``, as RSLAD's
+        ``kl_loss`` writes it (``1e-5``); gradients w.r.t. the student are unchanged.
+
+    The target is used as given: pass ``teacher.detach()`` unless gradients should reach it
+    (IAD's introspection term and PeerAiD's peer loss deliberately let them through).
+    """
+    t_temp = temperature if teacher_temperature is None else teacher_temperature
+    log_p_s = F.log_softmax(student / temperature, dim=1)
+    if log_eps is None:
+        log_p_t = F.log_softmax(teacher / t_temp, dim=1)
+        per_class = log_p_t.exp() * (log_p_t - log_p_s)
+    else:
+        p_t = F.softmax(teacher / t_temp, dim=1)
+        per_class = p_t * (torch.log(p_t + log_eps) - log_p_s)
+    return reduce(per_class.sum(dim=1), reduction, student.shape[1])
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """Per-sample Shannon entropy (nats) of ``softmax(logits)``."""
+    log_p = F.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1)
