@@ -82,15 +82,17 @@ class ReferenceAutoAttack(EvalAttack):
 
     name = "autoattack"
 
-    def __init__(self, eps: float, version: str = "standard", seed: int = 0) -> None:
-        self.eps, self.version, self.seed = eps, version, seed
+    def __init__(self, eps: float, version: str = "standard", seed: int = 0, num_classes: int = 10) -> None:
+        self.eps, self.version, self.seed, self.num_classes = eps, version, seed, num_classes
         self.label = f"AutoAttack ({version})"
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         pyaa = import_autoattack()
-        logging.getLogger("auto-attack").setLevel(logging.WARNING)
+        logging.getLogger("auto-attack").setLevel(logging.ERROR)
         aa = pyaa.AutoAttack(model, norm="Linf", eps=self.eps, version=self.version, device=x.device,
                              seed=self.seed)
+        # 9 target classes (the reference default) need >= 10 classes; fewer classes get all the others.
+        aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = min(9, self.num_classes - 1)
         x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=x.shape[0])
         return x_adv.to(x.device)
 

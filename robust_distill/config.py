@@ -104,6 +104,7 @@ class Config:
     teacher_updater: PartConfig = PartConfig("frozen")
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
+    channels_last: bool = False  # NHWC memory format (faster convolutions on CPU and recent GPUs)
     sync_bn: bool = False  # SyncBatchNorm under torchrun
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
 
@@ -302,17 +303,16 @@ def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
 def _check_kwargs(factory: Any, kwargs: Mapping[str, Any], path: str, problems: list[str],
                   provided: tuple[str, ...] = ()) -> None:
     """Check ``kwargs`` against the factory's signature: unknown names, Literal choices, basic types."""
-    target = factory.__init__ if inspect.isclass(factory) else factory
     try:
-        sig = inspect.signature(target)
+        sig = inspect.signature(factory)
     except (TypeError, ValueError):
-        return
-    params = {n: p for n, p in sig.parameters.items() if n not in ("self", *provided)
+        sig = inspect.Signature()
+    params = {n: p for n, p in sig.parameters.items() if n not in provided
               and p.kind not in (p.VAR_POSITIONAL,)}
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
     try:
-        hints = typing.get_type_hints(target)
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
     except Exception:
         hints = {}
     for key, value in kwargs.items():
@@ -443,7 +443,7 @@ def resolve_config(raw: Mapping[str, Any], regs: Any, *, overrides: list[str] = 
         problems.append(f"version: this robust-distill reads config version {SCHEMA_VERSION}, "
                         f"got {layered.get('version')!r}.")
     cfg = _build(Config, layered, "", problems)
-    if cfg is not None and check:
+    if cfg is not None and check and not problems:  # names and files are checked once types are right
         validate(cfg, regs, problems)
     if problems:
         raise ConfigError(problems, source)

@@ -53,6 +53,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("schedules", "robust_distill_plugins.schedules"),
     ("frozen", "robust_distill_plugins.frozen_teacher"),
     ("pgd_at", "robust_distill_plugins.pgd_at"),
+    ("trades", "robust_distill_plugins.trades"),
     ("ard", "robust_distill_plugins.ard"),
     ("rslad", "robust_distill_plugins.rslad"),
     ("adaad", "robust_distill_plugins.adaad"),

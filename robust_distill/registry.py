@@ -34,11 +34,12 @@ class UnknownNameError(RegistryError, KeyError):
 
     def __init__(self, kind: str, name: str, choices: list[str]) -> None:
         self.kind, self.name, self.choices = kind, name, choices
-        close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        close = difflib.get_close_matches(name, choices, n=3, cutoff=0.7)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         listing = ", ".join(choices) if choices else "(none registered)"
+        plural = kind + ("es" if kind.endswith("s") else "s")
         super().__init__(
-            f"Unknown {kind} {name!r}.{hint} Registered {kind}s: {listing}. "
+            f"Unknown {kind} {name!r}.{hint} Registered {plural}: {listing}. "
             "Run `robust-distill plugins` to see every part and the plugin that provides it."
         )
 
@@ -121,9 +122,8 @@ class Registry(Generic[T]):
         one only if its signature names it (or takes ``**kwargs``) and the user did not set it.
         """
         factory = self.get(name)
-        target = factory.__init__ if inspect.isclass(factory) else factory
         try:
-            params = inspect.signature(target).parameters
+            params = inspect.signature(factory).parameters
         except (TypeError, ValueError):
             params = {}
         takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())

@@ -93,8 +93,11 @@ class Run:
         self.student = build_student(cfg.student.key, cfg.student.kwargs, info, regs).to(self.device)
         if cfg.sync_bn and dist_ctx.enabled:
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.student = self.student.to(memory_format=self.memory_format)
         self.teachers: dict[str, nn.Module] = {
-            role: load_teacher(t.key, t.kwargs, info, regs).to(self.device) for role, t in cfg.teachers.items()}
+            role: load_teacher(t.key, t.kwargs, info, regs).to(self.device, memory_format=self.memory_format)
+            for role, t in cfg.teachers.items()}
         self.inner_attack = regs.inner_attacks.build(cfg.inner_attack.key, cfg.inner_attack.kwargs)
         self.outer_loss = regs.outer_losses.build(cfg.outer_loss.key, cfg.outer_loss.kwargs,
                                                   num_classes=info.num_classes)
@@ -193,7 +196,7 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
     batches = epoch_batches(n, cfg.data.batch_size, seed=cfg.seed, epoch=epoch, rank=run.dist.rank,
                             world_size=run.dist.world_size)
     bar = tqdm(batches, total=iters, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
-               disable=not run.dist.is_main, dynamic_ncols=True)
+               disable=None if run.dist.is_main else True, dynamic_ncols=True)
     for i, idx in enumerate(bar):
         lr = cfg.optim.lr * run.lr_schedule(epoch + i / iters)
         for group in run.optimizer.param_groups:
@@ -201,6 +204,7 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
         x = to_float(data.train_x[idx], device)
         if cfg.data.augment:
             x = augment(x, data.crop_padding, data.flip)
+        x = x.contiguous(memory_format=run.memory_format)
         y = data.train_y[idx].to(device)
         step = Step(x, y, student=run.student_ddp, student_module=run.student, teachers=run.teachers,
                     threat=threat.at((epoch + i / iters) / cfg.optim.epochs), epoch=epoch,

@@ -1,0 +1,141 @@
+"""Configuration: layering, ``--set`` overrides, and a clear error for each kind of bad config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import yaml
+
+from robust_distill.checkpoint import atomic_save
+from robust_distill.config import ConfigError, load_config, resolve_config
+from robust_distill.threat import ThreatModel, parse_fraction
+
+
+def problems(excinfo: pytest.ExceptionInfo[ConfigError]) -> str:
+    return "\n".join(excinfo.value.problems)
+
+
+def test_method_defaults_fill_in_and_the_user_wins(tiny_raw, regs) -> None:
+    raw = tiny_raw("rslad", teacher=True)
+    del raw["optim"]
+    cfg = resolve_config(raw, regs)
+    assert cfg.optim.epochs == 300 and cfg.optim.schedule.kwargs["milestones"] == [215, 260, 285]
+    assert cfg.inner_attack.key == "kl_pgd" and cfg.inner_attack.kwargs["target"] == "teacher_clean"
+    cfg = resolve_config(raw, regs, overrides=["optim.epochs=7", "outer_loss.kwargs.alpha=0.5",
+                                               "threat.eps=16/255"])
+    assert cfg.optim.epochs == 7 and cfg.outer_loss.kwargs == {"alpha": 0.5, "scale": 1.0}
+    assert cfg.threat.eps == pytest.approx(16 / 255)
+
+
+def test_a_user_part_with_another_key_drops_the_method_kwargs(tiny_raw, regs) -> None:
+    cfg = resolve_config(tiny_raw("rslad", teacher=True), regs, overrides=["inner_attack.key=pgd_ce"])
+    assert cfg.inner_attack.key == "pgd_ce" and cfg.inner_attack.kwargs == {}
+
+
+def test_unknown_key_is_named_with_a_suggestion(tiny_raw, regs) -> None:
+    raw = tiny_raw()
+    raw["optim"]["epochz"] = 3
+    with pytest.raises(ConfigError) as e:
+        resolve_config(raw, regs)
+    assert "optim.epochz: unknown key. Did you mean 'epochs'?" in problems(e)
+
+
+def test_wrong_types_are_reported_with_their_path(tiny_raw, regs) -> None:
+    raw = tiny_raw()
+    raw["optim"]["epochs"] = "many"
+    raw["data"]["augment"] = "yes"
+    raw["eval"]["attacks"] = "pgd20"
+    with pytest.raises(ConfigError) as e:
+        resolve_config(raw, regs)
+    text = problems(e)
+    assert "optim.epochs: expected an integer, got 'many'" in text
+    assert "data.augment: expected true or false" in text
+    assert "eval.attacks: expected a list" in text
+    assert len(e.value.problems) >= 3  # every problem at once
+
+
+@pytest.mark.parametrize("field,value", [("eps", 8), ("eps", 0), ("eps", "-1/255"), ("eps_end", 2.0)])
+def test_epsilon_outside_the_unit_interval(tiny_raw, regs, field: str, value: object) -> None:
+    raw = tiny_raw()
+    raw["threat"][field] = value
+    with pytest.raises(ConfigError) as e:
+        resolve_config(raw, regs)
+    assert "must be in (0, 1]" in problems(e)
+
+
+def test_unknown_method_lists_the_registered_ones(tiny_raw, regs) -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve_config(tiny_raw("rsald"), regs)
+    text = problems(e)
+    assert "Unknown method 'rsald'. Did you mean 'rslad'?" in text and "pgd_at" in text
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("student.key=timm:resnet19_cifar", "timm has no model 'resnet19_cifar'"),
+    ("student.key=hub:resnet18", "Unknown student source 'hub'"),
+    ("teachers.robust.key=zoo:x", "Unknown teacher source 'zoo'"),
+    ("inner_attack.key=pgd_kl", "Unknown inner attack 'pgd_kl'"),
+    ("outer_loss.key=rsald", "Did you mean 'rslad'?"),
+    ("teacher_updater.key=frozn", "Unknown teacher updater 'frozn'"),
+    ("optim.schedule.key=step", "Unknown lr schedule 'step'"),
+    ("data.dataset=cifar11", "Unknown dataset 'cifar11'"),
+    ("eval.attacks=[clean,pgd21]", "Unknown eval attack 'pgd21'"),
+    ("eval.select=fgsm", "eval.select: 'fgsm' must be one of eval.attacks"),
+    ("inner_attack.kwargs.start=unifrom", "must be one of 'uniform', 'gaussian', 'none'"),
+    ("outer_loss.kwargs.tau=2", "outer_loss.kwargs.tau: not an option of RSLADLoss"),
+])
+def test_unknown_plugin_names_and_options(tiny_raw, regs, override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve_config(tiny_raw("rslad", teacher=True), regs, overrides=[override])
+    assert expected in problems(e)
+
+
+def test_teacher_roles_must_match_the_method(tiny_raw, regs) -> None:
+    with pytest.raises(ConfigError) as e:
+        resolve_config(tiny_raw("rslad"), regs)
+    assert "teachers.robust: method 'rslad' needs a 'robust' teacher" in problems(e)
+    with pytest.raises(ConfigError) as e:
+        resolve_config(tiny_raw("pgd_at", teacher=True), regs)
+    assert "method 'pgd_at' does not use a 'robust' teacher" in problems(e)
+
+
+def test_missing_files(tiny_raw, regs, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(ConfigError) as e:
+        resolve_config(tiny_raw("rslad", teacher=True), regs,
+                       overrides=[f"teachers.robust.key=checkpoint:{missing}", f"data.root={tmp_path / 'x'}"])
+    text = problems(e)
+    assert f"teacher checkpoint '{missing}' does not exist" in text
+    assert "does not exist" in text.split("data.root")[1]
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "config.yaml", regs)
+
+
+def test_load_config_from_yaml_with_fractions(tiny_raw, regs, tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw("adaad", teacher=True)))
+    cfg = load_config(path, regs, ["threat.step_size=1/255"])
+    assert cfg.threat == ThreatModel(eps=8 / 255, step_size=1 / 255, steps=2)
+    path.write_text("method: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path, regs)
+
+
+def test_checkpoint_teacher_spec_resolves(tiny_raw, regs, tmp_path: Path) -> None:
+    ckpt = tmp_path / "t.pt"
+    atomic_save({"state_dict": {}}, ckpt)
+    cfg = resolve_config(tiny_raw("rslad", teacher=True), regs, overrides=[f"teachers.robust=checkpoint:{ckpt}"])
+    assert cfg.teachers["robust"].key == f"checkpoint:{ckpt}"
+
+
+def test_parse_fraction() -> None:
+    assert parse_fraction("8/255") == pytest.approx(8 / 255)
+    assert parse_fraction(0.031) == 0.031
+    with pytest.raises(ValueError, match="fraction"):
+        parse_fraction("eight")
+    assert ThreatModel(eps=8 / 255, step_size=2 / 255, eps_end=16 / 255).at(0.5).eps == pytest.approx(12 / 255)
+    assert ThreatModel(eps=8 / 255, step_size=2 / 255, eps_end=16 / 255).at(1.0).step_size == pytest.approx(4 / 255)
+
+

@@ -1,0 +1,108 @@
+"""The engine: a run trains, evaluates, checkpoints atomically and resumes to the uninterrupted result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from robust_distill import checkpoint as ckpt_mod
+from robust_distill.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from robust_distill.trainer import train
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["state_dict"]
+
+
+@pytest.mark.parametrize("method", ["pgd_at", "trades", "ard", "rslad", "adaad"])
+def test_each_core_method_trains_and_learns(tiny_config, method: str) -> None:
+    teacher = method not in ("pgd_at", "trades")
+    cfg = tiny_config(method, teacher, overrides=["optim.epochs=1", "eval.attacks=[clean]", "eval.select=clean"])
+    summary = train(cfg)
+    out = Path(cfg.output_dir)
+    assert {"config.yaml", "metrics.jsonl", "metrics.csv", "best.pt", "last.pt", "summary.json"} <= {
+        p.name for p in out.iterdir()}
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["epoch"] == 0 and 0.0 <= row["val_clean"] <= 1.0 and row["train_loss"] > 0
+    assert summary["best_epoch"] == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["method"] == method and saved["inner_attack"]["key"] == cfg.inner_attack.key
+
+
+def test_training_improves_accuracy_on_learnable_data(tiny_config) -> None:
+    cfg = tiny_config("pgd_at", overrides=["optim.epochs=4", "optim.lr=0.1", "threat.steps=1",
+                                           "data.options.n_train=256", "eval.attacks=[clean]", "eval.select=clean"])
+    train(cfg)
+    rows = [json.loads(r) for r in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["val_clean"] > 0.5  # 4 classes: chance is 0.25
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_config, tmp_path: Path) -> None:
+    over = ["optim.epochs=3", "eval.train_records=16"]
+    full = tiny_config("rslad", True, overrides=over + [f"output_dir={tmp_path / 'full'}"])
+    part = tiny_config("rslad", True, overrides=over + [f"output_dir={tmp_path / 'part'}"])
+    train(full)
+    assert train(part, stop_after_epochs=1) == {"interrupted": True, "epoch": 1}
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 1
+    train(part)  # resumes at epoch 1
+    a, b = weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "part" / "last.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = lambda d: [json.loads(r) for r in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if not k.startswith("time_")}  # noqa: E731
+    assert [strip(r) for r in rows("full")] == [strip(r) for r in rows("part")]
+    rec_a = load_checkpoint(tmp_path / "full" / "train_records.pt")
+    rec_b = load_checkpoint(tmp_path / "part" / "train_records.pt")
+    assert rec_a["records"].keys() == rec_b["records"].keys() == {"0", "1", "2"}
+    assert all(torch.equal(rec_a["records"][k], rec_b["records"][k]) for k in rec_a["records"])
+
+
+def test_best_and_last_checkpoints(tiny_config) -> None:
+    cfg = tiny_config("pgd_at", overrides=["optim.epochs=3"])
+    summary = train(cfg)
+    out = Path(cfg.output_dir)
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    best = max(rows, key=lambda r: r["val_pgd20"])
+    assert summary["best_epoch"] == best["epoch"] and summary["best_value"] == best["val_pgd20"]
+    assert load_checkpoint(out / "best.pt")["epoch"] == best["epoch"] + 1
+    last = load_checkpoint(out / "last.pt")
+    assert last["epoch"] == 3 and {"optimizer", "parts", "best"} <= last.keys()
+    assert last["model"] == {"key": "timm:convnet_xs", "kwargs": {}, "num_classes": 4,
+                             "input_shape": [3, 8, 8], "dataset": "synthetic"}
+
+
+def test_a_crash_while_saving_leaves_the_old_checkpoint_intact(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "last.pt"
+    atomic_save({"epoch": 1}, path)
+
+    def explode(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", explode)
+    with pytest.raises(OSError):
+        atomic_save({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
+    path = tmp_path / "bad.pt"
+    torch.save({"obj": object()}, path)  # pickles a non-tensor object
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_final_evaluation_and_eps_schedule(tiny_config) -> None:
+    cfg = tiny_config("adaad", True, overrides=["optim.epochs=2", "threat.eps_end=16/255",
+                                                 "eval.final_attacks=[clean,fgsm]", "eval.final_n_examples=16"])
+    summary = train(cfg)
+    assert set(summary["final"]) == {"best", "last"} and set(summary["final"]["last"]) == {"clean", "fgsm"}
+    assert (Path(cfg.output_dir) / "test_correct_last.pt").is_file()
