@@ -16,6 +16,7 @@ import io
 import json
 import math
 import random
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -321,6 +322,7 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
                              "records": run.train_records}, out / "train_records.pt")
             atomic_save(run.checkpoint(full=True), last_path)
             log.append(row)
+            _print_row(row, cfg.optim.epochs)
         dist_ctx.barrier()
         epochs_done += 1
         if stop_after_epochs is not None and epochs_done >= stop_after_epochs and run.epoch < cfg.optim.epochs:
@@ -329,6 +331,17 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
     summary = _finish(run, log)
     pm.call_lifecycle("rd_run_end", run=run, summary=summary)
     return summary
+
+
+def _print_row(row: Mapping[str, Any], epochs: int) -> None:
+    """One line per epoch on stderr (progress bars only show on terminals)."""
+    parts = [f"epoch {row['epoch'] + 1}/{epochs}"]
+    for k, v in row.items():
+        if k != "epoch" and isinstance(v, float):
+            parts.append(f"{k}={100 * v:.2f}" if k.startswith(("val_", "test_", "trainrec_")) else f"{k}={v:.4g}")
+    if row.get("is_best"):
+        parts.append("(best)")
+    print(" ".join(parts), file=sys.stderr, flush=True)
 
 
 def _finish(run: Run, log: _MetricsLog) -> dict[str, Any]:

@@ -64,3 +64,31 @@ def tiny_config(tiny_raw: Callable[..., dict[str, Any]], regs: Registries) -> Ca
     def make(method: str = "pgd_at", teacher: bool = False, overrides: list[str] = (), **top: Any) -> Config:
         return resolve_config(tiny_raw(method, teacher, **top), regs, overrides=list(overrides))
     return make
+
+
+def write_tiny_cifar(root: Path, n_per_batch: int = 8, num_classes: int = 10) -> Path:
+    """Write a CIFAR-format folder (python pickles) with a few random images per batch file."""
+    import pickle
+
+    import numpy as np
+
+    folder, label_key = ("cifar-10-batches-py", "labels") if num_classes == 10 else ("cifar-100-python", "fine_labels")
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if num_classes == 10 else ["train", "test"]
+    for name in names:
+        entry = {"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                 label_key: [int(v) for v in rng.integers(0, num_classes, n_per_batch)]}
+        (root / folder / name).write_bytes(pickle.dumps(entry))
+    meta = ("batches.meta", "label_names") if num_classes == 10 else ("meta", "fine_label_names")
+    (root / folder / meta[0]).write_bytes(pickle.dumps({meta[1]: [f"c{i}" for i in range(num_classes)]}))
+    return root
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tiny CIFAR-10 folder that torchvision's loader accepts (its MD5 check is patched out)."""
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
+    return write_tiny_cifar(tmp_path / "cifar")
