@@ -104,6 +104,11 @@ class PluginHookError(PluginError):
         )
 
 
+def _distributions() -> Iterable[Any]:
+    """Installed distributions (a seam for tests: they substitute fake ones here)."""
+    return md.distributions()
+
+
 def _env_list(name: str) -> set[str]:
     return {s.strip() for s in os.environ.get(name, "").split(",") if s.strip()}
 
@@ -168,7 +173,7 @@ class PluginManager(pluggy.PluginManager):
 
         builtins, third_party = [], []
         seen: set[str] = set()
-        for dist in md.distributions():
+        for dist in _distributions():
             dist_name = dist.metadata.get("Name") or "?"
             if _canonical(dist_name) in seen:
                 continue  # the same distribution found twice on sys.path

@@ -1,0 +1,1 @@
+"""Example third-party robust-distill plugin (see plugin.py)."""
