@@ -28,9 +28,12 @@ def _options(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs: Registries
-                  ) -> tuple[nn.Module, str, dict[str, Any]]:
-    """A model spec (or a bare checkpoint path) -> (model in eval mode, dataset name, checkpoint or {})."""
+def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs: Registries,
+                  data_options: dict[str, Any] | None = None) -> tuple[nn.Module, str, dict[str, Any]]:
+    """A model spec (or a bare checkpoint path) -> (model in eval mode, dataset name, checkpoint or {}).
+
+    A robust-distill checkpoint knows its dataset (and the dataset options it was trained with).
+    """
     source, name = split_spec(spec)
     if not source or (source not in regs.teacher_sources and Path(spec).is_file()):
         source, name = "checkpoint", spec
@@ -39,7 +42,9 @@ def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs:
         ckpt = load_checkpoint(name)
         dataset = dataset or ckpt.get("model", {}).get("dataset")
     dataset = dataset or "cifar10"
-    info = regs.datasets.get(dataset).info()
+    if data_options is None:
+        data_options = ckpt.get("config", {}).get("data", {}).get("options", {})
+    info = regs.datasets.get(dataset).info(**data_options)
     model = regs.teacher_sources.get(source).load(name, dataset=info, **options)
     return model.eval(), dataset, ckpt
 
@@ -59,11 +64,13 @@ def run_eval(ns: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(ns.device)
     model, dataset, ckpt = resolve_model(ns.model, _options(ns.model_option), ns.dataset, regs)
     model = model.to(device)
-    bundle = regs.datasets.get(dataset).load(root=ns.data_root)
     cfg = ckpt.get("config", {})
+    data_cfg = cfg.get("data", {}) if cfg.get("data", {}).get("dataset") == dataset else {}
+    bundle = regs.datasets.get(dataset).load(root=ns.data_root or data_cfg.get("root"),
+                                             **data_cfg.get("options", {}))
     if ns.split == "val":
-        data = cfg.get("data", {})
-        splits = make_splits(bundle, val_size=data.get("val_size", 5000), split_seed=data.get("split_seed", 0))
+        splits = make_splits(bundle, val_size=data_cfg.get("val_size", 5000),
+                             split_seed=data_cfg.get("split_seed", 0))
         x, y = splits.val_x, splits.val_y
     else:
         x, y = bundle.test_x, bundle.test_y
@@ -73,7 +80,7 @@ def run_eval(ns: argparse.Namespace) -> dict[str, Any]:
     names = [a.strip() for a in ns.attacks.split(",") if a.strip()]
     attacks = make_eval_attacks(names, regs, eps=eps, num_classes=bundle.info.num_classes)
     if ns.surrogate:
-        surrogate, _, _ = resolve_model(ns.surrogate, {}, dataset, regs)
+        surrogate, _, _ = resolve_model(ns.surrogate, {}, dataset, regs, data_cfg.get("options", {}))
         surrogate = surrogate.to(device)
         for base in make_eval_attacks(["pgd20", "cw_inf"], regs, eps=eps, num_classes=bundle.info.num_classes).values():
             t = TransferAttack(base, surrogate, ns.surrogate)

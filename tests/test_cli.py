@@ -1,0 +1,75 @@
+"""The command line: listing, validation errors as readable messages with exit codes, train, eval, demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robust_distill.cli import main
+
+
+def test_plugins_lists_every_kind_with_its_provider(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    for heading in ("datasets:", "teacher sources:", "student sources:", "inner attacks:", "outer losses:",
+                    "teacher updaters:", "eval attacks:", "lr schedules:", "methods:"):
+        assert heading in out
+    for line_start in ("robustbench ", "timm ", "checkpoint ", "pgd20 ", "autoattack ", "adaad ", "rslad "):
+        assert any(line.strip().startswith(line_start) for line in out.splitlines()), line_start
+    assert "robust_distill_plugins.robustbench_teachers" in out and "(built-in)" in out
+
+
+def test_bad_config_exits_2_with_every_problem(tmp_path: Path, tiny_raw, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = tiny_raw("rslad", teacher=True)
+    raw["threat"]["eps"] = 8
+    raw["optim"]["lr"] = "fast"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "Invalid" in err and "must be in (0, 1]" in err and "optim.lr" in err and "Traceback" not in err
+    assert main(["train", str(tmp_path / "c.yaml"), "--set", "threat.eps=8/255", "--set", "optim.lr=0.1",
+                 "--set", "method=nope"]) == 2
+    assert "Unknown method 'nope'" in capsys.readouterr().err
+
+
+def test_train_check_prints_the_resolved_config(tmp_path: Path, tiny_raw, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_raw("adaad", teacher=True)))
+    assert main(["train", str(tmp_path / "c.yaml"), "--check", "--set", "optim.epochs=9"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["optim"]["epochs"] == 9 and resolved["inner_attack"]["kwargs"]["target"] == "teacher_adv"
+    assert resolved["optim"]["weight_decay"] == 5e-4  # AdaAD's default
+
+
+def test_train_then_eval_a_checkpoint(tmp_path: Path, tiny_raw, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = tiny_raw("pgd_at")
+    raw["optim"]["epochs"] = 1
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "c.yaml")]) == 0
+    capsys.readouterr()
+    ckpt = Path(raw["output_dir"]) / "best.pt"
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(ckpt), "--attacks", "clean,fgsm,pgd20,pgd20_trades,cw_inf", "--n-examples", "16",
+                 "--surrogate", f"checkpoint:{ckpt}", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "PGD-20 (step eps/4 = 2/255)" in table and "PGD-20 (step 0.003)" in table and "Transfer" in table
+    result = json.loads(out.read_text())
+    assert result["n_examples"] == 16 and result["dataset"] == "synthetic"
+    names = [r["attack"] for r in result["results"]]
+    assert names[:5] == ["clean", "fgsm", "pgd20", "pgd20_trades", "cw_inf"] and "transfer_pgd20" in names
+    assert "worst_case" in names and out.with_suffix(".pt").is_file()
+
+
+def test_eval_errors_are_readable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", str(tmp_path / "missing.pt")]) == 3
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="needs Debian's Fashion-MNIST")
+def test_demo_quick_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--quick", "--output-dir", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "| student convnet_s (AdaAD) | 24k |" in out and "AutoAttack (%)" in out
