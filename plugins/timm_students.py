@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import difflib
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn

@@ -20,7 +20,8 @@ inside ``torch.random.fork_rng``, so training randomness is unaffected.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torchattacks

@@ -33,8 +33,19 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("robust_distill")
 """Marker for hook implementations: ``@hookimpl def rd_register_methods(registry): ...``."""
 
-from .components import (DataBundle, DatasetInfo, EvalAttack, InnerAttack, Method,  # noqa: E402
-                         OuterLoss, Part, Stateful, StudentSource, TeacherSource, TeacherUpdater)
+from .components import (  # noqa: E402
+                         DataBundle,
+                         DatasetInfo,
+                         EvalAttack,
+                         InnerAttack,
+                         Method,
+                         OuterLoss,
+                         Part,
+                         Stateful,
+                         StudentSource,
+                         TeacherSource,
+                         TeacherUpdater,
+)
 from .registry import Registry  # noqa: E402
 from .step import Step  # noqa: E402
 from .threat import ThreatModel  # noqa: E402

@@ -9,8 +9,9 @@ for every model involved, so no parameter gradient is built or accumulated
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -106,21 +107,21 @@ class InnerPGD(InnerAttack):
         random_start(torch.zeros(1), 0.0, start, False)  # validates ``start``
         self.start, self.clamp_start, self.bn_mode = start, clamp_start, bn_mode
 
-    def objective(self, step: "Step", x_adv: Tensor) -> Tensor:
+    def objective(self, step: Step, x_adv: Tensor) -> Tensor:
         """The scalar to maximise at ``x_adv`` (sum over the batch; the scale does not matter)."""
         raise NotImplementedError
 
-    def make_objective(self, step: "Step") -> Callable[[Tensor], Tensor]:
+    def make_objective(self, step: Step) -> Callable[[Tensor], Tensor]:
         """The objective of this step; override to compute per-step constants (targets) once.
 
         Called inside the attack's context: student in the attack's BN mode, parameters frozen.
         """
         return lambda x_adv: self.objective(step, x_adv)
 
-    def threat(self, step: "Step") -> "ThreatModel":
+    def threat(self, step: Step) -> ThreatModel:
         return step.threat
 
-    def __call__(self, step: "Step") -> Tensor:
+    def __call__(self, step: Step) -> Tensor:
         threat = self.threat(step)
         with ExitStack() as stack:
             stack.enter_context(model_mode(step.student_module, self.bn_mode == "train"))

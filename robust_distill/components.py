@@ -6,14 +6,14 @@ objects. A method is a :class:`Method`: the names of its parts plus its paper's 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from .step import Step
-    from .threat import ThreatModel
     from .trainer import Run
 
 __all__ = [
@@ -100,14 +100,14 @@ class InnerAttack(Stateful):
     :func:`robust_distill.attacks.inner_pgd` (the one PGD loop).
     """
 
-    def __call__(self, step: "Step") -> Tensor:
+    def __call__(self, step: Step) -> Tensor:
         raise NotImplementedError
 
 
 class OuterLoss(Stateful):
     """The student's objective on a step whose ``x_adv`` is set. Returns a scalar tensor."""
 
-    def __call__(self, step: "Step") -> Tensor:
+    def __call__(self, step: Step) -> Tensor:
         raise NotImplementedError
 
 
@@ -120,16 +120,16 @@ class TeacherUpdater(Stateful):
     grad_teachers: frozenset[str] = frozenset()
     provides: tuple[str, ...] = ()  # teacher roles this updater creates itself (self-distillation)
 
-    def setup(self, run: "Run") -> None:
+    def setup(self, run: Run) -> None:
         """Once, before the first epoch (and after resuming): may create or wrap teachers."""
 
-    def before_step(self, step: "Step") -> None:
+    def before_step(self, step: Step) -> None:
         """Before the inner attack of every step (e.g. set a teacher's mode)."""
 
-    def after_step(self, step: "Step") -> None:
+    def after_step(self, step: Step) -> None:
         """After the student's optimizer step."""
 
-    def end_epoch(self, run: "Run", epoch: int, metrics: Mapping[str, Any]) -> None:
+    def end_epoch(self, run: Run, epoch: int, metrics: Mapping[str, Any]) -> None:
         """After the epoch's evaluation; ``metrics["is_best"]`` says if the student improved."""
 
 

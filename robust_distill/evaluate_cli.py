@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-
 from torch import nn
 
 from .checkpoint import atomic_save, atomic_write_json, load_checkpoint

@@ -11,13 +11,20 @@ training loop then calls the registered objects directly and never goes through 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
-    from .components import (EvalAttack, InnerAttack, LRSchedule, Method, OuterLoss, StudentSource,
-                             TeacherSource, TeacherUpdater)
+    from .components import (
+        InnerAttack,
+        Method,
+        OuterLoss,
+        StudentSource,
+        TeacherSource,
+        TeacherUpdater,
+    )
     from .registry import Registry
     from .trainer import Run
 
@@ -47,7 +54,7 @@ def rd_addhooks(pluginmanager: pluggy.PluginManager) -> None:
 
 
 @hookspec
-def rd_register_datasets(registry: "Registry[Any]") -> None:
+def rd_register_datasets(registry: Registry[Any]) -> None:
     """Register datasets: callables ``load(**options) -> DataBundle``.
 
     ``options`` come from the config's ``data.options`` plus ``root`` (``data.root``); a loader returns
@@ -60,7 +67,7 @@ def rd_register_datasets(registry: "Registry[Any]") -> None:
 
 
 @hookspec
-def rd_register_teacher_sources(registry: "Registry[TeacherSource]") -> None:
+def rd_register_teacher_sources(registry: Registry[TeacherSource]) -> None:
     """Register teacher sources: :class:`~robust_distill.components.TeacherSource` objects.
 
     A source resolves the part after the colon of a teacher spec (``robustbench:Chen2021LTD_WRN34_10``,
@@ -73,7 +80,7 @@ def rd_register_teacher_sources(registry: "Registry[TeacherSource]") -> None:
 
 
 @hookspec
-def rd_register_student_sources(registry: "Registry[StudentSource]") -> None:
+def rd_register_student_sources(registry: Registry[StudentSource]) -> None:
     """Register student sources: :class:`~robust_distill.components.StudentSource` objects.
 
     ``source.build(name, input_shape=(C, H, W), num_classes=K, **options)`` returns a freshly initialised
@@ -85,7 +92,7 @@ def rd_register_student_sources(registry: "Registry[StudentSource]") -> None:
 
 
 @hookspec
-def rd_register_inner_attacks(registry: "Registry[type[InnerAttack]]") -> None:
+def rd_register_inner_attacks(registry: Registry[type[InnerAttack]]) -> None:
     """Register inner-attack generators: classes (or factories) of
     :class:`~robust_distill.components.InnerAttack`.
 
@@ -100,7 +107,7 @@ def rd_register_inner_attacks(registry: "Registry[type[InnerAttack]]") -> None:
 
 
 @hookspec
-def rd_register_outer_losses(registry: "Registry[type[OuterLoss]]") -> None:
+def rd_register_outer_losses(registry: Registry[type[OuterLoss]]) -> None:
     """Register outer losses: classes (or factories) of :class:`~robust_distill.components.OuterLoss`.
 
     Created once per run with ``outer_loss.kwargs`` (plus ``num_classes`` if the constructor takes it);
@@ -113,7 +120,7 @@ def rd_register_outer_losses(registry: "Registry[type[OuterLoss]]") -> None:
 
 
 @hookspec
-def rd_register_teacher_updaters(registry: "Registry[type[TeacherUpdater]]") -> None:
+def rd_register_teacher_updaters(registry: Registry[type[TeacherUpdater]]) -> None:
     """Register teacher updaters: classes of :class:`~robust_distill.components.TeacherUpdater`.
 
     An updater decides whether and how teachers change during training: ``frozen`` (default) never
@@ -126,7 +133,7 @@ def rd_register_teacher_updaters(registry: "Registry[type[TeacherUpdater]]") -> 
 
 
 @hookspec
-def rd_register_eval_attacks(registry: "Registry[Any]") -> None:
+def rd_register_eval_attacks(registry: Registry[Any]) -> None:
     """Register evaluation attacks: factories ``make(eps=..., **options) -> EvalAttack``.
 
     An :class:`~robust_distill.components.EvalAttack` is called as ``attack(model, x, y) -> x_adv`` with
@@ -138,7 +145,7 @@ def rd_register_eval_attacks(registry: "Registry[Any]") -> None:
 
 
 @hookspec
-def rd_register_lr_schedules(registry: "Registry[Any]") -> None:
+def rd_register_lr_schedules(registry: Registry[Any]) -> None:
     """Register learning-rate schedules: factories ``make(epochs=..., **options) -> LRSchedule``.
 
     A schedule maps the (fractional) epoch to a multiplier of the base learning rate.
@@ -149,7 +156,7 @@ def rd_register_lr_schedules(registry: "Registry[Any]") -> None:
 
 
 @hookspec
-def rd_register_methods(registry: "Registry[Method]") -> None:
+def rd_register_methods(registry: Registry[Method]) -> None:
     """Register methods: :class:`~robust_distill.components.Method` objects.
 
     A method names its inner attack, outer loss, teacher updater and teacher roles, and carries its
@@ -166,7 +173,7 @@ def rd_register_methods(registry: "Registry[Method]") -> None:
 
 
 @hookspec
-def rd_run_start(run: "Run") -> None:
+def rd_run_start(run: Run) -> None:
     """Called once per run, after models, data and parts are built and before the first epoch.
 
     :param run: the :class:`~robust_distill.trainer.Run` (config, student, teachers, output dir).
@@ -174,7 +181,7 @@ def rd_run_start(run: "Run") -> None:
 
 
 @hookspec
-def rd_epoch_end(run: "Run", epoch: int, metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+def rd_epoch_end(run: Run, epoch: int, metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     """Called after each epoch's evaluation, before the metrics row is written.
 
     :param run: the run.
@@ -185,7 +192,7 @@ def rd_epoch_end(run: "Run", epoch: int, metrics: Mapping[str, Any]) -> dict[str
 
 
 @hookspec
-def rd_run_end(run: "Run", summary: Mapping[str, Any]) -> None:
+def rd_run_end(run: Run, summary: Mapping[str, Any]) -> None:
     """Called once when a run finishes (not when it crashes).
 
     :param run: the run.

@@ -21,8 +21,9 @@ import importlib.metadata as md
 import os
 import sys
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import pluggy
 
@@ -162,7 +163,7 @@ class PluginManager(pluggy.PluginManager):
         self.info[name] = PluginInfo(name, mod, distribution, version, builtin)
 
     def load_plugins(self, *, autoload: bool | None = None, allow: Iterable[str] | None = None,
-                     block: Iterable[str] | None = None) -> "PluginManager":
+                     block: Iterable[str] | None = None) -> PluginManager:
         """Load built-ins and installed third-party plugins (see the module docstring), then check."""
         if autoload is None:
             autoload = os.environ.get(ENV_DISABLE_AUTOLOAD, "").strip().lower() not in ("1", "true", "yes")
@@ -183,7 +184,7 @@ class PluginManager(pluggy.PluginManager):
             seen.add(_canonical(dist_name))
             own = _canonical(dist_name) == OWN_DISTRIBUTION
             for ep in eps:
-                (builtins if own else third_party).append((ep, dist_name, dist.version, own))
+                (builtins if own else third_party).append((ep, dist_name, dist.version))
 
         if not builtins:  # source checkout without installed metadata
             from . import __version__
@@ -191,11 +192,11 @@ class PluginManager(pluggy.PluginManager):
                 if name not in blocked:
                     self._load_module(name, module, lambda m=module: importlib.import_module(m),
                                       OWN_DISTRIBUTION, __version__, True)
-        for ep, dist_name, version, own in builtins:
+        for ep, dist_name, version in builtins:
             if ep.name not in blocked:
                 self._load_module(ep.name, ep.value, ep.load, dist_name, version, True)
         if autoload:
-            for ep, dist_name, version, own in third_party:
+            for ep, dist_name, version in third_party:
                 if ep.name in blocked or (allowed and not ({ep.name, dist_name} & allowed)):
                     continue
                 self._load_module(ep.name, ep.value, ep.load, dist_name, version, False)
@@ -217,7 +218,7 @@ class PluginManager(pluggy.PluginManager):
                         version=version, builtin=builtin)
 
     # -- registries -------------------------------------------------------------------------------
-    def build_registries(self) -> "Registries":
+    def build_registries(self) -> Registries:
         """Call every ``rd_register_*`` implementation, one at a time, and return the filled registries."""
         regs = {attr: Registry(kind) for attr, (kind, _) in REGISTRY_HOOKS.items()}
         for attr, (_, hook_name) in REGISTRY_HOOKS.items():

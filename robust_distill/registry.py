@@ -5,8 +5,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["Registry", "Entry", "DuplicateNameError", "UnknownNameError", "RegistryError"]
 
@@ -20,7 +21,7 @@ class RegistryError(Exception):
 class DuplicateNameError(RegistryError):
     """Two plugins registered the same name in one registry."""
 
-    def __init__(self, kind: str, name: str, first: "Entry[Any]", second_plugin: str) -> None:
+    def __init__(self, kind: str, name: str, first: Entry[Any], second_plugin: str) -> None:
         self.kind, self.name, self.first_plugin, self.second_plugin = kind, name, first.plugin, second_plugin
         super().__init__(
             f"Two plugins register the {kind} {name!r}: {first.describe_source()} and plugin "

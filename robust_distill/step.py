@@ -9,7 +9,8 @@ need ``T(x)``, the teacher runs once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +35,7 @@ class Step:
     """
 
     def __init__(self, x: Tensor, y: Tensor, *, student: nn.Module, teachers: Mapping[str, nn.Module],
-                 threat: "ThreatModel", epoch: int = 0, epochs: int = 1, iteration: int = 0,
+                 threat: ThreatModel, epoch: int = 0, epochs: int = 1, iteration: int = 0,
                  iterations: int = 1, student_module: nn.Module | None = None,
                  grad_teachers: frozenset[str] = frozenset()) -> None:
         self.y = y

@@ -72,7 +72,7 @@ class ThreatModel:
         if not (isinstance(self.steps, int) and self.steps >= 1):
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}.")
 
-    def at(self, progress: float) -> "ThreatModel":
+    def at(self, progress: float) -> ThreatModel:
         """The threat model at ``progress`` in [0, 1] of training (identity without ``eps_end``)."""
         if self.eps_end is None:
             return self

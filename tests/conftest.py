@@ -7,8 +7,9 @@ import os
 os.environ.setdefault("RD_DISABLE_PLUGIN_AUTOLOAD", "1")
 
 import copy  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
+from typing import Any
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

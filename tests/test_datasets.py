@@ -80,7 +80,7 @@ def test_batches_cover_the_epoch_and_shard_like_distributed_sampler() -> None:
     single = list(epoch_batches(10, 4, seed=0, epoch=1))
     assert sorted(torch.cat(single).tolist()) == list(range(10))
     ranks = [list(epoch_batches(10, 4, seed=0, epoch=1, rank=r, world_size=2)) for r in range(2)]
-    for b, (r0, r1) in enumerate(zip(*ranks)):
+    for b, (r0, r1) in enumerate(zip(*ranks, strict=False)):
         assert sorted(torch.cat([r0, r1]).tolist()) == sorted(single[b].tolist())
     assert not torch.equal(torch.cat(single), torch.cat(list(epoch_batches(10, 4, seed=0, epoch=2))))
 

@@ -49,6 +49,6 @@ def test_two_processes_match_one(tiny_raw, tmp_path: Path, method: str) -> None:
         assert torch.allclose(one[k], two[k], atol=1e-5, rtol=1e-4), k
     rows = {n: [json.loads(r) for r in (tmp_path / n / "metrics.jsonl").read_text().splitlines()] for n in outs}
     assert [r["epoch"] for r in rows["one"]] == [r["epoch"] for r in rows["two"]] == [0, 1]
-    for a, b in zip(rows["one"], rows["two"]):  # the loss averaged over both ranks is the global one
+    for a, b in zip(rows["one"], rows["two"], strict=True):  # the loss averaged over both ranks is the global one
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
     assert rows["one"][1]["train_loss"] != rows["one"][0]["train_loss"]  # it did train

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import importlib.metadata as md
-
 import types
 from typing import Any
 
 import pytest
 
 from robust_distill import Method, Part, hookimpl, plugin
-from robust_distill.plugin import (ENTRY_POINT_GROUP, PluginHookError, PluginLoadError, PluginManager,
-                                   Registries)
+from robust_distill.plugin import ENTRY_POINT_GROUP, PluginHookError, PluginLoadError, PluginManager, Registries
 from robust_distill.registry import DuplicateNameError, Registry, UnknownNameError
 
 

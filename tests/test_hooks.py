@@ -1,0 +1,176 @@
+"""One test per hook: a plugin implementing it is honoured (``test_docs`` checks none is missing)."""
+
+from __future__ import annotations
+
+import json
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from robust_distill import (
+    DataBundle,
+    DatasetInfo,
+    EvalAttack,
+    InnerAttack,
+    Method,
+    OuterLoss,
+    Part,
+    StudentSource,
+    TeacherSource,
+    TeacherUpdater,
+    hookimpl,
+)
+from robust_distill.config import resolve_config
+from robust_distill.plugin import PluginManager
+from robust_distill.trainer import train
+
+
+def manager_with(**hooks: Any) -> PluginManager:
+    """Built-in plugins plus one test plugin made of ``hooks``."""
+    pm = PluginManager().load_plugins(autoload=False)
+    plugin = types.SimpleNamespace(**{k: hookimpl(v) for k, v in hooks.items()})
+    pm.add_plugin(plugin, "test_plugin")
+    return pm
+
+
+def test_hook_rd_addhooks() -> None:
+    calls = []
+    pm = manager_with(rd_addhooks=lambda pluginmanager: calls.append(pluginmanager))
+    pm.hook.rd_addhooks.call_historic(kwargs={"pluginmanager": pm})
+    assert calls == [pm]
+
+
+def test_hook_rd_register_datasets() -> None:
+    class Tiny:
+        def info(self, **_: Any) -> DatasetInfo:
+            return DatasetInfo("tiny", 2, (1, 4, 4))
+
+        def load(self, root: str | None = None) -> DataBundle:
+            x = torch.zeros(4, 1, 4, 4, dtype=torch.uint8)
+            return DataBundle(self.info(), x, torch.tensor([0, 1, 0, 1]), x, torch.tensor([0, 1, 0, 1]))
+
+    regs = manager_with(rd_register_datasets=lambda registry: registry.register(Tiny(), name="tiny")).build_registries()
+    assert regs.datasets.get("tiny").load().info.num_classes == 2
+    assert regs.datasets.entry("tiny").plugin == "test_plugin"
+
+
+def test_hook_rd_register_teacher_sources() -> None:
+    class Zeros(TeacherSource):
+        def load(self, name: str, *, dataset: DatasetInfo, **options: Any) -> torch.nn.Module:
+            return torch.nn.Linear(1, dataset.num_classes).eval()
+
+    regs = manager_with(rd_register_teacher_sources=lambda registry: registry.register(Zeros(), name="zeros")
+                        ).build_registries()
+    assert isinstance(regs.teacher_sources.get("zeros").load("x", dataset=DatasetInfo("d", 3, (1, 1, 1))),
+                      torch.nn.Linear)
+
+
+def test_hook_rd_register_student_sources() -> None:
+    class Lin(StudentSource):
+        def build(self, name: str, *, input_shape: tuple[int, int, int], num_classes: int,
+                  **o: Any) -> torch.nn.Module:
+            features = input_shape[0] * input_shape[1] * input_shape[2]
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(features, num_classes))
+
+    regs = manager_with(rd_register_student_sources=lambda registry: registry.register(Lin(), name="lin")
+                        ).build_registries()
+    model = regs.student_sources.get("lin").build("x", input_shape=(1, 2, 2), num_classes=3)
+    assert model(torch.zeros(1, 1, 2, 2)).shape == (1, 3)
+
+
+def test_hook_rd_register_inner_attacks() -> None:
+    class NoAttack(InnerAttack):
+        def __call__(self, step: Any) -> torch.Tensor:
+            return step.x
+
+    regs = manager_with(rd_register_inner_attacks=lambda registry: registry.register(NoAttack, name="none")
+                        ).build_registries()
+    assert regs.inner_attacks.build("none", {}) is not None
+
+
+def test_hook_rd_register_outer_losses() -> None:
+    class Zero(OuterLoss):
+        def __call__(self, step: Any) -> torch.Tensor:
+            return torch.zeros(())
+
+    regs = manager_with(rd_register_outer_losses=lambda registry: registry.register(Zero, name="zero")
+                        ).build_registries()
+    assert regs.outer_losses.build("zero", {}, num_classes=10)(None) == 0
+
+
+def test_hook_rd_register_teacher_updaters() -> None:
+    class Noop(TeacherUpdater):
+        pass
+
+    regs = manager_with(rd_register_teacher_updaters=lambda registry: registry.register(Noop, name="noop")
+                        ).build_registries()
+    assert "noop" in regs.teacher_updaters and "frozen" in regs.teacher_updaters
+
+
+def test_hook_rd_register_eval_attacks() -> None:
+    class Identity(EvalAttack):
+        def __init__(self, eps: float) -> None:
+            self.eps = eps
+
+        def __call__(self, model: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return x
+
+    regs = manager_with(rd_register_eval_attacks=lambda registry: registry.register(Identity, name="identity")
+                        ).build_registries()
+    assert regs.eval_attacks.build("identity", {}, eps=0.1, num_classes=10).eps == 0.1
+
+
+def test_hook_rd_register_lr_schedules() -> None:
+    regs = manager_with(rd_register_lr_schedules=lambda registry: registry.register(
+        lambda epochs: (lambda e: 1.0 - e / epochs), name="linear")).build_registries()
+    assert regs.lr_schedules.build("linear", {}, epochs=10)(5) == 0.5
+
+
+def test_hook_rd_register_methods() -> None:
+    m = Method("plain_ce", Part("pgd_ce"), Part("ce_adv"), teachers=(), summary="for the test")
+    regs = manager_with(rd_register_methods=lambda registry: registry.register(m)).build_registries()
+    assert regs.methods.get("plain_ce") is m and regs.methods.entry("plain_ce").help == "for the test"
+
+
+def _lifecycle_run(tiny_raw: Any, tmp_path: Path) -> tuple[list[Any], Path]:
+    events: list[Any] = []
+    pm = manager_with(
+        rd_run_start=lambda run: events.append(("start", run.epoch)),
+        rd_epoch_end=lambda run, epoch, metrics: events.append(("epoch", epoch, "val_pgd20" in metrics)) or
+        {"custom_metric": float(epoch) * 2},
+        rd_run_end=lambda run, summary: events.append(("end", summary["best_epoch"] >= 0)))
+    regs = pm.build_registries()
+    raw = tiny_raw("pgd_at")
+    train(resolve_config(raw, regs), regs=regs, pm=pm)
+    return events, Path(raw["output_dir"])
+
+
+def test_hook_rd_run_start(tiny_raw, tmp_path: Path) -> None:
+    events, _ = _lifecycle_run(tiny_raw, tmp_path)
+    assert events[0] == ("start", 0)
+
+
+def test_hook_rd_epoch_end(tiny_raw, tmp_path: Path) -> None:
+    events, out = _lifecycle_run(tiny_raw, tmp_path)
+    assert [e for e in events if e[0] == "epoch"] == [("epoch", 0, True), ("epoch", 1, True)]
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["custom_metric"] for r in rows] == [0.0, 2.0]
+
+
+def test_hook_rd_run_end(tiny_raw, tmp_path: Path) -> None:
+    events, _ = _lifecycle_run(tiny_raw, tmp_path)
+    assert events[-1] == ("end", True) and len(events) == 4
+
+
+def test_lifecycle_hook_errors_name_the_plugin(tiny_raw) -> None:
+    from robust_distill.plugin import PluginHookError
+
+    def boom(run: Any) -> None:
+        raise RuntimeError("broken plugin")
+    pm = manager_with(rd_run_start=boom)
+    regs = pm.build_registries()
+    with pytest.raises(PluginHookError, match="test_plugin.*rd_run_start.*broken plugin"):
+        train(resolve_config(tiny_raw("pgd_at"), regs), regs=regs, pm=pm)
