@@ -53,6 +53,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("inner_attacks", "robust_distill_plugins.inner_attacks"),
     ("schedules", "robust_distill_plugins.schedules"),
     ("frozen", "robust_distill_plugins.frozen_teacher"),
+    ("natural", "robust_distill_plugins.natural"),
     ("pgd_at", "robust_distill_plugins.pgd_at"),
     ("trades", "robust_distill_plugins.trades"),
     ("ard", "robust_distill_plugins.ard"),

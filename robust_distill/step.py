@@ -31,13 +31,14 @@ class Step:
     :ivar teachers: teacher role -> module, e.g. ``{"robust": T}`` or ``{"robust": Ta, "natural": Tn}``.
     :ivar threat: the training threat model at this point of training (after any eps schedule).
     :ivar epoch: 0-based epoch; ``epochs`` the total; ``progress`` in [0, 1).
+    :ivar lr_factor: the learning-rate schedule's current multiplier (MTARD decays its weight step with it).
     :ivar logs: scalar diagnostics a part wants in the metrics file (``{"w_adv": 0.7}``).
     """
 
     def __init__(self, x: Tensor, y: Tensor, *, student: nn.Module, teachers: Mapping[str, nn.Module],
                  threat: ThreatModel, epoch: int = 0, epochs: int = 1, iteration: int = 0,
                  iterations: int = 1, student_module: nn.Module | None = None,
-                 grad_teachers: frozenset[str] = frozenset()) -> None:
+                 grad_teachers: frozenset[str] = frozenset(), lr_factor: float = 1.0) -> None:
         self.y = y
         self.student = student
         self.student_module = student_module if student_module is not None else student
@@ -46,6 +47,7 @@ class Step:
         self.epoch, self.epochs = epoch, epochs
         self.iteration, self.iterations = iteration, iterations
         self.grad_teachers = grad_teachers
+        self.lr_factor = lr_factor
         self.inputs: dict[str, Tensor] = {"clean": x}
         self.logs: dict[str, float] = {}
         self._cache: dict[tuple[str, str], Tensor] = {}

@@ -200,7 +200,8 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
     bar = tqdm(batches, total=iters, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
                disable=None if run.dist.is_main else True, dynamic_ncols=True)
     for i, idx in enumerate(bar):
-        lr = cfg.optim.lr * run.lr_schedule(epoch + i / iters)
+        lr_factor = run.lr_schedule(epoch + i / iters)
+        lr = cfg.optim.lr * lr_factor
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         x = to_float(data.train_x[idx], device)
@@ -210,7 +211,8 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
         y = data.train_y[idx].to(device)
         step = Step(x, y, student=run.student_ddp, student_module=run.student, teachers=run.teachers,
                     threat=threat.at((epoch + i / iters) / cfg.optim.epochs), epoch=epoch,
-                    epochs=cfg.optim.epochs, iteration=i, iterations=iters, grad_teachers=grad_teachers)
+                    epochs=cfg.optim.epochs, iteration=i, iterations=iters, grad_teachers=grad_teachers,
+                    lr_factor=lr_factor)
         run.teacher_updater.before_step(step)
         with autocast:
             step.add_input("adv", run.inner_attack(step))
