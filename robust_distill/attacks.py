@@ -104,7 +104,8 @@ class InnerPGD(InnerAttack):
     def __init__(self, start: Start = "gaussian", clamp_start: bool = False, bn_mode: BNMode = "eval") -> None:
         if bn_mode not in ("eval", "train"):
             raise ValueError(f"bn_mode must be 'eval' or 'train', got {bn_mode!r}")
-        random_start(torch.zeros(1), 0.0, start, False)  # validates ``start``
+        if start not in ("uniform", "gaussian", "none"):
+            raise ValueError(f"start must be 'uniform', 'gaussian' or 'none', got {start!r}")
         self.start, self.clamp_start, self.bn_mode = start, clamp_start, bn_mode
 
     def objective(self, step: Step, x_adv: Tensor) -> Tensor:

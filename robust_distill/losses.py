@@ -8,13 +8,14 @@ of silent mismatches between re-implementations, so :func:`kl_div` has no defaul
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["kl_div", "Reduction", "entropy", "reduce"]
+__all__ = ["kl_div", "js_divergence", "Reduction", "entropy", "reduce"]
 
 Reduction = Literal["batchmean", "mean", "sum", "none"]
 
@@ -55,6 +56,16 @@ def kl_div(student: Tensor, teacher: Tensor, *, reduction: Reduction, temperatur
         p_t = F.softmax(teacher / t_temp, dim=1)
         per_class = p_t * (torch.log(p_t + log_eps) - log_p_s)
     return reduce(per_class.sum(dim=1), reduction, student.shape[1])
+
+
+def js_divergence(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample Jensen-Shannon divergence between ``softmax(a)`` and ``softmax(b)`` (nats, <= log 2).
+
+    Symmetric; gradients reach both arguments unless the caller detaches one.
+    """
+    log_p, log_q = F.log_softmax(a, dim=1), F.log_softmax(b, dim=1)
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)
+    return 0.5 * (log_p.exp() * (log_p - log_m)).sum(1) + 0.5 * (log_q.exp() * (log_q - log_m)).sum(1)
 
 
 def entropy(logits: Tensor) -> Tensor:

@@ -1,15 +1,16 @@
 """AdaAD with a symmetric outer loss: ``JSD(S(x') || T(x'))`` instead of ``KL(S(x') || T(x'))``.
 
 Written only against robust-distill's public API: ``hookimpl``, ``Method``, ``Part``, ``OuterLoss``,
-``Step``. Registered through the entry-point group ``robust_distill`` in this distribution's setup.cfg.
+``Step`` and the divergences of ``robust_distill.losses``. Registered through the entry-point group
+``robust_distill`` in this distribution's setup.cfg.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl
+from robust_distill.losses import js_divergence
 
 
 class JSDLoss(OuterLoss):
@@ -22,12 +23,9 @@ class JSDLoss(OuterLoss):
         self.input = input
 
     def __call__(self, step: Step) -> torch.Tensor:
-        log_p_s = F.log_softmax(step.student_logits(self.input), dim=1)
-        log_p_t = F.log_softmax(step.teacher_logits(self.input), dim=1)
-        log_m = torch.logsumexp(torch.stack([log_p_s, log_p_t]), dim=0) - torch.log(torch.tensor(2.0))
-        jsd = 0.5 * (log_p_s.exp() * (log_p_s - log_m)).sum(1) + 0.5 * (log_p_t.exp() * (log_p_t - log_m)).sum(1)
-        step.logs["jsd"] = jsd.mean().item()
-        return jsd.mean()
+        jsd = js_divergence(step.student_logits(self.input), step.teacher_logits(self.input)).mean()
+        step.logs["jsd"] = jsd.item()
+        return jsd
 
 
 ADAAD_JSD = Method(
