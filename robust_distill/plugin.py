@@ -59,6 +59,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("ard", "robust_distill_plugins.ard"),
     ("rslad", "robust_distill_plugins.rslad"),
     ("adaad", "robust_distill_plugins.adaad"),
+    ("mmard", "robust_distill_plugins.mmard"),
 )
 
 #: registry attribute -> (kind, the hook that fills it)
