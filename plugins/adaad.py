@@ -14,6 +14,24 @@ Defaults follow the official README command for Table 2: eps 8/255, step 2/255 (
 ``mean`` (sum/(B*C), ``nn.KLDivLoss()`` in the CIFAR-10 code); the CIFAR-100 code uses ``batchmean``
 (``outer_loss.kwargs.reduction``). The paper's best numbers use an epsilon that grows over training
 (Fig. 2), which the released code lacks: ``threat.eps_end`` provides it.
+
+AdaIAD (``adaiad``; Sec. 3.2 of the same paper, ``main.py --method AdaAD_with_IAD1``): IAD-I's loss on AdaAD's
+inner maximisation, with the teacher on x' (the introspection is the one implementation in ``iad.py``):
+``L = a tau^2 KL_bm(S(x')/tau || T(x')/tau) + a (1/B) sum_i (1 - alpha_i) KL(S(x'_i) || S(x_i))
++ (1 - a) CE(S(x), y)``, ``alpha_i = softmax(T(x'_i))[y_i] ** 0.1`` (no gradient) from epoch ``begin`` = 60
+(``--IAD_begin``; the code's ``epoch >= args.IAD_begin`` with a 0-based ``range(start_epoch, args.epochs)``),
+a = ``--IAD_alpha`` = 1. Both KLs are ``batchmean`` (``(1/len)*sum``) on CIFAR-10 and CIFAR-100 alike.
+**tau = 30**: the parser default ``--temp 30.0``, which the README's AdaIAD command does not override (so
+``tau^2 = 900``; the paper only says it uses each method's recommended temperature, and IAD's own is 1:
+``outer_loss.kwargs.temperature: 1``). The teacher term is not alpha-weighted (IAD-I) and the target S(x) of
+the introspection term is not detached. Training and threat defaults as AdaAD's README command for AdaIAD
+(eps 8/255, step 2/255, 200 epochs, wd 5e-4, x0.1 at 100/150).
+
+AdaIAD's deliberate differences from the official code: the teacher forward on x' is not under ``no_grad``
+there (the teacher's parameters receive gradients no optimizer uses; here teacher outputs are detached, same
+student update); the code evaluates ``S(x)`` twice or three times per step (once unconditionally, once in
+the introspection term, once in the zero-weighted CE term) in train mode, which moves BN running statistics
+each time; we compute it once.
 """
 
 from __future__ import annotations
@@ -22,6 +40,7 @@ from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl
 from robust_distill.losses import Reduction, kl_div
+from robust_distill_plugins.iad import IAD1Loss
 
 
 class AdaADLoss(OuterLoss):
@@ -45,6 +64,23 @@ class AdaADLoss(OuterLoss):
         return self.alpha * kl_adv + (1 - self.alpha) * kl_nat
 
 
+class AdaIADLoss(IAD1Loss):
+    """AdaIAD: IAD-I's loss with the teacher on x' and tau = 30 (``AdaAD_with_IAD1`` in AdaAD's ``main.py``).
+
+    :param alpha: a (``--IAD_alpha``, 1: no CE term).
+    :param temperature: tau of the teacher term (``--temp``, 30).
+    :param beta: exponent of the introspection weight (``--IAD_beta``, 0.1).
+    :param begin: first 0-based epoch with introspection (``--IAD_begin``, 60).
+    :param teacher_input: ``adv`` (``T(x')``, AdaIAD) or ``clean``.
+    :param weight_teacher: multiply the teacher term by alpha_i (the official code does not).
+    """
+
+    def __init__(self, alpha: float = 1.0, temperature: float = 30.0, beta: float = 0.1, begin: int = 60,
+                 teacher_input: str = "adv", weight_teacher: bool = False) -> None:
+        super().__init__(alpha=alpha, temperature=temperature, beta=beta, begin=begin,
+                         teacher_input=teacher_input, weight_teacher=weight_teacher)
+
+
 ADAAD = Method(
     name="adaad",
     inner_attack=Part("kl_pgd", {"target": "teacher_adv", "start": "gaussian", "clamp_start": False}),
@@ -57,11 +93,23 @@ ADAAD = Method(
 )
 
 
+ADAIAD = Method(
+    name="adaiad",
+    inner_attack=Part("kl_pgd", {"target": "teacher_adv", "start": "gaussian", "clamp_start": False}),
+    outer_loss=Part("adaiad", {"alpha": 1.0, "temperature": 30.0, "beta": 0.1, "begin": 60}),
+    defaults=ADAAD.defaults,
+    summary="AdaIAD (Huang et al. 2023): AdaAD's inner problem with IAD-I's introspective outer loss, T(x')",
+    reference="Huang et al., CVPR 2023, Sec. 3.2; boyellow/AdaAD/main.py (AdaAD_with_IAD1)",
+)
+
+
 @hookimpl
 def rd_register_outer_losses(registry):
     registry.register(AdaADLoss, name="adaad")
+    registry.register(AdaIADLoss, name="adaiad")
 
 
 @hookimpl
 def rd_register_methods(registry):
     registry.register(ADAAD)
+    registry.register(ADAIAD)

@@ -25,7 +25,7 @@ lambda = 1; AdaAD's training schedule (200 epochs, wd 5e-4, x0.1 at 100/150).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

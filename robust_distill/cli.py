@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import analysis_cli  # noqa: F401  (registers bench, report, unlearnable, teacher-score, specialization)
+
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
@@ -186,5 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+if __name__ == "__main__":  # pragma: no cover  (`python -m robust_distill.cli`: use the imported module's registry)
+    from robust_distill import cli as _cli
+
+    sys.exit(_cli.main())

@@ -111,6 +111,9 @@ class Config:
 
 
 _PART_FIELDS = ("inner_attack", "outer_loss", "teacher_updater")
+#: engine defaults that are components (so that a method or user component with another key replaces them)
+_BASE_LAYER: dict[str, Any] = {"optim": {"schedule": {"key": "multistep", "kwargs": {"milestones": [100, 150],
+                                                                                   "gamma": 0.1}}}}
 _EPS_FIELDS = {"eps", "step_size", "eps_end"}
 
 
@@ -120,12 +123,15 @@ _EPS_FIELDS = {"eps", "step_size", "eps_end"}
 
 
 def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``top`` over ``base`` key by key; a component (``{key, kwargs}``) with another key replaces
+    the base one entirely, since the base component's options do not apply to it."""
     out = copy.deepcopy(dict(base))
     for k, v in top.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and k != "kwargs":
-            out[k] = _deep_merge(out[k], v)
+        if (isinstance(v, Mapping) and isinstance(out.get(k), Mapping) and "key" in v and "key" in out[k]
+                and v["key"] != out[k]["key"]):
+            out[k] = copy.deepcopy(dict(v))
         elif isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = {**out[k], **v}
+            out[k] = _deep_merge(out[k], v)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -176,14 +182,11 @@ def _normalise(raw: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _method_layer(method: Method, user: Mapping[str, Any]) -> dict[str, Any]:
-    """The method's defaults, with its parts; a user part with another key drops the method's kwargs."""
+def _method_layer(method: Method) -> dict[str, Any]:
+    """The method's defaults and parts, as a config layer."""
     layer = copy.deepcopy(dict(method.defaults))
     for name in _PART_FIELDS:
         part: Part = getattr(method, name)
-        user_part = user.get(name) or {}
-        if isinstance(user_part, Mapping) and user_part.get("key") not in (None, part.key):
-            continue
         layer[name] = {"key": part.key, "kwargs": dict(part.kwargs)}
     return layer
 
@@ -437,7 +440,7 @@ def resolve_config(raw: Mapping[str, Any], regs: Any, *, overrides: list[str] = 
                            + ", ".join(regs.methods.names())], source)
     try:
         method = regs.methods.get(user["method"])
-        layered = _deep_merge(_method_layer(method, user), user)
+        layered = _deep_merge(_deep_merge(_BASE_LAYER, _method_layer(method)), user)
     except UnknownNameError as exc:
         raise ConfigError([f"method: {exc}"], source) from None
     if layered.get("version", SCHEMA_VERSION) != SCHEMA_VERSION:

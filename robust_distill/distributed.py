@@ -55,7 +55,8 @@ class DistContext:
     def all_reduce_mean(self, value: float) -> float:
         if not self.enabled:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        device = f"cuda:{self.local_rank}" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces CUDA tensors
+        t = torch.tensor([value], dtype=torch.float64, device=device)
         dist.all_reduce(t)
         return t.item() / self.world_size
 

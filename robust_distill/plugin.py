@@ -59,7 +59,14 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("ard", "robust_distill_plugins.ard"),
     ("rslad", "robust_distill_plugins.rslad"),
     ("adaad", "robust_distill_plugins.adaad"),
+    ("iad", "robust_distill_plugins.iad"),
+    ("igdm", "robust_distill_plugins.igdm"),
+    ("dgad", "robust_distill_plugins.dgad"),
     ("mmard", "robust_distill_plugins.mmard"),
+    ("self_distill", "robust_distill_plugins.self_distill"),
+    ("mtard", "robust_distill_plugins.mtard"),
+    ("ciard", "robust_distill_plugins.ciard"),
+    ("peeraid", "robust_distill_plugins.peeraid"),
 )
 
 #: registry attribute -> (kind, the hook that fills it)

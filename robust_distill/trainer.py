@@ -83,6 +83,9 @@ class Run:
     :ivar student: the bare student module; ``student_ddp`` the module the outer loss calls.
     :ivar teachers: role -> teacher module (updaters may add or replace entries in ``setup``).
     :ivar output_dir: where config, metrics and checkpoints go.
+    :ivar optimizer: the student's SGD; ``scaler`` its ``GradScaler`` (enabled with ``optim.amp`` on CUDA;
+        updaters that step their own optimizer on the joint loss unscale with ``scaler.get_scale()``).
+    :ivar dist: the :class:`~robust_distill.distributed.DistContext` (rank, world size, collectives).
     """
 
     def __init__(self, cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistContext) -> None:

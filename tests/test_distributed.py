@@ -40,9 +40,9 @@ def test_two_processes_match_one(tiny_raw, tmp_path: Path, method: str) -> None:
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(raw))
         outs[name] = tmp_path / name / "last.pt"
-    _run([sys.executable, "-m", "robust_distill.cli", "train", str(tmp_path / "one.yaml")], tmp_path)
+    _run([sys.executable, "-m", "robust_distill", "train", str(tmp_path / "one.yaml")], tmp_path)
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-          "-m", "robust_distill.cli", "train", str(tmp_path / "two.yaml")], tmp_path)
+          "-m", "robust_distill", "train", str(tmp_path / "two.yaml")], tmp_path)
     one, two = load_checkpoint(outs["one"])["state_dict"], load_checkpoint(outs["two"])["state_dict"]
     assert one.keys() == two.keys()
     for k in one:

@@ -86,9 +86,9 @@ def test_hook_rd_register_inner_attacks() -> None:
         def __call__(self, step: Any) -> torch.Tensor:
             return step.x
 
-    regs = manager_with(rd_register_inner_attacks=lambda registry: registry.register(NoAttack, name="none")
+    regs = manager_with(rd_register_inner_attacks=lambda registry: registry.register(NoAttack, name="no_attack")
                         ).build_registries()
-    assert regs.inner_attacks.build("none", {}) is not None
+    assert regs.inner_attacks.build("no_attack", {}) is not None
 
 
 def test_hook_rd_register_outer_losses() -> None:

@@ -30,7 +30,7 @@ def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def rd(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "robust_distill.cli", *args], env=env, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "robust_distill", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=600)
 
 
