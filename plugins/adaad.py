@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import Reduction, kl_div
 from robust_distill_plugins.iad import IAD1Loss
 
@@ -85,9 +85,7 @@ ADAAD = Method(
     name="adaad",
     inner_attack=Part("kl_pgd", {"target": "teacher_adv", "start": "gaussian", "clamp_start": False}),
     outer_loss=Part("adaad", {"alpha": 1.0, "reduction": "mean"}),
-    defaults={"optim": {"epochs": 200, "lr": 0.1, "weight_decay": 5e-4,
-                        "schedule": {"key": "multistep", "kwargs": {"milestones": [100, 150], "gamma": 0.1}}},
-              "threat": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10}},
+    defaults=training_defaults(epochs=200, weight_decay=5e-4, milestones=[100, 150]),
     summary="AdaAD (Huang et al. 2023): match S and T at the point where they disagree most, T(x') inside",
     reference="Huang et al., CVPR 2023, Eq. 9-11; boyellow/AdaAD/AT_helper.py adaad_inner_loss",
 )

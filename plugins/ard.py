@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import Reduction, kl_div
 
 
@@ -51,9 +51,7 @@ ARD = Method(
     name="ard",
     inner_attack=Part("pgd_ce", {"start": "uniform", "clamp_start": False, "bn_mode": "train"}),
     outer_loss=Part("ard", {"alpha": 1.0, "temperature": 30.0, "reduction": "mean"}),
-    defaults={"optim": {"epochs": 200, "lr": 0.1, "weight_decay": 2e-4,
-                        "schedule": {"key": "multistep", "kwargs": {"milestones": [100, 150], "gamma": 0.1}}},
-              "threat": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10}},
+    defaults=training_defaults(epochs=200, weight_decay=2e-4, milestones=[100, 150]),
     summary="ARD (Goldblum et al. 2020): KD at tau=30 from T(x) on student CE-PGD examples",
     reference="Goldblum et al., AAAI 2020, Eq. 3; goldblum/AdversariallyRobustDistillation/main.py",
 )

@@ -64,7 +64,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robust_distill import Method, Part, Step, TeacherUpdater, hookimpl
+from robust_distill import Method, Part, Step, TeacherUpdater, hookimpl, training_defaults
 from robust_distill.attacks import model_mode
 from robust_distill.losses import kl_div
 from robust_distill_plugins.mtard import KL_EPS, TwoTeacherLoss, absolute_milestones, global_sums
@@ -308,10 +308,7 @@ class IterativeTeacherTraining(TeacherUpdater):
 # -------------------------------------------------------------------------------------------------
 
 
-_DEFAULTS = {"optim": {"epochs": 300, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4,
-                       "schedule": {"key": "ciard", "kwargs": {"start": 150}}},
-             "threat": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10},
-             "seed": 0}
+_DEFAULTS = training_defaults(epochs=300, weight_decay=2e-4, schedule=Part("ciard", {"start": 150}), seed=0)
 _INNER = Part("pgd_ce", {"start": "gaussian", "clamp_start": False, "bn_mode": "eval"})
 _ITT = Part("ciard_itt", {"start_epoch": 50, "lr": 1e-4, "momentum": 0.1, "weight_decay": 2e-4})
 _LOSS = {"push_temperature": 5.0, "weighted": False, "eta": 0.025, "eta_tau": 0.001,

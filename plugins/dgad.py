@@ -23,9 +23,9 @@ Outer, with teacher outputs under ``no_grad`` and the student's in train mode:
 
 ``bs`` is the *configured* batch size (``args.bs``), also for the last, smaller batch of an epoch (where the
 two weights then no longer add up to the group proportions), as in the code; ``B`` is the actual batch.
-Unless ``batch_size`` is set, this plugin's ``rd_run_start`` fills it in from ``data.batch_size`` (divided by
-the number of processes under ``torchrun``: each process computes the loss on its share of the global
-batch). Training: AdaAD's (200 epochs, lr 0.1, wd 5e-4, x0.1 at 100 and 150).
+Unless ``outer_loss.kwargs.batch_size`` is set, the engine provides ``data.batch_size`` (divided by the
+number of processes under ``torchrun``: each process computes the loss on its share of the global batch).
+Training: AdaAD's (200 epochs, lr 0.1, wd 5e-4, x0.1 at 100 and 150).
 
 Deliberate differences from the official code:
 
@@ -44,7 +44,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import kl_div
 
 __all__ = ["DGADLoss", "swap_logits", "teacher_wrong_clean", "teacher_margin_negative"]
@@ -78,8 +78,8 @@ class DGADLoss(OuterLoss):
 
     :param beta_alp: weight of the PCR term (``--ALP_beta``, 1).
     :param alp: include the PCR term (``--alp on``).
-    :param batch_size: ``bs``; ``None``: the configured per-process batch size (set at run start), or the
-        actual batch size when the loss is used outside a training run.
+    :param batch_size: ``bs``; provided by the engine (the configured per-process batch size); ``None`` outside
+        a training run: the actual batch size.
     :param kl_scale: factor of the two KL terms (1; the code's MobileNetV2 branch uses 0.5).
     :param reproduce_parenthesis_bug: the MobileNetV2 branch as written,
         ``kl_scale * ((n/bs) L_clean + (bs-n)/bs) * L_adv``.
@@ -128,27 +128,10 @@ DGAD = Method(
     name="dgad",
     inner_attack=Part("kl_pgd", {"target": "teacher_adv", "start": "gaussian", "clamp_start": False}),
     outer_loss=Part("dgad", {"beta_alp": 1.0, "alp": True, "kl_scale": 1.0}),
-    defaults={"optim": {"epochs": 200, "lr": 0.1, "weight_decay": 5e-4,
-                        "schedule": {"key": "multistep", "kwargs": {"milestones": [100, 150], "gamma": 0.1}}},
-              "threat": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10}},
+    defaults=training_defaults(epochs=200, weight_decay=5e-4, milestones=[100, 150]),
     summary="DGAD (Park & Min 2024): teacher-wrong samples distilled clean, swapped wrong teacher logits, PCR",
     reference="Park & Min, ECCV 2024; kunsaram01/DGAD/main.py (--method DGAD)",
 )
-
-
-def _losses(loss: object):
-    """``loss`` and the losses it wraps (``base_loss`` chains, e.g. IGDM over DGAD)."""
-    while loss is not None:
-        yield loss
-        loss = getattr(loss, "base_loss", None)
-
-
-@hookimpl
-def rd_run_start(run):
-    """Give every DGAD loss of the run the configured per-process batch size as ``bs`` (unless set)."""
-    for loss in _losses(run.outer_loss):
-        if isinstance(loss, DGADLoss) and loss.batch_size is None:
-            loss.batch_size = run.config.data.batch_size // max(run.dist.world_size, 1)
 
 
 @hookimpl

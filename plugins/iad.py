@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import kl_div
 
 __all__ = ["introspection_weights", "introspection_term", "IAD1Loss", "IAD2Loss", "AKD2Loss"]
@@ -188,11 +188,7 @@ class AKD2Loss(IAD2Loss):
 # -- methods ----------------------------------------------------------------------------------------
 ARD_PGD = Part("pgd_ce", {"start": "uniform", "clamp_start": False, "bn_mode": "train"})
 
-IAD_DEFAULTS = {
-    "optim": {"epochs": 200, "lr": 0.1, "weight_decay": 2e-4,
-              "schedule": {"key": "multistep", "kwargs": {"milestones": [100, 150], "gamma": 0.1}}},
-    "threat": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10},
-}
+IAD_DEFAULTS = training_defaults(epochs=200, weight_decay=2e-4, milestones=[100, 150])
 
 IAD1 = Method(
     name="iad1",

@@ -59,7 +59,7 @@ from typing import Any
 
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import kl_div
 
 
@@ -77,10 +77,10 @@ class IGDMLoss(OuterLoss):
 
     def __init__(self, base: str = "adaad", base_kwargs: dict[str, Any] | None = None, alpha: float = 20.0,
                  beta: float = 1.0, gamma: float = 1.0, ramp_epochs: int | None = None, role: str = "robust",
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, batch_size: int | None = None) -> None:
         from robust_distill.plugin import get_registries
 
-        provided = {} if num_classes is None else {"num_classes": num_classes}
+        provided = {k: v for k, v in (("num_classes", num_classes), ("batch_size", batch_size)) if v is not None}
         kwargs: Mapping[str, Any] = dict(base_kwargs or {})
         registry = get_registries().outer_losses
         try:
@@ -142,9 +142,7 @@ ADAAD_IGDM = Method(
     inner_attack=Part("kl_pgd", {"target": "teacher_adv", "start": "gaussian", "clamp_start": False}),
     outer_loss=Part("igdm", {"base": "adaad", "base_kwargs": {"alpha": 1.0, "reduction": "batchmean"},
                              **IGDM_KWARGS}),
-    defaults={"optim": {"epochs": 200, "lr": 0.1, "weight_decay": 2e-4,
-                        "schedule": {"key": "multistep", "kwargs": {"milestones": [100, 150], "gamma": 0.1}}},
-              "threat": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10}},
+    defaults=training_defaults(epochs=200, weight_decay=2e-4, milestones=[100, 150]),
     summary="AdaAD + IGDM (Lee et al. 2025): also match the logit change S(x+d) - S(x-d) to the teacher's",
     reference="Lee, Cho, Kim, ICLR 2025; ICLR_IGDM/adaad_IGDM_cifar100.py (copy in Xavaitron/VLM_Distillation)",
 )
@@ -153,10 +151,7 @@ RSLAD_IGDM = Method(
     name="rslad_igdm",
     inner_attack=Part("kl_pgd", {"target": "teacher_clean", "start": "gaussian", "clamp_start": False}),
     outer_loss=Part("igdm", {"base": "rslad", "base_kwargs": {"alpha": 5 / 6, "scale": 1.0}, **IGDM_KWARGS}),
-    defaults={"optim": {"epochs": 300, "lr": 0.1, "weight_decay": 2e-4,
-                        "schedule": {"key": "multistep",
-                                     "kwargs": {"milestones": [210, 258, 285], "gamma": 0.1}}},
-              "threat": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10}},
+    defaults=training_defaults(epochs=300, weight_decay=2e-4, milestones=[210, 258, 285]),
     summary="RSLAD + IGDM (Lee et al. 2025): RSLAD's loss plus the logit-change matching term",
     reference="Lee, Cho, Kim, ICLR 2025; ICLR_IGDM/rslad_IGDM_cifar100.py (copy in Xavaitron/VLM_Distillation)",
 )

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.attacks import BNMode, InnerPGD, Start
 from robust_distill.losses import js_divergence, kl_div
 
@@ -91,9 +91,7 @@ MMARD = Method(
     name="mmard",
     inner_attack=Part("mmard_boundary", {"boundary_weight": 1.0}),
     outer_loss=Part("mmard", {"robust_teacher": 1.0, "natural_teacher": 1 / 6, "natural_robust": 1.0}),
-    defaults={"optim": {"epochs": 200, "lr": 0.1, "weight_decay": 5e-4,
-                        "schedule": {"key": "multistep", "kwargs": {"milestones": [100, 150], "gamma": 0.1}}},
-              "threat": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10}},
+    defaults=training_defaults(epochs=200, weight_decay=5e-4, milestones=[100, 150]),
     summary="MMARD (interpretation of the abstract): boundary-seeking inner + natural/robust/teacher triangle",
     reference="Wang et al., arXiv 2503.06559 (abstract only; no code or equations public)",
 )

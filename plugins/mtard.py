@@ -55,7 +55,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import kl_div
 
 __all__ = ["entropy_temperatures", "mtard_weights", "normalised_weights", "neg_entropy", "global_means",
@@ -267,9 +267,7 @@ class MTARDLoss(TwoTeacherLoss):
         return self.scale * (self.w_adv * kl_adv + self.w_nat * kl_nat)
 
 
-_TRAINING = {"optim": {"epochs": 300, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4,
-                       "schedule": {"key": "multistep", "kwargs": {"milestones": [215, 260, 285], "gamma": 0.1}}},
-             "threat": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10}}
+_TRAINING = training_defaults(epochs=300, weight_decay=2e-4, milestones=[215, 260, 285])
 _INNER = Part("pgd_ce", {"start": "gaussian", "clamp_start": False, "bn_mode": "eval"})
 
 MTARD = Method(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill import InnerAttack, Method, OuterLoss, Part, Step, hookimpl
+from robust_distill import InnerAttack, Method, OuterLoss, Part, Step, hookimpl, training_defaults
 
 
 class NoAttack(InnerAttack):
@@ -31,8 +31,7 @@ NATURAL = Method(
     inner_attack=Part("none"),
     outer_loss=Part("ce_clean"),
     teachers=(),
-    defaults={"optim": {"epochs": 200, "lr": 0.1, "weight_decay": 5e-4,
-                        "schedule": {"key": "multistep", "kwargs": {"milestones": [100, 150], "gamma": 0.1}}}},
+    defaults=training_defaults(epochs=200, weight_decay=5e-4, milestones=[100, 150], eps=None),
     summary="standard training on clean data (the natural teacher of dual-teacher methods)",
     reference="cross-entropy training; e.g. IAD's pre_train/ST.py",
 )

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robust_distill import Method, OuterLoss, Part, Step, TeacherUpdater, hookimpl
+from robust_distill import Method, OuterLoss, Part, Step, TeacherUpdater, hookimpl, training_defaults
 from robust_distill.attacks import model_mode
 from robust_distill.checkpoint import FORMAT, atomic_save
 from robust_distill.data import augment, to_float
@@ -273,10 +273,7 @@ PEERAID = Method(
                                 "gamma1": 1.0, "gamma2": 0.1, "re_temperature": 1.0}),
     teacher_updater=Part("peer", {"lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "swa_start": 214}),
     teachers=("peer",),
-    defaults={"optim": {"epochs": 300, "lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4,
-                        "schedule": {"key": "multistep",
-                                     "kwargs": {"milestones": [214, 259, 284], "gamma": 0.1}}},
-              "threat": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10}},
+    defaults=training_defaults(epochs=300, weight_decay=2e-4, milestones=[214, 259, 284]),
     summary="PeerAiD (Jung et al. 2024): a peer trained jointly on the student's examples is the teacher",
     reference="Jung et al., CVPR 2024; jaewonalive/PeerAiD/main.py train_kd, attack_function.py LinfPeerAttack",
 )

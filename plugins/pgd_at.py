@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 
 
 class AdversarialCE(OuterLoss):
@@ -27,9 +27,7 @@ PGD_AT = Method(
     inner_attack=Part("pgd_ce", {"start": "uniform", "clamp_start": True, "bn_mode": "eval"}),
     outer_loss=Part("ce_adv"),
     teachers=(),
-    defaults={"optim": {"epochs": 200, "lr": 0.1, "weight_decay": 2e-4,
-                        "schedule": {"key": "multistep", "kwargs": {"milestones": [100, 150], "gamma": 0.1}}},
-              "threat": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10}},
+    defaults=training_defaults(epochs=200, weight_decay=2e-4, milestones=[100, 150]),
     summary="PGD adversarial training (Madry et al. 2018): CE on student PGD examples",
     reference="Madry et al., ICLR 2018, Eq. 2.1; MadryLab/cifar10_challenge",
 )

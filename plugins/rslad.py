@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import kl_div
 
 
@@ -43,10 +43,7 @@ RSLAD = Method(
     name="rslad",
     inner_attack=Part("kl_pgd", {"target": "teacher_clean", "start": "gaussian", "clamp_start": False}),
     outer_loss=Part("rslad", {"alpha": 5 / 6, "scale": 1.0}),
-    defaults={"optim": {"epochs": 300, "lr": 0.1, "weight_decay": 2e-4,
-                        "schedule": {"key": "multistep",
-                                     "kwargs": {"milestones": [215, 260, 285], "gamma": 0.1}}},
-              "threat": {"eps": 8 / 255, "step_size": 2 / 255, "steps": 10}},
+    defaults=training_defaults(epochs=300, weight_decay=2e-4, milestones=[215, 260, 285]),
     summary="RSLAD (Zi et al. 2021): robust soft labels T(x) in the inner and outer problems",
     reference="Zi et al., ICCV 2021, Eq. 6-7; zibojia/RSLAD/rslad_loss.py",
 )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import kl_div
 
 
@@ -37,9 +37,7 @@ TRADES = Method(
     inner_attack=Part("kl_pgd", {"target": "student_clean", "start": "gaussian", "clamp_start": False}),
     outer_loss=Part("trades", {"beta": 6.0}),
     teachers=(),
-    defaults={"optim": {"epochs": 76, "lr": 0.1, "weight_decay": 2e-4,
-                        "schedule": {"key": "multistep", "kwargs": {"milestones": [75, 90, 100], "gamma": 0.1}}},
-              "threat": {"eps": 0.031, "step_size": 0.007, "steps": 10}},
+    defaults=training_defaults(epochs=76, weight_decay=2e-4, milestones=[75, 90, 100], eps=0.031, step_size=0.007),
     summary="TRADES (Zhang et al. 2019): CE(S(x)) + beta KL(S(x')||S(x)), beta = 6",
     reference="Zhang et al., ICML 2019, Eq. 5; yaodongyu/TRADES/trades.py",
 )

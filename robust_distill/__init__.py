@@ -34,17 +34,18 @@ hookimpl = pluggy.HookimplMarker("robust_distill")
 """Marker for hook implementations: ``@hookimpl def rd_register_methods(registry): ...``."""
 
 from .components import (  # noqa: E402
-                         DataBundle,
-                         DatasetInfo,
-                         EvalAttack,
-                         InnerAttack,
-                         Method,
-                         OuterLoss,
-                         Part,
-                         Stateful,
-                         StudentSource,
-                         TeacherSource,
-                         TeacherUpdater,
+    DataBundle,
+    DatasetInfo,
+    EvalAttack,
+    InnerAttack,
+    Method,
+    OuterLoss,
+    Part,
+    Stateful,
+    StudentSource,
+    TeacherSource,
+    TeacherUpdater,
+    training_defaults,
 )
 from .registry import Registry  # noqa: E402
 from .step import Step  # noqa: E402
@@ -53,5 +54,5 @@ from .threat import ThreatModel  # noqa: E402
 __all__ = [
     "__version__", "hookimpl", "Registry", "Step", "ThreatModel", "Method", "Part", "Stateful",
     "DataBundle", "DatasetInfo", "TeacherSource", "StudentSource", "InnerAttack", "OuterLoss",
-    "TeacherUpdater", "EvalAttack",
+    "TeacherUpdater", "EvalAttack", "training_defaults",
 ]

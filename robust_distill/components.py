@@ -6,7 +6,7 @@ objects. A method is a :class:`Method`: the names of its parts plus its paper's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Stateful", "DatasetInfo", "DataBundle", "TeacherSource", "StudentSource", "InnerAttack",
-    "OuterLoss", "TeacherUpdater", "EvalAttack", "Method", "Part", "LRSchedule",
+    "OuterLoss", "TeacherUpdater", "EvalAttack", "Method", "Part", "LRSchedule", "training_defaults",
 ]
 
 
@@ -156,6 +156,22 @@ class Part:
 
     def as_dict(self) -> dict[str, Any]:
         return {"key": self.key, "kwargs": dict(self.kwargs)}
+
+
+def training_defaults(*, epochs: int, weight_decay: float, milestones: Sequence[float] = (), gamma: float = 0.1,
+                      schedule: Part | None = None, lr: float = 0.1, eps: float | None = 8 / 255,
+                      step_size: float = 2 / 255, steps: int = 10, **extra: Any) -> dict[str, Any]:
+    """A :class:`Method`'s ``defaults``: the official code's SGD and lr schedule, and its threat model.
+
+    ``milestones`` (epochs where the lr is multiplied by ``gamma``) or another ``schedule``; ``eps=None``
+    for methods without an inner maximisation; ``extra`` top-level keys (e.g. ``seed``).
+    """
+    sched = schedule or Part("multistep", {"milestones": list(milestones), "gamma": gamma})
+    out: dict[str, Any] = {"optim": {"epochs": epochs, "lr": lr, "weight_decay": weight_decay,
+                                     "schedule": sched.as_dict()}}
+    if eps is not None:
+        out["threat"] = {"eps": eps, "step_size": step_size, "steps": steps}
+    return {**out, **extra}
 
 
 @dataclass(frozen=True)

@@ -366,7 +366,7 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         problems.append(f"data.options: {exc}")
 
     _check_part(regs.inner_attacks, cfg.inner_attack, "inner_attack", problems)
-    _check_part(regs.outer_losses, cfg.outer_loss, "outer_loss", problems, provided=("num_classes",))
+    _check_part(regs.outer_losses, cfg.outer_loss, "outer_loss", problems)
     _check_part(regs.teacher_updaters, cfg.teacher_updater, "teacher_updater", problems)
     _check_part(regs.lr_schedules, cfg.optim.schedule, "optim.schedule", problems, provided=("epochs",))
 

@@ -110,7 +110,8 @@ def rd_register_inner_attacks(registry: Registry[type[InnerAttack]]) -> None:
 def rd_register_outer_losses(registry: Registry[type[OuterLoss]]) -> None:
     """Register outer losses: classes (or factories) of :class:`~robust_distill.components.OuterLoss`.
 
-    Created once per run with ``outer_loss.kwargs`` (plus ``num_classes`` if the constructor takes it);
+    Created once per run with ``outer_loss.kwargs`` (plus ``num_classes`` and the per-process ``batch_size``
+    if the constructor declares them and the config does not set them);
     every step ``loss(step)`` returns the scalar the student minimises. Read model outputs through
     ``step.student_logits(...)`` and ``step.teacher_logits(...)`` so nothing is computed twice.
 

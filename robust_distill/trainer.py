@@ -105,7 +105,8 @@ class Run:
             for role, t in cfg.teachers.items()}
         self.inner_attack = regs.inner_attacks.build(cfg.inner_attack.key, cfg.inner_attack.kwargs)
         self.outer_loss = regs.outer_losses.build(cfg.outer_loss.key, cfg.outer_loss.kwargs,
-                                                  num_classes=info.num_classes)
+                                                  num_classes=info.num_classes,
+                                                  batch_size=cfg.data.batch_size // dist_ctx.world_size)
         self.teacher_updater = regs.teacher_updaters.build(cfg.teacher_updater.key, cfg.teacher_updater.kwargs)
         self.lr_schedule = regs.lr_schedules.build(cfg.optim.schedule.key, cfg.optim.schedule.kwargs,
                                                    epochs=cfg.optim.epochs)

@@ -11,16 +11,8 @@ from torch import nn
 from robust_distill import Step, ThreatModel
 from robust_distill.losses import entropy, kl_div
 
-B, D, C = 4, 5, 3
-
-
-def _linear(seed: int) -> nn.Linear:
-    g = torch.Generator().manual_seed(seed)
-    m = nn.Linear(D, C)
-    with torch.no_grad():
-        m.weight.copy_(torch.randn(C, D, generator=g))
-        m.bias.copy_(torch.randn(C, generator=g))
-    return m
+from .handcalc import B, C, D, kl_by_hand, softmax
+from .handcalc import linear as _linear
 
 
 def make_step(teacher_grad: bool = False) -> Step:
@@ -33,15 +25,6 @@ def make_step(teacher_grad: bool = False) -> Step:
     return step
 
 
-def softmax(z: torch.Tensor) -> torch.Tensor:
-    e = torch.exp(z - z.max(dim=1, keepdim=True).values)
-    return e / e.sum(dim=1, keepdim=True)
-
-
-def kl_by_hand(s: torch.Tensor, t: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
-    """Per-sample sum_c p_t (log(p_t + eps) - log p_s), written out."""
-    p_s, p_t = softmax(s), softmax(t)
-    return (p_t * (torch.log(p_t + eps) - torch.log(p_s))).sum(dim=1)
 
 
 def test_kl_div_literal_values() -> None:

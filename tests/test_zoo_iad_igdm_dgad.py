@@ -20,16 +20,8 @@ from robust_distill.config import resolve_config
 from robust_distill.registry import Registry, UnknownNameError
 from robust_distill.trainer import train
 
-B, D, C = 4, 5, 3
-
-
-def _linear(seed: int) -> nn.Linear:
-    g = torch.Generator().manual_seed(seed)
-    m = nn.Linear(D, C)
-    with torch.no_grad():
-        m.weight.copy_(torch.randn(C, D, generator=g))
-        m.bias.copy_(torch.randn(C, generator=g))
-    return m
+from .handcalc import B, C, D, softmax
+from .handcalc import linear as _linear
 
 
 def make_step(*, epoch: int = 0, epochs: int = 200, natural: bool = False, teacher_grad: bool = False) -> Step:
@@ -45,10 +37,6 @@ def make_step(*, epoch: int = 0, epochs: int = 200, natural: bool = False, teach
 
 
 # -- formulas by hand -------------------------------------------------------------------------------
-def softmax(z: Tensor) -> Tensor:
-    e = torch.exp(z - z.max(dim=1, keepdim=True).values)
-    return e / e.sum(dim=1, keepdim=True)
-
 
 def kl_rows(s: Tensor, t: Tensor) -> Tensor:
     """Per-sample ``sum_c p_t (log p_t - log p_s)``."""
@@ -309,19 +297,18 @@ def test_dgad_without_pcr_and_when_the_teacher_is_always_wrong(regs) -> None:
     assert math.isfinite(loss.item()) and wrong.logs["dgad_adv"] == 0.0
 
 
-def test_dgad_run_start_sets_the_configured_batch_size(regs) -> None:
-    from robust_distill_plugins import dgad
+def test_dgad_gets_the_configured_per_process_batch_size_from_the_engine(regs, tiny_config) -> None:
+    from robust_distill.distributed import DistContext
+    from robust_distill.plugin import get_plugin_manager
+    from robust_distill.trainer import Run
 
-    own, wrapped = build(regs, "dgad"), build(regs, "igdm", base="dgad")
-    for loss, world in [(own, 1), (wrapped, 2)]:
-        run = SimpleNamespace(outer_loss=loss, config=SimpleNamespace(data=SimpleNamespace(batch_size=128)),
-                              dist=SimpleNamespace(world_size=world))
-        dgad.rd_run_start(run)
-    assert own.batch_size == 128 and wrapped.base_loss.batch_size == 64
-    fixed = build(regs, "dgad", batch_size=32)
-    dgad.rd_run_start(SimpleNamespace(outer_loss=fixed, config=SimpleNamespace(data=SimpleNamespace(batch_size=128)),
-                                      dist=SimpleNamespace(world_size=1)))
-    assert fixed.batch_size == 32
+    cfg = tiny_config("dgad", True)
+    assert Run(cfg, regs, get_plugin_manager(), DistContext()).outer_loss.batch_size == 16
+    assert Run(cfg, regs, get_plugin_manager(), DistContext(world_size=2)).outer_loss.batch_size == 8
+    wrapped = regs.outer_losses.build("igdm", {"base": "dgad"}, num_classes=4, batch_size=64)
+    assert wrapped.base_loss.batch_size == 64
+    fixed = regs.outer_losses.build("dgad", {"batch_size": 32}, num_classes=4, batch_size=128)
+    assert fixed.batch_size == 32  # the config wins
 
 
 # -- gradients --------------------------------------------------------------------------------------

@@ -19,17 +19,11 @@ from robust_distill.config import resolve_config
 from robust_distill.distributed import DistContext
 from robust_distill.trainer import train
 
-B, D, C = 4, 5, 3
+from .handcalc import B, C, D, softmax
+from .handcalc import linear as _linear
+
 EPS = 1e-5
 
-
-def _linear(seed: int, scale: float = 1.0) -> nn.Linear:
-    g = torch.Generator().manual_seed(seed)
-    m = nn.Linear(D, C)
-    with torch.no_grad():
-        m.weight.copy_(scale * torch.randn(C, D, generator=g))
-        m.bias.copy_(scale * torch.randn(C, generator=g))
-    return m
 
 
 def make_step(student: nn.Module, teachers: dict[str, nn.Module], seed: int, *, y: torch.Tensor | None = None,
@@ -54,10 +48,6 @@ def models(teacher_grad: bool = False) -> tuple[nn.Module, dict[str, nn.Module]]
 
 # -- formulas by hand --------------------------------------------------------------------------------
 
-
-def softmax(z: torch.Tensor) -> torch.Tensor:
-    e = torch.exp(z - z.max(dim=1, keepdim=True).values)
-    return e / e.sum(dim=1, keepdim=True)
 
 
 def kl_loss_mean(s: torch.Tensor, t: torch.Tensor, tau_t: float = 1.0, tau_s: float = 1.0) -> float:

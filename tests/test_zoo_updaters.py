@@ -19,16 +19,8 @@ from robust_distill.distributed import DistContext
 from robust_distill.plugin import get_plugin_manager
 from robust_distill.trainer import Run, train
 
-B, D, C = 4, 5, 3
-
-
-def _linear(seed: int) -> nn.Linear:
-    g = torch.Generator().manual_seed(seed)
-    m = nn.Linear(D, C)
-    with torch.no_grad():
-        m.weight.copy_(torch.randn(C, D, generator=g))
-        m.bias.copy_(torch.randn(C, generator=g))
-    return m
+from .handcalc import B, C, D, softmax
+from .handcalc import linear as _linear
 
 
 def peer_step(student: nn.Module, peer: nn.Module) -> Step:
@@ -39,10 +31,6 @@ def peer_step(student: nn.Module, peer: nn.Module) -> Step:
     step.add_input("adv", (x + 0.1 * torch.randn(B, D, generator=g)).clamp(0, 1))
     return step
 
-
-def softmax(z: torch.Tensor) -> torch.Tensor:
-    e = torch.exp(z - z.max(dim=1, keepdim=True).values)
-    return e / e.sum(dim=1, keepdim=True)
 
 
 def kl_mean(a: torch.Tensor, b: torch.Tensor, tau: float) -> float:
