@@ -79,12 +79,20 @@ class CWInf(EvalAttack):
 
 
 class ReferenceAutoAttack(EvalAttack):
-    """AutoAttack standard from ``pyautoattack`` (fra31's reference implementation), seed 0."""
+    """AutoAttack standard from ``pyautoattack`` (fra31's reference implementation), seed 0.
+
+    Runs on the whole evaluation set at once (``whole_set``), batched internally by ``batch_size``, as
+    ``robustbench.benchmark`` does: each sub-attack only sees the points still robust after the previous
+    ones, regrouped into batches, so the numbers equal RobustBench's on the same model and examples.
+    """
 
     name = "autoattack"
+    whole_set = True
 
-    def __init__(self, eps: float, version: str = "standard", seed: int = 0, num_classes: int = 10) -> None:
+    def __init__(self, eps: float, version: str = "standard", seed: int = 0, num_classes: int = 10,
+                 batch_size: int = 500) -> None:
         self.eps, self.version, self.seed, self.num_classes = eps, version, seed, num_classes
+        self.batch_size = batch_size
         self.label = f"AutoAttack ({version})"
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -94,7 +102,7 @@ class ReferenceAutoAttack(EvalAttack):
                              seed=self.seed)
         # 9 target classes (the reference default) need >= 10 classes; fewer classes get all the others.
         aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = min(9, self.num_classes - 1)
-        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=x.shape[0])
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)
         return x_adv.to(x.device)
 
 

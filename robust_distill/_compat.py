@@ -22,7 +22,7 @@ import types
 import warnings
 from typing import Any
 
-__all__ = ["import_robustbench", "import_autoattack", "AutoAttackAdapter"]
+__all__ = ["import_robustbench", "import_autoattack", "AutoAttackAdapter", "robustbench_benchmark"]
 
 
 class MissingDependencyError(ImportError):
@@ -104,3 +104,24 @@ class AutoAttackAdapter:
         out = self._aa.run_standard_evaluation(x, y, batch_size=bs, state_path=state_path)
         x_adv, y_adv = out if isinstance(out, tuple) else (out, None)
         return (x_adv, y_adv) if return_labels else x_adv
+
+
+def robustbench_benchmark(model: Any, x: Any, y: Any, *, eps: float, batch_size: int = 500, seed: int = 0,
+                          device: Any = "cpu") -> tuple[float, float]:
+    """``robustbench.benchmark`` (clean and AutoAttack accuracy) on the examples ``(x, y)``.
+
+    RobustBench 1.1.1 cannot run as shipped (it calls the fra31 AutoAttack API); this runs its own
+    ``benchmark`` with :class:`AutoAttackAdapter` (seeded) in place of ``AutoAttack`` and the given
+    examples in place of its CIFAR loader. Used to check that our AutoAttack numbers follow its protocol.
+    """
+    import functools
+    from unittest import mock
+
+    import torch
+
+    rb = import_robustbench()
+    adapter = functools.partial(AutoAttackAdapter, seed=seed)
+    with mock.patch.object(rb.eval, "AutoAttack", adapter), \
+            mock.patch.object(rb.eval, "load_clean_dataset", lambda *a, **k: (x, y)):
+        return rb.eval.benchmark(model, n_examples=len(x), dataset="cifar10", threat_model="Linf", eps=eps,
+                                 batch_size=batch_size, device=torch.device(device))  # a str is a Sequence

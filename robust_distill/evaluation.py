@@ -75,7 +75,8 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, EvalA
 
     Runs inside ``torch.random.fork_rng`` seeded with ``seed``: evaluation is reproducible and does not
     shift the training random stream (APGD/Square re-seed the global RNG; this isolates them too).
-    Every adversarial batch is checked to lie in [0, 1] and in the attack's eps ball.
+    Every adversarial batch is checked to lie in [0, 1] and in the attack's eps ball. An attack with
+    ``whole_set = True`` (AutoAttack) gets all examples at once and batches them itself.
     """
     device = torch.device(device)
     result = EvalResult(n=x.shape[0])
@@ -85,14 +86,16 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, EvalA
         for name, attack in attacks.items():
             eps = getattr(attack, "eps", None)
             correct = torch.zeros(x.shape[0], dtype=torch.bool)
-            batches = iterate_eval(x, y, batch_size)
+            whole = getattr(attack, "whole_set", False)
+            batches = iterate_eval(x, y, x.shape[0] if whole else batch_size)
             bar = tqdm(batches, total=-(-x.shape[0] // batch_size), desc=f"{desc} {name}", leave=False,
                        disable=not progress)
             for start, xb, yb in bar:
                 xb, yb = to_float(xb, device), yb.to(device)
                 x_adv = attack(model, xb, yb)
                 _check_contract(name, xb, x_adv, eps)
-                with torch.no_grad():
-                    correct[start:start + xb.shape[0]] = (model(x_adv).argmax(1) == yb).cpu()
+                for i, xa, ya in iterate_eval(x_adv, yb, batch_size):
+                    with torch.no_grad():
+                        correct[start + i:start + i + xa.shape[0]] = (model(xa).argmax(1) == ya).cpu()
             result.correct[name] = correct
     return result

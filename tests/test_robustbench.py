@@ -120,3 +120,24 @@ def test_distil_from_a_robustbench_teacher_on_local_cifar(tiny_raw, regs, model_
     raw["teachers"]["robust"]["kwargs"]["model_dir"] = str(model_dir / "elsewhere")
     with pytest.raises(ConfigError, match="are not on disk: place"):
         resolve_config(raw, regs)
+
+
+@pytest.mark.slow
+def test_our_autoattack_equals_robustbench_benchmark_on_the_same_examples(regs) -> None:
+    from robust_distill._compat import robustbench_benchmark
+    from robust_distill.evaluation import evaluate, make_eval_attacks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                          nn.Linear(128, 10)).eval()
+    with torch.no_grad():  # labels = its own predictions, some flipped: misclassified points
+        x = torch.rand(24, 3, 8, 8)
+        y = model(x).argmax(1)
+    y[::4] = (y[::4] + 1) % 10
+    eps = 1 / 255
+    clean_rb, adv_rb = robustbench_benchmark(model, x, y, eps=eps, batch_size=16)
+    attacks = make_eval_attacks(["clean", "autoattack"], regs, eps=eps, num_classes=10)
+    attacks["autoattack"].batch_size = 16
+    ours = evaluate(model, x, y, attacks, batch_size=16).accuracy
+    assert ours["clean"] == pytest.approx(clean_rb) and ours["autoattack"] == pytest.approx(adv_rb)
+    assert ours["autoattack"] < ours["clean"]
