@@ -26,6 +26,8 @@ def _default_root() -> str:
 class TorchvisionCIFAR:
     """CIFAR-10 or CIFAR-100 through torchvision (``RandomCrop(32, 4)`` + flip, as every ARD paper)."""
 
+    downloads = True  # data.root is created by the download
+
     def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.name = f"cifar{num_classes}"

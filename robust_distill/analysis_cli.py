@@ -38,8 +38,11 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("results", help="folder holding run folders (a bench output_dir)")
-    p.add_argument("--out", default=None, help="where to write report.md/.csv and plots (default: RESULTS)")
+    p.add_argument("results", nargs="+", help="folders holding run folders (bench output_dirs)")
+    p.add_argument("--out", default=None, help="where to write report.md/.csv and plots (default: the first)")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=V1,V2",
+                   help="keep only runs whose config KEY is one of the values, e.g. --where method=adaad,rslad")
+    p.add_argument("--title", default=None, help="report title (default: the folders)")
     p.add_argument("--teacher-scores", default=None, help="teacher-score JSON: adds the rank correlation between "
                                                           "teacher entropy on S_U and student robustness")
     p.add_argument("--no-plots", action="store_true")
@@ -51,7 +54,9 @@ def cmd_report(ns: argparse.Namespace) -> int:
     from .report import build_report
 
     scores = json.loads(Path(ns.teacher_scores).read_text()) if ns.teacher_scores else None
-    result = build_report(ns.results, ns.out, teacher_scores=scores, plots=not ns.no_plots)
+    where = {k: v.split(",") for k, _, v in (item.partition("=") for item in ns.where)}
+    result = build_report(ns.results, ns.out, teacher_scores=scores, plots=not ns.no_plots, where=where,
+                          title=ns.title)
     print(result["markdown"])
     print("\nwrote: " + ", ".join(result["files"]))
     return 0

@@ -7,14 +7,16 @@ A grid file::
       method: rslad
       student: timm:convnet_s
       ...
+    set:                       # dotted keys set in every run (on top of base)
+      optim.epochs: 4
     grid:                      # cartesian product of these dotted keys
       method: [pgd_at, rslad, adaad]
       seed: [0, 1]
       threat.eps: [0.1, 0.2]
     exclude:                   # combinations to skip (every listed key must match)
       - {method: pgd_at, threat.eps: 0.2}
-    per_method:                # overrides applied to the runs of one method
-      pgd_at: {teachers: null}
+    per_method:                # overrides applied to the runs of one method (null on a top-level key
+      pgd_at: {teachers: null}   # removes it; on a dotted key it sets null)
     parallel: 1                # runs at a time
     threads_per_run: null      # OMP/torch threads per run (default: cores / parallel)
     torchrun: null             # processes per run under torchrun (multi-GPU), e.g. 4
@@ -48,8 +50,8 @@ from .config import ConfigError, apply_overrides, resolve_config
 
 __all__ = ["GridRun", "load_grid", "expand_grid", "run_grid"]
 
-GRID_KEYS = {"output_dir", "base", "grid", "exclude", "per_method", "parallel", "threads_per_run", "torchrun",
-             "runs"}
+GRID_KEYS = {"output_dir", "base", "set", "grid", "exclude", "per_method", "parallel", "threads_per_run",
+             "torchrun", "runs"}
 
 
 @dataclass
@@ -72,6 +74,9 @@ class GridRun:
 
 
 def _set(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """``raw`` with ``dotted`` set to ``value``; ``null`` on a top-level key removes it (``teachers: null``)."""
+    if value is None and "." not in dotted:
+        return {k: v for k, v in raw.items() if k != dotted}
     text = yaml.safe_dump(value, default_flow_style=True).strip()
     if text.endswith("..."):
         text = text[:-3].strip()
@@ -124,13 +129,10 @@ def expand_grid(grid: Mapping[str, Any]) -> list[GridRun]:
         if any(all(assignment.get(k) == v for k, v in ex.items()) for ex in grid.get("exclude", []) or []):
             continue
         raw = copy.deepcopy(grid.get("base") or {})
-        for key, value in assignment.items():
+        for key, value in {**(grid.get("set") or {}), **assignment}.items():
             raw = _set(raw, key, value)
         for key, value in ((grid.get("per_method") or {}).get(raw.get("method"), {}) or {}).items():
-            if value is None:
-                raw.pop(key, None)
-            else:
-                raw = _set(raw, key, value)
+            raw = _set(raw, key, value)
         name = run_name(assignment)
         if name in seen:
             raise ConfigError([f"two grid runs are both named {name!r}; make their keys differ."], "grid")

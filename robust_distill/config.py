@@ -358,7 +358,8 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         dataset = regs.datasets.get(cfg.data.dataset)
         _check_kwargs(dataset.load, {**cfg.data.options}, "data.options", problems, provided=("root",))
         info = dataset.info(**cfg.data.options)
-        if cfg.data.root is not None and not Path(cfg.data.root).expanduser().exists():
+        downloads = getattr(dataset, "downloads", False) and cfg.data.options.get("download", True)
+        if cfg.data.root is not None and not downloads and not Path(cfg.data.root).expanduser().exists():
             problems.append(f"data.root: folder {cfg.data.root!r} does not exist.")
     except UnknownNameError as exc:
         problems.append(f"data.dataset: {exc}")

@@ -13,7 +13,7 @@ import io
 import json
 import math
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,13 +180,31 @@ def _attacks(runs: list[RunResult]) -> list[str]:
     return list(dict.fromkeys(a for r in runs for a in r.config["eval"]["attacks"]))
 
 
-def build_report(root: str | Path, out: str | Path | None = None,
-                 teacher_scores: Mapping[str, Any] | None = None, plots: bool = True) -> dict[str, Any]:
-    """Write ``report.md``, ``report.csv``, ``runs.csv`` and PNG plots into ``out`` (default: ``root``)."""
-    runs = load_runs(root)
+def select_runs(runs: list[RunResult], where: Mapping[str, Sequence[str]]) -> list[RunResult]:
+    """Runs whose flattened config value at each key of ``where`` is one of the given (string) values."""
+    def keep(r: RunResult) -> bool:
+        flat = r.flat
+        return all(str(flat.get(k)) in {str(v) for v in values} or _label(flat.get(k)) in values
+                   for k, values in where.items())
+    return [r for r in runs if keep(r)]
+
+
+def build_report(root: str | Path | Sequence[str | Path], out: str | Path | None = None,
+                 teacher_scores: Mapping[str, Any] | None = None, plots: bool = True,
+                 where: Mapping[str, Sequence[str]] | None = None, title: str | None = None) -> dict[str, Any]:
+    """Write ``report.md``, ``report.csv``, ``runs.csv`` and PNG plots into ``out`` (default: ``root``).
+
+    ``root`` may be several folders; ``where`` keeps only the runs matching ``{config key: [values]}``.
+    """
+    roots = [root] if isinstance(root, (str, Path)) else list(root)
+    runs = [r for folder in roots for r in load_runs(folder)]
+    if where:
+        runs = select_runs(runs, where)
     if not runs:
-        raise FileNotFoundError(f"No runs under {str(root)!r} (folders with config.yaml and metrics.jsonl).")
-    out = Path(out or root)
+        raise FileNotFoundError(f"No runs under {', '.join(map(str, roots))} (folders with config.yaml and "
+                                "metrics.jsonl)" + (f" matching {dict(where)}" if where else "") + ".")
+    root = title or ", ".join(map(str, roots))
+    out = Path(out or roots[0])
     out.mkdir(parents=True, exist_ok=True)
     keys, groups = group_runs(runs)
     attacks = _attacks(runs)

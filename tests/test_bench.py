@@ -43,7 +43,7 @@ def write_grid(path: Path, grid: dict) -> Path:
 
 
 def test_grid_expansion_names_excludes_and_per_method(regs, tmp_path: Path) -> None:
-    grid = {"output_dir": str(tmp_path / "g"), "base": fmnist_base(),
+    grid = {"output_dir": str(tmp_path / "g"), "base": fmnist_base(), "set": {"optim.epochs": 3},
             "grid": {"method": ["pgd_at", "rslad"], "seed": [0, 1], "threat.eps": [0.1, 0.2]},
             "exclude": [{"method": "pgd_at", "threat.eps": 0.2}],
             "per_method": {"rslad": {"teachers.robust": "timm:convnet_xs"}}}
@@ -52,6 +52,8 @@ def test_grid_expansion_names_excludes_and_per_method(regs, tmp_path: Path) -> N
     rslad = next(r for r in runs if r.raw["method"] == "rslad")
     assert rslad.raw["teachers"]["robust"] == "timm:convnet_xs"
     assert rslad.raw["output_dir"] == str(tmp_path / "g" / rslad.name)
+    assert all(r.raw["optim"]["epochs"] == 3 for r in runs) and runs[-1].raw["threat"]["eps"] == 0.2
+    assert "teachers" not in runs[0].raw or runs[0].raw["method"] != "pgd_at"
     bad = {**grid, "grid": {"method": ["pgd_at", "nope"]}}
     with pytest.raises(ConfigError, match="method=nope: method: Unknown method 'nope'"):
         run_grid(bad, regs, dry_run=True)
