@@ -66,9 +66,10 @@ from torch import Tensor, nn
 
 from robust_distill import Method, Part, Step, TeacherUpdater, hookimpl, training_defaults
 from robust_distill.attacks import model_mode
+from robust_distill.components import epochs_of
+from robust_distill.distributed import all_reduce_sum, broadcast_buffers, clone_state, sync_gradients
 from robust_distill.losses import kl_div
-from robust_distill_plugins.mtard import KL_EPS, TwoTeacherLoss, absolute_milestones, global_sums
-from robust_distill_plugins.self_distill import broadcast_buffers, clone_state, sync_gradients
+from robust_distill_plugins.mtard import KL_EPS, TwoTeacherLoss
 
 __all__ = ["cos_exp", "ciard_schedule", "magnitude_scale", "CIARDLoss", "IterativeTeacherTraining", "CIARD",
            "CIARD_NO_PUSH"]
@@ -77,11 +78,6 @@ __all__ = ["cos_exp", "ciard_schedule", "magnitude_scale", "CIARDLoss", "Iterati
 # -------------------------------------------------------------------------------------------------
 # Schedules
 # -------------------------------------------------------------------------------------------------
-
-
-def _epochs_of(value: float, epochs: int) -> float:
-    """An epoch count given absolutely, or as a fraction of the run when < 1."""
-    return value * epochs if 0 < value < 1 else float(value)
 
 
 def cos_exp(e: float, start: float, end: float) -> float:
@@ -101,8 +97,8 @@ def ciard_schedule(epochs: int, start: float = 150, end: float | None = None) ->
     ``e < 150``), so the last epoch of a 300-epoch run has lr 0, as in the official code.
     ``start``/``end`` below 1 are fractions of ``epochs``.
     """
-    s = _epochs_of(start, epochs)
-    t_end = float(epochs) if end is None else _epochs_of(end, epochs)
+    s = epochs_of(start, epochs)
+    t_end = float(epochs) if end is None else epochs_of(end, epochs)
 
     def schedule(epoch: float) -> float:
         e = math.floor(epoch + 1e-9) + 1
@@ -156,7 +152,7 @@ class CIARDLoss(TwoTeacherLoss):
         if not self.reproduce_in_batch_decay or self.eta_milestones is None:
             return super().rate_factor(step)
         decays = 0
-        for m in absolute_milestones(self.eta_milestones, step.epochs):  # official 1-based epoch m
+        for m in (round(epochs_of(v, step.epochs)) for v in self.eta_milestones):  # official 1-based epoch m
             if step.epoch > m - 1:
                 decays += step.iterations
             elif step.epoch == m - 1:
@@ -172,7 +168,7 @@ class CIARDLoss(TwoTeacherLoss):
                             teacher_temperature=1.0, log_eps=KL_EPS)
         n_local, num_classes = int(mask.sum().item()), s_adv.shape[1]
         local_sum = per_sample.sum()
-        n_total, sum_total = global_sums(float(n_local), local_sum.item())
+        n_total, sum_total = all_reduce_sum(float(n_local), local_sum.item())
         step.logs["push_frac"] = n_local / max(step.y.shape[0], 1)
         if n_total == 0 or not math.isfinite(sum_total):
             return None, 0.0, 0.0
@@ -231,7 +227,6 @@ class IterativeTeacherTraining(TeacherUpdater):
         self.grad_teachers = frozenset({self.role}) if teacher_train_mode else frozenset()
         self.teacher: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
-        self.dist: Any = None
         self._start = self._end = 0.0
 
     def setup(self, run: Any) -> None:
@@ -239,9 +234,9 @@ class IterativeTeacherTraining(TeacherUpdater):
             raise ValueError(f"ciard_itt trains the {self.role!r} teacher, but the run has only "
                              f"{sorted(run.teachers)}.")
         epochs = run.config.optim.epochs
-        self._start = _epochs_of(self.start_option, epochs)
-        self._end = float(epochs) if self.end_option is None else _epochs_of(self.end_option, epochs)
-        self.teacher, self.dist = run.teachers[self.role], run.dist
+        self._start = epochs_of(self.start_option, epochs)
+        self._end = float(epochs) if self.end_option is None else epochs_of(self.end_option, epochs)
+        self.teacher = run.teachers[self.role]
         self.teacher.requires_grad_(self.teacher_train_mode)
         self.teacher.train(self.teacher_train_mode)
         self.optimizer = torch.optim.SGD(self.teacher.parameters(), lr=self.lr, momentum=self.momentum,
@@ -284,9 +279,9 @@ class IterativeTeacherTraining(TeacherUpdater):
                     loss.backward()
                 finally:
                     self.teacher.requires_grad_(False)
-        sync_gradients(self.teacher, self.dist)
+        sync_gradients(self.teacher)
         self.optimizer.step()
-        broadcast_buffers(self.teacher, self.dist)
+        broadcast_buffers(self.teacher)
         self.optimizer.zero_grad(set_to_none=True)
         step.logs["itt_ce"] = loss.item()
         step.logs["itt_lr"] = lr

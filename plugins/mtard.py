@@ -52,14 +52,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
+from robust_distill.components import epochs_of
+from robust_distill.distributed import all_reduce_mean
 from robust_distill.losses import kl_div
 
-__all__ = ["entropy_temperatures", "mtard_weights", "normalised_weights", "neg_entropy", "global_means",
-           "global_sums", "absolute_milestones", "TwoTeacherLoss", "MTARDLoss", "MTARD", "BMTARD", "KL_EPS"]
+__all__ = ["entropy_temperatures", "mtard_weights", "normalised_weights", "neg_entropy", "TwoTeacherLoss",
+           "MTARDLoss", "MTARD", "BMTARD", "KL_EPS"]
 
 KL_EPS = 1e-5  # RSLAD's kl_loss: log(p_T + 1e-5)
 
@@ -122,33 +123,6 @@ def normalised_weights(w_adv: float, w_nat: float, lhat_adv: float, lhat_nat: fl
     return w_adv * coef, w_nat * coef
 
 
-def _all_reduce(values: tuple[float, ...]) -> tuple[float, ...] | None:
-    """Sum of ``values`` over the ``torchrun`` processes, or None outside torchrun."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return None
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return tuple(t.tolist())
-
-
-def global_means(*values: float) -> tuple[float, ...]:
-    """The mean of each value over the ``torchrun`` processes (the values themselves outside torchrun)."""
-    sums = _all_reduce(values)
-    return values if sums is None else tuple(v / dist.get_world_size() for v in sums)
-
-
-def global_sums(*values: float) -> tuple[float, ...]:
-    """The sum of each value over the ``torchrun`` processes (the values themselves outside torchrun)."""
-    sums = _all_reduce(values)
-    return values if sums is None else sums
-
-
-def absolute_milestones(milestones: Sequence[float], epochs: int) -> list[int]:
-    """Milestones below 1 are fractions of ``epochs`` (as the ``multistep`` schedule reads them)."""
-    return sorted(int(round(m * epochs)) if m < 1 else int(m) for m in milestones)
-
-
 # -------------------------------------------------------------------------------------------------
 # The two-teacher loss
 # -------------------------------------------------------------------------------------------------
@@ -184,7 +158,7 @@ class TwoTeacherLoss(OuterLoss):
         """Multiplier of eta and eta_tau at this step: the lr factor, or ``eta_gamma^(milestones passed)``."""
         if self.eta_milestones is None:
             return step.lr_factor
-        passed = sum(1 for m in absolute_milestones(self.eta_milestones, step.epochs) if step.epoch >= m)
+        passed = sum(1 for m in self.eta_milestones if step.epoch >= epochs_of(m, step.epochs))
         return self.eta_gamma ** passed
 
     # -- the two terms and the updates ------------------------------------------------------------
@@ -207,7 +181,7 @@ class TwoTeacherLoss(OuterLoss):
         if self.temperatures == "entropy":
             stats += [neg_entropy(step.teacher_logits("adv", "robust"), self.tau_adv),
                       neg_entropy(step.teacher_logits("clean", "natural"), self.tau_nat)]
-        stats = list(global_means(*stats))
+        stats = list(all_reduce_mean(*stats))
         l_adv, l_nat = stats[0], stats[1]
         if self.temperatures == "entropy":
             self.tau_adv, self.tau_nat = entropy_temperatures(self.tau_adv, self.tau_nat, stats[2], stats[3],

@@ -64,8 +64,8 @@ from robust_distill import Method, OuterLoss, Part, Step, TeacherUpdater, hookim
 from robust_distill.attacks import model_mode
 from robust_distill.checkpoint import FORMAT, atomic_save
 from robust_distill.data import augment, to_float
+from robust_distill.distributed import broadcast_buffers, clone_state, sync_gradients
 from robust_distill.losses import kl_div
-from robust_distill_plugins.self_distill import broadcast_buffers, clone_state, sync_gradients
 
 __all__ = ["PeerAiDLoss", "PeerUpdater", "PEERAID"]
 
@@ -194,10 +194,10 @@ class PeerUpdater(TeacherUpdater):
         if self._scale is not None:  # AMP: the engine scaled the loss
             for g in grads:
                 g.div_(self._scale)
-        sync_gradients(self.peer, self.run.dist)
+        sync_gradients(self.peer)
         if all(torch.isfinite(g).all() for g in grads):
             self.optimizer.step()
-        broadcast_buffers(self.peer, self.run.dist)
+        broadcast_buffers(self.peer)
         self.optimizer.zero_grad(set_to_none=True)
 
     # -- per epoch: SWA of the student ------------------------------------------------------------

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from robust_distill import hookimpl
+from robust_distill.components import epochs_of
 
 
 def multistep(epochs: int, milestones: Sequence[float] = (100, 150), gamma: float = 0.1,
@@ -17,7 +18,7 @@ def multistep(epochs: int, milestones: Sequence[float] = (100, 150), gamma: floa
     the *initial* lr at every milestone, so the lr stays at ``gamma`` after the first one (0.1 -> 0.01 at
     100 and never 0.001).
     """
-    points = sorted(m * epochs if m < 1 else m for m in milestones)
+    points = sorted(epochs_of(m, epochs) for m in milestones)
 
     def schedule(epoch: float) -> float:
         passed = sum(1 for m in points if math.floor(epoch + 1e-9) >= m)

@@ -36,46 +36,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from robust_distill import Step, TeacherUpdater, hookimpl
 from robust_distill.checkpoint import build_from_checkpoint
+from robust_distill.distributed import clone_state
 
-__all__ = ["clone_state", "sync_gradients", "broadcast_buffers", "SelfTeacher", "SelfBest", "SelfLast",
+__all__ = ["SelfTeacher", "SelfBest", "SelfLast",
            "SelfEMA"]
 
 
 # -------------------------------------------------------------------------------------------------
 # Helpers for updaters that own teacher weights
 # -------------------------------------------------------------------------------------------------
-
-
-def clone_state(module: nn.Module) -> dict[str, Tensor]:
-    """A detached copy of ``module.state_dict()`` (parameters and buffers)."""
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def _dist_on(ctx: Any) -> bool:
-    return bool(getattr(ctx, "enabled", False)) and dist.is_available() and dist.is_initialized()
-
-
-def sync_gradients(module: nn.Module, ctx: Any) -> None:
-    """Average the gradients of ``module`` over the ``torchrun`` processes (DDP only syncs the student)."""
-    if not _dist_on(ctx):
-        return
-    for p in module.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad)
-            p.grad.div_(ctx.world_size)
-
-
-def broadcast_buffers(module: nn.Module, ctx: Any) -> None:
-    """Rank 0's BN running statistics on every process (what DDP's ``broadcast_buffers`` does for the student)."""
-    if not _dist_on(ctx):
-        return
-    for b in module.buffers():
-        dist.broadcast(b, src=0)
 
 
 def _freeze(module: nn.Module) -> nn.Module:

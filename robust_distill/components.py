@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Stateful", "DatasetInfo", "DataBundle", "TeacherSource", "StudentSource", "InnerAttack",
     "OuterLoss", "TeacherUpdater", "EvalAttack", "Method", "Part", "LRSchedule", "training_defaults",
+    "epochs_of",
 ]
 
 
@@ -156,6 +157,14 @@ class Part:
 
     def as_dict(self) -> dict[str, Any]:
         return {"key": self.key, "kwargs": dict(self.kwargs)}
+
+
+def epochs_of(value: float, epochs: int) -> float:
+    """An epoch count given absolutely, or as a fraction of a run of ``epochs`` epochs when below 1.
+
+    Lets epoch-based options of the papers (milestones, warm-ups, start epochs) scale to short runs.
+    """
+    return value * epochs if 0 < value < 1 else float(value)
 
 
 def training_defaults(*, epochs: int, weight_decay: float, milestones: Sequence[float] = (), gamma: float = 0.1,

@@ -9,7 +9,58 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "resolve_device"]
+__all__ = ["DistContext", "init_distributed", "resolve_device", "all_reduce_sum", "all_reduce_mean", "sync_gradients",
+           "broadcast_buffers", "clone_state"]
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _collective_device() -> torch.device:
+    """NCCL reduces CUDA tensors only; gloo takes CPU tensors."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(*values: float) -> tuple[float, ...]:
+    """Each value summed over the ``torchrun`` processes (the values themselves outside torchrun)."""
+    if not _active():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t)
+    return tuple(t.tolist())
+
+
+def all_reduce_mean(*values: float) -> tuple[float, ...]:
+    """Each value averaged over the ``torchrun`` processes."""
+    if not _active():
+        return values
+    return tuple(v / dist.get_world_size() for v in all_reduce_sum(*values))
+
+
+def sync_gradients(module: Any) -> None:
+    """Average ``module``'s gradients over the processes (DDP only does it for the student)."""
+    if not _active():
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(dist.get_world_size())
+
+
+def broadcast_buffers(module: Any) -> None:
+    """Rank 0's buffers (BN running statistics) on every process, as DDP's ``broadcast_buffers`` does."""
+    if not _active():
+        return
+    for b in module.buffers():
+        dist.broadcast(b, src=0)
+
+
+def clone_state(module: Any) -> dict[str, torch.Tensor]:
+    """A detached copy of ``module.state_dict()`` (parameters and buffers)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -53,12 +104,7 @@ class DistContext:
         return box[0]
 
     def all_reduce_mean(self, value: float) -> float:
-        if not self.enabled:
-            return value
-        device = f"cuda:{self.local_rank}" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces CUDA tensors
-        t = torch.tensor([value], dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return t.item() / self.world_size
+        return all_reduce_mean(value)[0]
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():

@@ -89,7 +89,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, EvalA
             whole = getattr(attack, "whole_set", False)
             batches = iterate_eval(x, y, x.shape[0] if whole else batch_size)
             bar = tqdm(batches, total=-(-x.shape[0] // batch_size), desc=f"{desc} {name}", leave=False,
-                       disable=not progress)
+                       disable=None if progress else True)
             for start, xb, yb in bar:
                 xb, yb = to_float(xb, device), yb.to(device)
                 x_adv = attack(model, xb, yb)
