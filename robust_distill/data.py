@@ -66,10 +66,8 @@ def augment(x: Tensor, padding: int, flip: bool) -> Tensor:
         padded = F.pad(x, (padding, padding, padding, padding))
         oy = torch.randint(0, 2 * padding + 1, (b,)).to(x.device)
         ox = torch.randint(0, 2 * padding + 1, (b,)).to(x.device)
-        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
-        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
-        batch = torch.arange(b, device=x.device)[:, None, None]
-        x = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+        windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, 2p+1, 2p+1, H, W), a view
+        x = windows[torch.arange(b, device=x.device), :, oy, ox]  # copies only the chosen windows
     if flip:
         mask = (torch.rand(b) < 0.5).to(x.device)[:, None, None, None]
         x = torch.where(mask, x.flip(3), x)
