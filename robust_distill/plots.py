@@ -61,6 +61,7 @@ def plot_curves(groups: Sequence[Group], path: Path) -> Path:
                 ax.scatter([best["epoch"] + 1], [100 * best[f"{split}_{select}"]], color=color, marker="*", s=60)
         ax.set_title(_title(g), fontsize=8)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     for ax in axes.flat[n:]:
         ax.axis("off")
