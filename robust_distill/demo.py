@@ -52,9 +52,9 @@ def run_demo(output_dir: Path = Path("runs/demo"), epochs: int | None = None, n_
     """Run the demo; returns the table rows (also printed) and the wall-clock time."""
     start = time.perf_counter()
     regs = get_registries()
-    epochs = epochs or (1 if quick else 4)
+    epochs = epochs or (1 if quick else 3)
     n_test = n_test or (32 if quick else 500)
-    subset = 256 if quick else 20000
+    subset = 256 if quick else 10000
     evaluation = {**COMMON["eval"], "n_examples": 128 if quick else 1000}
 
     teacher_path = SHIPPED_TEACHER
