@@ -203,6 +203,7 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
                             world_size=run.dist.world_size)
     bar = tqdm(batches, total=iters, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
                disable=None if run.dist.is_main else True, dynamic_ncols=True)
+    lr = cfg.optim.lr * run.lr_schedule(epoch)
     for i, idx in enumerate(bar):
         lr_factor = run.lr_schedule(epoch + i / iters)
         lr = cfg.optim.lr * lr_factor
@@ -236,7 +237,7 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
         if run.dist.is_main and i % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}")
     out = {f"train_{k}": run.dist.all_reduce_mean(v / max(count, 1)) for k, v in sums.items()}
-    out["lr"] = cfg.optim.lr * run.lr_schedule(epoch + 1 - 1e-9)
+    out["lr"] = lr  # the lr of the epoch's last step
     return out
 
 

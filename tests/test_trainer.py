@@ -40,6 +40,7 @@ def test_training_improves_accuracy_on_learnable_data(tiny_config) -> None:
     rows = [json.loads(r) for r in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["val_clean"] > 0.5  # 4 classes: chance is 0.25
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.01, 0.01, 0.01])  # milestone at epoch 1
 
 
 def test_resume_equals_an_uninterrupted_run(tiny_config, tmp_path: Path) -> None:
