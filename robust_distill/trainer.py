@@ -376,15 +376,18 @@ def final_evaluation(run: Run) -> dict[str, Any]:
                                 num_classes=run.data.info.num_classes)
     results: dict[str, Any] = {}
     last_state = {k: v.clone() for k, v in run.student.state_dict().items()}
-    for which in ("best", "last"):
-        path = run.output_dir / f"{which}.pt"
-        if which == "best":
-            if not path.is_file():
-                continue
-            run.student.load_state_dict(load_checkpoint(path, map_location=run.device)["state_dict"])
-        else:
-            run.student.load_state_dict(last_state)
-        res = run.evaluate_student("test", cfg.eval.final_n_examples, attacks, desc=f"test {which}")
+    best_path = run.output_dir / "best.pt"
+    best_state = load_checkpoint(best_path, map_location=run.device)["state_dict"] if best_path.is_file() else None
+    # When the best checkpoint is the last epoch, its numbers are the last ones: evaluate once.
+    last_is_best = best_state is not None and all(torch.equal(v, best_state[k]) for k, v in last_state.items())
+    res = None
+    for which, state in (("best", best_state), ("last", last_state)):
+        if state is None:
+            continue
+        if not (which == "last" and last_is_best):
+            run.student.load_state_dict(state)
+            res = run.evaluate_student("test", cfg.eval.final_n_examples, attacks, desc=f"test {which}")
         results[which] = res.accuracy
         atomic_save({"correct": res.correct}, run.output_dir / f"test_correct_{which}.pt")
+    run.student.load_state_dict(last_state)
     return results

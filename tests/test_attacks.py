@@ -126,7 +126,7 @@ def test_eval_attacks_stay_in_the_ball(regs, batch, name: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["autoattack", "autoattack_fast"])
+@pytest.mark.parametrize("name", ["autoattack", "autoattack_apgd", "autoattack_fast"])
 def test_autoattack_stays_in_the_ball(regs, batch, name: str) -> None:
     x, y = batch
     model = cnn(0).eval()

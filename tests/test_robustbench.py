@@ -141,3 +141,21 @@ def test_our_autoattack_equals_robustbench_benchmark_on_the_same_examples(regs) 
     ours = evaluate(model, x, y, attacks, batch_size=16).accuracy
     assert ours["clean"] == pytest.approx(clean_rb) and ours["autoattack"] == pytest.approx(adv_rb)
     assert ours["autoattack"] < ours["clean"]
+
+
+@pytest.mark.slow
+def test_autoattack_apgd_runs_the_first_two_stages_of_autoattack_standard(regs) -> None:
+    """Same seed and settings: a point APGD-CE + APGD-T breaks, AutoAttack breaks too (it runs them first)."""
+    from robust_distill.evaluation import evaluate, make_eval_attacks
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                          nn.Linear(128, 10)).eval()
+    with torch.no_grad():
+        x = torch.rand(24, 3, 8, 8)
+        y = model(x).argmax(1)
+    attacks = make_eval_attacks(["autoattack", "autoattack_apgd"], regs, eps=1 / 255, num_classes=10)
+    assert "apgd-ce + apgd-t" in attacks["autoattack_apgd"].label
+    res = evaluate(model, x, y, attacks, batch_size=24)
+    full, apgd = res.correct["autoattack"], res.correct["autoattack_apgd"]
+    assert apgd.sum() < len(y) and not (full & ~apgd).any()

@@ -107,3 +107,15 @@ def test_final_evaluation_and_eps_schedule(tiny_config) -> None:
     summary = train(cfg)
     assert set(summary["final"]) == {"best", "last"} and set(summary["final"]["last"]) == {"clean", "fgsm"}
     assert (Path(cfg.output_dir) / "test_correct_last.pt").is_file()
+
+
+def test_final_evaluation_evaluates_once_when_the_best_checkpoint_is_the_last(tiny_config, monkeypatch) -> None:
+    from robust_distill.trainer import Run
+    calls = []
+    original = Run.evaluate_student
+    monkeypatch.setattr(Run, "evaluate_student", lambda self, split, *a, **k: (
+        calls.append(split), original(self, split, *a, **k))[1])
+    cfg = tiny_config("pgd_at", overrides=["optim.epochs=1", "eval.final_attacks=[clean,pgd20]",
+                                           "eval.final_n_examples=16"])
+    summary = train(cfg)
+    assert calls.count("test") == 1 and summary["final"]["best"] == summary["final"]["last"]
