@@ -72,4 +72,4 @@ def test_eval_errors_are_readable(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_demo_quick_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--quick", "--output-dir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "| student convnet_s (AdaAD) | 24k |" in out and "AutoAttack (%)" in out
+    assert "| student convnet_s (AdaAD) | 24k |" in out and "AA APGD-CE+T (%)" in out
