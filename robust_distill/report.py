@@ -26,8 +26,10 @@ __all__ = ["RunResult", "load_runs", "build_report", "spearman"]
 
 IGNORED = {"seed", "output_dir"}
 ATTACK_TITLES = {"clean": "Clean", "fgsm": "FGSM", "pgd20": "PGD-20", "pgd20_trades": "PGD-20 (0.003)",
-                 "pgd10": "PGD-10", "cw_inf": "CW-inf", "autoattack": "AutoAttack", "autoattack_fast": "AA-fast",
-                 "apgd_ce": "APGD-CE"}
+                 "pgd10": "PGD-10", "cw_inf": "CW-inf", "autoattack": "AutoAttack",
+                 "autoattack_apgd": "AA (APGD-CE+T)", "autoattack_fast": "AA-fast", "apgd_ce": "APGD-CE"}
+# The robust column of a report (best - last gap, plots, teacher correlation): the strongest attack present.
+ROBUST_ORDER = ("autoattack", "autoattack_apgd", "apgd_ce", "pgd20", "cw_inf", "pgd20_trades", "pgd10", "fgsm")
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -208,8 +210,7 @@ def build_report(root: str | Path | Sequence[str | Path], out: str | Path | None
     out.mkdir(parents=True, exist_ok=True)
     keys, groups = group_runs(runs)
     attacks = _attacks(runs)
-    robust = next((a for a in ("autoattack", "pgd20", "cw_inf", "pgd20_trades", "pgd10", "fgsm") if a in attacks),
-                  attacks[-1])
+    robust = next((a for a in ROBUST_ORDER if a in attacks), attacks[-1])
     headers = [k.replace("teachers.", "teacher ").replace(".key", "") for k in keys] + ["seeds"]
     headers += [f"{ATTACK_TITLES.get(a, a)} (best)" for a in attacks]
     headers += [f"{ATTACK_TITLES.get(robust, robust)} (last)", "best - last", "best epoch"]
