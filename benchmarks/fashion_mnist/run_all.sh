@@ -26,3 +26,13 @@ $RD report "$R/zoo" "$R/teachers" --where method=rslad --out "$R/teachers" \
 $RD report "$R/zoo" "$R/eps" --where method=adaad,rslad --out "$R/eps" \
     --title "Fashion-MNIST: AdaAD and RSLAD against the inner-maximisation radius"
 .venv/bin/python benchmarks/fashion_mnist/claims.py "$R"
+# 6. the shipped teachers: clean, PGD-20 and AutoAttack standard on the first test images (FAB-T and Square
+#    on convnet_m are slow on a CPU, hence 200 images for the robust teachers)
+T=benchmarks/results/fashion_mnist_teachers
+mkdir -p "$T"
+for spec in natural:500 pgd_at:200 trades:200; do
+    t=${spec%%:*}
+    $RD eval "$ASSETS/fmnist_teacher_$t.pt" --attacks clean,pgd20,autoattack --n-examples "${spec##*:}" \
+        --out "$T/$t.json" > "$T/$t.md"
+done
+
