@@ -12,17 +12,20 @@ $RD bench benchmarks/fashion_mnist/zoo_grid.yaml
 # 2. the robustly unlearnable set of convnet_s, from the PGD-AT and TRADES students
 $RD unlearnable "$R/zoo/method=pgd_at,seed=0" "$R/zoo/method=pgd_at,seed=1" \
                 "$R/zoo/method=trades,seed=0" "$R/zoo/method=trades,seed=1" --out "$R/unlearnable.json"
-# 3. four candidate teachers, scored by entropy on S_U, then RSLAD students from each of them
+# 3. five candidate teachers, scored by entropy on S_U, then RSLAD students from each of them (the PGD-AT
+#    seed-0 student peaks at its last epoch, so its last.pt equals best.pt: scored once)
 $RD teacher-score --unlearnable "$R/unlearnable.json" --out "$R/teacher_scores.json" --device cpu --teachers \
     "checkpoint:$ASSETS/fmnist_teacher_pgd_at.pt" "checkpoint:$ASSETS/fmnist_teacher_trades.pt" \
-    "checkpoint:$R/zoo/method=pgd_at,seed=0/best.pt" "checkpoint:$R/zoo/method=pgd_at,seed=0/last.pt"
+    "checkpoint:$R/zoo/method=pgd_at,seed=0/best.pt" \
+    "checkpoint:$R/zoo/method=trades,seed=1/best.pt" "checkpoint:$R/zoo/method=trades,seed=1/last.pt"
 $RD bench benchmarks/fashion_mnist/teacher_grid.yaml
+$RD bench benchmarks/fashion_mnist/teacher_grid_sd.yaml
 # 4. AdaAD and RSLAD with larger inner radii
 $RD bench benchmarks/fashion_mnist/eps_grid.yaml
 # 5. reports and the claims
 $RD report "$R/zoo" --out "$R/zoo" --title "Fashion-MNIST: every method, convnet_s from convnet_m"
-$RD report "$R/zoo" "$R/teachers" --where method=rslad --out "$R/teachers" \
-    --teacher-scores "$R/teacher_scores.json" --title "Fashion-MNIST: RSLAD students of four teachers"
+$RD report "$R/zoo" "$R/teachers" "$R/teachers_sd" --where method=rslad --out "$R/teachers" \
+    --teacher-scores "$R/teacher_scores.json" --title "Fashion-MNIST: RSLAD students of five teachers"
 $RD report "$R/zoo" "$R/eps" --where method=adaad,rslad --out "$R/eps" \
     --title "Fashion-MNIST: AdaAD and RSLAD against the inner-maximisation radius"
 .venv/bin/python benchmarks/fashion_mnist/claims.py "$R"
