@@ -106,7 +106,8 @@ def runtimes(folder: Path) -> list[str]:
         method = next(line.split(":", 1)[1].strip() for line in cfg.splitlines() if line.startswith("method:"))
         if "minutes" in state:
             per_method.setdefault(method, []).append(state["minutes"])
-    return [f"| {m} | {len(v)} | {statistics.fmean(v):.1f} | {sum(v):.1f} |" for m, v in per_method.items()]
+    return [f"| {folder.name} | {m} | {len(v)} | {statistics.fmean(v):.1f} | {sum(v):.1f} |"
+            for m, v in per_method.items()]
 
 
 def main(root: Path) -> str:
@@ -125,7 +126,7 @@ def main(root: Path) -> str:
         verdict = {True: "**held**", False: "**did not hold**", None: "undetermined"}[held]
         out += [f"## {title}: {verdict}", "", *lines, ""]
     out += ["## Runtime per method (2 runs at a time, 1 thread each, 2 CPU cores)", "",
-            "| method | runs | minutes per run | total minutes |", "|---|---|---|---|"]
+            "| grid | method | runs | minutes per run | total minutes |", "|---|---|---|---|---|"]
     for d in ("zoo", "teachers", "teachers_sd", "eps"):
         out += runtimes(root / d)
     text = "\n".join(out) + "\n"
