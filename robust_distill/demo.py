@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .checkpoint import build_from_checkpoint
 from .config import resolve_config
+from .distributed import resolve_device
 from .evaluate_cli import markdown_table
 from .evaluation import evaluate, make_eval_attacks
 from .plugin import get_registries
@@ -86,7 +85,7 @@ def run_demo(output_dir: Path = Path("runs/demo"), epochs: int | None = None, n_
     bundle = regs.datasets.get("fashion_mnist").load()
     x, y = bundle.test_x[:n_test], bundle.test_y[:n_test]
     attacks = make_eval_attacks(["clean", "pgd20", robust], regs, eps=EPS, num_classes=10)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(COMMON["device"])
     rows = []
     for name, path in ((f"teacher {'convnet_s' if quick else 'convnet_m'} (PGD-AT)", teacher_path),
                        ("student convnet_s (AdaAD)", output_dir / "student_adaad" / "best.pt")):

@@ -32,7 +32,7 @@ from .checkpoint import FORMAT, atomic_save, atomic_write_json, atomic_write_tex
 from .components import Method, Stateful
 from .config import Config, config_to_dict, split_spec
 from .data import Splits, augment, epoch_batches, make_splits, to_float
-from .distributed import DistContext, init_distributed, resolve_device
+from .distributed import DistContext, clone_state, init_distributed, resolve_device
 from .evaluation import EvalResult, evaluate, make_eval_attacks
 from .plugin import PluginManager, Registries, get_plugin_manager, get_registries
 from .step import Step
@@ -375,7 +375,7 @@ def final_evaluation(run: Run) -> dict[str, Any]:
     attacks = make_eval_attacks(cfg.eval.final_attacks, run.regs, eps=run.eval_eps,
                                 num_classes=run.data.info.num_classes)
     results: dict[str, Any] = {}
-    last_state = {k: v.clone() for k, v in run.student.state_dict().items()}
+    last_state = clone_state(run.student)
     best_path = run.output_dir / "best.pt"
     best_state = load_checkpoint(best_path, map_location=run.device)["state_dict"] if best_path.is_file() else None
     # When the best checkpoint is the last epoch, its numbers are the last ones: evaluate once.
@@ -389,5 +389,4 @@ def final_evaluation(run: Run) -> dict[str, Any]:
             res = run.evaluate_student("test", cfg.eval.final_n_examples, attacks, desc=f"test {which}")
         results[which] = res.accuracy
         atomic_save({"correct": res.correct}, run.output_dir / f"test_correct_{which}.pt")
-    run.student.load_state_dict(last_state)
     return results

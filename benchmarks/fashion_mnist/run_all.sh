@@ -41,6 +41,5 @@ for spec in natural:500 pgd_at:200 trades:200; do
     $RD eval "$ASSETS/fmnist_teacher_$t.pt" --attacks clean,pgd20,autoattack --n-examples "${spec##*:}" \
         --out "$T/$t.json" > "$T/$t.md"
 done
-
 $RD eval "$ASSETS/fmnist_teacher_trades.pt" --attacks clean,pgd20,autoattack_apgd --n-examples 500 \
     --out "$T/trades_apgd.json" > "$T/trades_apgd.md"
