@@ -21,19 +21,20 @@ def _arch(arch: Any) -> dict[str, Any] | None:
 class CheckpointTeachers(TeacherSource):
     """``checkpoint:runs/pgd_at/best.pt``: rebuilds the saved architecture and loads its weights.
 
-    Options: ``arch`` (``timm:resnet18_cifar`` or ``{key, kwargs}``) for plain state dicts.
+    Options: ``arch`` (``timm:resnet18_cifar`` or ``{key, kwargs}``) for plain state dicts;
+    ``trust_checkpoint`` (the explicit opt-in for files that pickle more than weights).
     """
 
-    def load(self, name: str, *, dataset: DatasetInfo, arch: Any = None) -> nn.Module:
+    def load(self, name: str, *, dataset: DatasetInfo, arch: Any = None, trust_checkpoint: bool = False) -> nn.Module:
         model, ckpt = build_from_checkpoint(Path(name).expanduser(), get_registries(), arch=_arch(arch),
-                                            dataset=dataset)
+                                            dataset=dataset, trust=trust_checkpoint)
         spec = ckpt.get("model", {})
         if spec and spec.get("num_classes") != dataset.num_classes:
             raise ValueError(f"teacher {name!r} has {spec.get('num_classes')} classes but dataset "
                              f"{dataset.name} has {dataset.num_classes}.")
         return model
 
-    def check(self, name: str, *, dataset: DatasetInfo, arch: Any = None) -> None:
+    def check(self, name: str, *, dataset: DatasetInfo, arch: Any = None, trust_checkpoint: bool = False) -> None:
         if not Path(name).expanduser().is_file():
             raise FileNotFoundError(f"teacher checkpoint {name!r} does not exist.")
 

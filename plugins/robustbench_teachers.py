@@ -10,12 +10,16 @@ Weights live at ``<model_dir>/<dataset>/<threat_model>/<name>.pt`` (RobustBench'
 there is used without any network access. Where the download fails, the error says which file to place
 where. ``Chen2020Adversarial`` outputs probabilities, so it is wrapped to return log-probabilities
 (valid logits for every softmax-based loss). robustbench is imported lazily, in the hooks' objects.
+
+RobustBench's ``load_model`` calls ``torch.load`` without ``weights_only`` (unsafe on torch < 2.6 or with
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``): it runs inside :func:`robust_distill.checkpoint.weights_only_loads`,
+so a file in ``model_dir`` is only ever read as weights (numpy scalars allowed). ``trust_checkpoint: true``
+is the explicit opt-in for files that pickle more.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from torch import nn
 
 from robust_distill import DatasetInfo, TeacherSource, hookimpl
 from robust_distill._compat import import_robustbench
+from robust_distill.checkpoint import CheckpointError, weights_only_loads
 
 #: RobustBench models whose forward returns probabilities instead of logits.
 PROBABILITY_OUTPUTS = frozenset({"Chen2020Adversarial"})
@@ -82,7 +87,7 @@ class RobustBenchTeachers(TeacherSource):
         return zoo[name]
 
     def check(self, name: str, *, dataset: DatasetInfo, model_dir: str | None = None,
-              threat_model: str = "Linf", offline: bool = False) -> None:
+              threat_model: str = "Linf", offline: bool = False, trust_checkpoint: bool = False) -> None:
         entry = self._entry(name, dataset, threat_model)
         if offline:
             files = checkpoint_files(model_dir or _default_model_dir(), dataset.name, threat_model, name, entry)
@@ -98,7 +103,7 @@ class RobustBenchTeachers(TeacherSource):
                 "allows) or point model_dir at the folder that holds <dataset>/<threat_model>/<name>.pt.")
 
     def load(self, name: str, *, dataset: DatasetInfo, model_dir: str | None = None,
-             threat_model: str = "Linf", offline: bool = False) -> nn.Module:
+             threat_model: str = "Linf", offline: bool = False, trust_checkpoint: bool = False) -> nn.Module:
         rb = import_robustbench()
         model_dir = model_dir or _default_model_dir()
         entry = self._entry(name, dataset, threat_model)
@@ -107,14 +112,12 @@ class RobustBenchTeachers(TeacherSource):
         if missing and offline:
             raise FileNotFoundError(self._missing_message(name, entry, missing))
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), weights_only_loads(trust=trust_checkpoint):
                 warnings.simplefilter("ignore", FutureWarning)
                 model = rb.utils.load_model(name, model_dir=model_dir, dataset=dataset.name,
                                             threat_model=threat_model)
-        except pickle.UnpicklingError:
-            if missing:
-                raise
-            model = self._load_trusted(name, entry, files, dataset.name)
+        except CheckpointError:
+            raise
         except Exception as exc:
             if missing:
                 for f in missing:  # never leave a half-downloaded file behind
@@ -125,20 +128,6 @@ class RobustBenchTeachers(TeacherSource):
         if name in PROBABILITY_OUTPUTS:
             model = LogProbabilities(model)
         return model.eval()
-
-    @staticmethod
-    def _load_trusted(name: str, entry: Any, files: list[Path], dataset: str) -> nn.Module:
-        """Files in the user's own model_dir that pickle more than tensors (RobustBench recipe)."""
-        from robustbench.model_zoo.enums import BenchmarkDataset
-        from robustbench.utils import _safe_load_state_dict, rm_substr_from_state_dict
-
-        warnings.warn(f"{files[0]} is not loadable with weights_only=True; loading it as a trusted local "
-                      "file (weights_only=False).", stacklevel=2)
-        model = entry["model"]()
-        ckpt = torch.load(files[0], map_location="cpu", weights_only=False)
-        state = ckpt.get("state_dict", ckpt)
-        state = rm_substr_from_state_dict(rm_substr_from_state_dict(state, "module."), "model.")
-        return _safe_load_state_dict(model, name, state, BenchmarkDataset(dataset)).eval()
 
     def names(self, dataset: DatasetInfo | None = None) -> list[str]:
         out = []

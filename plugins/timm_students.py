@@ -33,6 +33,7 @@ with warnings.catch_warnings():  # timm 1.0.9 touches the deprecated torch.jit.i
     from timm.models.resnet import BasicBlock, ResNet
 
 from robust_distill import DatasetInfo, StudentSource, TeacherSource, hookimpl
+from robust_distill.checkpoint import CheckpointError, load_state_dict_file, weights_only_loads
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -224,17 +225,30 @@ def _normalize(model: nn.Module, normalize: Any) -> nn.Module:
 
 def create(name: str, *, input_shape: tuple[int, int, int], num_classes: int, pretrained: bool = False,
            pretrained_file: str | None = None, checkpoint_path: str | None = None, normalize: Any = None,
-           **kwargs: Any) -> nn.Module:
-    """``timm.create_model`` with dataset-derived ``num_classes``/``in_chans`` and offline weights."""
+           trust_checkpoint: bool = False, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` with dataset-derived ``num_classes``/``in_chans`` and offline weights.
+
+    ``checkpoint_path`` (all weights, strict) and ``pretrained_file`` (timm's pretrained adaptation: a
+    classifier of another size is dropped, a 3-channel stem is adapted to ``in_chans``) are read here with
+    ``weights_only=True`` (or safetensors), never by timm's own ``torch.load(weights_only=False)``;
+    ``trust_checkpoint: true`` is the explicit opt-in for files that pickle more than weights.
+    """
     _check_timm_name(name)
     overlay = None
+    for key, path in (("pretrained_file", pretrained_file), ("checkpoint_path", checkpoint_path)):
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"{key} {path!r} does not exist.")
     if pretrained_file is not None:
-        if not Path(pretrained_file).is_file():
-            raise FileNotFoundError(f"pretrained_file {pretrained_file!r} does not exist.")
-        pretrained, overlay = True, {"file": str(pretrained_file)}
-    model = timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay,
-                              num_classes=num_classes, in_chans=input_shape[0],
-                              checkpoint_path=checkpoint_path or "", **kwargs)
+        pretrained, overlay = True, {"state_dict": load_state_dict_file(pretrained_file, trust=trust_checkpoint)}
+    with weights_only_loads(trust=trust_checkpoint):  # pretrained=True: timm's own hub/url loading
+        model = timm.create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay,
+                                  num_classes=num_classes, in_chans=input_shape[0], **kwargs)
+    if checkpoint_path:
+        state = load_state_dict_file(checkpoint_path, trust=trust_checkpoint)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"The weights in {checkpoint_path!r} do not fit timm:{name}: {exc}") from exc
     return _normalize(model, normalize)
 
 

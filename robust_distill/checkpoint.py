@@ -1,4 +1,11 @@
-"""Checkpoints: written atomically (temp file + rename), read with ``torch.load(weights_only=True)``.
+"""Checkpoints: written atomically (temp file + rename), read without ever running code from a file.
+
+Every weights file the project reads goes through :func:`load_file`: ``.safetensors`` through safetensors,
+anything else through ``torch.load(weights_only=True)`` with a short allow-list of harmless types that old
+research checkpoints pickle (numpy scalars, arrays and dtypes, ``argparse.Namespace``; :data:`SAFE_GLOBALS`).
+Third-party loaders (timm, RobustBench, ``torch.hub``) run inside :func:`weights_only_loads`, which forces
+their ``torch.load`` calls through the same path. The one way to unpickle arbitrary objects is the explicit
+opt-in ``trust_checkpoint: true`` (a model source option) or ``--trust-checkpoint`` (``robust-distill eval``).
 
 A robust-distill checkpoint is a dict with ``format``, the ``model`` spec needed to rebuild the network
 (``{"key": "timm:resnet18_cifar", "kwargs": {...}, "num_classes": 10, "input_shape": [3, 32, 32]}``) and
@@ -7,22 +14,101 @@ its ``state_dict``; training checkpoints add optimizer, epoch and the state of e
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
+import pickle
+import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["FORMAT", "atomic_save", "atomic_write_text", "load_checkpoint", "CheckpointError"]
+__all__ = ["FORMAT", "atomic_save", "atomic_write_text", "load_checkpoint", "load_file", "load_state_dict_file",
+           "weights_only_loads", "CheckpointError", "UnsafeCheckpointError", "SAFE_GLOBALS", "TRUST_HINT"]
 
 FORMAT = "robust-distill/1"
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or not a robust-distill checkpoint."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A file would need arbitrary unpickling (code execution) to load, and the user did not opt in."""
+
+
+TRUST_HINT = ("Loading it would unpickle arbitrary Python objects, which can run code hidden in the file, so "
+              "robust-distill refuses. If you trust where the file comes from, opt in for this model with "
+              "`trust_checkpoint: true` in its options (`--trust-checkpoint` for `robust-distill eval`), or "
+              "re-save its weights as a plain state dict or .safetensors file.")
+
+
+def _safe_globals() -> list[Any]:
+    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 / 1
+    out: list[Any] = [np.dtype, np.ndarray, argparse.Namespace]
+    for fn in ("scalar", "_reconstruct"):  # pickled under numpy 1's and numpy 2's module names
+        f = getattr(core, fn)
+        out += [f, (f, f"numpy.core.multiarray.{fn}"), (f, f"numpy._core.multiarray.{fn}")]
+    out += [type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                                        "uint64", "float16", "float32", "float64", "complex64", "complex128")]
+    return out
+
+
+#: The types beyond tensors and containers that :func:`load_file` accepts: numpy scalars, arrays and dtypes
+#: (old RobustBench and research checkpoints store ``best_acc`` as ``np.float64``) and ``argparse.Namespace``
+#: (training arguments). Constructing them runs no user code.
+SAFE_GLOBALS: list[Any] = _safe_globals()
+
+_torch_load = torch.load  # the real one, also while :func:`weights_only_loads` has replaced ``torch.load``
+
+
+def load_file(f: Any, *, map_location: Any = "cpu", trust: bool = False, mmap: bool | None = None) -> Any:
+    """Read a weights file (a path or a binary file object) without running code from it.
+
+    ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``
+    plus :data:`SAFE_GLOBALS`. ``trust=True`` is the explicit opt-in to ``weights_only=False``. Raises
+    :class:`UnsafeCheckpointError` (naming the offending type) when the file needs more than weights.
+    """
+    name = str(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", repr(f))
+    if isinstance(f, (str, os.PathLike)) and str(f).endswith(".safetensors"):
+        from safetensors.torch import load_file as load_safetensors
+
+        device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
+        return load_safetensors(str(f), device=str(device))
+    if trust:
+        return _torch_load(f, map_location=map_location, weights_only=False, mmap=mmap)
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return _torch_load(f, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)|Can only build .*? but got (<[^>]+>)", str(exc))
+        if found is None:  # not refused for its content: a corrupt file, or not a pickle at all
+            raise
+        what = found.group(1) or found.group(2)
+        raise UnsafeCheckpointError(f"{name!r} pickles {what}, not only weights. {TRUST_HINT}") from None
+
+
+@contextlib.contextmanager
+def weights_only_loads(trust: bool = False) -> Iterator[None]:
+    """Inside the block, every ``torch.load`` reads through :func:`load_file`, whatever its caller passes.
+
+    For third-party loaders that call ``torch.load`` themselves, some with ``weights_only=False`` (timm's
+    ``checkpoint_path`` and ``pretrained_cfg['file']``, RobustBench's ``load_model`` on torch < 2.6 or with
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``): not thread-safe, used only while models are built at start-up.
+    """
+    def guarded(f: Any, map_location: Any = None, *args: Any, mmap: bool | None = None, **kwargs: Any) -> Any:
+        return load_file(f, map_location=map_location, trust=trust, mmap=mmap)
+
+    original, torch.load = torch.load, guarded
+    try:
+        yield
+    finally:
+        torch.load = original
 
 
 def _atomic(path: Path, write: Any) -> None:
@@ -55,13 +141,15 @@ def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> None:
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; errors say what is wrong with which file."""
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *, trust: bool = False) -> Any:
+    """Load a checkpoint through :func:`load_file`; errors say what is wrong with which file."""
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"Checkpoint {str(p)!r} does not exist.")
+        raise CheckpointError(f"Checkpoint {str(p)!r} does not exist" + (" (it is a folder)." if p.is_dir() else "."))
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
+        return load_file(p, map_location=map_location, trust=trust)
+    except UnsafeCheckpointError:
+        raise
     except Exception as exc:
         raise CheckpointError(
             f"Could not read checkpoint {str(p)!r} with torch.load(weights_only=True): {exc}. "
@@ -69,19 +157,38 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         ) from exc
 
 
-def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
+#: Where research checkpoints keep the weights, in timm's order of preference (EMA weights first).
+STATE_DICT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "net")
+
+
+def _strip_prefixes(state: Mapping[str, Any], prefixes: tuple[str, ...] = ("module.", "model.")) -> dict[str, Any]:
     """Drop the ``module.`` (DataParallel/DDP) and ``model.`` prefixes research checkpoints carry."""
     out = {}
     for k, v in state.items():
-        for prefix in ("module.", "model."):
+        for prefix in prefixes:
             if k.startswith(prefix):
                 k = k[len(prefix):]
         out[k] = v
     return out
 
 
+def load_state_dict_file(path: str | os.PathLike[str], *, trust: bool = False,
+                         prefixes: tuple[str, ...] = ("module.", "_orig_mod.")) -> dict[str, Any]:
+    """The weights of a checkpoint file, as timm reads ``checkpoint_path``: the first of
+    :data:`STATE_DICT_KEYS` that holds a mapping (else the whole file), without the DDP/compile prefixes."""
+    ckpt = load_checkpoint(path, trust=trust)
+    if isinstance(ckpt, Mapping):
+        for key in STATE_DICT_KEYS:
+            if isinstance(ckpt.get(key), Mapping):
+                ckpt = ckpt[key]
+                break
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"{str(path)!r} holds a {type(ckpt).__name__}, not a state dict.")
+    return _strip_prefixes(ckpt, prefixes)
+
+
 def build_from_checkpoint(path: str | os.PathLike[str], regs: Any, *, arch: Mapping[str, Any] | None = None,
-                          dataset: Any = None) -> tuple[Any, dict[str, Any]]:
+                          dataset: Any = None, trust: bool = False) -> tuple[Any, dict[str, Any]]:
     """Rebuild the network saved in ``path`` and load its weights; returns ``(model, checkpoint)``.
 
     A robust-distill checkpoint names its architecture. A plain state dict (or ``{"state_dict": ...}``)
@@ -89,7 +196,9 @@ def build_from_checkpoint(path: str | os.PathLike[str], regs: Any, *, arch: Mapp
     """
     from .config import split_spec
 
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, trust=trust)
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"{str(path)!r} holds a {type(ckpt).__name__}, not a checkpoint or state dict.")
     if ckpt.get("format") == FORMAT:
         spec = dict(ckpt["model"])
         state = ckpt["state_dict"]

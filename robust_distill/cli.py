@@ -120,6 +120,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the model source, e.g. model_dir=./models")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow the model file to unpickle arbitrary Python objects (can run code hidden in "
+                        "the file: only for files you trust; by default only weights are read)")
     p.add_argument("--surrogate", default=None,
                    help="model spec of a surrogate: adds transfer attacks (PGD-20 and CW-inf crafted on it)")
     p.add_argument("--out", default=None, help="write results (JSON) and per-sample correctness (.pt) here")

@@ -32,13 +32,16 @@ def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs:
     """A model spec (or a bare checkpoint path) -> (model in eval mode, dataset name, checkpoint or {}).
 
     A robust-distill checkpoint knows its dataset (and the dataset options it was trained with).
+    ``options["trust_checkpoint"]`` is the explicit opt-in to unpickling (see :mod:`..checkpoint`).
     """
     source, name = split_spec(spec)
     if not source or (source not in regs.teacher_sources and Path(spec).is_file()):
         source, name = "checkpoint", spec
     ckpt: dict[str, Any] = {}
     if source == "checkpoint" and Path(name).is_file():
-        ckpt = load_checkpoint(name)
+        ckpt = load_checkpoint(name, trust=bool(options.get("trust_checkpoint", False)))
+        if not isinstance(ckpt, dict):
+            ckpt = {}
         dataset = dataset or ckpt.get("model", {}).get("dataset")
     dataset = dataset or "cifar10"
     if data_options is None:
@@ -61,7 +64,10 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -
 def run_eval(ns: argparse.Namespace) -> dict[str, Any]:
     regs = get_registries()
     device = resolve_device(ns.device)
-    model, dataset, ckpt = resolve_model(ns.model, _options(ns.model_option), ns.dataset, regs)
+    options = _options(ns.model_option)
+    if ns.trust_checkpoint:
+        options["trust_checkpoint"] = True
+    model, dataset, ckpt = resolve_model(ns.model, options, ns.dataset, regs)
     model = model.to(device)
     cfg = ckpt.get("config", {})
     data_cfg = cfg.get("data", {}) if cfg.get("data", {}).get("dataset") == dataset else {}
