@@ -64,7 +64,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robust_distill import Method, Part, Step, TeacherUpdater, hookimpl, training_defaults
+from robust_distill import Method, Part, RunContext, Step, TeacherUpdater, hookimpl, training_defaults
 from robust_distill.attacks import model_mode
 from robust_distill.components import epochs_of
 from robust_distill.distributed import all_reduce_sum, broadcast_buffers, clone_state, sync_gradients
@@ -229,7 +229,7 @@ class IterativeTeacherTraining(TeacherUpdater):
         self.optimizer: torch.optim.Optimizer | None = None
         self._start = self._end = 0.0
 
-    def setup(self, run: Any) -> None:
+    def setup(self, run: RunContext) -> None:
         if self.role not in run.teachers:
             raise ValueError(f"ciard_itt trains the {self.role!r} teacher, but the run has only "
                              f"{sorted(run.teachers)}.")

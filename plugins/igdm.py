@@ -55,12 +55,15 @@ Deliberate differences from the official code:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import kl_div
+
+if TYPE_CHECKING:
+    from robust_distill.plugin import Registries
 
 
 class IGDMLoss(OuterLoss):
@@ -77,12 +80,14 @@ class IGDMLoss(OuterLoss):
 
     def __init__(self, base: str = "adaad", base_kwargs: dict[str, Any] | None = None, alpha: float = 20.0,
                  beta: float = 1.0, gamma: float = 1.0, ramp_epochs: int | None = None, role: str = "robust",
-                 num_classes: int | None = None, batch_size: int | None = None) -> None:
-        from robust_distill.plugin import get_registries
-
-        provided = {k: v for k, v in (("num_classes", num_classes), ("batch_size", batch_size)) if v is not None}
+                 num_classes: int | None = None, batch_size: int | None = None,
+                 registries: Registries | None = None) -> None:
+        if registries is None:
+            raise TypeError("igdm: the engine passes the run's registries (registries=...) to build the base loss")
+        provided = {k: v for k, v in (("num_classes", num_classes), ("batch_size", batch_size),
+                                      ("registries", registries)) if v is not None}
         kwargs: Mapping[str, Any] = dict(base_kwargs or {})
-        registry = get_registries().outer_losses
+        registry = registries.outer_losses
         try:
             self.base_loss: OuterLoss = registry.build(base, kwargs, **provided)
         except TypeError as exc:

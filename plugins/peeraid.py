@@ -60,9 +60,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robust_distill import Method, OuterLoss, Part, Step, TeacherUpdater, hookimpl, training_defaults
+from robust_distill import Method, OuterLoss, Part, RunContext, Step, TeacherUpdater, hookimpl, training_defaults
+from robust_distill._io import atomic_save
 from robust_distill.attacks import model_mode
-from robust_distill.checkpoint import FORMAT, atomic_save
+from robust_distill.checkpoint import FORMAT
 from robust_distill.data import augment, to_float
 from robust_distill.distributed import broadcast_buffers, clone_state, sync_gradients
 from robust_distill.losses import kl_div
@@ -150,23 +151,18 @@ class PeerUpdater(TeacherUpdater):
         self._scale: float | None = None
 
     # -- set-up -----------------------------------------------------------------------------------
-    def setup(self, run: Any) -> None:
-        from robust_distill.trainer import build_student
-
+    def setup(self, run: RunContext) -> None:
         if self.role in run.teachers:
             raise ValueError(f"the peer updater builds the {self.role!r} model itself; remove "
                              f"teachers.{self.role} from the config.")
-        cfg, info = run.config, run.data.info
-        key = self.arch or cfg.student.key
-        kwargs = self.arch_kwargs if self.arch else dict(cfg.student.kwargs)
-        peer = build_student(key, kwargs, info, run.regs)
-        self.peer = peer.to(run.device, memory_format=run.memory_format).eval()
+        cfg = run.config
+        self.peer = run.build_student(Part(self.arch, self.arch_kwargs) if self.arch else cfg.student).eval()
         self.optimizer = torch.optim.SGD(self.peer.parameters(), lr=self.lr, momentum=self.momentum,
                                          weight_decay=self.weight_decay)
         if self.schedule_part is None:
             self.schedule = run.lr_schedule
         else:
-            self.schedule = run.regs.lr_schedules.build(self.schedule_part["key"],
+            self.schedule = run.registries.lr_schedules.build(self.schedule_part["key"],
                                                         self.schedule_part.get("kwargs", {}),
                                                         epochs=cfg.optim.epochs)
         self.run = run
@@ -205,7 +201,7 @@ class PeerUpdater(TeacherUpdater):
         assert self.swa_start is not None
         return self.swa_start * epochs if 0 < self.swa_start < 1 else self.swa_start
 
-    def end_epoch(self, run: Any, epoch: int, metrics: Mapping[str, Any]) -> None:
+    def end_epoch(self, run: RunContext, epoch: int, metrics: Mapping[str, Any]) -> None:
         if self.swa is None or epoch < self.swa_first_epoch(run.config.optim.epochs):
             return
         alpha = 1.0 / (self.swa_n + 1)
@@ -215,10 +211,10 @@ class PeerUpdater(TeacherUpdater):
         self.swa_n += 1
         self.update_bn(run, epoch)
         if run.dist.is_main:
-            atomic_save({"format": FORMAT, "model": run.spec, "state_dict": self.swa.state_dict(),
+            atomic_save({"format": FORMAT, "model": run.student_spec, "state_dict": self.swa.state_dict(),
                          "epoch": epoch + 1, "swa_n": self.swa_n}, run.output_dir / "swa.pt")
 
-    def update_bn(self, run: Any, epoch: int) -> None:
+    def update_bn(self, run: RunContext, epoch: int) -> None:
         """Recompute the SWA model's BN statistics: one pass over the augmented training data, each batch
         weighted by its size (``utils/SWA.py:bn_update``)."""
         assert self.swa is not None

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robust_distill import Step, TeacherUpdater, hookimpl
+from robust_distill import RunContext, Step, TeacherUpdater, hookimpl
 from robust_distill.checkpoint import build_from_checkpoint
 from robust_distill.distributed import clone_state
 
@@ -79,7 +79,7 @@ class SelfTeacher(TeacherUpdater):
         self.teacher: nn.Module | None = None
         self.student: nn.Module | None = None
 
-    def setup(self, run: Any) -> None:
+    def setup(self, run: RunContext) -> None:
         if self.role in run.teachers:
             raise ValueError(f"teacher_updater {type(self).__name__} builds the {self.role!r} teacher itself; "
                              f"remove teachers.{self.role} from the config.")
@@ -87,7 +87,7 @@ class SelfTeacher(TeacherUpdater):
         teacher = copy.deepcopy(run.student)
         if self.init is not None:
             cfg = run.config
-            loaded, _ = build_from_checkpoint(Path(self.init).expanduser(), run.regs, dataset=run.data.info,
+            loaded, _ = build_from_checkpoint(Path(self.init).expanduser(), run.registries, dataset=run.data.info,
                                               arch={"key": cfg.student.key, "kwargs": dict(cfg.student.kwargs)})
             try:
                 teacher.load_state_dict(loaded.state_dict())
@@ -127,7 +127,7 @@ class SelfBest(SelfTeacher):
         super().__init__(init=init, warmup_epochs=warmup_epochs)
         self.pending: dict[str, Tensor] | None = None  # best weights seen during the warm-up
 
-    def end_epoch(self, run: Any, epoch: int, metrics: Mapping[str, Any]) -> None:
+    def end_epoch(self, run: RunContext, epoch: int, metrics: Mapping[str, Any]) -> None:
         if metrics.get("is_best"):
             if self.warm(epoch):
                 self.pending = clone_state(run.student)
@@ -151,7 +151,7 @@ class SelfBest(SelfTeacher):
 class SelfLast(SelfTeacher):
     """Teacher = the student at the end of the previous epoch."""
 
-    def end_epoch(self, run: Any, epoch: int, metrics: Mapping[str, Any]) -> None:
+    def end_epoch(self, run: RunContext, epoch: int, metrics: Mapping[str, Any]) -> None:
         if not self.warm(epoch):
             self.copy_student()
 

@@ -27,13 +27,19 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torchattacks
 from torch import Tensor, nn
 
 from robust_distill import EvalAttack, hookimpl
 from robust_distill._compat import import_autoattack
 from robust_distill.attacks import pgd
 from robust_distill.threat import format_eps
+
+
+def _torchattacks() -> Any:
+    """torchattacks, imported by the first attack that needs it (not when plugins load)."""
+    import torchattacks
+
+    return torchattacks
 
 
 class Clean(EvalAttack):
@@ -123,7 +129,7 @@ def _pgd_factory(name: str, steps: int, step_of_eps: Callable[[float], float], l
     def make(eps: float, steps: int = steps, step_size: float | None = None) -> EvalAttack:
         alpha = step_size if step_size is not None else step_of_eps(eps)
         return TorchattacksAttack(name, f"PGD-{steps} ({label}{format_eps(alpha)})", eps,
-                                  lambda m: torchattacks.PGD(m, eps=eps, alpha=alpha, steps=steps,
+                                  lambda m: _torchattacks().PGD(m, eps=eps, alpha=alpha, steps=steps,
                                                              random_start=True))
     make.__doc__ = f"PGD-{steps}, uniform random start, step {label or ''}(torchattacks.PGD)"
     return make
@@ -131,20 +137,20 @@ def _pgd_factory(name: str, steps: int, step_of_eps: Callable[[float], float], l
 
 def fgsm(eps: float) -> EvalAttack:
     """FGSM, one step of eps, no random start (torchattacks.FGSM)."""
-    return TorchattacksAttack("fgsm", "FGSM", eps, lambda m: torchattacks.FGSM(m, eps=eps))
+    return TorchattacksAttack("fgsm", "FGSM", eps, lambda m: _torchattacks().FGSM(m, eps=eps))
 
 
 def autoattack_fast(eps: float, num_classes: int = 10) -> EvalAttack:
     """torchattacks' AutoAttack standard (10 iterations per attack; quick checks only)."""
     return TorchattacksAttack("autoattack_fast", "AutoAttack (torchattacks, fast)", eps,
-                              lambda m: torchattacks.AutoAttack(m, norm="Linf", eps=eps, n_classes=num_classes,
+                              lambda m: _torchattacks().AutoAttack(m, norm="Linf", eps=eps, n_classes=num_classes,
                                                                 seed=0))
 
 
 def apgd_ce(eps: float, steps: int = 100) -> EvalAttack:
     """APGD-CE (torchattacks), 1 restart."""
     return TorchattacksAttack("apgd_ce", f"APGD-CE ({steps})", eps,
-                              lambda m: torchattacks.APGD(m, norm="Linf", eps=eps, steps=steps, loss="ce",
+                              lambda m: _torchattacks().APGD(m, norm="Linf", eps=eps, steps=steps, loss="ce",
                                                           seed=0))
 
 

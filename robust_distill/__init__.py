@@ -47,6 +47,7 @@ from .components import (  # noqa: E402
     TeacherUpdater,
     training_defaults,
 )
+from .context import RunContext  # noqa: E402
 from .registry import Registry  # noqa: E402
 from .step import Step  # noqa: E402
 from .threat import ThreatModel  # noqa: E402
@@ -54,5 +55,5 @@ from .threat import ThreatModel  # noqa: E402
 __all__ = [
     "__version__", "hookimpl", "Registry", "Step", "ThreatModel", "Method", "Part", "Stateful",
     "DataBundle", "DatasetInfo", "TeacherSource", "StudentSource", "InnerAttack", "OuterLoss",
-    "TeacherUpdater", "EvalAttack", "training_defaults",
+    "TeacherUpdater", "EvalAttack", "training_defaults", "RunContext",
 ]

@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically (temp file + rename), read without ever running code from a file.
+"""Checkpoints: the format, and reading them (and any weights file) without ever running code from a file.
 
 Every weights file the project reads goes through :func:`load_file`: ``.safetensors`` through safetensors,
 anything else through ``torch.load(weights_only=True)`` with a short allow-list of harmless types that old
@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "atomic_save", "atomic_write_text", "load_checkpoint", "load_file", "load_state_dict_file",
-           "weights_only_loads", "CheckpointError", "UnsafeCheckpointError", "SAFE_GLOBALS", "TRUST_HINT"]
+from .components import split_spec
+
+__all__ = ["FORMAT", "load_checkpoint", "load_file", "load_state_dict_file", "weights_only_loads", "CheckpointError",
+           "UnsafeCheckpointError", "SAFE_GLOBALS", "TRUST_HINT", "build_from_checkpoint"]
 
 FORMAT = "robust-distill/1"
 
@@ -111,36 +111,6 @@ def weights_only_loads(trust: bool = False) -> Iterator[None]:
         torch.load = original
 
 
-def _atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_save(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    _atomic(Path(path), lambda f: torch.save(dict(obj), f))
-
-
-def atomic_write_text(text: str, path: str | os.PathLike[str]) -> None:
-    _atomic(Path(path), lambda f: f.write(text.encode()))
-
-
-def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
-
-
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *, trust: bool = False) -> Any:
     """Load a checkpoint through :func:`load_file`; errors say what is wrong with which file."""
     p = Path(path)
@@ -194,8 +164,6 @@ def build_from_checkpoint(path: str | os.PathLike[str], regs: Any, *, arch: Mapp
     A robust-distill checkpoint names its architecture. A plain state dict (or ``{"state_dict": ...}``)
     needs ``arch={"key": "timm:resnet18_cifar", "kwargs": {...}}`` and the ``dataset`` info.
     """
-    from .config import split_spec
-
     ckpt = load_checkpoint(path, trust=trust)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{str(path)!r} holds a {type(ckpt).__name__}, not a checkpoint or state dict.")

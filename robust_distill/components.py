@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    from .context import RunContext
     from .step import Step
-    from .trainer import Run
 
 __all__ = [
     "Stateful", "DatasetInfo", "DataBundle", "TeacherSource", "StudentSource", "InnerAttack",
-    "OuterLoss", "TeacherUpdater", "EvalAttack", "Method", "Part", "LRSchedule", "training_defaults",
+    "OuterLoss", "TeacherUpdater", "EvalAttack", "Method", "Part", "split_spec", "LRSchedule", "training_defaults",
     "epochs_of",
 ]
 
@@ -121,7 +121,7 @@ class TeacherUpdater(Stateful):
     grad_teachers: frozenset[str] = frozenset()
     provides: tuple[str, ...] = ()  # teacher roles this updater creates itself (self-distillation)
 
-    def setup(self, run: Run) -> None:
+    def setup(self, run: RunContext) -> None:
         """Once, before the first epoch (and after resuming): may create or wrap teachers."""
 
     def before_step(self, step: Step) -> None:
@@ -130,7 +130,7 @@ class TeacherUpdater(Stateful):
     def after_step(self, step: Step) -> None:
         """After the student's optimizer step."""
 
-    def end_epoch(self, run: Run, epoch: int, metrics: Mapping[str, Any]) -> None:
+    def end_epoch(self, run: RunContext, epoch: int, metrics: Mapping[str, Any]) -> None:
         """After the epoch's evaluation; ``metrics["is_best"]`` says if the student improved."""
 
 
@@ -150,13 +150,25 @@ LRSchedule = Callable[[float], float]
 
 @dataclass(frozen=True)
 class Part:
-    """A configured component: registry ``key`` plus constructor ``kwargs``."""
+    """A configured component: registry ``key`` plus constructor ``kwargs``.
+
+    What a :class:`Method` names and what a config's ``student``, ``teachers.<role>``, ``inner_attack``,
+    ``outer_loss``, ``teacher_updater`` and ``optim.schedule`` hold. Model keys carry their source as a prefix
+    (``timm:resnet18_cifar``, ``checkpoint:runs/x/best.pt``): see :func:`split_spec`.
+    """
 
     key: str
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"key": self.key, "kwargs": dict(self.kwargs)}
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``"robustbench:Chen2021LTD_WRN34_10"`` -> ``("robustbench", "Chen2021LTD_WRN34_10")``; no prefix:
+    ``("", spec)``."""
+    source, sep, name = spec.partition(":")
+    return (source, name) if sep else ("", spec)
 
 
 def epochs_of(value: float, epochs: int) -> float:

@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from .components import DatasetInfo, Method, Part
+from .components import DatasetInfo, Method, Part, split_spec
 from .registry import UnknownNameError
 from .threat import ThreatModel, parse_fraction
 
@@ -45,14 +45,6 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class PartConfig:
-    """A component: registry ``key`` and constructor ``kwargs``."""
-
-    key: str
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class DataConfig:
     dataset: str = "cifar10"
     root: Union[str, None] = None
@@ -72,7 +64,7 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 2e-4
     nesterov: bool = False
-    schedule: PartConfig = PartConfig("multistep", {"milestones": [100, 150], "gamma": 0.1})
+    schedule: Part = Part("multistep", {"milestones": [100, 150], "gamma": 0.1})
     amp: bool = False  # mixed precision (CUDA only)
 
 
@@ -92,17 +84,17 @@ class EvalConfig:
 @dataclass(frozen=True)
 class Config:
     method: str
-    student: PartConfig
-    teachers: dict[str, PartConfig] = field(default_factory=dict)
+    student: Part
+    teachers: dict[str, Part] = field(default_factory=dict)
     version: int = SCHEMA_VERSION
     seed: int = 0
     device: str = "auto"
     output_dir: str = "runs/run"
     data: DataConfig = DataConfig()
     threat: ThreatModel = ThreatModel()
-    inner_attack: PartConfig = PartConfig("")
-    outer_loss: PartConfig = PartConfig("")
-    teacher_updater: PartConfig = PartConfig("frozen")
+    inner_attack: Part = Part("")
+    outer_loss: Part = Part("")
+    teacher_updater: Part = Part("frozen")
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
     channels_last: bool = False  # NHWC memory format (faster convolutions on CPU and recent GPUs)
@@ -331,7 +323,7 @@ def _check_kwargs(factory: Any, kwargs: Mapping[str, Any], path: str, problems: 
             _convert(value, hints[key], f"{path}.{key}", problems)
 
 
-def _check_part(registry: Any, part: PartConfig, path: str, problems: list[str],
+def _check_part(registry: Any, part: Part, path: str, problems: list[str],
                 provided: tuple[str, ...] = ()) -> None:
     try:
         factory = registry.get(part.key)
@@ -339,11 +331,6 @@ def _check_part(registry: Any, part: PartConfig, path: str, problems: list[str],
         problems.append(f"{path}.key: {exc}")
         return
     _check_kwargs(factory, part.kwargs, f"{path}.kwargs", problems, provided)
-
-
-def split_spec(spec: str) -> tuple[str, str]:
-    source, sep, name = spec.partition(":")
-    return (source, name) if sep else ("", spec)
 
 
 def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:

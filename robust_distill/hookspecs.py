@@ -25,8 +25,8 @@ if TYPE_CHECKING:
         TeacherSource,
         TeacherUpdater,
     )
+    from .context import RunContext
     from .registry import Registry
-    from .trainer import Run
 
 hookspec = pluggy.HookspecMarker("robust_distill")
 
@@ -174,15 +174,16 @@ def rd_register_methods(registry: Registry[Method]) -> None:
 
 
 @hookspec
-def rd_run_start(run: Run) -> None:
+def rd_run_start(run: RunContext) -> None:
     """Called once per run, after models, data and parts are built and before the first epoch.
 
-    :param run: the :class:`~robust_distill.trainer.Run` (config, student, teachers, output dir).
+    :param run: the run, as :class:`~robust_distill.context.RunContext` describes it (config, registries,
+        student, teachers, device, dist, output folder, data, and ways to build models from specs).
     """
 
 
 @hookspec
-def rd_epoch_end(run: Run, epoch: int, metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+def rd_epoch_end(run: RunContext, epoch: int, metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     """Called after each epoch's evaluation, before the metrics row is written.
 
     :param run: the run.
@@ -193,7 +194,7 @@ def rd_epoch_end(run: Run, epoch: int, metrics: Mapping[str, Any]) -> dict[str, 
 
 
 @hookspec
-def rd_run_end(run: Run, summary: Mapping[str, Any]) -> None:
+def rd_run_end(run: RunContext, summary: Mapping[str, Any]) -> None:
     """Called once when a run finishes (not when it crashes).
 
     :param run: the run.

@@ -28,9 +28,10 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import FORMAT, atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
-from .components import Method, Stateful
-from .config import Config, config_to_dict, split_spec
+from ._io import atomic_save, atomic_write_json, atomic_write_text
+from .checkpoint import FORMAT, load_checkpoint
+from .components import Method, Part, Stateful, split_spec
+from .config import Config, config_to_dict
 from .data import Splits, augment, epoch_batches, make_splits, to_float
 from .distributed import DistContext, clone_state, init_distributed, resolve_device
 from .evaluation import EvalResult, evaluate, make_eval_attacks
@@ -77,19 +78,16 @@ def model_spec(key: str, kwargs: Mapping[str, Any], info: Any) -> dict[str, Any]
 
 
 class Run:
-    """A training run: what the lifecycle hooks and teacher updaters receive.
+    """A training run: the engine's implementation of :class:`~robust_distill.context.RunContext`, which is
+    what the lifecycle hooks and teacher updaters receive (see there for the attributes plugins may use).
 
-    :ivar config: the resolved :class:`~robust_distill.config.Config`.
-    :ivar student: the bare student module; ``student_ddp`` the module the outer loss calls.
-    :ivar teachers: role -> teacher module (updaters may add or replace entries in ``setup``).
-    :ivar output_dir: where config, metrics and checkpoints go.
-    :ivar optimizer: the student's SGD; ``scaler`` its ``GradScaler`` (enabled with ``optim.amp`` on CUDA;
-        updaters that step their own optimizer on the joint loss unscale with ``scaler.get_scale()``).
-    :ivar dist: the :class:`~robust_distill.distributed.DistContext` (rank, world size, collectives).
+    Engine-only attributes: ``student_ddp`` (the module the outer loss calls: DDP-wrapped under torchrun),
+    ``optimizer`` (the student's SGD), ``scaler`` (its ``GradScaler``, enabled with ``optim.amp`` on CUDA;
+    updaters that step their own optimizer on the joint loss unscale with ``scaler.get_scale()``), the parts.
     """
 
     def __init__(self, cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistContext) -> None:
-        self.config, self.regs, self.pm, self.dist = cfg, regs, pm, dist_ctx
+        self.config, self.registries, self.pm, self.dist = cfg, regs, pm, dist_ctx
         self.device = resolve_device(cfg.device, dist_ctx.local_rank)
         self.output_dir = Path(cfg.output_dir)
         self.method: Method = regs.methods.get(cfg.method)
@@ -105,7 +103,7 @@ class Run:
             for role, t in cfg.teachers.items()}
         self.inner_attack = regs.inner_attacks.build(cfg.inner_attack.key, cfg.inner_attack.kwargs)
         self.outer_loss = regs.outer_losses.build(cfg.outer_loss.key, cfg.outer_loss.kwargs,
-                                                  num_classes=info.num_classes,
+                                                  num_classes=info.num_classes, registries=regs,
                                                   batch_size=cfg.data.batch_size // dist_ctx.world_size)
         self.teacher_updater = regs.teacher_updaters.build(cfg.teacher_updater.key, cfg.teacher_updater.kwargs)
         self.lr_schedule = regs.lr_schedules.build(cfg.optim.schedule.key, cfg.optim.schedule.kwargs,
@@ -118,11 +116,20 @@ class Run:
         self.student_ddp: nn.Module = self.student
         self.epoch = 0
         self.best: dict[str, Any] = {"value": -math.inf, "epoch": -1}
-        self.spec = model_spec(cfg.student.key, cfg.student.kwargs, info)
+        self.student_spec = model_spec(cfg.student.key, cfg.student.kwargs, info)
         self.eval_eps = cfg.eval.eps if cfg.eval.eps is not None else cfg.threat.eps
         self.eval_attacks = make_eval_attacks(cfg.eval.attacks, regs, eps=self.eval_eps,
                                               num_classes=info.num_classes)
         self.train_records: dict[str, Any] = {}
+
+    # -- models from specs (RunContext) ------------------------------------------------------------
+    def build_student(self, part: Part) -> nn.Module:
+        model = build_student(part.key, part.kwargs, self.data.info, self.registries)
+        return model.to(self.device, memory_format=self.memory_format)
+
+    def load_teacher(self, part: Part) -> nn.Module:
+        return load_teacher(part.key, part.kwargs, self.data.info, self.registries).to(
+            self.device, memory_format=self.memory_format)
 
     # -- state ------------------------------------------------------------------------------------
     def parts(self) -> dict[str, Stateful]:
@@ -130,7 +137,7 @@ class Run:
                 "teacher_updater": self.teacher_updater}
 
     def checkpoint(self, *, full: bool) -> dict[str, Any]:
-        ckpt: dict[str, Any] = {"format": FORMAT, "model": self.spec, "state_dict": self.student.state_dict(),
+        ckpt: dict[str, Any] = {"format": FORMAT, "model": self.student_spec, "state_dict": self.student.state_dict(),
                                 "epoch": self.epoch, "config": _plain(config_to_dict(self.config))}
         if full:
             ckpt.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
@@ -372,7 +379,7 @@ def _finish(run: Run, log: _MetricsLog) -> dict[str, Any]:
 def final_evaluation(run: Run) -> dict[str, Any]:
     """``eval.final_attacks`` on the test split, for the best and the last checkpoint."""
     cfg = run.config
-    attacks = make_eval_attacks(cfg.eval.final_attacks, run.regs, eps=run.eval_eps,
+    attacks = make_eval_attacks(cfg.eval.final_attacks, run.registries, eps=run.eval_eps,
                                 num_classes=run.data.info.num_classes)
     results: dict[str, Any] = {}
     last_state = clone_state(run.student)

@@ -15,12 +15,13 @@ import pytest
 import torch
 import yaml
 
-from robust_distill.analysis import normalized_correlation, specialization, teacher_scores, unlearnable_sets
-from robust_distill.bench import expand_grid, load_grid, run_grid
+from robust_distill.analysis.bench import expand_grid, load_grid, run_grid
+from robust_distill.analysis.report import build_report, spearman
+from robust_distill.analysis.specialization import normalized_correlation, specialization
+from robust_distill.analysis.unlearnable import teacher_scores, unlearnable_sets
 from robust_distill.checkpoint import load_checkpoint
 from robust_distill.cli import main
 from robust_distill.config import ConfigError
-from robust_distill.report import build_report, spearman
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robust_distill.checkpoint import atomic_save
+from robust_distill._io import atomic_save
 from robust_distill.config import ConfigError, load_config, resolve_config
 from robust_distill.threat import ThreatModel, parse_fraction
 

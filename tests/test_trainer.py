@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from robust_distill import checkpoint as ckpt_mod
-from robust_distill.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from robust_distill._io import atomic_save
+from robust_distill.checkpoint import CheckpointError, load_checkpoint
 from robust_distill.trainer import train
 
 

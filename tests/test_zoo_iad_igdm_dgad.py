@@ -61,7 +61,7 @@ def outputs(step: Step) -> SimpleNamespace:
 
 
 def build(regs, key: str, **kwargs) -> OuterLoss:
-    return regs.outer_losses.build(key, kwargs, num_classes=C)
+    return regs.outer_losses.build(key, kwargs, num_classes=C, registries=regs)
 
 
 # -- IAD-I ------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from robust_distill.report import RunResult, load_runs, spearman
+from robust_distill.analysis.report import RunResult, load_runs, spearman
 
 ROBUST = "autoattack_apgd"
 

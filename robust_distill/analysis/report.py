@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import atomic_write_text
+from .._io import atomic_write_text
 
 __all__ = ["RunResult", "load_runs", "build_report", "spearman"]
 

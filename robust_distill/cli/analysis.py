@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_json
-from .cli import command
-from .evaluate_cli import markdown_table, resolve_model
+from .._io import atomic_write_json
+from . import command
+from .eval import markdown_table, resolve_model
 
 __all__: list[str] = []
 
@@ -25,8 +25,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 @command("bench", "run a grid of training runs (methods x teachers x students x seeds x ...), resumably", _bench_args)
 def cmd_bench(ns: argparse.Namespace) -> int:
-    from .bench import load_grid, run_grid
-    from .plugin import get_registries
+    from ..analysis.bench import load_grid, run_grid
+    from ..plugin import get_registries
 
     states = run_grid(load_grid(ns.grid), get_registries(), parallel=ns.parallel, dry_run=ns.dry_run)
     for name, state in states.items():
@@ -51,7 +51,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 @command("report", "Markdown/CSV tables (mean ± std over seeds, best and last) and PNG plots of finished runs",
          _report_args)
 def cmd_report(ns: argparse.Namespace) -> int:
-    from .report import build_report
+    from ..analysis.report import build_report
 
     scores = json.loads(Path(ns.teacher_scores).read_text()) if ns.teacher_scores else None
     where = {k: v.split(",") for k, _, v in (item.partition("=") for item in ns.where)}
@@ -74,7 +74,7 @@ def _unlearnable_args(p: argparse.ArgumentParser) -> None:
 def cmd_unlearnable(ns: argparse.Namespace) -> int:
     import yaml
 
-    from .analysis import unlearnable_sets
+    from ..analysis.unlearnable import unlearnable_sets
 
     sets = unlearnable_sets(ns.runs)
     cfg = yaml.safe_load((Path(ns.runs[0]) / "config.yaml").read_text())
@@ -107,9 +107,9 @@ def _spec(text: str) -> str:
 @command("teacher-score", "rank candidate teachers by entropy on S_U (higher predicts a better student)",
          _teacher_args)
 def cmd_teacher_score(ns: argparse.Namespace) -> int:
-    from .analysis import teacher_scores
-    from .distributed import resolve_device
-    from .plugin import get_registries
+    from ..analysis.unlearnable import teacher_scores
+    from ..distributed import resolve_device
+    from ..plugin import get_registries
 
     regs = get_registries()
     sets = json.loads(Path(ns.unlearnable).read_text())
@@ -158,12 +158,12 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
 @command("specialization", "teacher-student node alignment: NC, BNC per teacher node, MBNC per layer, ratio",
          _spec_args)
 def cmd_specialization(ns: argparse.Namespace) -> int:
-    from .analysis import specialization
-    from .distributed import resolve_device
-    from .evaluation import make_eval_attacks
-    from .plots import plot_sorted_bnc
-    from .plugin import get_registries
-    from .threat import parse_fraction
+    from ..analysis.plots import plot_sorted_bnc
+    from ..analysis.specialization import specialization
+    from ..distributed import resolve_device
+    from ..evaluation import make_eval_attacks
+    from ..plugin import get_registries
+    from ..threat import parse_fraction
 
     regs = get_registries()
     device = resolve_device(ns.device)
@@ -174,7 +174,7 @@ def cmd_specialization(ns: argparse.Namespace) -> int:
     x = (bundle.test_x if ns.split == "test" else bundle.train_x)[:ns.n_examples]
     y = (bundle.test_y if ns.split == "test" else bundle.train_y)[:ns.n_examples]
     if ns.adversarial:
-        from .data import to_float
+        from ..data import to_float
         trained_eps = s_ckpt.get("config", {}).get("threat", {}).get("eps", 8 / 255)
         eps = parse_fraction(ns.eps) if ns.eps else float(trained_eps)
         attack = make_eval_attacks(["pgd20"], regs, eps=eps, num_classes=bundle.info.num_classes)["pgd20"]

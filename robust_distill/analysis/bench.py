@@ -45,8 +45,8 @@ from typing import Any
 
 import yaml
 
-from .checkpoint import atomic_write_json, atomic_write_text
-from .config import ConfigError, apply_overrides, resolve_config
+from .._io import atomic_write_json, atomic_write_text
+from ..config import ConfigError, apply_overrides, resolve_config
 
 __all__ = ["GridRun", "load_grid", "expand_grid", "run_grid"]
 

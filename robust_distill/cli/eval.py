@@ -8,13 +8,16 @@ from typing import Any
 
 from torch import nn
 
-from .checkpoint import atomic_save, atomic_write_json, load_checkpoint
-from .config import _parse_value, split_spec
-from .data import make_splits
-from .distributed import resolve_device
-from .evaluation import TransferAttack, evaluate, make_eval_attacks
-from .plugin import Registries, get_registries
-from .threat import format_eps, parse_fraction
+from .._io import atomic_save, atomic_write_json
+from ..checkpoint import load_checkpoint
+from ..components import split_spec
+from ..config import _parse_value
+from ..data import make_splits
+from ..distributed import resolve_device
+from ..evaluation import TransferAttack, evaluate, make_eval_attacks
+from ..plugin import Registries, get_registries
+from ..threat import format_eps, parse_fraction
+from . import command
 
 __all__ = ["run_eval", "resolve_model", "markdown_table"]
 
@@ -109,3 +112,32 @@ def run_eval(ns: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="checkpoint file, or a model spec such as robustbench:Chen2021LTD_WRN34_10, "
+                                 "checkpoint:runs/x/best.pt, timm:resnet18 (with --model-option)")
+    p.add_argument("--dataset", default=None, help="dataset name (default: the checkpoint's)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--attacks", default="clean,fgsm,pgd20,pgd20_trades,cw_inf,autoattack",
+                   help="comma-separated evaluation attacks (see `robust-distill plugins`)")
+    p.add_argument("--eps", default=None, help="L-inf radius, e.g. 8/255 (default: the checkpoint's "
+                                               "training eps, else 8/255)")
+    p.add_argument("--n-examples", type=int, default=1000, help="first N examples of the split (0: all)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="option of the model source, e.g. model_dir=./models")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow the model file to unpickle arbitrary Python objects (can run code hidden in "
+                        "the file: only for files you trust; by default only weights are read)")
+    p.add_argument("--surrogate", default=None,
+                   help="model spec of a surrogate: adds transfer attacks (PGD-20 and CW-inf crafted on it)")
+    p.add_argument("--out", default=None, help="write results (JSON) and per-sample correctness (.pt) here")
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("eval", "evaluate a checkpoint or a RobustBench/timm model against chosen attacks", _eval_args)
+def cmd_eval(ns: argparse.Namespace) -> int:
+    result = run_eval(ns)
+    print(result["table"])
+    return 0

@@ -1,0 +1,114 @@
+"""Which teacher? The robustly unlearnable set and teacher scores ("Why Robust Teachers Fail", ICML 2026).
+
+* ``unlearnable_sets``: the robustly unlearnable set S_U (training samples that every given run
+  misclassifies under attack at its peak-robust-accuracy epoch) and the learnable set S_L (correct in every
+  run), from the per-sample records runs keep with ``eval.train_records: N`` ("Toward Understanding
+  Adversarial Distillation: Why Robust Teachers Fail", ICML 2026, Sec. 3).
+* ``teacher_scores``: each candidate teacher's mean predictive entropy and true-class confidence on S_U
+  and S_L from one forward pass; higher entropy on S_U predicts the better teacher (same paper, Sec. 5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..checkpoint import load_checkpoint
+from ..data import iterate_eval, to_float
+from ..losses import entropy
+
+__all__ = ["unlearnable_sets", "teacher_scores"]
+
+
+
+def _peak_epoch(run: Path) -> int:
+    import json
+
+    summary = run / "summary.json"
+    if summary.is_file():
+        return int(json.loads(summary.read_text())["best_epoch"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    best = [r for r in rows if r.get("is_best")]
+    if not best:
+        raise ValueError(f"run {run} has no evaluated epoch yet")
+    return int(best[-1]["epoch"])
+
+
+def unlearnable_sets(runs: Sequence[str | Path]) -> dict[str, Any]:
+    """S_U and S_L over ``runs`` (each with ``train_records.pt``), at each run's peak-robust epoch.
+
+    Returns dataset positions (indices into the dataset's own training split), sizes, labels and, per run,
+    the epoch used. All runs must have recorded the same training samples.
+    """
+    if not runs:
+        raise ValueError("give at least one run folder")
+    indices, labels, correct, used = None, None, [], {}
+    for run in map(Path, runs):
+        path = run / "train_records.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: train the run with eval.train_records: N (e.g. 10000) "
+                                    "to record per-sample robustness on the training set.")
+        rec = load_checkpoint(path)
+        epoch = _peak_epoch(run)
+        if str(epoch) not in rec["records"]:
+            raise ValueError(f"run {run}: no training-set record at its peak epoch {epoch + 1}")
+        if indices is None:
+            indices, labels = rec["indices"], rec["labels"]
+        elif not torch.equal(indices, rec["indices"]):
+            raise ValueError(f"run {run} recorded other training samples than {runs[0]}; use the same "
+                             "data.val_size, data.split_seed and eval.train_records for every run.")
+        correct.append(rec["records"][str(epoch)])
+        used[str(run)] = epoch
+    stacked = torch.stack(correct)
+    su, sl = ~stacked.any(0), stacked.all(0)
+    return {"indices_unlearnable": indices[su].tolist(), "indices_learnable": indices[sl].tolist(),
+            "labels_unlearnable": labels[su].tolist(), "labels_learnable": labels[sl].tolist(),
+            "size_unlearnable": int(su.sum()), "size_learnable": int(sl.sum()), "n_recorded": int(indices.numel()),
+            "runs": used}
+
+
+# -------------------------------------------------------------------------------------------------
+# Teacher scores
+# -------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _entropy_confidence(model: nn.Module, x: Tensor, y: Tensor, batch_size: int, device: torch.device
+                        ) -> tuple[float, float]:
+    ent, conf = [], []
+    for _, xb, yb in iterate_eval(x, y, batch_size):
+        logits = model(to_float(xb, device)).float()
+        ent.append(entropy(logits).cpu())
+        conf.append(F.softmax(logits, 1).gather(1, yb.to(device)[:, None]).squeeze(1).cpu())
+    return torch.cat(ent).mean().item(), torch.cat(conf).mean().item()
+
+
+def teacher_scores(teachers: Mapping[str, nn.Module], train_x: Tensor, train_y: Tensor, sets: Mapping[str, Any],
+                   *, batch_size: int = 500, device: str | torch.device = "cpu") -> list[dict[str, Any]]:
+    """Mean entropy and true-class confidence of each teacher on S_U and S_L, ranked by entropy on S_U.
+
+    ``train_x``/``train_y`` is the dataset's whole training split; ``sets`` is :func:`unlearnable_sets`'s
+    output. One forward pass per teacher over S_U and S_L.
+    """
+    device = torch.device(device)
+    su, sl = torch.tensor(sets["indices_unlearnable"]), torch.tensor(sets["indices_learnable"])
+    out = []
+    for name, model in teachers.items():
+        model = model.eval().to(device)
+        row: dict[str, Any] = {"teacher": name}
+        for key, idx in (("unlearnable", su), ("learnable", sl)):
+            if idx.numel() == 0:
+                row[key] = {"entropy": float("nan"), "confidence": float("nan"), "n": 0}
+                continue
+            ent, conf = _entropy_confidence(model, train_x[idx], train_y[idx], batch_size, device)
+            row[key] = {"entropy": ent, "confidence": conf, "n": int(idx.numel())}
+        out.append(row)
+    out.sort(key=lambda r: -r["unlearnable"]["entropy"])
+    for rank, row in enumerate(out, 1):
+        row["rank"] = rank
+    return out
