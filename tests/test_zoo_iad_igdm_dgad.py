@@ -212,14 +212,13 @@ class _Scaled(OuterLoss):
         self.calls = state["calls"]
 
 
-def test_igdm_wraps_any_registered_loss(regs, monkeypatch: pytest.MonkeyPatch) -> None:
-    import robust_distill.plugin as plugin
-
+def test_igdm_wraps_any_registered_loss(regs) -> None:
+    """The base loss comes from the run's registries (passed in by the engine), not the process-global ones."""
     losses = Registry("outer loss")
     losses.register(_Scaled, name="scaled")
-    monkeypatch.setattr(plugin, "get_registries", lambda: SimpleNamespace(outer_losses=losses))
+    run_registries = SimpleNamespace(outer_losses=losses)
     igdm = regs.outer_losses.get("igdm")
-    wrapper = igdm(base="scaled", base_kwargs={"scale": 3.0}, num_classes=C)
+    wrapper = igdm(base="scaled", base_kwargs={"scale": 3.0}, num_classes=C, registries=run_registries)
     assert isinstance(wrapper.base_loss, _Scaled) and wrapper.base_loss.num_classes == C
     step = make_step(epoch=199)
     loss = wrapper(step)
@@ -229,9 +228,9 @@ def test_igdm_wraps_any_registered_loss(regs, monkeypatch: pytest.MonkeyPatch) -
     wrapper.load_state_dict({"base": {"calls": 7}})
     assert wrapper.base_loss.calls == 7
     with pytest.raises(UnknownNameError, match="scaled"):
-        igdm(base="nope")
+        igdm(base="nope", registries=run_registries)
     with pytest.raises(TypeError, match="base_kwargs"):
-        igdm(base="scaled", base_kwargs={"bogus": 1})
+        igdm(base="scaled", base_kwargs={"bogus": 1}, registries=run_registries)
 
 
 # -- DGAD -------------------------------------------------------------------------------------------
@@ -309,7 +308,7 @@ def test_dgad_gets_the_configured_per_process_batch_size_from_the_engine(regs, t
     cfg = tiny_config("dgad", True)
     assert Run(cfg, regs, get_plugin_manager(), DistContext()).outer_loss.batch_size == 16
     assert Run(cfg, regs, get_plugin_manager(), DistContext(world_size=2)).outer_loss.batch_size == 8
-    wrapped = regs.outer_losses.build("igdm", {"base": "dgad"}, num_classes=4, batch_size=64)
+    wrapped = regs.outer_losses.build("igdm", {"base": "dgad"}, num_classes=4, batch_size=64, registries=regs)
     assert wrapped.base_loss.batch_size == 64
     fixed = regs.outer_losses.build("dgad", {"batch_size": 32}, num_classes=4, batch_size=128)
     assert fixed.batch_size == 32  # the config wins
