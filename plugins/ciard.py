@@ -21,7 +21,7 @@ Outer (RSLAD's ``kl_loss``, mean over B*C; B-MTARD's entropy-balanced temperatur
   ``push: false`` drops the push term (the ablation ``ciard_no_push``).
   An empty mask (or a non-finite KL3) gives ``KL3 = 0``.
 
-Iterative Teacher Training (``ciard_itt``): from epoch 51 (1-based, ``epoch > 50``) on, after the student's
+Iterative Teacher Training (``ciard_itt``, in ``ciard_itt.py``): from epoch 51 (1-based, ``epoch > 50``) on, after the student's
 step, ``CE(T_adv(x'), y)`` on the student's adversarial examples trains the robust teacher with
 ``SGD(lr, momentum 0.1, wd 2e-4)`` every iteration, lr
 ``1e-4 (0.5 + 0.5 cos(pi (e - 50)/250)) exp(-0.01 (e - 50)^2 / 250^2)`` (1-based epoch e; 0 at e = 300).
@@ -56,54 +56,18 @@ Deliberate differences from the official code, and the switches that reproduce i
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from typing import Any
 
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from robust_distill import Method, Part, RunContext, Step, TeacherUpdater, hookimpl, training_defaults
-from robust_distill.attacks import model_mode
+from robust_distill import Method, Part, Step, hookimpl, training_defaults
 from robust_distill.components import epochs_of
-from robust_distill.distributed import all_reduce_sum, broadcast_buffers, clone_state, sync_gradients
+from robust_distill.distributed import global_mean
 from robust_distill.losses import kl_div
-from robust_distill_plugins.mtard import KL_EPS, TwoTeacherLoss
+from robust_distill_plugins.schedules import ciard_schedule, cos_exp
+from robust_distill_plugins.two_teacher import KL_EPS, TwoTeacherLoss
 
-__all__ = ["cos_exp", "ciard_schedule", "magnitude_scale", "CIARDLoss", "IterativeTeacherTraining", "CIARD",
+__all__ = ["cos_exp", "ciard_schedule", "magnitude_scale", "CIARDLoss", "CIARD",
            "CIARD_NO_PUSH"]
-
-
-# -------------------------------------------------------------------------------------------------
-# Schedules
-# -------------------------------------------------------------------------------------------------
-
-
-def cos_exp(e: float, start: float, end: float) -> float:
-    """``(0.5 + 0.5 cos(pi (e - start)/(end - start))) exp(-0.01 (e - start)^2 / (end - start)^2)``.
-
-    CIARD's decay shape (student lr from 150 to 300, teacher lr from 50 to 300); ``e`` is clipped to ``end``.
-    """
-    span = max(end - start, 1e-9)
-    t = min(max(e - start, 0.0), span) / span
-    return (0.5 + 0.5 * math.cos(math.pi * t)) * math.exp(-0.01 * t * t)
-
-
-def ciard_schedule(epochs: int, start: float = 150, end: float | None = None) -> Callable[[float], float]:
-    """CIARD's student lr: 1 until ``start``, then :func:`cos_exp` to 0 at ``end`` (default: the last epoch).
-
-    Evaluated per epoch on the official 1-based epoch number ``e = floor(epoch) + 1`` (``lr = 0.1`` for
-    ``e < 150``), so the last epoch of a 300-epoch run has lr 0, as in the official code.
-    ``start``/``end`` below 1 are fractions of ``epochs``.
-    """
-    s = epochs_of(start, epochs)
-    t_end = float(epochs) if end is None else epochs_of(end, epochs)
-
-    def schedule(epoch: float) -> float:
-        e = math.floor(epoch + 1e-9) + 1
-        return 1.0 if e < s else cos_exp(e, s, t_end)
-    return schedule
 
 
 # -------------------------------------------------------------------------------------------------
@@ -164,20 +128,15 @@ class CIARDLoss(TwoTeacherLoss):
         t_nat_adv = step.teacher_logits("adv", "natural")
         mask = t_nat_adv.argmax(dim=1) != step.y
         s_adv = step.student_logits("adv")
-        per_sample = kl_div(s_adv[mask], t_nat_adv[mask], reduction="none", temperature=self.push_temperature,
-                            teacher_temperature=1.0, log_eps=KL_EPS)
-        n_local, num_classes = int(mask.sum().item()), s_adv.shape[1]
-        local_sum = per_sample.sum()
-        n_total, sum_total = all_reduce_sum(float(n_local), local_sum.item())
+        rows = kl_div(s_adv[mask], t_nat_adv[mask], reduction="none", temperature=self.push_temperature,
+                      teacher_temperature=1.0, log_eps=KL_EPS)
+        n_local = int(mask.sum().item())
+        share, kl3, _ = global_mean(rows.sum(), n_local * s_adv.shape[1])  # mean over n_mask * C elements
         step.logs["push_frac"] = n_local / max(step.y.shape[0], 1)
-        if n_total == 0 or not math.isfinite(sum_total):
+        if not math.isfinite(kl3):  # no masked row on any process, or a non-finite KL3
             return None, 0.0, 0.0
-        kl3 = sum_total / (n_total * num_classes)
         scale = magnitude_scale(kl_adv, kl_nat, kl3)
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        # this process's share, so that DDP's gradient average equals the single-process gradient
-        local = local_sum * (world / (n_total * num_classes))
-        return scale * local, kl3, scale
+        return scale * share, kl3, scale
 
     def __call__(self, step: Step) -> Tensor:
         kl_adv, kl_nat = self.kd_terms(step, clean_first=True)
@@ -193,109 +152,6 @@ class CIARDLoss(TwoTeacherLoss):
                 total = total - term
         step.logs.update(push=kl3, push_scale=scale)
         return total
-
-
-# -------------------------------------------------------------------------------------------------
-# Iterative Teacher Training
-# -------------------------------------------------------------------------------------------------
-
-
-class IterativeTeacherTraining(TeacherUpdater):
-    """CIARD's ITT: fine-tune the robust teacher with ``CE(T_adv(x'), y)`` on the student's examples.
-
-    Every iteration of the (0-based) epochs ``>= start_epoch`` (official: ``epoch > 50``, 1-based), after
-    the student's optimizer step, with ``SGD(lr_t, momentum, weight_decay)`` and
-    ``lr_t = lr * cos_exp(e, start_epoch, end_epoch)`` on the 1-based epoch ``e``.
-
-    :param start_epoch: first epoch of ITT, 0-based (50); below 1: a fraction of the run.
-    :param end_epoch: where the teacher lr reaches 0 (default: the last epoch, 300); below 1: a fraction.
-    :param lr: base teacher lr (1e-4). :param momentum: (0.1). :param weight_decay: (2e-4).
-    :param teacher_train_mode: reproduce the official code: the teacher stays in ``train()`` for the whole
-        run (KD targets with BN batch statistics, an unused clean forward each step moving its running
-        statistics) and ITT reuses the KD forward ``T_adv(x')``. Default: eval mode except in ITT's own
-        train-mode forward.
-    """
-
-    role = "robust"
-
-    def __init__(self, start_epoch: float = 50, end_epoch: float | None = None, lr: float = 1e-4,
-                 momentum: float = 0.1, weight_decay: float = 2e-4, teacher_train_mode: bool = False) -> None:
-        self.start_option, self.end_option = start_epoch, end_epoch  # (end_epoch would shadow the hook)
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.teacher_train_mode = teacher_train_mode
-        # the KD targets keep their graph only when ITT reuses them (the official single forward)
-        self.grad_teachers = frozenset({self.role}) if teacher_train_mode else frozenset()
-        self.teacher: nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
-        self._start = self._end = 0.0
-
-    def setup(self, run: RunContext) -> None:
-        if self.role not in run.teachers:
-            raise ValueError(f"ciard_itt trains the {self.role!r} teacher, but the run has only "
-                             f"{sorted(run.teachers)}.")
-        epochs = run.config.optim.epochs
-        self._start = epochs_of(self.start_option, epochs)
-        self._end = float(epochs) if self.end_option is None else epochs_of(self.end_option, epochs)
-        self.teacher = run.teachers[self.role]
-        self.teacher.requires_grad_(self.teacher_train_mode)
-        self.teacher.train(self.teacher_train_mode)
-        self.optimizer = torch.optim.SGD(self.teacher.parameters(), lr=self.lr, momentum=self.momentum,
-                                         weight_decay=self.weight_decay)
-
-    def active(self, epoch: int) -> bool:
-        """ITT runs in this 0-based epoch (official: 1-based ``epoch > 50``)."""
-        return epoch + 1 > self._start
-
-    def teacher_lr(self, epoch: int) -> float:
-        e = epoch + 1
-        return 0.0 if e < self._start else self.lr * cos_exp(e, self._start, self._end)
-
-    def before_step(self, step: Step) -> None:
-        assert self.teacher is not None
-        if self.teacher_train_mode:
-            self.teacher.train()
-            with torch.no_grad():  # the official unused T_adv(x): moves the BN running statistics
-                self.teacher(step.x)
-        elif self.teacher.training:
-            self.teacher.eval()
-
-    def after_step(self, step: Step) -> None:
-        assert self.teacher is not None and self.optimizer is not None
-        if not self.active(step.epoch):
-            return
-        lr = self.teacher_lr(step.epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.teacher_train_mode:
-            logits = step.teacher_logits_graph("adv", self.role)
-            loss = F.cross_entropy(logits.float(), step.y)
-            loss.backward()
-        else:
-            with torch.enable_grad(), model_mode(self.teacher, True):
-                self.teacher.requires_grad_(True)
-                try:
-                    loss = F.cross_entropy(self.teacher(step.x_adv), step.y)
-                    loss.backward()
-                finally:
-                    self.teacher.requires_grad_(False)
-        sync_gradients(self.teacher)
-        self.optimizer.step()
-        broadcast_buffers(self.teacher)
-        self.optimizer.zero_grad(set_to_none=True)
-        step.logs["itt_ce"] = loss.item()
-        step.logs["itt_lr"] = lr
-
-    def state_dict(self) -> dict[str, Any]:
-        assert self.teacher is not None and self.optimizer is not None
-        return {"teacher": clone_state(self.teacher), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if not state:
-            return
-        assert self.teacher is not None and self.optimizer is not None
-        self.teacher.load_state_dict(state["teacher"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 # -------------------------------------------------------------------------------------------------
@@ -335,17 +191,6 @@ CIARD_NO_PUSH = Method(
 @hookimpl
 def rd_register_outer_losses(registry):
     registry.register(CIARDLoss, name="ciard")
-
-
-@hookimpl
-def rd_register_teacher_updaters(registry):
-    registry.register(IterativeTeacherTraining, name="ciard_itt",
-                      help="CIARD's Iterative Teacher Training of the robust teacher")
-
-
-@hookimpl
-def rd_register_lr_schedules(registry):
-    registry.register(ciard_schedule, name="ciard", help="CIARD: constant until 150, then cos x exp to 0 at the end")
 
 
 @hookimpl

@@ -29,11 +29,11 @@ ours: ``multistep`` milestones ``[214, 259, 284]`` reproduce it (one epoch earli
 
 SWA (``--swa_s`` in every README command): from epoch 214 (the first lr milestone), at the end of each
 epoch the student's parameters are averaged into an SWA copy (``1/(n + 1)``) and its BN statistics are
-recomputed with one pass over the augmented training data. The ``peer`` updater does this in
-``end_epoch`` (option ``swa_start``; ``null`` disables it) and writes the SWA model to
-``output_dir/swa.pt`` (a robust-distill checkpoint: ``robust-distill eval runs/x/swa.pt``). Not as the
-official code: the SWA model is not evaluated every epoch and does not take part in ``best.pt`` selection
-(the engine evaluates the student only); evaluate ``swa.pt`` after training.
+recomputed with one pass over the augmented training data: the engine's generic SWA
+(:class:`robust_distill.trained.StudentSWA`), which PeerAiD's defaults switch on with ``swa: {start: 214}``
+(``swa: {start: null}`` disables it). It writes ``output_dir/swa.pt`` (``robust-distill eval
+runs/x/swa.pt``). Not as the official code: the SWA model is not evaluated every epoch and does not take
+part in ``best.pt`` selection (the engine evaluates the student only); evaluate ``swa.pt`` after training.
 
 Deliberate differences from the official code:
 
@@ -45,28 +45,23 @@ Deliberate differences from the official code:
 * SWA's BN pass uses this project's batch augmentation with a generator seeded by ``(seed, epoch)`` (so a
   resumed run equals an uninterrupted one) and ``data.eval_batch_size`` batches.
 * Under ``torchrun`` the peer's gradients are averaged over the processes and its BN buffers broadcast
-  from rank 0 (DDP only synchronises the student); under ``optim.amp`` the peer's gradients are unscaled
-  with the step's loss scale and its step is skipped when they are not finite, as the GradScaler does for
-  the student.
+  from rank 0 (DDP only synchronises the student); under fp16 AMP its gradients are unscaled with the
+  step's loss scale and its step is skipped when they are not finite, as the GradScaler does for the
+  student (:class:`robust_distill.trained.TrainedModel`).
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, RunContext, Step, TeacherUpdater, hookimpl, training_defaults
-from robust_distill._io import atomic_save
+from robust_distill import Method, OuterLoss, Part, RunContext, Step, hookimpl, training_defaults
 from robust_distill.attacks import model_mode
-from robust_distill.checkpoint import FORMAT
-from robust_distill.data import augment, to_float
-from robust_distill.distributed import broadcast_buffers, clone_state, sync_gradients
 from robust_distill.losses import kl_div
+from robust_distill.trained import TrainedModel, TrainedTeacher
 
 __all__ = ["PeerAiDLoss", "PeerUpdater", "PEERAID"]
 
@@ -119,146 +114,55 @@ class PeerAiDLoss(OuterLoss):
         return loss_peer + loss_student
 
 
-class PeerUpdater(TeacherUpdater):
-    """Builds the peer, owns its SGD optimizer and steps it after the student; optional SWA of the student.
+class PeerUpdater(TrainedTeacher):
+    """Builds the peer and trains it (a :class:`~robust_distill.trained.TrainedModel`) on the joint loss.
 
     :param arch: the peer's architecture, a student spec (``timm:resnet18_cifar``); default: the student's.
     :param arch_kwargs: options of ``arch``.
     :param lr: the peer's base lr (0.1). :param momentum: (0.9). :param weight_decay: (2e-4).
     :param schedule: the peer's lr schedule ``{key, kwargs}``; default: the student's ``optim.schedule``.
-    :param swa_start: first (0-based) epoch of the student's SWA (214; below 1: a fraction of the run;
-        ``null``: no SWA).
     """
 
     provides = ("peer",)
     grad_teachers = frozenset({"peer"})
 
     def __init__(self, arch: str | None = None, arch_kwargs: dict[str, Any] | None = None, lr: float = 0.1,
-                 momentum: float = 0.9, weight_decay: float = 2e-4, schedule: dict[str, Any] | None = None,
-                 swa_start: float | None = 214) -> None:
+                 momentum: float = 0.9, weight_decay: float = 2e-4, schedule: dict[str, Any] | None = None) -> None:
         if schedule is not None and "key" not in schedule:
             raise ValueError(f"schedule must be {{key: ..., kwargs: {{...}}}}, got {schedule!r}")
         self.arch, self.arch_kwargs = arch, dict(arch_kwargs or {})
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.schedule_part, self.swa_start = schedule, swa_start
+        self.lr, self.momentum, self.weight_decay, self.schedule_part = lr, momentum, weight_decay, schedule
         self.role = "peer"
-        self.peer: nn.Module | None = None
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.trained: TrainedModel | None = None
         self.schedule: Any = None
-        self.run: Any = None
-        self.swa: nn.Module | None = None
-        self.swa_n = 0
+        self.scaler: Any = None
         self._scale: float | None = None
 
-    # -- set-up -----------------------------------------------------------------------------------
     def setup(self, run: RunContext) -> None:
         if self.role in run.teachers:
             raise ValueError(f"the peer updater builds the {self.role!r} model itself; remove "
                              f"teachers.{self.role} from the config.")
         cfg = run.config
-        self.peer = run.build_student(Part(self.arch, self.arch_kwargs) if self.arch else cfg.student).eval()
-        self.optimizer = torch.optim.SGD(self.peer.parameters(), lr=self.lr, momentum=self.momentum,
-                                         weight_decay=self.weight_decay)
-        if self.schedule_part is None:
-            self.schedule = run.lr_schedule
-        else:
-            self.schedule = run.registries.lr_schedules.build(self.schedule_part["key"],
-                                                        self.schedule_part.get("kwargs", {}),
-                                                        epochs=cfg.optim.epochs)
-        self.run = run
-        run.teachers[self.role] = self.peer
-        if self.swa_start is not None:
-            self.swa = copy.deepcopy(run.student).eval().requires_grad_(False)
+        peer = run.build_student(Part(self.arch, self.arch_kwargs) if self.arch else cfg.student).eval()
+        self.trained = TrainedModel(peer, name="peer", lr=self.lr, momentum=self.momentum,
+                                    weight_decay=self.weight_decay, scaler=run.scaler)
+        part = self.schedule_part
+        self.schedule = run.lr_schedule if part is None else run.registries.lr_schedules.build(
+            part["key"], part.get("kwargs", {}), epochs=cfg.optim.epochs)
+        self.scaler = run.scaler
+        run.teachers[self.role] = peer
 
-    # -- per step ---------------------------------------------------------------------------------
     def before_step(self, step: Step) -> None:
-        assert self.peer is not None and self.optimizer is not None
-        self.peer.eval()  # P(x) for the attack in eval mode; the loss switches to train mode for P(x')
-        self.optimizer.zero_grad(set_to_none=True)
-        lr = self.lr * self.schedule(step.epoch + step.iteration / max(step.iterations, 1))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        scaler = getattr(self.run, "scaler", None)
-        self._scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
+        assert self.trained is not None
+        self.trained.model.eval()  # P(x) for the attack in eval mode; the loss switches to train mode for P(x')
+        self.trained.zero_grad()
+        self.trained.set_lr(self.lr * self.schedule(step.epoch + step.iteration / max(step.iterations, 1)))
+        # the scale of this step's backward (the engine updates its scaler before after_step)
+        self._scale = self.scaler.get_scale() if self.scaler is not None and self.scaler.is_enabled() else None
 
     def after_step(self, step: Step) -> None:
-        assert self.peer is not None and self.optimizer is not None
-        grads = [p.grad for p in self.peer.parameters() if p.grad is not None]
-        if not grads:
-            raise RuntimeError("the peer received no gradient: the peer updater needs the 'peeraid' outer loss "
-                               "(or another loss that trains the peer through step.teacher_logits_graph).")
-        if self._scale is not None:  # AMP: the engine scaled the loss
-            for g in grads:
-                g.div_(self._scale)
-        sync_gradients(self.peer)
-        if all(torch.isfinite(g).all() for g in grads):
-            self.optimizer.step()
-        broadcast_buffers(self.peer)
-        self.optimizer.zero_grad(set_to_none=True)
-
-    # -- per epoch: SWA of the student ------------------------------------------------------------
-    def swa_first_epoch(self, epochs: int) -> float:
-        assert self.swa_start is not None
-        return self.swa_start * epochs if 0 < self.swa_start < 1 else self.swa_start
-
-    def end_epoch(self, run: RunContext, epoch: int, metrics: Mapping[str, Any]) -> None:
-        if self.swa is None or epoch < self.swa_first_epoch(run.config.optim.epochs):
-            return
-        alpha = 1.0 / (self.swa_n + 1)
-        with torch.no_grad():
-            for a, s in zip(self.swa.parameters(), run.student.parameters(), strict=True):
-                a.mul_(1.0 - alpha).add_(s.detach(), alpha=alpha)
-        self.swa_n += 1
-        self.update_bn(run, epoch)
-        if run.dist.is_main:
-            atomic_save({"format": FORMAT, "model": run.student_spec, "state_dict": self.swa.state_dict(),
-                         "epoch": epoch + 1, "swa_n": self.swa_n}, run.output_dir / "swa.pt")
-
-    def update_bn(self, run: RunContext, epoch: int) -> None:
-        """Recompute the SWA model's BN statistics: one pass over the augmented training data, each batch
-        weighted by its size (``utils/SWA.py:bn_update``)."""
-        assert self.swa is not None
-        bns = [m for m in self.swa.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not bns:
-            return
-        momenta = {m: m.momentum for m in bns}
-        for m in bns:
-            m.reset_running_stats()
-        data, cfg = run.data, run.config
-        seen = 0
-        devices = [run.device] if run.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), model_mode(self.swa, True):
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7_777_777)
-            for start in range(0, data.train_x.shape[0], cfg.data.eval_batch_size):
-                x = to_float(data.train_x[start:start + cfg.data.eval_batch_size], run.device)
-                if cfg.data.augment:
-                    x = augment(x, data.crop_padding, data.flip)
-                b = x.shape[0]
-                for m in bns:
-                    m.momentum = b / (seen + b)
-                self.swa(x.contiguous(memory_format=run.memory_format))
-                seen += b
-        for m, mom in momenta.items():
-            m.momentum = mom
-
-    # -- state ------------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        assert self.peer is not None and self.optimizer is not None
-        state: dict[str, Any] = {"peer": clone_state(self.peer), "optimizer": self.optimizer.state_dict(),
-                                 "swa_n": self.swa_n}
-        if self.swa is not None:
-            state["swa"] = clone_state(self.swa)
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if not state:
-            return
-        assert self.peer is not None and self.optimizer is not None
-        self.peer.load_state_dict(state["peer"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.swa_n = int(state["swa_n"])
-        if self.swa is not None and "swa" in state:
-            self.swa.load_state_dict(state["swa"])
+        assert self.trained is not None
+        self.trained.step(loss_scale=self._scale)
 
 
 PEERAID = Method(
@@ -267,9 +171,9 @@ PEERAID = Method(
                                  "clamp_start": False, "bn_mode": "eval"}),
     outer_loss=Part("peeraid", {"temperature": 5.0, "lambda1": 0.0, "lambda2": 1.0, "lambda3": 1.0,
                                 "gamma1": 1.0, "gamma2": 0.1, "re_temperature": 1.0}),
-    teacher_updater=Part("peer", {"lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4, "swa_start": 214}),
+    teacher_updater=Part("peer", {"lr": 0.1, "momentum": 0.9, "weight_decay": 2e-4}),
     teachers=("peer",),
-    defaults=training_defaults(epochs=300, weight_decay=2e-4, milestones=[214, 259, 284]),
+    defaults=training_defaults(epochs=300, weight_decay=2e-4, milestones=[214, 259, 284], swa={"start": 214}),
     summary="PeerAiD (Jung et al. 2024): a peer trained jointly on the student's examples is the teacher",
     reference="Jung et al., CVPR 2024; jaewonalive/PeerAiD/main.py train_kd, attack_function.py LinfPeerAttack",
 )

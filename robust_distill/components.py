@@ -24,18 +24,41 @@ __all__ = [
 
 
 class Stateful:
-    """Parts that carry state across steps (adaptive weights, temperatures, EMA teachers) save it here.
+    """Parts that carry state across steps (adaptive weights, temperatures, trained teachers) save it here.
 
-    The checkpoint stores ``state_dict()`` of every stateful part, so a resumed run continues exactly.
-    Values must be tensors, numbers, strings or containers of them (``torch.load(weights_only=True)``).
+    The checkpoint stores ``state_dict()`` of every stateful part, so a resumed run continues exactly. Most
+    parts only declare ``state_attributes``: the names of attributes to save, each a number, string, tensor,
+    container of them, or an object with ``state_dict``/``load_state_dict`` (a module, an optimizer, another
+    ``Stateful``: saved through its own state dict, restored in place). Override both methods for anything
+    else. Values must load with ``torch.load(weights_only=True)``.
     """
 
+    state_attributes: tuple[str, ...] = ()
+
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        out: dict[str, Any] = {}
+        for name in self.state_attributes:
+            value = getattr(self, name)
+            if isinstance(value, nn.Module):
+                value = {k: v.detach().clone() for k, v in value.state_dict().items()}
+            elif hasattr(value, "state_dict"):
+                value = value.state_dict()
+            out[name] = value
+        return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state:
-            raise ValueError(f"{type(self).__name__} has no state but the checkpoint holds {sorted(state)}")
+        if not state:
+            return
+        unknown = sorted(set(state) - set(self.state_attributes))
+        if unknown:
+            raise ValueError(f"{type(self).__name__} does not know the checkpoint's state {unknown} "
+                             f"(it saves: {', '.join(self.state_attributes) or 'nothing'}).")
+        for name in self.state_attributes:
+            current = getattr(self, name)
+            if hasattr(current, "load_state_dict"):
+                current.load_state_dict(state[name])
+            else:
+                setattr(self, name, state[name])
 
 
 @dataclass(frozen=True)
@@ -114,6 +137,9 @@ class OuterLoss(Stateful):
 
 class TeacherUpdater(Stateful):
     """How the teachers change during training. The default (``frozen``) never changes them.
+
+    An updater that trains a network subclasses :class:`robust_distill.trained.TrainedTeacher` and holds it in
+    a :class:`~robust_distill.trained.TrainedModel` (optimizer, lr, DDP, AMP and resume state in one place).
 
     :cvar grad_teachers: teacher roles whose step outputs must keep their graph (they are trained).
     """

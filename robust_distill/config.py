@@ -82,6 +82,12 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SWAConfig:
+    start: Union[float, None] = None  # SWA of the student from this epoch (0-based; < 1: a fraction of the run;
+    # at or after optim.epochs: never, as PeerAiD's default 214 in a short run)
+
+
+@dataclass(frozen=True)
 class Config:
     method: str
     student: Part
@@ -97,6 +103,7 @@ class Config:
     teacher_updater: Part = Part("frozen")
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
+    swa: SWAConfig = SWAConfig()
     channels_last: bool = False  # NHWC memory format (faster convolutions on CPU and recent GPUs)
     sync_bn: bool = False  # SyncBatchNorm under torchrun
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
@@ -368,6 +375,9 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         problems.append("eval.split: 'val' needs data.val_size > 0 (or set eval.split: test).")
     if cfg.eval.eps is not None and not 0 < cfg.eval.eps <= 1:
         problems.append(f"eval.eps must be in (0, 1]; got {cfg.eval.eps:g}.")
+    if cfg.swa.start is not None and cfg.swa.start < 0:
+        problems.append(f"swa.start must be a 0-based epoch (or a fraction of the run below 1), or null; "
+                        f"got {cfg.swa.start:g}.")
     if cfg.optim.epochs < 1:
         problems.append(f"optim.epochs must be >= 1, got {cfg.optim.epochs}.")
     if cfg.data.batch_size < 1:

@@ -42,6 +42,9 @@ class RunContext(Protocol):
         with the atomic writers.
     :ivar data: the splits (``info``, training/validation/test data, augmentation settings).
     :ivar lr_schedule: the student's schedule, ``epoch (fractional) -> lr multiplier``.
+    :ivar scaler: the student's ``torch.amp.GradScaler`` (enabled under fp16 mixed precision); a network
+        trained by an updater takes it to scale its own loss the same way (see
+        :class:`~robust_distill.trained.TrainedModel`).
     :ivar epoch: the number of finished epochs.
     """
 
@@ -56,6 +59,7 @@ class RunContext(Protocol):
     output_dir: Path
     data: Splits
     lr_schedule: LRSchedule
+    scaler: torch.amp.GradScaler
     epoch: int
 
     def build_student(self, part: Part) -> nn.Module:

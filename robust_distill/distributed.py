@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "init_distributed", "resolve_device", "all_reduce_sum", "all_reduce_mean", "sync_gradients",
+__all__ = ["DistContext", "init_distributed", "resolve_device", "all_reduce_sum", "all_reduce_mean", "global_mean",
+           "sync_gradients",
            "broadcast_buffers", "clone_state"]
 
 
@@ -38,6 +40,21 @@ def all_reduce_mean(*values: float) -> tuple[float, ...]:
     if not _active():
         return values
     return tuple(v / dist.get_world_size() for v in all_reduce_sum(*values))
+
+
+def global_mean(local_sum: torch.Tensor, local_count: float) -> tuple[torch.Tensor, float, float]:
+    """A mean over rows selected on every process (a masked mean), with the single-process gradient.
+
+    ``local_sum`` is this process's differentiable sum over its selected rows, ``local_count`` their
+    number. Returns ``(share, mean, count)``: ``mean`` and ``count`` over all processes (plain numbers), and
+    this process's ``share`` of the mean, scaled so that DDP's average of the processes' gradients equals
+    the gradient of the global mean (``share == mean`` outside torchrun). ``count == 0`` gives ``mean`` nan.
+    """
+    count, total = all_reduce_sum(float(local_count), local_sum.item())
+    world = dist.get_world_size() if _active() else 1
+    if count == 0:
+        return local_sum * 0.0, math.nan, 0.0
+    return local_sum * (world / count), total / count, count
 
 
 def sync_gradients(module: Any) -> None:

@@ -66,6 +66,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("self_distill", "robust_distill_plugins.self_distill"),
     ("mtard", "robust_distill_plugins.mtard"),
     ("ciard", "robust_distill_plugins.ciard"),
+    ("ciard_itt", "robust_distill_plugins.ciard_itt"),
     ("peeraid", "robust_distill_plugins.peeraid"),
 )
 

@@ -37,6 +37,7 @@ from .distributed import DistContext, clone_state, init_distributed, resolve_dev
 from .evaluation import EvalResult, evaluate, make_eval_attacks
 from .plugin import PluginManager, Registries, get_plugin_manager, get_registries
 from .step import Step
+from .trained import StudentSWA
 
 __all__ = ["Run", "train", "build_student", "load_teacher", "load_data", "model_spec"]
 
@@ -121,6 +122,7 @@ class Run:
         self.eval_attacks = make_eval_attacks(cfg.eval.attacks, regs, eps=self.eval_eps,
                                               num_classes=info.num_classes)
         self.train_records: dict[str, Any] = {}
+        self.swa = StudentSWA(cfg.swa.start, self.student, cfg.optim.epochs) if cfg.swa.start is not None else None
 
     # -- models from specs (RunContext) ------------------------------------------------------------
     def build_student(self, part: Part) -> nn.Module:
@@ -133,8 +135,9 @@ class Run:
 
     # -- state ------------------------------------------------------------------------------------
     def parts(self) -> dict[str, Stateful]:
-        return {"inner_attack": self.inner_attack, "outer_loss": self.outer_loss,
-                "teacher_updater": self.teacher_updater}
+        parts = {"inner_attack": self.inner_attack, "outer_loss": self.outer_loss,
+                 "teacher_updater": self.teacher_updater}
+        return parts if self.swa is None else {**parts, "swa": self.swa}
 
     def checkpoint(self, *, full: bool) -> dict[str, Any]:
         ckpt: dict[str, Any] = {"format": FORMAT, "model": self.student_spec, "state_dict": self.student.state_dict(),
@@ -327,6 +330,8 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
         for extra in pm.call_lifecycle("rd_epoch_end", run=run, epoch=epoch, metrics=dict(row)):
             row.update(extra)
         run.teacher_updater.end_epoch(run, epoch, row)
+        if run.swa is not None:
+            run.swa.end_epoch(run, epoch)
         run.epoch = epoch + 1
         if dist_ctx.is_main:
             if row.get("is_best"):

@@ -94,7 +94,8 @@ FAST = ["optim.epochs=1", "eval.attacks=[clean]", "eval.select=clean"]
 
 
 def test_peeraid_trains_the_peer_and_swa(tiny_config, regs, tmp_path: Path) -> None:
-    over = ["optim.epochs=2", "eval.attacks=[clean]", "eval.select=clean", "teacher_updater.kwargs.swa_start=1"]
+    assert regs.methods.get("peeraid").defaults["swa"] == {"start": 214}  # PeerAiD switches the engine's SWA on
+    over = ["optim.epochs=2", "eval.attacks=[clean]", "eval.select=clean", "swa.start=1"]
     full = tiny_config("peeraid", overrides=over + [f"output_dir={tmp_path / 'full'}"])
     part = tiny_config("peeraid", overrides=over + [f"output_dir={tmp_path / 'part'}"])
     assert "peer" not in full.teachers  # the updater provides it
@@ -108,7 +109,7 @@ def test_peeraid_trains_the_peer_and_swa(tiny_config, regs, tmp_path: Path) -> N
     pa, pb = a["parts"]["teacher_updater"], b["parts"]["teacher_updater"]
     assert all(torch.equal(pa["peer"][k], pb["peer"][k]) for k in pa["peer"])
     assert any(not torch.equal(peer1[k], pa["peer"][k]) for k in peer1)  # the peer is trained
-    assert pa["swa_n"] == 1
+    assert a["parts"]["swa"]["n"] == b["parts"]["swa"]["n"] == 1
     swa, ckpt = build_from_checkpoint(tmp_path / "full" / "swa.pt", regs)
     assert ckpt["swa_n"] == 1 and not swa.training
     # one SWA average after the last epoch = the student's parameters, with recomputed BN statistics
@@ -117,6 +118,27 @@ def test_peeraid_trains_the_peer_and_swa(tiny_config, regs, tmp_path: Path) -> N
     assert all(torch.allclose(params[k], student[k]) for k in params)
     row = json.loads((tmp_path / "full" / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"train_loss_peer", "train_loss_student", "train_peer_acc"} <= row.keys()
+
+
+def test_swa_works_with_any_method(tiny_config, regs, tmp_path: Path) -> None:
+    """SWA is the engine's, not PeerAiD's: RSLAD with ``swa.start: 1`` averages the weights of its last two
+    (0-based 1 and 2) epochs, resumes exactly, and writes a swa.pt that loads as a checkpoint."""
+    over = ["optim.epochs=3", "eval.attacks=[clean]", "eval.select=clean", "swa.start=1"]
+    full = tiny_config("rslad", True, overrides=over + [f"output_dir={tmp_path / 'full'}"])
+    part = tiny_config("rslad", True, overrides=over + [f"output_dir={tmp_path / 'part'}"])
+    train(full)
+    assert train(part, stop_after_epochs=2) == {"interrupted": True, "epoch": 2}
+    after_two = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert after_two["parts"]["swa"]["n"] == 1  # epoch 1 averaged, epoch 0 not
+    train(part)
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
+    assert a["parts"]["swa"]["n"] == b["parts"]["swa"]["n"] == 2
+    assert all(torch.equal(v, b["parts"]["swa"]["average"][k]) for k, v in a["parts"]["swa"]["average"].items())
+    swa, ckpt = build_from_checkpoint(tmp_path / "full" / "swa.pt", regs)
+    assert ckpt["swa_n"] == 2 and ckpt["epoch"] == 3 and not swa.training
+    for k, p in swa.named_parameters():  # (w after epoch 1 + w after epoch 2) / 2
+        assert torch.allclose(p, (after_two["state_dict"][k] + a["state_dict"][k]) / 2, atol=1e-6)
+    assert regs.methods.get("rslad").defaults.get("swa") is None  # off unless asked for
 
 
 # -- self-distillation ------------------------------------------------------------------------------

@@ -1,0 +1,105 @@
+"""CIARD's Iterative Teacher Training (Lu et al., ICCV 2025; ``eminentgu/CIARD/CIARD.py``): the teacher
+updater ``ciard_itt``, which fine-tunes the robust teacher on the student's adversarial examples.
+
+From epoch 51 (1-based, ``epoch > 50``) on, after the student's step, ``CE(T_adv(x'), y)`` on the student's
+adversarial examples trains the robust teacher with ``SGD(lr, momentum 0.1, wd 2e-4)`` every iteration, lr
+``1e-4 (0.5 + 0.5 cos(pi (e - 50)/250)) exp(-0.01 (e - 50)^2 / 250^2)`` (1-based epoch e; 0 at e = 300).
+The CIARD methods (``ciard.py``) use it; it works with any method that has a ``robust`` teacher.
+
+Teacher mode, a deliberate difference: the official code keeps the robust teacher in ``train()`` for the
+whole run (KD targets with BN batch statistics; an unused ``T_adv(x)`` forward moves its running
+statistics every step, also while its lr is 0). Here the teacher stays in ``eval()`` (a pretrained
+teacher's targets are its eval-mode outputs, as in MTARD/B-MTARD) and ITT fine-tunes it with a separate
+train-mode forward on ``x'``, so before ITT starts the teacher is exactly the pretrained one (one extra
+teacher forward per ITT step). ``teacher_train_mode: true`` reproduces the official behaviour. Under
+``torchrun``, fp16 AMP and resume the teacher is a :class:`~robust_distill.trained.TrainedModel`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from robust_distill import RunContext, Step, hookimpl
+from robust_distill.components import epochs_of
+from robust_distill.trained import TrainedModel, TrainedTeacher
+from robust_distill_plugins.schedules import cos_exp
+
+__all__ = ["IterativeTeacherTraining"]
+
+
+class IterativeTeacherTraining(TrainedTeacher):
+    """CIARD's ITT: fine-tune the robust teacher with ``CE(T_adv(x'), y)`` on the student's examples.
+
+    Every iteration of the (0-based) epochs ``>= start_epoch`` (official: ``epoch > 50``, 1-based), after
+    the student's optimizer step, with ``SGD(lr_t, momentum, weight_decay)`` and
+    ``lr_t = lr * cos_exp(e, start_epoch, end_epoch)`` on the 1-based epoch ``e``; the teacher is a
+    :class:`~robust_distill.trained.TrainedModel` (DDP gradient average, AMP scaling, resume state).
+
+    :param start_epoch: first epoch of ITT, 0-based (50); below 1: a fraction of the run.
+    :param end_epoch: where the teacher lr reaches 0 (default: the last epoch, 300); below 1: a fraction.
+    :param lr: base teacher lr (1e-4). :param momentum: (0.1). :param weight_decay: (2e-4).
+    :param teacher_train_mode: reproduce the official code: the teacher stays in ``train()`` for the whole
+        run (KD targets with BN batch statistics, an unused clean forward each step moving its running
+        statistics) and ITT reuses the KD forward ``T_adv(x')``. Default: eval mode except in ITT's own
+        train-mode forward.
+    """
+
+    role = "robust"
+
+    def __init__(self, start_epoch: float = 50, end_epoch: float | None = None, lr: float = 1e-4,
+                 momentum: float = 0.1, weight_decay: float = 2e-4, teacher_train_mode: bool = False) -> None:
+        self.start_option, self.end_option = start_epoch, end_epoch  # (end_epoch would shadow the hook)
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.teacher_train_mode = teacher_train_mode
+        # the KD targets keep their graph only when ITT reuses them (the official single forward)
+        self.grad_teachers = frozenset({self.role}) if teacher_train_mode else frozenset()
+        self.trained: TrainedModel | None = None
+        self._start = self._end = 0.0
+
+    def setup(self, run: RunContext) -> None:
+        if self.role not in run.teachers:
+            raise ValueError(f"ciard_itt trains the {self.role!r} teacher, but the run has only "
+                             f"{sorted(run.teachers)}.")
+        epochs = run.config.optim.epochs
+        self._start = epochs_of(self.start_option, epochs)
+        self._end = float(epochs) if self.end_option is None else epochs_of(self.end_option, epochs)
+        teacher = run.teachers[self.role].requires_grad_(self.teacher_train_mode).train(self.teacher_train_mode)
+        self.trained = TrainedModel(teacher, name="teacher", lr=self.lr, momentum=self.momentum,
+                                    weight_decay=self.weight_decay, scaler=getattr(run, "scaler", None))
+
+    def active(self, epoch: int) -> bool:
+        """ITT runs in this 0-based epoch (official: 1-based ``epoch > 50``)."""
+        return epoch + 1 > self._start
+
+    def teacher_lr(self, epoch: int) -> float:
+        e = epoch + 1
+        return 0.0 if e < self._start else self.lr * cos_exp(e, self._start, self._end)
+
+    def before_step(self, step: Step) -> None:
+        assert self.trained is not None
+        teacher = self.trained.model
+        if self.teacher_train_mode:
+            teacher.train()
+            with torch.no_grad():  # the official unused T_adv(x): moves the BN running statistics
+                teacher(step.x)
+        elif teacher.training:
+            teacher.eval()
+
+    def after_step(self, step: Step) -> None:
+        assert self.trained is not None
+        if not self.active(step.epoch):
+            return
+        self.trained.set_lr(self.teacher_lr(step.epoch))
+        if self.teacher_train_mode:  # the official single forward: ITT reuses the KD target T_adv(x')
+            loss = F.cross_entropy(step.teacher_logits_graph("adv", self.role).float(), step.y)
+            self.trained.own_step(loss)
+        else:  # a train-mode forward of its own on x'
+            loss = self.trained.train_on(lambda teacher: F.cross_entropy(teacher(step.x_adv).float(), step.y))
+        step.logs.update(itt_ce=loss.item(), itt_lr=self.trained.lr)
+
+
+@hookimpl
+def rd_register_teacher_updaters(registry):
+    registry.register(IterativeTeacherTraining, name="ciard_itt",
+                      help="CIARD's Iterative Teacher Training of the robust teacher")
