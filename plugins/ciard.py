@@ -21,8 +21,8 @@ Outer (RSLAD's ``kl_loss``, mean over B*C; B-MTARD's entropy-balanced temperatur
   ``push: false`` drops the push term (the ablation ``ciard_no_push``).
   An empty mask (or a non-finite KL3) gives ``KL3 = 0``.
 
-Iterative Teacher Training (``ciard_itt``, in ``ciard_itt.py``): from epoch 51 (1-based, ``epoch > 50``) on, after the student's
-step, ``CE(T_adv(x'), y)`` on the student's adversarial examples trains the robust teacher with
+Iterative Teacher Training (``ciard_itt``, in ``ciard_itt.py``): from epoch 51 (1-based, ``epoch > 50``) on,
+after the student's step, ``CE(T_adv(x'), y)`` on the student's adversarial examples trains the robust teacher with
 ``SGD(lr, momentum 0.1, wd 2e-4)`` every iteration, lr
 ``1e-4 (0.5 + 0.5 cos(pi (e - 50)/250)) exp(-0.01 (e - 50)^2 / 250^2)`` (1-based epoch e; 0 at e = 300).
 The student's lr schedule ``ciard``: 0.1 until epoch 150, then ``0.1 (0.5 + 0.5 cos(pi (e - 150)/150))
