@@ -283,7 +283,7 @@ class IterativeTeacherTraining(TeacherUpdater):
         self.optimizer.step()
         broadcast_buffers(self.teacher)
         self.optimizer.zero_grad(set_to_none=True)
-        step.logs["itt_ce"] = loss.item()
+        step.logs["itt_ce"] = loss.detach()
         step.logs["itt_lr"] = lr
 
     def state_dict(self) -> dict[str, Any]:

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import CheckpointError
+from .compilation import CompileUnavailableError
 from .config import ConfigError
+from .monitor import DivergenceError
 from .plugin import PluginError
 from .registry import RegistryError
 
@@ -187,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PluginError, RegistryError, CheckpointError, FileNotFoundError) as exc:
         print(f"robust-distill: error: {exc}", file=sys.stderr)
         return 3
+    except (DivergenceError, CompileUnavailableError) as exc:  # the run cannot go on; nothing bad was saved
+        print(f"robust-distill: error: {exc}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         print("robust-distill: interrupted; `train` resumes from the last finished epoch.", file=sys.stderr)
         return 130

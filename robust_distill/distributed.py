@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistContext", "init_distributed", "resolve_device", "all_reduce_sum", "all_reduce_mean", "sync_gradients",
-           "broadcast_buffers", "clone_state"]
+           "broadcast_buffers", "clone_state", "rank_and_world", "all_reduce_tensor"]
 
 
 def _active() -> bool:
@@ -31,6 +31,22 @@ def all_reduce_sum(*values: float) -> tuple[float, ...]:
     t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t)
     return tuple(t.tolist())
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process; ``(0, 1)`` outside ``torchrun``."""
+    if not _active():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def all_reduce_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ``torchrun`` processes (a new tensor on ``t``'s device; ``t`` outside torchrun)."""
+    if not _active():
+        return t
+    buf = t.to(_collective_device())
+    dist.all_reduce(buf)
+    return buf.to(t.device)
 
 
 def all_reduce_mean(*values: float) -> tuple[float, ...]:
