@@ -286,7 +286,7 @@ def _nonfinite_loss(run: Run, epoch: int, step: int | None, lr: float) -> Diverg
 
 def _ensure_finite(run: Run, ckpt: Mapping[str, Any], epoch: int, when: str) -> None:
     """Stop (on every process) before saving or evaluating anything non-finite."""
-    found = nonfinite_tensors(ckpt)
+    found = nonfinite_tensors({("student" if k == "state_dict" else k): v for k, v in ckpt.items()})
     if not all_reduce_sum(float(bool(found)))[0]:
         return
     what = describe_nonfinite(found) if found else "tensors of another process"
