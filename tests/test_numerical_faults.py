@@ -18,6 +18,7 @@ from robust_distill.cli import main
 from robust_distill.config import resolve_config
 from robust_distill.monitor import DivergenceError, OuterLossError, StepMonitor, nonfinite_tensors
 from robust_distill.trainer import train
+
 from .test_hooks import manager_with
 
 
