@@ -126,14 +126,18 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="model spec of a surrogate: adds transfer attacks (PGD-20 and CW-inf crafted on it)")
     p.add_argument("--out", default=None, help="write results (JSON) and per-sample correctness (.pt) here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="attack and model precision (fp32: comparable with the papers; bf16: autocast, faster)")
 
 
-@command("eval", "evaluate a checkpoint or a RobustBench/timm model against chosen attacks", _eval_args)
+@command("eval", "evaluate a checkpoint or a RobustBench/timm model against chosen attacks (under torchrun: "
+                 "the examples are shared out over the processes)", _eval_args)
 def cmd_eval(ns: argparse.Namespace) -> int:
     from .evaluate_cli import run_eval
 
     result = run_eval(ns)
-    print(result["table"])
+    if result["is_main"]:  # under torchrun, rank 0 prints
+        print(result["table"])
     return 0
 
 

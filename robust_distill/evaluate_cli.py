@@ -11,7 +11,7 @@ from torch import nn
 from .checkpoint import atomic_save, atomic_write_json, load_checkpoint
 from .config import _parse_value, split_spec
 from .data import make_splits
-from .distributed import resolve_device
+from .distributed import init_distributed, rank_and_world, resolve_device
 from .evaluation import TransferAttack, evaluate, make_eval_attacks
 from .plugin import Registries, get_registries
 from .threat import format_eps, parse_fraction
@@ -59,8 +59,20 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -
 
 
 def run_eval(ns: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate ``ns.model``; under ``torchrun`` every process evaluates its share of the examples (the
+    numbers are those of one process) and only rank 0 writes ``--out`` (``summary["is_main"]`` says which)."""
+    dist_ctx = init_distributed(ns.device)
+    try:
+        summary = _run_eval(ns, resolve_device(ns.device, dist_ctx.local_rank))
+    finally:
+        dist_ctx.close()
+    summary["is_main"] = dist_ctx.is_main
+    return summary
+
+
+def _run_eval(ns: argparse.Namespace, device: Any) -> dict[str, Any]:
     regs = get_registries()
-    device = resolve_device(ns.device)
+    rank, _ = rank_and_world()
     model, dataset, ckpt = resolve_model(ns.model, _options(ns.model_option), ns.dataset, regs)
     model = model.to(device)
     cfg = ckpt.get("config", {})
@@ -84,7 +96,8 @@ def run_eval(ns: argparse.Namespace) -> dict[str, Any]:
         for base in make_eval_attacks(["pgd20", "cw_inf"], regs, eps=eps, num_classes=bundle.info.num_classes).values():
             t = TransferAttack(base, surrogate, ns.surrogate)
             attacks[t.name] = t
-    result = evaluate(model, x, y, attacks, batch_size=ns.batch_size, device=device, seed=ns.seed, progress=True)
+    result = evaluate(model, x, y, attacks, batch_size=ns.batch_size, device=device, seed=ns.seed,
+                      progress=rank == 0, precision=getattr(ns, "precision", "fp32"))
     rows = [{"attack": name, "label": getattr(a, "label", name) or name, "accuracy": result.accuracy[name]}
             for name, a in attacks.items()]
     robust = [n for n in attacks if n != "clean"]
@@ -96,7 +109,7 @@ def run_eval(ns: argparse.Namespace) -> dict[str, Any]:
     summary["table"] = (f"{ns.model} on {dataset} {ns.split} (n={x.shape[0]}, eps={format_eps(eps)})\n\n"
                         + markdown_table(rows, [("attack", "attack"), ("label", "protocol"),
                                                 ("accuracy", "accuracy (%)")]))
-    if ns.out:
+    if ns.out and rank == 0:
         out = Path(ns.out)
         atomic_write_json({k: v for k, v in summary.items() if k != "table"}, out)
         atomic_save({"correct": result.correct, "labels": y}, out.with_suffix(".pt"))
