@@ -2,7 +2,7 @@
 saves the per-sample correctness. Run alone it evaluates everything; under ``torchrun`` each process
 evaluates its share of the chunks (``robust_distill.evaluation.evaluate``).
 
-Usage: python tests/sharded_eval_worker.py OUT.pt
+Usage: python tests/sharded_eval_worker.py OUT.pt [DEVICE]
 """
 
 from __future__ import annotations
@@ -49,14 +49,15 @@ def setup() -> tuple[nn.Module, torch.Tensor, torch.Tensor, dict]:
     return model, bundle.test_x, bundle.test_y, attacks
 
 
-def run() -> EvalResult:
+def run(device: str = "cpu") -> EvalResult:
     model, x, y, attacks = setup()
-    return evaluate(model, x, y, attacks, batch_size=8, seed=3)
+    return evaluate(model.to(device), x, y, attacks, batch_size=8, seed=3, device=device)
 
 
 if __name__ == "__main__":
-    ctx = init_distributed("cpu")
-    result = run()
+    device = sys.argv[2] if len(sys.argv) > 2 else "cpu"
+    ctx = init_distributed(device)
+    result = run(f"cuda:{torch.cuda.current_device()}" if device == "cuda" else device)
     if ctx.is_main:
         atomic_save(result.correct, sys.argv[1])
     ctx.close()

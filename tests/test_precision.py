@@ -67,17 +67,19 @@ def test_input_grad_scale_keeps_the_sign_of_an_overflow_and_adapts_without_host_
     assert other.state_dict()["scale"].item() == 16.0
 
 
-def _fixed_batch_run(regs, precision: str, method: str, **optim) -> tuple[list[float], torch.Tensor, Run]:
+def _fixed_batch_run(regs, precision: str, method: str, device: str = "cpu",
+                     **optim) -> tuple[list[float], torch.Tensor, Run]:
     """Three steps of ``method`` on one fixed batch of 32 (no augmentation), from the same initial weights."""
     raw = copy.deepcopy(TINY)
-    raw.update(method=method, output_dir="unused", teachers={"robust": "timm:convnet_xs"} if method == "adaad" else {})
+    raw.update(method=method, output_dir="unused", device=device,
+               teachers={"robust": "timm:convnet_xs"} if method in ("adaad", "rslad") else {})
     raw["data"].update(batch_size=32, augment=False)
     raw["data"]["options"].update(n_train=64, size=16)  # 64 - val_size 32 = one batch of 32
     raw["optim"].update(precision=precision, **optim)
     torch.manual_seed(0)
     run = Run(resolve_config(raw, regs), regs, get_plugin_manager(), DistContext())
     losses = [_train_epoch(run, 0)["train_loss"] for _ in range(3)]
-    return losses, torch.cat([p.detach().flatten() for p in run.student.parameters()]), run
+    return losses, torch.cat([p.detach().flatten() for p in run.student.parameters()]).cpu(), run
 
 
 @pytest.mark.parametrize("method", ["pgd_at", "adaad"])
@@ -137,3 +139,17 @@ def test_amp_is_a_deprecated_alias_of_fp16(tiny_raw, regs) -> None:
     raw["optim"].update(amp=False, precision="fp8")
     with pytest.raises(ConfigError, match="optim.precision: must be one of 'fp32', 'bf16', 'fp16'"):
         resolve_config(raw, regs)
+
+
+def test_cudnn_autotuning_is_on_unless_deterministic_and_restored_after(tiny_config, monkeypatch) -> None:
+    from robust_distill import trainer
+
+    seen = []
+    original = trainer._train_epoch
+    monkeypatch.setattr(trainer, "_train_epoch", lambda run, e: (seen.append(torch.backends.cudnn.benchmark),
+                                                                 original(run, e))[1])
+    before = torch.backends.cudnn.benchmark
+    over = ["optim.epochs=1", "eval.attacks=[clean]", "eval.select=clean"]
+    train(tiny_config("pgd_at", overrides=over))
+    train(tiny_config("pgd_at", overrides=[*over, "deterministic=true"]), resume=False)
+    assert seen == [True, False] and torch.backends.cudnn.benchmark == before
