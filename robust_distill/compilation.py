@@ -49,7 +49,18 @@ def check_compile(device: torch.device | str, mode: str) -> None:
             "eagerly (same numbers, slower).") from exc
 
 
+#: graphs one forward may need: {train, eval} x {parameters frozen or not} x {grad, no_grad} x batch sizes
+RECOMPILE_LIMIT = 32
+
+
 def compile_module(module: nn.Module, mode: str) -> nn.Module:
-    """Compile ``module``'s forward in place (state-dict keys unchanged); returns the module."""
+    """Compile ``module``'s forward in place (state-dict keys unchanged); returns the module.
+
+    Raises dynamo's per-function recompile limit (8 by default) to :data:`RECOMPILE_LIMIT`, so that the
+    variants a training run needs do not fall back to eager.
+    """
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
     module.compile(mode=None if mode == "default" else mode)
     return module

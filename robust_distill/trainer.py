@@ -154,6 +154,8 @@ class Run:
     def restore(self, ckpt: Mapping[str, Any]) -> None:
         self.student.load_state_dict(ckpt["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group in self.optimizer.param_groups:  # a checkpoint from another device: this device's kernel
+            group["fused"] = self.device.type == "cuda"
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.input_grad_scale is not None:
             self.input_grad_scale.load_state_dict(ckpt.get("input_grad_scale", {}))
