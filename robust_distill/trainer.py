@@ -267,10 +267,11 @@ def _advice(run: Run) -> str:
     return fix
 
 
-def _last_good(run: Run) -> str:
+def _last_good(run: Run, epoch: int) -> str:
+    """What is on disk while epoch ``epoch`` (0-based) fails: the checkpoint of the epochs before it."""
     last = run.output_dir / "last.pt"
-    if run.epoch > 0 and last.is_file():
-        return f"the last good checkpoint, {last} (after epoch {run.epoch}), is left as it was"
+    if epoch > 0 and last.is_file():
+        return f"the last good checkpoint, {last} (after epoch {epoch}), is left as it was"
     return "no checkpoint was written"
 
 
@@ -281,7 +282,7 @@ def _nonfinite_loss(run: Run, epoch: int, step: int | None, lr: float) -> Diverg
              "overflowed." if weights else "")
     return DivergenceError(
         f"Training stopped: the {run.outer_loss_name} is not finite (NaN or inf) at epoch {epoch + 1}, {where} "
-        f"(lr {lr:g}).{cause} Nothing was saved for this epoch and {_last_good(run)}. If the loss was finite "
+        f"(lr {lr:g}).{cause} Nothing was saved for this epoch and {_last_good(run, epoch)}. If the loss was finite "
         f"before, training diverged: {_advice(run)}. If it is not finite from the first step, the loss itself "
         "produces it (a log of 0, a division by 0): check that plugin.")
 
@@ -295,7 +296,7 @@ def _ensure_finite(run: Run, ckpt: Mapping[str, Any], epoch: int, when: str) -> 
     raise DivergenceError(
         f"Training stopped at epoch {epoch + 1} ({when}): non-finite values in {what}. The loss of every "
         f"step was finite, so an update overflowed the weights or a statistic (BatchNorm's running_var is the "
-        f"usual one). Nothing was saved for this epoch and {_last_good(run)}. To fix it: {_advice(run)} "
+        f"usual one). Nothing was saved for this epoch and {_last_good(run, epoch)}. To fix it: {_advice(run)} "
         f"(optim.lr is {run.config.optim.lr:g}).")
 
 
