@@ -458,7 +458,7 @@ def resolve_config(raw: Mapping[str, Any], regs: Any, *, overrides: list[str] = 
         problems.append(f"version: this robust-distill reads config version {SCHEMA_VERSION}, "
                         f"got {layered.get('version')!r}.")
     cfg = _build(Config, layered, "", problems)
-    if cfg is not None and cfg.optim.amp:
+    if cfg is not None and getattr(cfg.optim, "amp", False):  # (optim is None when it has errors)
         cfg = _amp_alias(cfg, problems)
     if cfg is not None and check and not problems:  # names and files are checked once types are right
         validate(cfg, regs, problems)
