@@ -57,7 +57,7 @@ class AdaADLoss(OuterLoss):
     def __call__(self, step: Step) -> Tensor:
         kl_adv = kl_div(step.student_logits("adv"), step.teacher_logits("adv"), reduction=self.reduction,
                         temperature=self.temperature)
-        step.logs["kl_adv"] = kl_adv.item()
+        step.logs["kl_adv"] = kl_adv.detach()
         if self.alpha == 1.0:
             return kl_adv
         kl_nat = kl_div(step.student_logits("clean"), step.teacher_logits("clean"), reduction=self.reduction)

@@ -43,7 +43,7 @@ class ARDLoss(OuterLoss):
         loss = self.alpha * tau * tau * kd
         if self.alpha != 1.0:
             loss = loss + (1 - self.alpha) * F.cross_entropy(step.student_logits("clean"), step.y)
-        step.logs["kd"] = kd.item()
+        step.logs["kd"] = kd.detach()
         return loss
 
 

@@ -96,7 +96,7 @@ class IterativeTeacherTraining(TrainedTeacher):
             self.trained.own_step(loss)
         else:  # a train-mode forward of its own on x'
             loss = self.trained.train_on(lambda teacher: F.cross_entropy(teacher(step.x_adv).float(), step.y))
-        step.logs.update(itt_ce=loss.item(), itt_lr=self.trained.lr)
+        step.logs.update(itt_ce=loss.detach(), itt_lr=self.trained.lr)
 
 
 @hookimpl

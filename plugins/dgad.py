@@ -115,11 +115,11 @@ class DGADLoss(OuterLoss):
             loss = self.kl_scale * ((n / bs) * loss_clean + (bs - n) / bs) * loss_adv
         else:
             loss = self.kl_scale * ((n / bs) * loss_clean + ((bs - n) / bs) * loss_adv)
-        step.logs.update(dgad_teacher_wrong=n / batch, dgad_adv_swapped=flipped.float().mean().item(),
-                         dgad_clean=loss_clean.item(), dgad_adv=loss_adv.item())
+        step.logs.update(dgad_teacher_wrong=n / batch, dgad_adv_swapped=flipped.float().mean().detach(),
+                         dgad_clean=loss_clean.detach(), dgad_adv=loss_adv.detach())
         if self.alp:
             pcr = F.mse_loss(F.softmax(s_adv, dim=1), F.softmax(s_nat, dim=1))  # mean over B*C
-            step.logs["dgad_pcr"] = pcr.item()
+            step.logs["dgad_pcr"] = pcr.detach()
             loss = loss + self.beta_alp * pcr
         return loss
 

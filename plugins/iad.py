@@ -87,7 +87,7 @@ def introspection_term(step: Step, alpha: Tensor) -> Tensor:
 
 
 def _log_introspection(step: Step, alpha: Tensor, term: Tensor) -> None:
-    step.logs.update(iad_alpha=alpha.mean().item(), introspection=term.item())
+    step.logs.update(iad_alpha=alpha.mean().detach(), introspection=term.detach())
 
 
 # -- IAD-I ------------------------------------------------------------------------------------------
@@ -122,7 +122,7 @@ class IAD1Loss(OuterLoss):
         else:
             kd = kl_div(s_adv, target, reduction="batchmean", temperature=tau)
         loss = a * tau * tau * kd
-        step.logs["kd"] = kd.item()
+        step.logs["kd"] = kd.detach()
         if introspect:
             term = introspection_term(step, alpha_i)
             _log_introspection(step, alpha_i, term)
@@ -169,7 +169,7 @@ class IAD2Loss(OuterLoss):
         loss = a1 * tau * tau * robust + a2 * tau * tau * kd_st
         if a1 + a2 != 1.0:
             loss = loss + (1.0 - a1 - a2) * F.cross_entropy(s_adv, step.y)
-        step.logs.update(kd_at=kd_at.item(), kd_st=kd_st.item())
+        step.logs.update(kd_at=kd_at.detach(), kd_st=kd_st.detach())
         return loss
 
 

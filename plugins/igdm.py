@@ -121,7 +121,7 @@ class IGDMLoss(OuterLoss):
         d_teacher = step.teacher_logits(plus, self.role) - step.teacher_logits(minus, self.role)
         igdm = kl_div(d_student, d_teacher, reduction="batchmean")
         weight = self.weight(step)
-        step.logs.update(igdm=igdm.item(), igdm_weight=weight)
+        step.logs.update(igdm=igdm.detach(), igdm_weight=weight)
         return loss + weight * igdm
 
     # the wrapped loss may carry state (adaptive weights): checkpoint it through the wrapper

@@ -83,7 +83,7 @@ class MMARDLoss(OuterLoss):
         rt = kl_div(s_adv, step.teacher_logits("adv"), reduction="batchmean")
         nt = kl_div(s_nat, step.teacher_logits("clean"), reduction="batchmean")
         nr = js_divergence(s_nat, s_adv).mean()
-        step.logs.update(kl_robust_teacher=rt.item(), kl_natural_teacher=nt.item(), js_natural_robust=nr.item())
+        step.logs.update(kl_robust_teacher=rt.detach(), kl_natural_teacher=nt.detach(), js_natural_robust=nr.detach())
         return self.a_rt * rt + self.a_nt * nt + self.a_nr * nr
 
 

@@ -108,9 +108,9 @@ class PeerAiDLoss(OuterLoss):
         kd_nat = kl_div(s_adv, s_nat, reduction="mean", temperature=t)  # target S(x) NOT detached
         loss_student = self.lambda1 * ce + t * t * (self.lambda2 * kd_peer + self.lambda3 * kd_nat)
 
-        step.logs.update(loss_peer=loss_peer.item(), loss_student=loss_student.item(), peer_ce=peer_ce.item(),
-                         peer_kd=peer_kd.item(), kd_peer=kd_peer.item(), kd_nat=kd_nat.item(),
-                         peer_acc=(p_adv.argmax(1) == step.y).float().mean().item())
+        step.logs.update(loss_peer=loss_peer.detach(), loss_student=loss_student.detach(), peer_ce=peer_ce.detach(),
+                         peer_kd=peer_kd.detach(), kd_peer=kd_peer.detach(), kd_nat=kd_nat.detach(),
+                         peer_acc=(p_adv.argmax(1) == step.y).float().mean().detach())
         return loss_peer + loss_student
 
 

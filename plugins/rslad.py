@@ -35,7 +35,7 @@ class RSLADLoss(OuterLoss):
         target = step.teacher_logits("clean")
         kl_adv = kl_div(step.student_logits("adv"), target, reduction="mean", log_eps=1e-5)
         kl_nat = kl_div(step.student_logits("clean"), target, reduction="mean", log_eps=1e-5)
-        step.logs.update(kl_adv=kl_adv.item(), kl_nat=kl_nat.item())
+        step.logs.update(kl_adv=kl_adv.detach(), kl_nat=kl_nat.detach())
         return self.scale * (self.alpha * kl_adv + (1 - self.alpha) * kl_nat)
 
 

@@ -17,7 +17,8 @@ Names and protocols (``shared/reference/ard_methods.md`` §1.4), for an L-inf ra
 * ``apgd_ce``: APGD with the CE loss (100 iterations), torchattacks.
 
 APGD, FAB and Square re-seed the global RNG; :func:`robust_distill.evaluation.evaluate` runs every attack
-inside ``torch.random.fork_rng``, so training randomness is unaffected.
+inside ``torch.random.fork_rng``, so training randomness is unaffected, and seeds the RNG per chunk of
+examples (so torchattacks' random starts, too, depend only on an example's chunk).
 """
 
 from __future__ import annotations
@@ -90,13 +91,24 @@ class CWInf(EvalAttack):
 class ReferenceAutoAttack(EvalAttack):
     """AutoAttack standard from ``pyautoattack`` (fra31's reference implementation), seed 0.
 
-    Runs on the whole evaluation set at once (``whole_set``), batched internally by ``batch_size``, as
-    ``robustbench.benchmark`` does: each sub-attack only sees the points still robust after the previous
-    ones, regrouped into batches, so the numbers equal RobustBench's on the same model and examples.
+    Each call gets a fixed chunk of ``batch_size`` (500) examples (``chunk_size``) and runs
+    ``run_standard_evaluation`` on it exactly as RobustBench does, so on up to 500 examples the numbers are
+    RobustBench's. Why chunks: in the reference code an example's result depends on the other examples of
+    its batch (checked in pyautoattack 0.2.0): APGD-CE and APGD-T draw their random start for the whole
+    batch (``torch.rand(x.shape)`` after re-seeding), APGD-T moves to the next target class only with the
+    points still robust, regrouped, and Square draws its window positions once per iteration for all the
+    points not yet broken (FAB-T, one restart without a random start, and the target classes, taken from
+    each example's own logits, are per example). Over more than 500 examples, ``run_standard_evaluation``
+    would regroup the survivors of every stage across the whole set; in fixed chunks a result depends only
+    on the chunk, which is what lets :func:`robust_distill.evaluation.evaluate` share the chunks out over
+    ``torchrun`` processes and still return the single-process numbers exactly.
     """
 
     name = "autoattack"
-    whole_set = True
+
+    @property
+    def chunk_size(self) -> int:
+        return self.batch_size
 
     def __init__(self, eps: float, version: str = "standard", seed: int = 0, num_classes: int = 10,
                  batch_size: int = 500, attacks_to_run: Sequence[str] = ()) -> None:

@@ -28,7 +28,7 @@ class TRADESLoss(OuterLoss):
         clean = step.student_logits("clean")
         natural = F.cross_entropy(clean, step.y)
         robust = kl_div(step.student_logits("adv"), clean, reduction="batchmean")
-        step.logs.update(ce=natural.item(), kl=robust.item())
+        step.logs.update(ce=natural.detach(), kl=robust.detach())
         return natural + self.beta * robust
 
 

@@ -38,7 +38,17 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
 
 
 def atomic_save(obj: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    """``torch.save`` to a temp file in the same folder, then rename: a crash never leaves half a file.
+
+    A tensor holding a NaN or an inf is refused (``CheckpointError``, nothing written): no checkpoint with
+    non-finite weights is ever saved (the engine stops with a fuller message first).
+    """
+    from .checkpoint import CheckpointError
+    from .monitor import describe_nonfinite, nonfinite_tensors
+
+    found = nonfinite_tensors(obj)
+    if found:
+        raise CheckpointError(f"Refusing to write {str(path)!r}: non-finite values in {describe_nonfinite(found)}.")
     atomic_write(path, lambda f: torch.save(dict(obj), f))
 
 

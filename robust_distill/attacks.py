@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .components import InnerAttack
 
 if TYPE_CHECKING:
+    from .precision import InputGradScale
     from .step import Step
     from .threat import ThreatModel
 
@@ -72,19 +73,27 @@ def random_start(x: Tensor, eps: float, start: Start, clamp: bool) -> Tensor:
 
 
 def pgd(objective: Callable[[Tensor], Tensor], x: Tensor, *, eps: float, step_size: float, steps: int,
-        start: Start = "uniform", clamp_start: bool = True) -> Tensor:
+        start: Start = "uniform", clamp_start: bool = True, grad_scale: InputGradScale | None = None) -> Tensor:
     """Maximise ``objective(x_adv)`` over the L-inf ball of radius ``eps`` around ``x`` within [0, 1].
 
     Sign-gradient ascent with projection after every step, in torchattacks' order (step, clip the
     perturbation to [-eps, eps], clamp to [0, 1]); with ``start="uniform", clamp_start=True`` and a mean
     CE objective it reproduces ``torchattacks.PGD`` exactly. The gradient is taken with
     ``torch.autograd.grad`` w.r.t. the input only. Returns a detached tensor.
+
+    ``grad_scale`` (fp16 autocast, see :class:`robust_distill.precision.InputGradScale`) scales the
+    objective before the gradient and unscales the gradient, so that float16 does not flush it to zero.
     """
     x = x.detach()
     x_adv = random_start(x, eps, start, clamp_start).detach()
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        (grad,) = torch.autograd.grad(objective(x_adv), x_adv)
+        value = objective(x_adv)
+        if grad_scale is not None:
+            value = grad_scale.scale(value)
+        (grad,) = torch.autograd.grad(value, x_adv)
+        if grad_scale is not None:
+            grad = grad_scale.unscale(grad)
         delta = (x_adv.detach() + step_size * grad.sign() - x).clamp(-eps, eps)
         x_adv = (x + delta).clamp(0.0, 1.0).detach()
     return x_adv
@@ -98,7 +107,8 @@ class InnerPGD(InnerAttack):
     :param bn_mode: mode of the student during the attack: ``"eval"`` (most methods) or ``"train"``
         (ARD, IAD: BN uses batch statistics and its running statistics move at every PGD step).
 
-    Student and teachers have ``requires_grad=False`` while the loop runs.
+    Student and teachers have ``requires_grad=False`` while the loop runs. Under fp16 autocast the
+    objective is scaled by the step's ``input_grad_scale`` (see :mod:`robust_distill.precision`).
     """
 
     def __init__(self, start: Start = "gaussian", clamp_start: bool = False, bn_mode: BNMode = "eval") -> None:
@@ -129,7 +139,7 @@ class InnerPGD(InnerAttack):
             stack.enter_context(frozen_parameters(step.student_module, *step.teachers.values()))
             return pgd(self.make_objective(step), step.x, eps=threat.eps,
                        step_size=threat.step_size, steps=threat.steps, start=self.start,
-                       clamp_start=self.clamp_start)
+                       clamp_start=self.clamp_start, grad_scale=step.input_grad_scale)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(start={self.start!r}, bn_mode={self.bn_mode!r})"

@@ -14,6 +14,7 @@ import inspect
 import os
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from .threat import ThreatModel, parse_fraction
 __all__ = ["Config", "ConfigError", "load_config", "resolve_config", "apply_overrides", "config_to_dict"]
 
 SCHEMA_VERSION = 1
+#: ``optim.compile`` values besides true/false: ``torch.compile`` modes
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class ConfigError(ValueError):
@@ -55,6 +58,7 @@ class DataConfig:
     batch_size: int = 128
     eval_batch_size: int = 256
     augment: bool = True
+    on_device: Union[bool, Literal["auto"]] = "auto"  # keep the in-memory dataset on the GPU (auto: if it fits)
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,10 @@ class OptimConfig:
     weight_decay: float = 2e-4
     nesterov: bool = False
     schedule: Part = Part("multistep", {"milestones": [100, 150], "gamma": 0.1})
-    amp: bool = False  # mixed precision (CUDA only)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of training (robust_distill.precision)
+    compile: Union[bool, Literal[COMPILE_MODES]] = False  # torch.compile the student and teacher forwards
+    log_every: int = 50  # steps between reads of the per-step diagnostics (one host sync each) on CUDA
+    amp: bool = False  # deprecated alias of precision: fp16
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class EvalConfig:
     final_attacks: list[str] = field(default_factory=list)  # on the test split after training
     final_n_examples: Union[int, None] = 1000
     train_records: int = 0  # per-sample PGD correctness on the first N training images, each eval
+    precision: Literal["fp32", "bf16"] = "fp32"  # evaluation attacks in fp32 unless asked (comparable numbers)
 
 
 @dataclass(frozen=True)
@@ -382,6 +390,8 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         problems.append(f"optim.epochs must be >= 1, got {cfg.optim.epochs}.")
     if cfg.data.batch_size < 1:
         problems.append(f"data.batch_size must be >= 1, got {cfg.data.batch_size}.")
+    if cfg.optim.log_every < 1:
+        problems.append(f"optim.log_every must be >= 1, got {cfg.optim.log_every}.")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         problems.append(f"device: must be auto, cpu, cuda or cuda:N; got {cfg.device!r}.")
 
@@ -445,11 +455,24 @@ def resolve_config(raw: Mapping[str, Any], regs: Any, *, overrides: list[str] = 
         problems.append(f"version: this robust-distill reads config version {SCHEMA_VERSION}, "
                         f"got {layered.get('version')!r}.")
     cfg = _build(Config, layered, "", problems)
+    if cfg is not None and getattr(cfg.optim, "amp", False):  # (optim is None when it has errors)
+        cfg = _amp_alias(cfg, problems)
     if cfg is not None and check and not problems:  # names and files are checked once types are right
         validate(cfg, regs, problems)
     if problems:
         raise ConfigError(problems, source)
     return cfg
+
+
+def _amp_alias(cfg: Config, problems: list[str]) -> Config:
+    """``optim.amp: true`` is the deprecated spelling of ``optim.precision: fp16``."""
+    if cfg.optim.precision == "bf16":
+        problems.append("optim.amp: true is the deprecated alias of optim.precision: fp16 and conflicts with "
+                        "optim.precision: bf16; remove optim.amp.")
+        return cfg
+    warnings.warn("optim.amp is deprecated: write optim.precision: fp16 (or bf16 on GPUs that have it: "
+                  "Ampere and later).", FutureWarning, stacklevel=3)
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, precision="fp16", amp=False))
 
 
 def load_config(path: str | os.PathLike[str], regs: Any, overrides: list[str] = ()) -> Config:  # type: ignore[assignment]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -11,7 +12,8 @@ from torch import Tensor
 
 from .components import DataBundle, DatasetInfo
 
-__all__ = ["Splits", "make_splits", "to_float", "augment", "epoch_batches", "iterate_eval"]
+__all__ = ["Splits", "make_splits", "to_device", "to_float", "augment", "epoch_batches", "iterate_eval",
+           "place_data"]
 
 
 @dataclass
@@ -49,10 +51,43 @@ def make_splits(bundle: DataBundle, *, val_size: int, split_seed: int = 0,
                   bundle.flip)
 
 
+def to_device(t: Tensor, device: torch.device | str) -> Tensor:
+    """``t`` on ``device``; a host -> GPU copy goes through pinned memory with ``non_blocking=True``.
+
+    A plain ``.to("cuda")`` of pageable host memory synchronises the host with the GPU; the pinned,
+    non-blocking copy is queued on the stream and lets the host run ahead.
+    """
+    device = torch.device(device)
+    if t.device == device or (device.type == t.device.type and device.index is None):
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def to_float(x: Tensor, device: torch.device | str) -> Tensor:
     """uint8 [0, 255] or float [0, 1] images -> float32 in [0, 1] on ``device``."""
-    x = x.to(device, non_blocking=True)
+    x = to_device(x, device)
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+def place_data(splits: Splits, device: torch.device, on_device: bool | str = "auto",
+               max_fraction: float = 0.25) -> Splits:
+    """Keep the whole in-memory dataset on the GPU (``on_device: true``, or ``auto`` when it takes at most
+    ``max_fraction`` of the GPU's free memory): batches are then gathered on the GPU, with no host copy.
+
+    On CPU, or when the data stays on the host, ``splits`` is returned unchanged (batches are copied through
+    pinned memory, :func:`to_device`).
+    """
+    if device.type != "cuda" or on_device is False:
+        return splits
+    tensors = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
+    if on_device == "auto":
+        size = sum(getattr(splits, n).nelement() * getattr(splits, n).element_size() for n in tensors)
+        free, _ = torch.cuda.mem_get_info(device)
+        if size > max_fraction * free:
+            return splits
+    return dataclasses.replace(splits, **{n: getattr(splits, n).to(device) for n in tensors})
 
 
 def augment(x: Tensor, padding: int, flip: bool) -> Tensor:
@@ -64,12 +99,12 @@ def augment(x: Tensor, padding: int, flip: bool) -> Tensor:
     b, _, h, w = x.shape
     if padding > 0:
         padded = F.pad(x, (padding, padding, padding, padding))
-        oy = torch.randint(0, 2 * padding + 1, (b,)).to(x.device)
-        ox = torch.randint(0, 2 * padding + 1, (b,)).to(x.device)
+        oy = to_device(torch.randint(0, 2 * padding + 1, (b,)), x.device)
+        ox = to_device(torch.randint(0, 2 * padding + 1, (b,)), x.device)
         windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, 2p+1, 2p+1, H, W), a view
         x = windows[torch.arange(b, device=x.device), :, oy, ox]  # copies only the chosen windows
     if flip:
-        mask = (torch.rand(b) < 0.5).to(x.device)[:, None, None, None]
+        mask = to_device(torch.rand(b) < 0.5, x.device)[:, None, None, None]
         x = torch.where(mask, x.flip(3), x)
     return x.contiguous()
 

@@ -11,8 +11,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistContext", "init_distributed", "resolve_device", "all_reduce_sum", "all_reduce_mean", "global_mean",
-           "sync_gradients",
-           "broadcast_buffers", "clone_state"]
+           "sync_gradients", "broadcast_buffers", "clone_state", "rank_and_world", "all_reduce_tensor"]
 
 
 def _active() -> bool:
@@ -33,6 +32,22 @@ def all_reduce_sum(*values: float) -> tuple[float, ...]:
     t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t)
     return tuple(t.tolist())
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process; ``(0, 1)`` outside ``torchrun``."""
+    if not _active():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def all_reduce_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ``torchrun`` processes (a new tensor on ``t``'s device; ``t`` outside torchrun)."""
+    if not _active():
+        return t
+    buf = t.to(_collective_device())
+    dist.all_reduce(buf)
+    return buf.to(t.device)
 
 
 def all_reduce_mean(*values: float) -> tuple[float, ...]:
@@ -84,8 +99,8 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:<local_rank>`` if CUDA is available, else ``cpu``."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
+    if name == "cuda":  # more processes than GPUs (tests on one GPU, RD_DIST_BACKEND=gloo) share them
+        name = f"cuda:{local_rank % max(torch.cuda.device_count(), 1)}"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} was requested but CUDA is not available; use device: cpu.")
     return torch.device(name)
@@ -129,7 +144,11 @@ class DistContext:
 
 
 def init_distributed(device: str) -> DistContext:
-    """Join the process group described by torchrun's environment (``WORLD_SIZE``, ``RANK``, ...)."""
+    """Join the process group described by torchrun's environment (``WORLD_SIZE``, ``RANK``, ...).
+
+    ``nccl`` on CUDA, ``gloo`` on CPU; ``RD_DIST_BACKEND`` overrides it (``gloo`` runs several processes on
+    one GPU, which NCCL refuses: the CUDA tests of sharded evaluation do that).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
@@ -137,7 +156,8 @@ def init_distributed(device: str) -> DistContext:
     if dist.is_initialized():
         return DistContext(rank, world, local_rank, owns_group=False)
     use_cuda = device != "cpu" and torch.cuda.is_available()
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    backend = os.environ.get("RD_DIST_BACKEND") or ("nccl" if use_cuda else "gloo")  # gloo: several ranks per GPU
+    dist.init_process_group(backend=backend)
     if use_cuda:
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
     return DistContext(rank, world, local_rank, owns_group=True)

@@ -1,8 +1,14 @@
-"""Evaluate a model against a list of attacks, per sample, with the training RNG left untouched."""
+"""Evaluate a model against a list of attacks, per sample, with the training RNG left untouched.
+
+Examples are attacked in fixed chunks, each after seeding the RNG from the chunk's index, so results do not
+depend on the other examples or on the process: under ``torchrun`` the chunks are shared out across the
+processes and the per-sample results gathered, equal to a single-process evaluation (see :func:`evaluate`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -11,9 +17,12 @@ from tqdm import tqdm
 
 from .attacks import model_mode
 from .components import EvalAttack
-from .data import iterate_eval, to_float
+from .data import iterate_eval, to_device, to_float
+from .distributed import all_reduce_tensor, rank_and_world
+from .precision import autocast
 
-__all__ = ["EvalResult", "evaluate", "make_eval_attacks", "AttackContractError", "TransferAttack"]
+__all__ = ["EvalResult", "evaluate", "make_eval_attacks", "AttackContractError", "TransferAttack", "chunk_size",
+           "chunk_seed"]
 
 
 class AttackContractError(RuntimeError):
@@ -51,6 +60,7 @@ class TransferAttack(EvalAttack):
     def __init__(self, base: EvalAttack, surrogate: nn.Module, surrogate_name: str = "surrogate") -> None:
         self.base, self.surrogate = base, surrogate.eval()
         self.eps = getattr(base, "eps", None)
+        self.chunk_size = getattr(base, "chunk_size", None)
         self.name = f"transfer_{getattr(base, 'name', 'attack')}"
         self.label = f"Transfer {getattr(base, 'label', self.name)} from {surrogate_name}"
 
@@ -68,34 +78,69 @@ def _check_contract(name: str, x: Tensor, x_adv: Tensor, eps: float | None) -> N
             f"attack {name!r} left the eps={eps:g} ball (max |delta| = {(x_adv - x).abs().max():.4g})")
 
 
+@contextmanager
+def _deterministic_cudnn() -> Iterator[None]:
+    """cuDNN's fixed, deterministic algorithms (no autotuning): the same chunk gives the same bits on any rank."""
+    flags = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = flags
+
+
+def chunk_size(attack: EvalAttack, batch_size: int, n: int) -> int:
+    """How many examples one call of ``attack`` gets: its own ``chunk_size`` (AutoAttack: its batch size),
+    all of them for a legacy ``whole_set`` attack, else the evaluation batch size."""
+    if getattr(attack, "chunk_size", None):
+        return int(attack.chunk_size)  # type: ignore[attr-defined]
+    return max(n, 1) if getattr(attack, "whole_set", False) else batch_size
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The RNG seed of one chunk: a function of the run's seed and the chunk's index only."""
+    return (seed * 1_000_003 + chunk) % 2**63
+
+
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, EvalAttack], *,
              batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0,
-             progress: bool = False, desc: str = "eval") -> EvalResult:
+             progress: bool = False, desc: str = "eval", precision: str = "fp32", shard: bool = True) -> EvalResult:
     """Per-sample correctness of ``model`` (put in eval mode) on ``(x, y)`` under each attack.
 
-    Runs inside ``torch.random.fork_rng`` seeded with ``seed``: evaluation is reproducible and does not
-    shift the training random stream (APGD/Square re-seed the global RNG; this isolates them too).
-    Every adversarial batch is checked to lie in [0, 1] and in the attack's eps ball. An attack with
-    ``whole_set = True`` (AutoAttack) gets all examples at once and batches them itself.
+    The examples are cut into fixed chunks (``batch_size``, or the attack's own ``chunk_size``: AutoAttack's
+    500); every chunk is attacked alone, right after ``torch.manual_seed(chunk_seed(seed, index))``, so an
+    example's result depends only on its chunk, never on what else is evaluated or on which process does it.
+    Under ``torchrun`` (``shard``) chunk ``k`` goes to process ``k mod world_size`` and the per-sample
+    correctness is summed over the processes: N processes evaluate N times faster and every process returns
+    the numbers of a single-process evaluation, exactly. On CUDA the evaluation uses cuDNN's deterministic
+    algorithms for the same reason.
+
+    Runs inside ``torch.random.fork_rng``: evaluation does not shift the training random stream (APGD and
+    Square re-seed the global RNG; this isolates them too). ``precision`` is ``fp32`` (default: numbers
+    comparable with the papers) or ``bf16`` (autocast). Every adversarial chunk is checked to lie in
+    [0, 1] and in the attack's eps ball.
     """
     device = torch.device(device)
-    result = EvalResult(n=x.shape[0])
+    n = x.shape[0]
+    result = EvalResult(n=n)
+    rank, world = rank_and_world() if shard else (0, 1)
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), model_mode(model, False):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=devices), model_mode(model, False), _deterministic_cudnn():
         for name, attack in attacks.items():
             eps = getattr(attack, "eps", None)
-            correct = torch.zeros(x.shape[0], dtype=torch.bool)
-            whole = getattr(attack, "whole_set", False)
-            batches = iterate_eval(x, y, x.shape[0] if whole else batch_size)
-            bar = tqdm(batches, total=-(-x.shape[0] // batch_size), desc=f"{desc} {name}", leave=False,
-                       disable=None if progress else True)
-            for start, xb, yb in bar:
-                xb, yb = to_float(xb, device), yb.to(device)
-                x_adv = attack(model, xb, yb)
+            size = chunk_size(attack, batch_size, n)
+            mine = list(range(rank, -(-n // size), world))
+            correct = torch.zeros(n, dtype=torch.int32, device=device)
+            bar = tqdm(mine, desc=f"{desc} {name}", leave=False, disable=None if progress else True)
+            for k in bar:
+                start = k * size
+                xb, yb = to_float(x[start:start + size], device), to_device(y[start:start + size], device)
+                torch.manual_seed(chunk_seed(seed, k))
+                with autocast(device, precision):
+                    x_adv = attack(model, xb, yb)
                 _check_contract(name, xb, x_adv, eps)
                 for i, xa, ya in iterate_eval(x_adv, yb, batch_size):
-                    with torch.no_grad():
-                        correct[start + i:start + i + xa.shape[0]] = (model(xa).argmax(1) == ya).cpu()
-            result.correct[name] = correct
+                    with torch.no_grad(), autocast(device, precision):
+                        correct[start + i:start + i + xa.shape[0]] = (model(xa).argmax(1) == ya).int()
+            result.correct[name] = all_reduce_tensor(correct).cpu().bool()
     return result

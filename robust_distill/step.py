@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    from .precision import InputGradScale
     from .threat import ThreatModel
 
 __all__ = ["Step"]
@@ -32,13 +33,18 @@ class Step:
     :ivar threat: the training threat model at this point of training (after any eps schedule).
     :ivar epoch: 0-based epoch; ``epochs`` the total; ``progress`` in [0, 1).
     :ivar lr_factor: the learning-rate schedule's current multiplier (MTARD decays its weight step with it).
-    :ivar logs: scalar diagnostics a part wants in the metrics file (``{"w_adv": 0.7}``).
+    :ivar logs: scalar diagnostics a part wants in the metrics file (``{"w_adv": 0.7}``). Prefer detached
+        tensors (``loss.detach()``) to ``loss.item()``: the engine sums them on the device and reads them
+        once per logging interval, while ``.item()`` stops the GPU at every step.
+    :ivar input_grad_scale: under ``optim.precision: fp16``, the inner attack's objective scale
+        (:class:`~robust_distill.precision.InputGradScale`); ``None`` otherwise.
     """
 
     def __init__(self, x: Tensor, y: Tensor, *, student: nn.Module, teachers: Mapping[str, nn.Module],
                  threat: ThreatModel, epoch: int = 0, epochs: int = 1, iteration: int = 0,
                  iterations: int = 1, student_module: nn.Module | None = None,
-                 grad_teachers: frozenset[str] = frozenset(), lr_factor: float = 1.0) -> None:
+                 grad_teachers: frozenset[str] = frozenset(), lr_factor: float = 1.0,
+                 input_grad_scale: InputGradScale | None = None) -> None:
         self.y = y
         self.student = student
         self.student_module = student_module if student_module is not None else student
@@ -48,8 +54,9 @@ class Step:
         self.iteration, self.iterations = iteration, iterations
         self.grad_teachers = grad_teachers
         self.lr_factor = lr_factor
+        self.input_grad_scale = input_grad_scale
         self.inputs: dict[str, Tensor] = {"clean": x}
-        self.logs: dict[str, float] = {}
+        self.logs: dict[str, float | Tensor] = {}
         self._cache: dict[tuple[str, str], Tensor] = {}
 
     # -- inputs -----------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import random
 import sys
 import time
 from collections.abc import Mapping
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,15 @@ from tqdm import tqdm
 
 from ._io import atomic_save, atomic_write_json, atomic_write_text
 from .checkpoint import FORMAT, load_checkpoint
+from .compilation import check_compile, compile_mode, compile_module
 from .components import Method, Part, Stateful, split_spec
 from .config import Config, config_to_dict
-from .data import Splits, augment, epoch_batches, make_splits, to_float
-from .distributed import DistContext, clone_state, init_distributed, resolve_device
+from .data import Splits, augment, epoch_batches, make_splits, place_data, to_device, to_float
+from .distributed import DistContext, all_reduce_sum, broadcast_buffers, clone_state, init_distributed, resolve_device
 from .evaluation import EvalResult, evaluate, make_eval_attacks
+from .monitor import DivergenceError, StepMonitor, check_outer_loss, describe_nonfinite, nonfinite_tensors
 from .plugin import PluginManager, Registries, get_plugin_manager, get_registries
+from .precision import InputGradScale, autocast, grad_scaler
 from .step import Step
 from .trained import StudentSWA
 
@@ -83,8 +85,9 @@ class Run:
     what the lifecycle hooks and teacher updaters receive (see there for the attributes plugins may use).
 
     Engine-only attributes: ``student_ddp`` (the module the outer loss calls: DDP-wrapped under torchrun),
-    ``optimizer`` (the student's SGD), ``scaler`` (its ``GradScaler``, enabled with ``optim.amp`` on CUDA;
-    updaters that step their own optimizer on the joint loss unscale with ``scaler.get_scale()``), the parts.
+    ``optimizer`` (the student's SGD, fused on CUDA), ``scaler`` (its ``GradScaler``, enabled with
+    ``optim.precision: fp16``; updaters that step their own optimizer on the joint loss unscale with
+    ``scaler.get_scale()``), ``input_grad_scale`` (the inner attack's objective scale under fp16), the parts.
     """
 
     def __init__(self, cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistContext) -> None:
@@ -92,7 +95,7 @@ class Run:
         self.device = resolve_device(cfg.device, dist_ctx.local_rank)
         self.output_dir = Path(cfg.output_dir)
         self.method: Method = regs.methods.get(cfg.method)
-        self.data = load_data(cfg, regs)
+        self.data = place_data(load_data(cfg, regs), self.device, cfg.data.on_device)
         info = self.data.info
         self.student = build_student(cfg.student.key, cfg.student.kwargs, info, regs).to(self.device)
         if cfg.sync_bn and dist_ctx.enabled:
@@ -102,18 +105,27 @@ class Run:
         self.teachers: dict[str, nn.Module] = {
             role: load_teacher(t.key, t.kwargs, info, regs).to(self.device, memory_format=self.memory_format)
             for role, t in cfg.teachers.items()}
+        mode = compile_mode(cfg.optim.compile)
+        if mode is not None:
+            check_compile(self.device, mode)
+            for model in (self.student, *self.teachers.values()):
+                compile_module(model, mode)
         self.inner_attack = regs.inner_attacks.build(cfg.inner_attack.key, cfg.inner_attack.kwargs)
         self.outer_loss = regs.outer_losses.build(cfg.outer_loss.key, cfg.outer_loss.kwargs,
                                                   num_classes=info.num_classes, registries=regs,
                                                   batch_size=cfg.data.batch_size // dist_ctx.world_size)
+        entry = regs.outer_losses.entry(cfg.outer_loss.key)
+        self.outer_loss_name = (f"outer loss {entry.name!r} (plugin {entry.plugin!r}, distribution "
+                                f"{entry.distribution})")
         self.teacher_updater = regs.teacher_updaters.build(cfg.teacher_updater.key, cfg.teacher_updater.kwargs)
         self.lr_schedule = regs.lr_schedules.build(cfg.optim.schedule.key, cfg.optim.schedule.kwargs,
                                                    epochs=cfg.optim.epochs)
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=cfg.optim.lr,
                                          momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
-                                         nesterov=cfg.optim.nesterov)
-        self.amp = cfg.optim.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+                                         nesterov=cfg.optim.nesterov, fused=self.device.type == "cuda")
+        self.precision = cfg.optim.precision
+        self.scaler = grad_scaler(self.device, self.precision)
+        self.input_grad_scale = InputGradScale(self.device) if self.precision == "fp16" else None
         self.student_ddp: nn.Module = self.student
         self.epoch = 0
         self.best: dict[str, Any] = {"value": -math.inf, "epoch": -1}
@@ -145,12 +157,18 @@ class Run:
         if full:
             ckpt.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                         best=dict(self.best), parts={k: p.state_dict() for k, p in self.parts().items()})
+            if self.input_grad_scale is not None:
+                ckpt["input_grad_scale"] = self.input_grad_scale.state_dict()
         return ckpt
 
     def restore(self, ckpt: Mapping[str, Any]) -> None:
         self.student.load_state_dict(ckpt["state_dict"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group in self.optimizer.param_groups:  # a checkpoint from another device: this device's kernel
+            group["fused"] = self.device.type == "cuda"
         self.scaler.load_state_dict(ckpt["scaler"])
+        if self.input_grad_scale is not None:
+            self.input_grad_scale.load_state_dict(ckpt.get("input_grad_scale", {}))
         self.best = dict(ckpt["best"])
         self.epoch = int(ckpt["epoch"])
         for key, part in self.parts().items():
@@ -161,7 +179,8 @@ class Run:
                          desc: str = "eval") -> EvalResult:
         x, y = self.data.eval_split(split, n)
         return evaluate(self.student, x, y, attacks, batch_size=self.config.data.eval_batch_size,
-                        device=self.device, seed=self.config.seed, progress=self.dist.is_main, desc=desc)
+                        device=self.device, seed=self.config.seed, progress=self.dist.is_main, desc=desc,
+                        precision=self.config.eval.precision)
 
 
 def _plain(obj: Any) -> Any:
@@ -205,50 +224,90 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
     n = data.train_x.shape[0]
     iters = -(-(n + (-n) % run.dist.world_size) // cfg.data.batch_size)  # batches per epoch
     threat = cfg.threat
-    autocast = torch.autocast("cuda", dtype=torch.float16) if run.amp else nullcontext()
     grad_teachers = frozenset(getattr(run.teacher_updater, "grad_teachers", frozenset()))
-    sums: dict[str, float] = {}
-    count = 0
+    monitor = StepMonitor(device)
+    read_every = 1 if device.type == "cpu" else cfg.optim.log_every  # host syncs cost nothing on CPU
     batches = epoch_batches(n, cfg.data.batch_size, seed=cfg.seed, epoch=epoch, rank=run.dist.rank,
                             world_size=run.dist.world_size)
     bar = tqdm(batches, total=iters, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
                disable=None if run.dist.is_main else True, dynamic_ncols=True)
     lr = cfg.optim.lr * run.lr_schedule(epoch)
+    means: dict[str, float] = {}
     for i, idx in enumerate(bar):
         lr_factor = run.lr_schedule(epoch + i / iters)
         lr = cfg.optim.lr * lr_factor
         for group in run.optimizer.param_groups:
             group["lr"] = lr
+        idx = to_device(idx, data.train_x.device)
         x = to_float(data.train_x[idx], device)
         if cfg.data.augment:
             x = augment(x, data.crop_padding, data.flip)
         x = x.contiguous(memory_format=run.memory_format)
-        y = data.train_y[idx].to(device)
+        y = to_device(data.train_y[idx], device)
         step = Step(x, y, student=run.student_ddp, student_module=run.student, teachers=run.teachers,
                     threat=threat.at((epoch + i / iters) / cfg.optim.epochs), epoch=epoch,
                     epochs=cfg.optim.epochs, iteration=i, iterations=iters, grad_teachers=grad_teachers,
-                    lr_factor=lr_factor)
+                    lr_factor=lr_factor, input_grad_scale=run.input_grad_scale)
         run.teacher_updater.before_step(step)
-        with autocast:
+        with autocast(device, run.precision):
             step.add_input("adv", run.inner_attack(step))
             loss = run.outer_loss(step)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"The outer loss is {loss.item()} at epoch {epoch + 1}, step {i + 1} (lr {lr:g}). "
-                "Lower optim.lr, check the method's options, or set optim.amp: false.")
+        check_outer_loss(loss, run.outer_loss_name, f"at epoch {epoch + 1}, step {i + 1}")
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.teacher_updater.after_step(step)
-        count += 1
-        for k, v in {"loss": loss.item(), **step.logs}.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
-        if run.dist.is_main and i % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}")
-    out = {f"train_{k}": run.dist.all_reduce_mean(v / max(count, 1)) for k, v in sums.items()}
+        monitor.add(loss, step.logs, i)
+        if (i + 1) % read_every == 0 or i + 1 == iters:  # one host sync per interval
+            means, last, bad = monitor.read()
+            if all_reduce_sum(float(bad is not None))[0]:
+                raise _nonfinite_loss(run, epoch, bad, lr)
+            if run.dist.is_main:
+                bar.set_postfix(loss=f"{last:.4f}", lr=f"{lr:.3g}")
+    out = {f"train_{k}": run.dist.all_reduce_mean(v) for k, v in means.items()}
     out["lr"] = lr  # the lr of the epoch's last step
     return out
+
+
+def _advice(run: Run) -> str:
+    fix = "lower optim.lr, check the method's options"
+    if run.precision == "fp16":
+        fix += ", or train with optim.precision: bf16 (or fp32)"
+    return fix
+
+
+def _last_good(run: Run, epoch: int) -> str:
+    """What is on disk while epoch ``epoch`` (0-based) fails: the checkpoint of the epochs before it."""
+    last = run.output_dir / "last.pt"
+    if epoch > 0 and last.is_file():
+        return f"the last good checkpoint, {last} (after epoch {epoch}), is left as it was"
+    return "no checkpoint was written"
+
+
+def _nonfinite_loss(run: Run, epoch: int, step: int | None, lr: float) -> DivergenceError:
+    where = f"step {step + 1}" if step is not None else "a step of another process"
+    weights = nonfinite_tensors({"student": run.student.state_dict()})
+    cause = (f" The student's weights are no longer finite ({describe_nonfinite(weights)}): an earlier update "
+             "overflowed." if weights else "")
+    return DivergenceError(
+        f"Training stopped: the {run.outer_loss_name} is not finite (NaN or inf) at epoch {epoch + 1}, {where} "
+        f"(lr {lr:g}).{cause} Nothing was saved for this epoch and {_last_good(run, epoch)}. If the loss was finite "
+        f"before, training diverged: {_advice(run)}. If it is not finite from the first step, the loss itself "
+        "produces it (a log of 0, a division by 0): check that plugin.")
+
+
+def _ensure_finite(run: Run, ckpt: Mapping[str, Any], epoch: int, when: str) -> None:
+    """Stop (on every process) before saving or evaluating anything non-finite."""
+    found = nonfinite_tensors({("student" if k == "state_dict" else k): v for k, v in ckpt.items()})
+    if not all_reduce_sum(float(bool(found)))[0]:
+        return
+    what = describe_nonfinite(found) if found else "tensors of another process"
+    raise DivergenceError(
+        f"Training stopped at epoch {epoch + 1} ({when}): non-finite values in {what}. The loss of every "
+        f"step was finite, so an update overflowed the weights or a statistic (BatchNorm's running_var is the "
+        f"usual one). Nothing was saved for this epoch and {_last_good(run, epoch)}. To fix it: {_advice(run)} "
+        f"(optim.lr is {run.config.optim.lr:g}).")
 
 
 def _evaluate_epoch(run: Run, epoch: int) -> dict[str, Any]:
@@ -261,7 +320,7 @@ def _evaluate_epoch(run: Run, epoch: int) -> dict[str, Any]:
         x, y = run.data.train_x[:n], run.data.train_y[:n]
         attack = {cfg.eval.select: run.eval_attacks[cfg.eval.select]}
         rec = evaluate(run.student, x, y, attack, batch_size=cfg.data.eval_batch_size, device=run.device,
-                       seed=cfg.seed, desc="train records")
+                       seed=cfg.seed, desc="train records", precision=cfg.eval.precision)
         run.train_records[str(epoch)] = rec.correct[cfg.eval.select]
         metrics[f"trainrec_{cfg.eval.select}"] = rec.accuracy[cfg.eval.select]
     return metrics
@@ -277,9 +336,12 @@ def train(cfg: Config, *, regs: Registries | None = None, pm: PluginManager | No
     regs = regs or get_registries()
     pm = pm or get_plugin_manager()
     dist_ctx = init_distributed(cfg.device)
+    flags = torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()
     try:
         return _train(cfg, regs, pm, dist_ctx, resume, stop_after_epochs)
     finally:
+        torch.backends.cudnn.benchmark = flags[0]
+        torch.use_deterministic_algorithms(flags[1])
         dist_ctx.close()
 
 
@@ -288,7 +350,7 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
     _seed_everything(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.benchmark = not cfg.deterministic  # autotuned convolutions: every batch has one shape
     run = Run(cfg, regs, pm, dist_ctx)
     out = run.output_dir
     last_path, best_path = out / "last.pt", out / "best.pt"
@@ -315,16 +377,17 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
         t0 = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch, **_train_epoch(run, epoch)}
         row["time_train_s"] = round(time.perf_counter() - t0, 3)
+        _ensure_finite(run, run.checkpoint(full=True), epoch, "end of epoch, before evaluation and saving")
+        broadcast_buffers(run.student)  # every process evaluates (and continues from) the weights rank 0 saves
         is_eval = (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.optim.epochs
-        if is_eval:
-            if dist_ctx.is_main:
-                t1 = time.perf_counter()
-                row.update(_evaluate_epoch(run, epoch))
-                row["time_eval_s"] = round(time.perf_counter() - t1, 3)
-                value = row[f"{cfg.eval.split}_{cfg.eval.select}"]
-                row["is_best"] = value > run.best["value"]
-                if row["is_best"]:
-                    run.best = {"value": value, "epoch": epoch}
+        if is_eval:  # every process evaluates its share of the examples (robust_distill.evaluation)
+            t1 = time.perf_counter()
+            row.update(_evaluate_epoch(run, epoch))
+            row["time_eval_s"] = round(time.perf_counter() - t1, 3)
+            value = row[f"{cfg.eval.split}_{cfg.eval.select}"]
+            row["is_best"] = value > run.best["value"]
+            if row["is_best"]:
+                run.best = {"value": value, "epoch": epoch}
             row = dist_ctx.broadcast(row)
             run.best = dist_ctx.broadcast(run.best)
         for extra in pm.call_lifecycle("rd_epoch_end", run=run, epoch=epoch, metrics=dict(row)):
@@ -333,14 +396,16 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
         if run.swa is not None:
             run.swa.end_epoch(run, epoch)
         run.epoch = epoch + 1
+        last = run.checkpoint(full=True)
+        _ensure_finite(run, last, epoch, "before saving")  # no checkpoint with a NaN or an inf, ever
         if dist_ctx.is_main:
             if row.get("is_best"):
                 atomic_save(run.checkpoint(full=False), best_path)
             if run.train_records:
                 atomic_save({"indices": run.data.train_index[:cfg.eval.train_records],
-                             "labels": run.data.train_y[:cfg.eval.train_records],
+                             "labels": run.data.train_y[:cfg.eval.train_records].cpu(),
                              "records": run.train_records}, out / "train_records.pt")
-            atomic_save(run.checkpoint(full=True), last_path)
+            atomic_save(last, last_path)
             log.append(row)
             _print_row(row, cfg.optim.epochs)
         dist_ctx.barrier()
@@ -370,19 +435,22 @@ def _finish(run: Run, log: _MetricsLog) -> dict[str, Any]:
                                "best_epoch": run.best["epoch"], "select": f"{cfg.eval.split}_{cfg.eval.select}",
                                "best_value": run.best["value"], "checkpoints": {"best": str(out / "best.pt"),
                                                                                 "last": str(out / "last.pt")}}
+    if cfg.eval.final_attacks:  # every process evaluates its share of the test examples
+        summary["final"] = final_evaluation(run)
     if run.dist.is_main:
         last_row = log.rows[-1] if log.rows else {}
         best_row = next((r for r in log.rows if r["epoch"] == run.best["epoch"]), {})
         summary["last"] = {k: v for k, v in last_row.items() if k.startswith(cfg.eval.split)}
         summary["best"] = {k: v for k, v in best_row.items() if k.startswith(cfg.eval.split)}
-        if cfg.eval.final_attacks:
-            summary["final"] = final_evaluation(run)
         atomic_write_json(summary, out / "summary.json")
     return run.dist.broadcast(summary)
 
 
 def final_evaluation(run: Run) -> dict[str, Any]:
-    """``eval.final_attacks`` on the test split, for the best and the last checkpoint."""
+    """``eval.final_attacks`` on the test split, for the best and the last checkpoint.
+
+    Called on every process under ``torchrun`` (the examples are shared out); rank 0 writes the files.
+    """
     cfg = run.config
     attacks = make_eval_attacks(cfg.eval.final_attacks, run.registries, eps=run.eval_eps,
                                 num_classes=run.data.info.num_classes)
@@ -400,5 +468,6 @@ def final_evaluation(run: Run) -> dict[str, Any]:
             run.student.load_state_dict(state)
             res = run.evaluate_student("test", cfg.eval.final_n_examples, attacks, desc=f"test {which}")
         results[which] = res.accuracy
-        atomic_save({"correct": res.correct}, run.output_dir / f"test_correct_{which}.pt")
+        if run.dist.is_main:
+            atomic_save({"correct": res.correct}, run.output_dir / f"test_correct_{which}.pt")
     return results

@@ -33,7 +33,8 @@ def test_two_processes_match_one(tiny_raw, tmp_path: Path, method: str) -> None:
     raw["student"] = {"key": "timm:convnet_xs", "kwargs": {"norm": "none"}}
     raw["data"].update(augment=False, batch_size=16)
     raw["inner_attack"] = {"kwargs": {"start": "none"}}
-    raw["eval"] = {"n_examples": 16, "attacks": ["clean"], "select": "clean"}
+    raw["eval"] = {"n_examples": 16, "attacks": ["clean"], "select": "clean", "final_attacks": ["clean", "pgd20"],
+                   "final_n_examples": 16}
     outs = {}
     for name in ("one", "two"):
         raw["output_dir"] = str(tmp_path / name)
@@ -52,3 +53,7 @@ def test_two_processes_match_one(tiny_raw, tmp_path: Path, method: str) -> None:
     for a, b in zip(rows["one"], rows["two"], strict=True):  # the loss averaged over both ranks is the global one
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
     assert rows["one"][1]["train_loss"] != rows["one"][0]["train_loss"]  # it did train
+    # per-epoch and final evaluations ran on both processes (each its share of the examples)
+    summaries = {n: json.loads((tmp_path / n / "summary.json").read_text()) for n in outs}
+    assert summaries["one"]["final"]["last"]["clean"] == summaries["two"]["final"]["last"]["clean"]
+    assert (tmp_path / "two" / "test_correct_last.pt").is_file()

@@ -4,7 +4,8 @@ One module per group of commands, each registering its sub-commands with :func:`
 ``plugins`` (:mod:`.plugins`), ``train`` (:mod:`.train`), ``eval`` (:mod:`.eval`), ``demo`` (:mod:`.demo`),
 and the grid and analysis tools ``bench``, ``report``, ``unlearnable``, ``teacher-score``,
 ``specialization`` (:mod:`.analysis`). :func:`main` maps every error meant for people to a one-paragraph
-message and an exit code (2: bad configuration; 3: a plugin, name, file or checkpoint problem).
+message and an exit code (2: bad configuration; 3: a plugin, name, file or checkpoint problem; 4: a run that
+cannot go on, e.g. it diverged or the platform cannot compile).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ..checkpoint import CheckpointError
+from ..compilation import CompileUnavailableError
 from ..config import ConfigError
+from ..monitor import DivergenceError
 from ..plugin import PluginError
 from ..registry import RegistryError
 
@@ -67,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PluginError, RegistryError, CheckpointError, FileNotFoundError) as exc:
         print(f"robust-distill: error: {exc}", file=sys.stderr)
         return 3
+    except (DivergenceError, CompileUnavailableError) as exc:  # the run cannot go on; nothing bad was saved
+        print(f"robust-distill: error: {exc}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         print("robust-distill: interrupted; `train` resumes from the last finished epoch.", file=sys.stderr)
         return 130

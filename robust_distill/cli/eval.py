@@ -13,7 +13,7 @@ from ..checkpoint import load_checkpoint
 from ..components import split_spec
 from ..config import _parse_value
 from ..data import make_splits
-from ..distributed import resolve_device
+from ..distributed import init_distributed, rank_and_world, resolve_device
 from ..evaluation import TransferAttack, evaluate, make_eval_attacks
 from ..plugin import Registries, get_registries
 from ..threat import format_eps, parse_fraction
@@ -65,8 +65,20 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -
 
 
 def run_eval(ns: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate ``ns.model``; under ``torchrun`` every process evaluates its share of the examples (the
+    numbers are those of one process) and only rank 0 writes ``--out`` (``summary["is_main"]`` says which)."""
+    dist_ctx = init_distributed(ns.device)
+    try:
+        summary = _run_eval(ns, resolve_device(ns.device, dist_ctx.local_rank))
+    finally:
+        dist_ctx.close()
+    summary["is_main"] = dist_ctx.is_main
+    return summary
+
+
+def _run_eval(ns: argparse.Namespace, device: Any) -> dict[str, Any]:
     regs = get_registries()
-    device = resolve_device(ns.device)
+    rank, _ = rank_and_world()
     options = _options(ns.model_option)
     if ns.trust_checkpoint:
         options["trust_checkpoint"] = True
@@ -93,7 +105,8 @@ def run_eval(ns: argparse.Namespace) -> dict[str, Any]:
         for base in make_eval_attacks(["pgd20", "cw_inf"], regs, eps=eps, num_classes=bundle.info.num_classes).values():
             t = TransferAttack(base, surrogate, ns.surrogate)
             attacks[t.name] = t
-    result = evaluate(model, x, y, attacks, batch_size=ns.batch_size, device=device, seed=ns.seed, progress=True)
+    result = evaluate(model, x, y, attacks, batch_size=ns.batch_size, device=device, seed=ns.seed,
+                      progress=rank == 0, precision=getattr(ns, "precision", "fp32"))
     rows = [{"attack": name, "label": getattr(a, "label", name) or name, "accuracy": result.accuracy[name]}
             for name, a in attacks.items()]
     robust = [n for n in attacks if n != "clean"]
@@ -105,7 +118,7 @@ def run_eval(ns: argparse.Namespace) -> dict[str, Any]:
     summary["table"] = (f"{ns.model} on {dataset} {ns.split} (n={x.shape[0]}, eps={format_eps(eps)})\n\n"
                         + markdown_table(rows, [("attack", "attack"), ("label", "protocol"),
                                                 ("accuracy", "accuracy (%)")]))
-    if ns.out:
+    if ns.out and rank == 0:
         out = Path(ns.out)
         atomic_write_json({k: v for k, v in summary.items() if k != "table"}, out)
         atomic_save({"correct": result.correct, "labels": y}, out.with_suffix(".pt"))
@@ -134,10 +147,14 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="model spec of a surrogate: adds transfer attacks (PGD-20 and CW-inf crafted on it)")
     p.add_argument("--out", default=None, help="write results (JSON) and per-sample correctness (.pt) here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="attack and model precision (fp32: comparable with the papers; bf16: autocast, faster)")
 
 
-@command("eval", "evaluate a checkpoint or a RobustBench/timm model against chosen attacks", _eval_args)
+@command("eval", "evaluate a checkpoint or a RobustBench/timm model against chosen attacks (under torchrun: "
+                 "the examples are shared out over the processes)", _eval_args)
 def cmd_eval(ns: argparse.Namespace) -> int:
     result = run_eval(ns)
-    print(result["table"])
+    if result["is_main"]:  # under torchrun, rank 0 prints
+        print(result["table"])
     return 0

@@ -24,7 +24,7 @@ class JSDLoss(OuterLoss):
 
     def __call__(self, step: Step) -> torch.Tensor:
         jsd = js_divergence(step.student_logits(self.input), step.teacher_logits(self.input)).mean()
-        step.logs["jsd"] = jsd.item()
+        step.logs["jsd"] = jsd.detach()
         return jsd
 
 

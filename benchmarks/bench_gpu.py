@@ -1,0 +1,506 @@
+"""GPU throughput of robust-distill against official-style training loops, measured in one process.
+
+For a CIFAR-stem ResNet-18 student (``timm:resnet18_cifar``) and WRN-34-10 / WRN-70-16 teachers
+(``benchmarks/wide_resnet.py``, RobustBench's architectures, random weights), random 32x32 inputs, batch 128,
+eps 8/255 with 10 PGD steps of 2/255, per method (``pgd_at``, ``trades``, ``rslad``, ``adaad``, ``ciard``):
+
+* ``official``: the method's official training step written out here as its code does it: fp32, parameters
+  left trainable during the attack, the extra clean forwards of the official code, no compile, contiguous
+  tensors (PyTorch's default TF32 setting for convolutions, as the official scripts get);
+* ``engine fp32`` / ``engine bf16`` / ``engine bf16+compile``: robust-distill's training loop
+  (``trainer._train_epoch``: data on the GPU, batch augmentation, ``Step``, registry parts, device-side
+  diagnostics), channels-last on CUDA;
+* ``hand ...`` (AdaAD and RSLAD): the engine's math written as a plain loop over the *same* model objects
+  and optimizer as the engine row of that precision: the engine's overhead is the ratio of the two.
+
+Rounds are interleaved (official, engine fp32, hand fp32, ...; then again), after one warm-up round that
+also compiles; images/s is the median over rounds; peak GPU memory is ``max_memory_allocated`` over a
+variant's rounds. Then evaluation throughput on the student: PGD-20 and AutoAttack standard (reference
+code) in fp32, AutoAttack in its worst case (a wrapper that keeps the student's computation but fixes its
+prediction, so that no point is ever broken and every stage runs on every point to its end). Hours for 200
+CIFAR-10 epochs = 200 * 50000 / images per second.
+
+Jobs run in priority order within ``--budget-s`` (the targets first: AdaAD and RSLAD with WRN-34-10), and
+the JSON and Markdown results are rewritten after each job, so a run cut short keeps what it measured.
+
+Usage::
+
+    python benchmarks/bench_gpu.py                  # CUDA: plan "core" into benchmarks/results/gpu/
+    python benchmarks/bench_gpu.py --plan full      # adds the WRN-70-16 teacher
+    python benchmarks/bench_gpu.py --smoke          # CPU-sized correctness check (tiny models, seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from wide_resnet import DMWideResNet, WideResNet  # noqa: E402
+
+from robust_distill import TeacherSource  # noqa: E402
+from robust_distill.attacks import frozen_parameters, model_mode  # noqa: E402
+from robust_distill.config import resolve_config  # noqa: E402
+from robust_distill.data import augment, epoch_batches, to_device, to_float  # noqa: E402
+from robust_distill.distributed import DistContext  # noqa: E402
+from robust_distill.evaluation import evaluate, make_eval_attacks  # noqa: E402
+from robust_distill.plugin import get_plugin_manager, get_registries  # noqa: E402
+from robust_distill.precision import autocast  # noqa: E402
+from robust_distill.trainer import Run, _train_epoch, build_student  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCH_IMAGES, EPOCHS = 50_000, 200
+METHODS_WITH_TEACHER = ("rslad", "adaad", "ciard")
+
+
+# -------------------------------------------------------------------------------------------------
+# Models
+# -------------------------------------------------------------------------------------------------
+
+class BenchTeachers(TeacherSource):
+    """``bench:wrn34_10`` / ``bench:wrn70_16`` (and the tiny ``bench:wrn10_1`` / ``bench:dm10_1`` of --smoke),
+    random weights, registered for this process only."""
+
+    ARCHS: dict[str, Callable[[], nn.Module]] = {
+        "wrn34_10": lambda: WideResNet(34, 10, 10), "wrn70_16": lambda: DMWideResNet(10, 70, 16),
+        "wrn10_1": lambda: WideResNet(10, 10, 1), "dm10_1": lambda: DMWideResNet(10, 10, 1)}
+
+    def load(self, name: str, *, dataset: Any, **options: Any) -> nn.Module:
+        torch.manual_seed(1)
+        return self.ARCHS[name]().eval()
+
+    def check(self, name: str, *, dataset: Any, **options: Any) -> None:
+        if name not in self.ARCHS:
+            raise ValueError(f"bench teachers: {', '.join(self.ARCHS)}; got {name!r}")
+
+
+class AlwaysRobust(nn.Module):
+    """The student's computation with a fixed prediction (class 0 by a margin no attack can overturn):
+    AutoAttack's worst case, every stage running to its end on every point."""
+
+    def __init__(self, model: nn.Module, num_classes: int = 10) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("margin", torch.nn.functional.one_hot(torch.tensor(0), num_classes).float() * 10.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 1e-3 * self.model(x) + self.margin
+
+
+# -------------------------------------------------------------------------------------------------
+# Official-style steps (fp32, trainable parameters during the attack, the official extra forwards)
+# -------------------------------------------------------------------------------------------------
+
+def _kl_mean(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # nn.KLDivLoss() default: sum / (B * C)
+    return F.kl_div(F.log_softmax(s, 1), F.softmax(t, 1), reduction="sum") / s.numel()
+
+
+def _rslad_kl(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # RSLAD's kl_loss, mean over B * C
+    p = F.softmax(t, 1)
+    return (-F.log_softmax(s, 1) * p + torch.log(p + 1e-5) * p).mean()
+
+
+def _project(x_adv: torch.Tensor, g: torch.Tensor, x: torch.Tensor, eps: float, alpha: float) -> torch.Tensor:
+    x_adv = x_adv.detach() + alpha * g.sign()
+    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0).detach()
+
+
+class Official:
+    """One official-style training step per method; owns its student, optimizer and (CIARD) teacher optimizer."""
+
+    def __init__(self, method: str, student: nn.Module, teachers: dict[str, nn.Module], steps: int) -> None:
+        self.method, self.student, self.teachers, self.steps = method, student, teachers, steps
+        self.opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+        if method == "ciard":  # ITT: the robust teacher is trained with its own SGD (lr 1e-4, momentum 0.1)
+            self.t_opt = torch.optim.SGD(teachers["robust"].parameters(), lr=1e-4, momentum=0.1, weight_decay=2e-4)
+        self.eps, self.alpha = 8 / 255, 2 / 255
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        getattr(self, self.method)(x, y)
+
+    def _pgd(self, loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, start: str) -> torch.Tensor:
+        x_adv = (x + torch.empty_like(x).uniform_(-self.eps, self.eps) if start == "uniform"
+                 else x + 0.001 * torch.randn_like(x)).detach()
+        for _ in range(self.steps):
+            x_adv.requires_grad_(True)
+            (g,) = torch.autograd.grad(loss_fn(x_adv), [x_adv])
+            x_adv = _project(x_adv, g, x, self.eps, self.alpha)
+        return x_adv
+
+    def _update(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+    def pgd_at(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        s = self.student
+        s.eval()
+        x_adv = self._pgd(lambda xa: F.cross_entropy(s(xa), y), x, "uniform")
+        s.train()
+        self._update(F.cross_entropy(s(x_adv), y))
+
+    def trades(self, x: torch.Tensor, y: torch.Tensor) -> None:  # yaodongyu/TRADES/trades.py
+        s = self.student
+        s.eval()
+        x_adv = self._pgd(lambda xa: F.kl_div(F.log_softmax(s(xa), 1), F.softmax(s(x), 1), reduction="sum"),
+                          x, "gaussian")  # S(x) recomputed at every step, as the official code does
+        s.train()
+        logits = s(x)
+        robust = F.kl_div(F.log_softmax(s(x_adv), 1), F.softmax(s(x), 1), reduction="sum") / x.shape[0]
+        self._update(F.cross_entropy(logits, y) + 6.0 * robust)
+
+    def rslad(self, x: torch.Tensor, y: torch.Tensor) -> None:  # zibojia/RSLAD
+        s, t = self.student, self.teachers["robust"]
+        t_nat = t(x)  # teacher frozen (requires_grad False), no no_grad in the official step
+        s.eval()
+        x_adv = self._pgd(lambda xa: F.kl_div(F.log_softmax(s(xa), 1), F.softmax(t_nat, 1), reduction="sum"),
+                          x, "gaussian")
+        s.train()
+        self.opt.zero_grad()
+        adv, nat = s(x_adv), s(x)
+        self._update(5 / 6 * _rslad_kl(adv, t_nat.detach()) + 1 / 6 * _rslad_kl(nat, t_nat.detach()))
+
+    def adaad(self, x: torch.Tensor, y: torch.Tensor) -> None:  # boyellow/AdaAD (alpha = 1)
+        s, t = self.student, self.teachers["robust"]
+        s.eval()
+        x_adv = self._pgd(lambda xa: F.kl_div(F.log_softmax(s(xa), 1), F.softmax(t(xa), 1), reduction="sum"),
+                          x, "gaussian")
+        s.train()
+        adv = s(x_adv)
+        with torch.no_grad():
+            t_adv, t_nat = t(x_adv), t(x)
+        nat = s(x)  # the official step's clean forward (its weight is 1 - alpha = 0)
+        self._update(1.0 * _kl_mean(adv, t_adv) + 0.0 * _kl_mean(nat, t_nat))
+
+    def ciard(self, x: torch.Tensor, y: torch.Tensor) -> None:  # eminentgu/CIARD (HEAD), ITT active
+        s, t_adv, t_nat = self.student, self.teachers["robust"], self.teachers["natural"]
+        s.train()
+        t_adv.train()  # the official robust teacher stays in train mode
+        nat_logits = s(x)
+        with torch.no_grad():
+            t_nat(x)
+            t_adv(x)  # unused, moves BN statistics (official)
+        s.eval()
+        x_adv = self._pgd(lambda xa: F.cross_entropy(s(xa), y), x, "gaussian")
+        s.train()
+        adv_logits = s(x_adv)
+        ta = t_adv(x_adv)  # with grad: ITT reuses it
+        with torch.no_grad():
+            tn_nat, tn_adv = t_nat(x), t_nat(x_adv)
+        kl1, kl2 = _rslad_kl(adv_logits, ta.detach()), _rslad_kl(nat_logits, tn_nat)
+        mask = tn_adv.argmax(1) != y
+        kl3 = _rslad_kl(adv_logits[mask] / 5, tn_adv[mask]) if mask.any() else kl1 * 0
+        self._update(kl1 + kl2 - 0.1 * kl3)
+        self.t_opt.zero_grad()
+        F.cross_entropy(ta, y).backward()
+        self.t_opt.step()
+
+
+# -------------------------------------------------------------------------------------------------
+# Hand-written loops of the engine's math (same modules, optimizer and precision as an engine run)
+# -------------------------------------------------------------------------------------------------
+
+def hand_epoch(run: Run, epoch: int) -> None:
+    """AdaAD or RSLAD as a plain loop: same data path, frozen parameters, autograd.grad, same losses."""
+    cfg, data, dev = run.config, run.data, run.device
+    s, t = run.student, run.teachers["robust"]
+    eps, alpha, steps = cfg.threat.eps, cfg.threat.step_size, cfg.threat.steps
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+    s.train()
+    for idx in epoch_batches(data.train_x.shape[0], cfg.data.batch_size, seed=cfg.seed, epoch=epoch):
+        x = augment(to_float(data.train_x[to_device(idx, dev)], dev), data.crop_padding, data.flip)
+        x = x.contiguous(memory_format=run.memory_format)
+        with autocast(dev, run.precision):
+            with torch.no_grad():
+                t_nat = t(x) if cfg.method == "rslad" else None
+            with model_mode(s, False), frozen_parameters(s, t):
+                x_adv = (x + 0.001 * torch.randn_like(x)).detach()
+                for _ in range(steps):
+                    x_adv.requires_grad_(True)
+                    target = t(x_adv) if t_nat is None else t_nat
+                    obj = F.kl_div(F.log_softmax(s(x_adv).float(), 1), F.softmax(target.float(), 1), reduction="sum")
+                    (g,) = torch.autograd.grad(obj, x_adv)
+                    x_adv = (x + (x_adv.detach() + alpha * g.sign() - x).clamp(-eps, eps)).clamp(0, 1).detach()
+            if t_nat is None:
+                with torch.no_grad():
+                    t_adv = t(x_adv)
+                loss = _kl_mean(s(x_adv).float(), t_adv.float())
+            else:
+                adv, nat = s(x_adv).float(), s(x).float()
+                loss = 5 / 6 * _rslad_kl(adv, t_nat.float()) + 1 / 6 * _rslad_kl(nat, t_nat.float())
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+
+
+# -------------------------------------------------------------------------------------------------
+# Measurement
+# -------------------------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+        self.cuda = self.device.type == "cuda"
+        self.batch = args.batch_size
+        self.regs = get_registries()
+        if "bench" not in self.regs.teacher_sources:
+            self.regs.teacher_sources.register(BenchTeachers(), name="bench")
+        self.tmp = Path(tempfile.mkdtemp(prefix="rd-bench-gpu-"))
+        self.t0 = time.perf_counter()
+        self.results: dict[str, Any] = {"environment": environment(self.device, args), "training": [],
+                                        "evaluation": [], "skipped": []}
+
+    def left(self) -> float:
+        return self.args.budget_s - (time.perf_counter() - self.t0)
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def engine_run(self, method: str, teacher: str | None, precision: str, compile_: bool) -> Run:
+        a = self.args
+        raw: dict[str, Any] = {
+            "method": method, "seed": 0, "device": str(self.device), "output_dir": str(self.tmp / "run"),
+            "channels_last": self.cuda and not a.no_channels_last,
+            "data": {"dataset": "synthetic", "val_size": 8, "batch_size": self.batch, "augment": True,
+                     "options": {"n_train": self.batch * a.steps + 8, "n_test": 8, "size": 32, "channels": 3,
+                                 "num_classes": 10}},
+            "student": a.student, "threat": {"eps": 8 / 255, "step_size": 2 / 255, "steps": a.pgd_steps},
+            "optim": {"precision": precision, "compile": compile_, "log_every": 50},
+            "eval": {"attacks": ["clean"], "select": "clean"}}
+        if method in METHODS_WITH_TEACHER:
+            raw["teachers"] = {"robust": f"bench:{teacher}"}
+            if method == "ciard":
+                raw["teachers"]["natural"] = f"bench:{teacher}"
+                raw["teacher_updater"] = {"key": "ciard_itt", "kwargs": {"start_epoch": 0}}
+        run = Run(resolve_config(raw, self.regs), self.regs, get_plugin_manager(), DistContext())
+        run.teacher_updater.setup(run)
+        return run
+
+    def official(self, method: str, run: Run) -> Callable[[int], None]:
+        """An official-style loop on its own student (same initial weights) and eager teacher copies."""
+        torch.manual_seed(0)
+        student = build_student(self.args.student, {}, run.data.info, self.regs).to(self.device)
+        teachers = {r: copy.deepcopy(m).to(memory_format=torch.contiguous_format).requires_grad_(False)
+                    for r, m in run.teachers.items()}
+        if method == "ciard":
+            teachers["robust"].requires_grad_(True)  # ITT trains it
+        step = Official(method, student, teachers, self.args.pgd_steps)
+        gen = torch.Generator().manual_seed(0)
+        batches = [(torch.rand(self.batch, 3, 32, 32, generator=gen).to(self.device),
+                    torch.randint(0, 10, (self.batch,), generator=gen).to(self.device)) for _ in range(self.args.steps)]
+
+        def epoch(_: int) -> None:
+            for x, y in batches:
+                step(x, y)
+        return epoch
+
+    def time_variants(self, variants: dict[str, Callable[[int], None]]) -> dict[str, dict[str, Any]]:
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        peaks: dict[str, int] = {k: 0 for k in variants}
+        for r in range(self.args.rounds + 1):  # round 0 warms up (cuDNN autotuning, compilation)
+            for name, fn in variants.items():
+                self.sync()
+                if self.cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                t = time.perf_counter()
+                fn(r)
+                self.sync()
+                if r:
+                    times[name].append(time.perf_counter() - t)
+                if self.cuda:
+                    peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated())
+        out = {}
+        for name, ts in times.items():
+            ips = self.batch * self.args.steps / statistics.median(ts)
+            out[name] = {"images_per_s": round(ips, 2), "s_per_step": round(statistics.median(ts) / self.args.steps, 4),
+                         "peak_gib": round(peaks[name] / 2**30, 2) if self.cuda else None,
+                         "hours_200_epochs": round(EPOCHS * EPOCH_IMAGES / ips / 3600, 2)}
+        return out
+
+    def training_job(self, method: str, teacher: str | None) -> None:
+        variants: dict[str, Callable[[int], None]] = {}
+        runs = {}
+        for name, precision, comp in (("engine fp32", "fp32", False), ("engine bf16", "bf16", False),
+                                      ("engine bf16+compile", "bf16", True)):
+            if comp and not (self.args.compile and method in self.args.compile_methods.split(",")):
+                continue
+            runs[name] = self.engine_run(method, teacher, precision, comp)
+        variants["official"] = self.official(method, runs["engine fp32"])
+        for name, run in runs.items():
+            variants[name] = lambda r, run=run: _train_epoch(run, r)
+            if method in ("adaad", "rslad"):
+                variants[name.replace("engine", "hand")] = (lambda r, run=run: hand_epoch(run, r))
+        measured = self.time_variants(variants)
+        base = measured["official"]["images_per_s"]
+        for name, m in measured.items():
+            m["speedup_vs_official"] = round(m["images_per_s"] / base, 2)
+            hand = measured.get(name.replace("engine", "hand"))
+            if name.startswith("engine") and hand:
+                m["time_ratio_vs_hand"] = round(hand["images_per_s"] / m["images_per_s"], 3)
+        self.results["training"].append({"method": method, "teacher": teacher, "variants": measured})
+
+    def eval_job(self) -> None:
+        run = self.engine_run("pgd_at", None, "fp32", False)
+        model = run.student.eval()
+        gen = torch.Generator().manual_seed(0)
+        n_pgd, n_aa = self.args.eval_n, self.args.aa_n
+        x = torch.rand(max(n_pgd, n_aa), 3, 32, 32, generator=gen)
+        aa = "autoattack_apgd" if self.args.smoke else "autoattack"  # --smoke: the cheap stages, same code path
+        attacks = make_eval_attacks(["pgd20", aa], self.regs, eps=8 / 255, num_classes=10)
+        rows = []
+        for name, n, net, label in (("pgd20", n_pgd, model, "PGD-20, random student"),
+                                    (aa, n_aa, model, f"{attacks[aa].label}, random student"),
+                                    (aa, n_aa, AlwaysRobust(model).to(self.device),
+                                     f"{attacks[aa].label}, worst case (no point ever broken)")):
+            y = torch.zeros(n, dtype=torch.long)  # AlwaysRobust predicts 0 everywhere
+            if not isinstance(net, AlwaysRobust):  # the student's own predictions: every point is attacked
+                with torch.no_grad():
+                    y = torch.cat([net(to_device(xb, self.device)).argmax(1).cpu() for xb in x[:n].split(256)])
+            self.sync()
+            t = time.perf_counter()
+            res = evaluate(net, x[:n], y, {name: attacks[name]}, batch_size=256, device=self.device, seed=0)
+            self.sync()
+            dt = time.perf_counter() - t
+            rows.append({"attack": label, "n": n, "seconds": round(dt, 2), "images_per_s": round(n / dt, 2),
+                         "robust_accuracy": round(res.accuracy[name], 4),
+                         "hours_10k_test_images": round(10_000 / (n / dt) / 3600, 2)})
+            self.results["evaluation"] = rows
+            self.save()
+            if self.left() < 0:
+                break
+
+    def plan(self) -> list[tuple[str, Callable[[], None]]]:
+        a = self.args
+        t34, t70 = ("wrn10_1", "dm10_1") if a.smoke else ("wrn34_10", "wrn70_16")
+        jobs: list[tuple[str, Callable[[], None]]] = []
+        methods = a.methods.split(",")
+        for m in ("adaad", "rslad"):  # the targets first
+            if m in methods:
+                jobs.append((f"{m} {t34}", lambda m=m: self.training_job(m, t34)))
+        for m in ("pgd_at", "trades"):
+            if m in methods:
+                jobs.append((m, lambda m=m: self.training_job(m, None)))
+        if "ciard" in methods:
+            jobs.append((f"ciard {t34}", lambda: self.training_job("ciard", t34)))
+        if a.eval:
+            jobs.append(("evaluation", self.eval_job))
+        if a.plan == "full":
+            for m in ("adaad", "rslad", "ciard"):
+                if m in methods:
+                    jobs.append((f"{m} {t70}", lambda m=m: self.training_job(m, t70)))
+        return jobs
+
+    def run(self) -> None:
+        for name, job in self.plan():
+            if self.left() < self.args.min_job_s:
+                self.results["skipped"].append(name)
+                print(f"[bench_gpu] skipped (time budget): {name}", flush=True)
+                continue
+            print(f"[bench_gpu] {name} ({self.left():.0f} s left)", flush=True)
+            try:
+                job()
+            except torch.cuda.OutOfMemoryError as exc:
+                self.results["skipped"].append(f"{name} (out of memory: {str(exc).splitlines()[0]})")
+                torch.cuda.empty_cache()
+            self.save()
+            if self.cuda:
+                torch.cuda.empty_cache()
+        self.results["environment"]["total_s"] = round(time.perf_counter() - self.t0, 1)
+        self.save()
+
+    def save(self) -> None:
+        out = Path(self.args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench_gpu.json").write_text(json.dumps(self.results, indent=2) + "\n")
+        (out / "bench_gpu.md").write_text(markdown(self.results))
+
+
+def environment(device: torch.device, args: argparse.Namespace) -> dict[str, Any]:
+    env = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+           "command": " ".join(sys.argv), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+           "batch_size": args.batch_size, "steps_per_round": args.steps, "rounds": args.rounds,
+           "pgd_steps": args.pgd_steps, "smoke": args.smoke,
+           "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+           "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
+    if device.type == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+    return env
+
+
+def markdown(results: dict[str, Any]) -> str:
+    env = results["environment"]
+    smoke = ", SMOKE: tiny CPU-sized models, not a measurement" if env["smoke"] else ""
+    lines = [f"# GPU benchmark ({env.get('gpu', env['device'])}{smoke})",
+             "", f"torch {env['torch']}, CUDA {env.get('cuda')}, batch {env['batch_size']}, {env['pgd_steps']} PGD "
+             f"steps, median of {env['rounds']} rounds x {env['steps_per_round']} steps; `{env['command']}` "
+             f"({env['date']}).", "", "## Training", "",
+             "| method | teacher | loop | images/s | x official | engine / hand time | peak GiB | h / 200 epochs |",
+             "|---|---|---|---|---|---|---|---|"]
+    for job in results["training"]:
+        for name, m in job["variants"].items():
+            lines.append(f"| {job['method']} | {job['teacher'] or '-'} | {name} | {m['images_per_s']} | "
+                         f"{m['speedup_vs_official']} | {m.get('time_ratio_vs_hand', '')} | {m['peak_gib']} | "
+                         f"{m['hours_200_epochs']} |")
+    lines += ["", "## Evaluation (student, fp32)", "",
+              "| attack | n | seconds | images/s | robust acc. | h / 10k images |", "|---|---|---|---|---|---|"]
+    for r in results["evaluation"]:
+        lines.append(f"| {r['attack']} | {r['n']} | {r['seconds']} | {r['images_per_s']} | {r['robust_accuracy']} | "
+                     f"{r['hours_10k_test_images']} |")
+    if results["skipped"]:
+        lines += ["", "Not measured (time budget or memory): " + "; ".join(results["skipped"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="CPU-sized: tiny models, batch 8, 1 step, 1 round")
+    p.add_argument("--plan", choices=["core", "full"], default="core", help="full adds the WRN-70-16 teacher")
+    p.add_argument("--methods", default="pgd_at,trades,rslad,adaad,ciard")
+    p.add_argument("--budget-s", type=float, default=420.0, help="stop starting jobs after this many seconds")
+    p.add_argument("--min-job-s", type=float, default=30.0, help="do not start a job with less time left")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=3, help="training steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds (after one warm-up round)")
+    p.add_argument("--pgd-steps", type=int, default=10)
+    p.add_argument("--student", default="timm:resnet18_cifar")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="the engine bf16+compile rows (auto: on CUDA, off with --smoke)")
+    p.add_argument("--compile-methods", default="adaad,rslad",
+                   help="methods with an engine bf16+compile row (each compiles its models: ~1 min on an H100)")
+    p.add_argument("--no-eval", dest="eval", action="store_false")
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--eval-n", type=int, default=1000, help="images for PGD-20")
+    p.add_argument("--aa-n", type=int, default=128, help="images for AutoAttack")
+    p.add_argument("--out", default=None, help="results folder (default: benchmarks/results/gpu; "
+                                                "--smoke: runs/bench_gpu_smoke)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.batch_size, args.steps, args.rounds, args.pgd_steps = 8, 1, 1, 2
+        args.student, args.eval_n, args.aa_n = "timm:convnet_xs", 16, 4
+    args.compile = args.compile == "on" or (args.compile == "auto" and not args.smoke)
+    args.out = args.out or str(ROOT / ("runs/bench_gpu_smoke" if args.smoke else "benchmarks/results/gpu"))
+    bench = Bench(args)
+    bench.run()
+    print(markdown(bench.results))
+    return bench.results
+
+
+if __name__ == "__main__":
+    main()
