@@ -63,7 +63,6 @@ from torch import Tensor, nn
 from robust_distill import Method, OuterLoss, Part, Step, TeacherUpdater, hookimpl, training_defaults
 from robust_distill.attacks import model_mode
 from robust_distill.checkpoint import FORMAT, atomic_save
-from robust_distill.data import augment, to_float
 from robust_distill.distributed import broadcast_buffers, clone_state, sync_gradients
 from robust_distill.losses import kl_div
 
@@ -232,11 +231,10 @@ class PeerUpdater(TeacherUpdater):
         seen = 0
         devices = [run.device] if run.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad(), model_mode(self.swa, True):
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7_777_777)
-            for start in range(0, data.train_x.shape[0], cfg.data.eval_batch_size):
-                x = to_float(data.train_x[start:start + cfg.data.eval_batch_size], run.device)
-                if cfg.data.augment:
-                    x = augment(x, data.crop_padding, data.flip)
+            seed = cfg.seed * 1_000_003 + epoch + 7_777_777
+            torch.manual_seed(seed)
+            for x, _ in data.train_batches(epoch, batch_size=cfg.data.eval_batch_size, seed=seed, device=run.device,
+                                           augment=cfg.data.augment, shuffle=False):
                 b = x.shape[0]
                 for m in bns:
                     m.momentum = b / (seen + b)

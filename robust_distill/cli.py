@@ -115,8 +115,11 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated evaluation attacks (see `robust-distill plugins`)")
     p.add_argument("--eps", default=None, help="L-inf radius, e.g. 8/255 (default: the checkpoint's "
                                                "training eps, else 8/255)")
-    p.add_argument("--n-examples", type=int, default=1000, help="first N examples of the split (0: all)")
+    p.add_argument("--n-examples", type=int, default=1000,
+                   help="first N examples of the split (0: all; streamed image datasets: N spread over the split)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader processes reading a streamed dataset (default: the checkpoint's data.workers)")
     p.add_argument("--device", default="auto")
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the model source, e.g. model_dir=./models")

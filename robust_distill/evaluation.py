@@ -11,9 +11,9 @@ from tqdm import tqdm
 
 from .attacks import model_mode
 from .components import EvalAttack
-from .data import iterate_eval, to_float
+from .data import EvalSet, TensorEvalSet, iterate_eval, to_float
 
-__all__ = ["EvalResult", "evaluate", "make_eval_attacks", "AttackContractError", "TransferAttack"]
+__all__ = ["EvalResult", "evaluate", "evaluate_set", "make_eval_attacks", "AttackContractError", "TransferAttack"]
 
 
 class AttackContractError(RuntimeError):
@@ -71,31 +71,48 @@ def _check_contract(name: str, x: Tensor, x_adv: Tensor, eps: float | None) -> N
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, EvalAttack], *,
              batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0,
              progress: bool = False, desc: str = "eval") -> EvalResult:
-    """Per-sample correctness of ``model`` (put in eval mode) on ``(x, y)`` under each attack.
+    """Per-sample correctness of ``model`` (put in eval mode) on the tensors ``(x, y)`` under each attack.
+
+    See :func:`evaluate_set`, which this calls with the tensors as the evaluation set.
+    """
+    return evaluate_set(model, TensorEvalSet(x, y, torch.arange(x.shape[0])), attacks, batch_size=batch_size,
+                        device=device, seed=seed, progress=progress, desc=desc)
+
+
+def evaluate_set(model: nn.Module, data: EvalSet, attacks: Mapping[str, EvalAttack], *,
+                 batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0,
+                 progress: bool = False, desc: str = "eval") -> EvalResult:
+    """Per-sample correctness of ``model`` (put in eval mode) on ``data`` under each attack, in
+    ``data``'s order (tensors in memory or images streamed from files, :mod:`robust_distill.data`).
 
     Runs inside ``torch.random.fork_rng`` seeded with ``seed``: evaluation is reproducible and does not
     shift the training random stream (APGD/Square re-seed the global RNG; this isolates them too).
     Every adversarial batch is checked to lie in [0, 1] and in the attack's eps ball. An attack with
-    ``whole_set = True`` (AutoAttack) gets all examples at once and batches them itself.
+    ``whole_set = True`` (AutoAttack) gets all examples at once and batches them itself (a streamed set
+    hands it chunks of ``data.chunk`` images).
     """
     device = torch.device(device)
-    result = EvalResult(n=x.shape[0])
+    n = data.n
+    result = EvalResult(n=n)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), model_mode(model, False):
         torch.manual_seed(seed)
         for name, attack in attacks.items():
             eps = getattr(attack, "eps", None)
-            correct = torch.zeros(x.shape[0], dtype=torch.bool)
+            correct = torch.zeros(n, dtype=torch.bool)
             whole = getattr(attack, "whole_set", False)
-            batches = iterate_eval(x, y, x.shape[0] if whole else batch_size)
-            bar = tqdm(batches, total=-(-x.shape[0] // batch_size), desc=f"{desc} {name}", leave=False,
-                       disable=None if progress else True)
-            for start, xb, yb in bar:
+            bar = tqdm(data.batches(n if whole else batch_size), total=-(-n // batch_size),
+                       desc=f"{desc} {name}", leave=False, disable=None if progress else True)
+            start = 0
+            for xb, yb in bar:
                 xb, yb = to_float(xb, device), yb.to(device)
                 x_adv = attack(model, xb, yb)
                 _check_contract(name, xb, x_adv, eps)
                 for i, xa, ya in iterate_eval(x_adv, yb, batch_size):
                     with torch.no_grad():
                         correct[start + i:start + i + xa.shape[0]] = (model(xa).argmax(1) == ya).cpu()
+                start += xb.shape[0]
+            if start != n:
+                raise RuntimeError(f"the evaluation data gave {start} images, expected {n}")
             result.correct[name] = correct
     return result

@@ -31,9 +31,9 @@ from tqdm import tqdm
 from .checkpoint import FORMAT, atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
 from .components import Method, Stateful
 from .config import Config, config_to_dict, split_spec
-from .data import Splits, augment, epoch_batches, make_splits, to_float
+from .data import make_splits
 from .distributed import DistContext, clone_state, init_distributed, resolve_device
-from .evaluation import EvalResult, evaluate, make_eval_attacks
+from .evaluation import EvalResult, evaluate_set, make_eval_attacks
 from .plugin import PluginManager, Registries, get_plugin_manager, get_registries
 from .step import Step
 
@@ -50,11 +50,19 @@ def _seed_everything(seed: int) -> None:
         pass
 
 
-def load_data(cfg: Config, regs: Registries) -> Splits:
+def load_data(cfg: Config, regs: Registries, device: torch.device | None = None) -> Any:
+    """The dataset's splits: :class:`~robust_distill.data.Splits` in memory, or
+    :class:`~robust_distill.streaming.StreamedSplits` read by ``data.workers`` processes (pinned memory
+    when training on ``device`` CUDA)."""
+    from .streaming import default_workers
+
     dataset = regs.datasets.get(cfg.data.dataset)
     bundle = dataset.load(root=cfg.data.root, **cfg.data.options)
     return make_splits(bundle, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                       train_subset=cfg.data.train_subset)
+                       train_subset=cfg.data.train_subset,
+                       workers=default_workers() if cfg.data.workers is None else cfg.data.workers,
+                       prefetch_factor=cfg.data.prefetch_factor,
+                       pin_memory=device is not None and device.type == "cuda")
 
 
 def build_student(key: str, kwargs: Mapping[str, Any], info: Any, regs: Registries) -> nn.Module:
@@ -93,7 +101,7 @@ class Run:
         self.device = resolve_device(cfg.device, dist_ctx.local_rank)
         self.output_dir = Path(cfg.output_dir)
         self.method: Method = regs.methods.get(cfg.method)
-        self.data = load_data(cfg, regs)
+        self.data = load_data(cfg, regs, self.device)
         info = self.data.info
         self.student = build_student(cfg.student.key, cfg.student.kwargs, info, regs).to(self.device)
         if cfg.sync_bn and dist_ctx.enabled:
@@ -149,9 +157,9 @@ class Run:
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate_student(self, split: str, n: int | None, attacks: Mapping[str, Any], *,
                          desc: str = "eval") -> EvalResult:
-        x, y = self.data.eval_split(split, n)
-        return evaluate(self.student, x, y, attacks, batch_size=self.config.data.eval_batch_size,
-                        device=self.device, seed=self.config.seed, progress=self.dist.is_main, desc=desc)
+        return evaluate_set(self.student, self.data.eval_set(split, n), attacks,
+                            batch_size=self.config.data.eval_batch_size, device=self.device,
+                            seed=self.config.seed, progress=self.dist.is_main, desc=desc)
 
 
 def _plain(obj: Any) -> Any:
@@ -192,28 +200,24 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
     cfg, data, device = run.config, run.data, run.device
     _seed_everything(cfg.seed * 1_000_003 + epoch)
     run.student.train()
-    n = data.train_x.shape[0]
+    n = data.n_train
     iters = -(-(n + (-n) % run.dist.world_size) // cfg.data.batch_size)  # batches per epoch
     threat = cfg.threat
     autocast = torch.autocast("cuda", dtype=torch.float16) if run.amp else nullcontext()
     grad_teachers = frozenset(getattr(run.teacher_updater, "grad_teachers", frozenset()))
     sums: dict[str, float] = {}
     count = 0
-    batches = epoch_batches(n, cfg.data.batch_size, seed=cfg.seed, epoch=epoch, rank=run.dist.rank,
-                            world_size=run.dist.world_size)
+    batches = data.train_batches(epoch, batch_size=cfg.data.batch_size, seed=cfg.seed, device=device,
+                                 augment=cfg.data.augment, rank=run.dist.rank, world_size=run.dist.world_size)
     bar = tqdm(batches, total=iters, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
                disable=None if run.dist.is_main else True, dynamic_ncols=True)
     lr = cfg.optim.lr * run.lr_schedule(epoch)
-    for i, idx in enumerate(bar):
+    for i, (x, y) in enumerate(bar):
         lr_factor = run.lr_schedule(epoch + i / iters)
         lr = cfg.optim.lr * lr_factor
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        x = to_float(data.train_x[idx], device)
-        if cfg.data.augment:
-            x = augment(x, data.crop_padding, data.flip)
         x = x.contiguous(memory_format=run.memory_format)
-        y = data.train_y[idx].to(device)
         step = Step(x, y, student=run.student_ddp, student_module=run.student, teachers=run.teachers,
                     threat=threat.at((epoch + i / iters) / cfg.optim.epochs), epoch=epoch,
                     epochs=cfg.optim.epochs, iteration=i, iterations=iters, grad_teachers=grad_teachers,
@@ -247,11 +251,10 @@ def _evaluate_epoch(run: Run, epoch: int) -> dict[str, Any]:
                                   desc=f"{cfg.eval.split} epoch {epoch + 1}")
     metrics: dict[str, Any] = {f"{cfg.eval.split}_{k}": v for k, v in result.accuracy.items()}
     if cfg.eval.train_records > 0:
-        n = min(cfg.eval.train_records, run.data.train_x.shape[0])
-        x, y = run.data.train_x[:n], run.data.train_y[:n]
         attack = {cfg.eval.select: run.eval_attacks[cfg.eval.select]}
-        rec = evaluate(run.student, x, y, attack, batch_size=cfg.data.eval_batch_size, device=run.device,
-                       seed=cfg.seed, desc="train records")
+        rec = evaluate_set(run.student, run.data.eval_set("train", cfg.eval.train_records), attack,
+                           batch_size=cfg.data.eval_batch_size, device=run.device, seed=cfg.seed,
+                           desc="train records")
         run.train_records[str(epoch)] = rec.correct[cfg.eval.select]
         metrics[f"trainrec_{cfg.eval.select}"] = rec.accuracy[cfg.eval.select]
     return metrics
@@ -325,9 +328,9 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
             if row.get("is_best"):
                 atomic_save(run.checkpoint(full=False), best_path)
             if run.train_records:
-                atomic_save({"indices": run.data.train_index[:cfg.eval.train_records],
-                             "labels": run.data.train_y[:cfg.eval.train_records],
-                             "records": run.train_records}, out / "train_records.pt")
+                records = run.data.eval_set("train", cfg.eval.train_records)
+                atomic_save({"indices": records.indices, "labels": records.labels, "records": run.train_records},
+                            out / "train_records.pt")
             atomic_save(run.checkpoint(full=True), last_path)
             log.append(row)
             _print_row(row, cfg.optim.epochs)
@@ -381,6 +384,7 @@ def final_evaluation(run: Run) -> dict[str, Any]:
     # When the best checkpoint is the last epoch, its numbers are the last ones: evaluate once.
     last_is_best = best_state is not None and all(torch.equal(v, best_state[k]) for k, v in last_state.items())
     res = None
+    test_indices = run.data.eval_set("test", cfg.eval.final_n_examples).indices  # positions in the test split
     for which, state in (("best", best_state), ("last", last_state)):
         if state is None:
             continue
@@ -388,5 +392,5 @@ def final_evaluation(run: Run) -> dict[str, Any]:
             run.student.load_state_dict(state)
             res = run.evaluate_student("test", cfg.eval.final_n_examples, attacks, desc=f"test {which}")
         results[which] = res.accuracy
-        atomic_save({"correct": res.correct}, run.output_dir / f"test_correct_{which}.pt")
+        atomic_save({"correct": res.correct, "indices": test_indices}, run.output_dir / f"test_correct_{which}.pt")
     return results
