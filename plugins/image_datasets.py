@@ -269,8 +269,8 @@ class ImageNet:
                                                  tuple[str, ...], tuple[int, ...]]:
         base = _require_root(root, self.name, self.LAYOUT)
         val = base / "val"
-        if val.is_dir() and not any(e.is_dir() for e in os.scandir(val)) and any(
-                e.name.lower().endswith(IMG_EXTENSIONS) for e in os.scandir(val)):
+        entries = list(os.scandir(val)) if val.is_dir() else []
+        if not any(e.is_dir() for e in entries) and any(e.name.lower().endswith(IMG_EXTENSIONS) for e in entries):
             raise ValueError(f"{val} holds the validation images directly; sort them into one folder per class "
                              "(torchvision.datasets.ImageNet(root, split='val') does it from the devkit archive, "
                              "as does the widely used valprep.sh).")

@@ -195,8 +195,8 @@ class CropFlip(ImageTransform):
     """Random crop of the zero-padded image plus a random horizontal flip (torchvision's
     ``RandomCrop(size, padding)`` + ``RandomHorizontalFlip()``, as the CIFAR and Tiny-ImageNet ARD codes).
 
-    Images of another size are first resized (shorter side to ``size``, then a centre crop), in training
-    and evaluation alike; Tiny-ImageNet's 64x64 images are used as they are.
+    Images of another size are first resized to cover ``size`` (keeping their aspect ratio), then centre
+    cropped, in training and evaluation alike; Tiny-ImageNet's 64x64 images are used as they are.
     """
 
     def __init__(self, size: int | Sequence[int], padding: int = 4, flip: bool = True,
@@ -209,8 +209,9 @@ class CropFlip(ImageTransform):
 
         h, w = self.size
         if (img.height, img.width) != (h, w):
-            img = TF.center_crop(TF.resize(img, min(h, w) if h == w else [h, w],
-                                           interpolation=self.interpolation, antialias=True), [h, w])
+            scale = max(h / img.height, w / img.width)
+            cover = [max(h, round(img.height * scale)), max(w, round(img.width * scale))]
+            img = TF.center_crop(TF.resize(img, cover, interpolation=self.interpolation, antialias=True), [h, w])
         return _to_tensor(img)
 
     def train(self, img: PILImage.Image, rng: np.random.Generator) -> Tensor:
