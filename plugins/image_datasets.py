@@ -61,10 +61,21 @@ def _require_root(root: str | None, dataset: str, layout: str) -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=4)
 def _scan(split_dir: str, classes: tuple[str, ...] | None = None,
           subfolder: str = "") -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
-    """:func:`scan_class_folders`, once per process (the config check and the run share the listing)."""
+    """:func:`scan_class_folders`, listed once while no folder changes (the config check and the run share
+    the listing of ImageNet's 1.28M files); the modification times of the folders are the cache key."""
+    try:
+        folders = [Path(split_dir)] + [Path(e.path) / subfolder for e in os.scandir(split_dir) if e.is_dir()]
+        stamp = tuple(f.stat().st_mtime_ns if f.is_dir() else -1 for f in folders)
+    except OSError:
+        stamp = ()
+    return _scan_cached(split_dir, classes, subfolder, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _scan_cached(split_dir: str, classes: tuple[str, ...] | None, subfolder: str,
+                 stamp: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
     files, labels, found = scan_class_folders(split_dir, classes, subfolder)
     return tuple(files), tuple(labels), tuple(found)
 
@@ -177,7 +188,6 @@ class TinyImageNet:
         return base
 
     @staticmethod
-    @functools.lru_cache(maxsize=2)
     def _index(base: str) -> tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...], list[str], list[int]]:
         """(wnids, train files, train labels, val files, val labels) of the tree at ``base``."""
         root = Path(base)

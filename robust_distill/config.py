@@ -369,9 +369,9 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         if len(problems) == n_problems + root_missing:  # image datasets read their folders: bad files fail now
             try:
                 info = dataset_info(dataset, cfg.data.root, cfg.data.options)
-            except OSError as exc:
+            except (OSError, TypeError, ValueError) as exc:
                 if not root_missing:
-                    problems.append(f"data.root: {exc}")
+                    problems.append(f"data: {exc}")
     except UnknownNameError as exc:
         problems.append(f"data.dataset: {exc}")
     except (TypeError, ValueError) as exc:

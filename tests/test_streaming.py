@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -323,3 +324,37 @@ def test_an_unreadable_image_stops_training_naming_the_file(tiny_raw, regs, tmp_
 def test_image_list_rejects_mismatched_labels(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="2 files but 1 labels"):
         ImageList(tmp_path, ["a.png", "b.png"], [0])
+
+
+# -------------------------------------------------------------------------------------------------
+# Benchmark configs
+# -------------------------------------------------------------------------------------------------
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (BENCHMARKS / "tiny_imagenet").glob("*.yaml")))
+def test_tiny_imagenet_configs_pass_train_check(tmp_path: Path, config: str, capsys) -> None:
+    write_tiny_imagenet(tmp_path)
+    (tmp_path / "teacher.pt").write_bytes(b"")  # the check only needs the file to exist
+    args = ["train", str(BENCHMARKS / "tiny_imagenet" / config), "--check", "--set", f"data.root={tmp_path}",
+            "--set", "data.val_size=2"]
+    if config == "adaad.yaml":
+        args += ["--set", f"teachers.robust.key=checkpoint:{tmp_path / 'teacher.pt'}"]
+    assert main(args) == 0, capsys.readouterr().err
+    resolved = capsys.readouterr().out
+    assert "dataset: tiny_imagenet" in resolved and "stem: cifar" in resolved
+
+
+def test_imagenet_config_passes_train_check_with_a_robustbench_teacher(tmp_path: Path, capsys) -> None:
+    for k in range(1000):  # RobustBench's ImageNet models have 1000 outputs: the check wants 1000 classes
+        for split in ("train", "val"):
+            write_image(tmp_path / split / f"n{k:08d}" / "0.JPEG", (k % 256, 0, 0), size=4)
+    args = ["train", str(BENCHMARKS / "imagenet" / "rslad.yaml"), "--check", "--set", f"data.root={tmp_path}"]
+    assert main(args) == 0, capsys.readouterr().err
+    resolved = capsys.readouterr().out
+    assert "robustbench:Salman2020Do_R50" in resolved and "eps: 0.0156862" in resolved
+    shutil.rmtree(tmp_path / "train" / "n00000999")
+    shutil.rmtree(tmp_path / "val" / "n00000999")
+    assert main(args) == 2
+    assert "has 1000 outputs but the imagenet data has 999 class folders" in capsys.readouterr().err
