@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from .components import DatasetInfo, StreamedBundle
 
 __all__ = ["IMG_EXTENSIONS", "ImageList", "read_image", "ImageTransform", "CropFlip", "RandomResizedCropFlip",
-           "UnreadableImageError", "StreamedSplits", "StreamedEvalSet", "sample_rng", "scan_class_folders",
-           "spread_subset", "default_workers", "decode_all"]
+           "UnreadableImageError", "StreamedSplits", "StreamedEvalSet", "SampleRandom", "sample_rng",
+           "scan_class_folders", "spread_subset", "default_workers", "decode_all"]
 
 #: File endings read as images (case-insensitive), as torchvision's ``ImageFolder``.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -155,15 +155,51 @@ def scan_class_folders(split_dir: str | os.PathLike[str], classes: Sequence[str]
 # -------------------------------------------------------------------------------------------------
 
 
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _splitmix64(x: int) -> int:
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+class SampleRandom:
+    """A counter-based generator (SplitMix64) keyed by ``(seed, epoch, sample index)``: the k-th number it
+    draws is a fixed function of the key and k, whichever process draws it. A few microseconds to create,
+    where ``numpy.random.default_rng`` takes about a hundred (it runs for every image of every epoch)."""
+
+    def __init__(self, seed: int, epoch: int, index: int) -> None:
+        key = _splitmix64((seed & _MASK64) ^ _GOLDEN)
+        key = _splitmix64(key ^ ((epoch * _GOLDEN) & _MASK64))
+        self._state = _splitmix64(key ^ ((index * 0xC2B2AE3D27D4EB4F) & _MASK64))
+
+    def _next(self) -> int:
+        self._state = (self._state + _GOLDEN) & _MASK64
+        return _splitmix64(self._state)
+
+    def random(self) -> float:
+        """Uniform in [0, 1), 53 bits."""
+        return (self._next() >> 11) * (1.0 / (1 << 53))
+
+    def uniform(self, low: float, high: float) -> float:
+        return low + (high - low) * self.random()
+
+    def integers(self, low: int, high: int) -> int:
+        """Uniform integer in [low, high) (multiply-shift: bias below 2^-50 for the ranges used here)."""
+        return low + ((self._next() * (high - low)) >> 64)
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> SampleRandom:
     """The generator of one sample's augmentation: a function of ``(seed, epoch, sample index)`` only."""
-    return np.random.default_rng((seed & _SEED_MASK, epoch, index))
+    return SampleRandom(seed, epoch, index)
 
 
-def _to_tensor(img: PILImage.Image) -> Tensor:
-    """PIL image -> uint8 tensor (C, H, W)."""
-    a = np.asarray(img, dtype=np.uint8)
-    t = torch.from_numpy(a.copy())
+def _to_tensor(img: PILImage.Image | np.ndarray) -> Tensor:
+    """PIL image or (H, W[, C]) uint8 array -> uint8 tensor (C, H, W)."""
+    a = np.array(img, dtype=np.uint8, copy=True) if not isinstance(img, np.ndarray) else np.ascontiguousarray(img)
+    t = torch.from_numpy(a)
     return t[None] if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 
 
@@ -184,7 +220,7 @@ class ImageTransform:
 
     size: tuple[int, int] = (0, 0)  # (H, W) of the tensors produced
 
-    def train(self, img: PILImage.Image, rng: np.random.Generator) -> Tensor:
+    def train(self, img: PILImage.Image, rng: SampleRandom) -> Tensor:
         raise NotImplementedError
 
     def eval(self, img: PILImage.Image) -> Tensor:
@@ -204,7 +240,7 @@ class CropFlip(ImageTransform):
         self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         self.padding, self.flip, self.interpolation = int(padding), bool(flip), _interpolation(interpolation)
 
-    def eval(self, img: PILImage.Image) -> Tensor:
+    def _fit(self, img: PILImage.Image) -> np.ndarray:
         import torchvision.transforms.functional as TF
 
         h, w = self.size
@@ -212,18 +248,24 @@ class CropFlip(ImageTransform):
             scale = max(h / img.height, w / img.width)
             cover = [max(h, round(img.height * scale)), max(w, round(img.width * scale))]
             img = TF.center_crop(TF.resize(img, cover, interpolation=self.interpolation, antialias=True), [h, w])
-        return _to_tensor(img)
+        return np.array(img, dtype=np.uint8)  # a writable copy
 
-    def train(self, img: PILImage.Image, rng: np.random.Generator) -> Tensor:
-        x = self.eval(img)
+    def eval(self, img: PILImage.Image) -> Tensor:
+        return _to_tensor(self._fit(img))
+
+    def train(self, img: PILImage.Image, rng: SampleRandom) -> Tensor:
+        a = self._fit(img)
         p = self.padding
-        if p > 0:
+        if p > 0:  # the (H, W) window at offset (oy, ox) of the zero-padded image, without padding it
             h, w = self.size
-            oy, ox = (int(v) for v in rng.integers(0, 2 * p + 1, size=2))
-            x = torch.nn.functional.pad(x, (p, p, p, p))[:, oy:oy + h, ox:ox + w]
+            oy, ox = rng.integers(0, 2 * p + 1) - p, rng.integers(0, 2 * p + 1) - p
+            out = np.zeros_like(a)
+            out[max(0, -oy):h - max(0, oy), max(0, -ox):w - max(0, ox)] = \
+                a[max(0, oy):h - max(0, -oy), max(0, ox):w - max(0, -ox)]
+            a = out
         if self.flip and rng.random() < 0.5:
-            x = x.flip(2)
-        return x.contiguous()
+            a = a[:, ::-1]
+        return _to_tensor(a)
 
 
 class RandomResizedCropFlip(ImageTransform):
@@ -243,7 +285,7 @@ class RandomResizedCropFlip(ImageTransform):
         self.flip, self.interpolation = bool(flip), _interpolation(interpolation)
         self.eval_resize = eval_resize if eval_resize is None or isinstance(eval_resize, int) else list(eval_resize)
 
-    def crop_params(self, height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    def crop_params(self, height: int, width: int, rng: SampleRandom) -> tuple[int, int, int, int]:
         """``(top, left, h, w)``: ``torchvision.transforms.RandomResizedCrop.get_params`` with ``rng``."""
         area = height * width
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
@@ -252,7 +294,7 @@ class RandomResizedCropFlip(ImageTransform):
             aspect = math.exp(rng.uniform(*log_ratio))
             w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
             if 0 < w <= width and 0 < h <= height:
-                return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+                return rng.integers(0, height - h + 1), rng.integers(0, width - w + 1), h, w
         in_ratio = width / height  # fallback: the central crop of the closest allowed aspect ratio
         if in_ratio < min(self.ratio):
             w, h = width, int(round(width / min(self.ratio)))
@@ -262,7 +304,7 @@ class RandomResizedCropFlip(ImageTransform):
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
 
-    def train(self, img: PILImage.Image, rng: np.random.Generator) -> Tensor:
+    def train(self, img: PILImage.Image, rng: SampleRandom) -> Tensor:
         import torchvision.transforms.functional as TF
 
         top, left, h, w = self.crop_params(img.height, img.width, rng)
