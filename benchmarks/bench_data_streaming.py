@@ -9,6 +9,7 @@ float [0, 1] batches of 128 on the CPU. Rounds interleave the pipelines (in memo
 and the median epoch time per pipeline is reported.
 
 Usage: python benchmarks/bench_data_streaming.py [--images 10000] [--workers 0 2 4] [--rounds 3] [--tree DIR]
+       [--threads 1]
 """
 
 from __future__ import annotations
@@ -55,7 +56,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tree", default=None, help="folder for the PNG tree (default: a temporary one)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the main process (workers use 1 each); on a shared machine more "
+                             "threads spin against other jobs")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*worker processes in total.*")  # 4 workers on 2 cores
 
     regs = get_registries()

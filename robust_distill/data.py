@@ -26,8 +26,8 @@ from torch import Tensor
 
 from .components import DataBundle, DatasetInfo, StreamedBundle
 
-__all__ = ["Splits", "EvalSet", "TensorEvalSet", "make_splits", "dataset_info", "split_images", "to_float",
-           "augment", "epoch_batches", "iterate_eval"]
+__all__ = ["DataSplits", "Splits", "EvalSet", "TensorEvalSet", "make_splits", "dataset_info", "split_images",
+           "to_float", "augment", "epoch_batches", "iterate_eval"]
 
 
 class EvalSet(Protocol):
@@ -43,6 +43,26 @@ class EvalSet(Protocol):
     indices: Tensor
 
     def batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+
+class DataSplits(Protocol):
+    """What the engine trains and evaluates from, in memory (:class:`Splits`) or streamed from files
+    (:class:`~robust_distill.streaming.StreamedSplits`)."""
+
+    info: DatasetInfo
+    train_index: Tensor  # position of each training image in the dataset's training split
+
+    @property
+    def n_train(self) -> int: ...
+
+    @property
+    def train_labels(self) -> Tensor: ...
+
+    def train_batches(self, epoch: int, *, batch_size: int, seed: int, device: torch.device | str,
+                      augment: bool = True, rank: int = 0, world_size: int = 1,
+                      shuffle: bool = True) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+    def eval_set(self, split: str, n: int | None) -> EvalSet: ...
 
 
 @dataclass
@@ -124,7 +144,7 @@ class Splits:
 
 def make_splits(bundle: DataBundle | StreamedBundle, *, val_size: int, split_seed: int = 0,
                 train_subset: int | None = None, workers: int = 0, prefetch_factor: int = 2,
-                pin_memory: bool = False) -> Any:
+                pin_memory: bool = False) -> DataSplits:
     """Hold out ``val_size`` training images (a fixed permutation by ``split_seed``) for validation.
 
     A :class:`DataBundle` gives :class:`Splits` (``train_subset``: the first N training images); a

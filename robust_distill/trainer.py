@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .checkpoint import FORMAT, atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
 from .components import Method, Stateful
 from .config import Config, config_to_dict, split_spec
-from .data import make_splits
+from .data import DataSplits, make_splits
 from .distributed import DistContext, clone_state, init_distributed, resolve_device
 from .evaluation import EvalResult, evaluate_set, make_eval_attacks
 from .plugin import PluginManager, Registries, get_plugin_manager, get_registries
@@ -50,7 +50,7 @@ def _seed_everything(seed: int) -> None:
         pass
 
 
-def load_data(cfg: Config, regs: Registries, device: torch.device | None = None) -> Any:
+def load_data(cfg: Config, regs: Registries, device: torch.device | None = None) -> DataSplits:
     """The dataset's splits: :class:`~robust_distill.data.Splits` in memory, or
     :class:`~robust_distill.streaming.StreamedSplits` read by ``data.workers`` processes (pinned memory
     when training on ``device`` CUDA)."""
@@ -88,6 +88,7 @@ class Run:
     """A training run: what the lifecycle hooks and teacher updaters receive.
 
     :ivar config: the resolved :class:`~robust_distill.config.Config`.
+    :ivar data: the :class:`~robust_distill.data.DataSplits` (in memory or streamed from files).
     :ivar student: the bare student module; ``student_ddp`` the module the outer loss calls.
     :ivar teachers: role -> teacher module (updaters may add or replace entries in ``setup``).
     :ivar output_dir: where config, metrics and checkpoints go.

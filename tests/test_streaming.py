@@ -358,3 +358,15 @@ def test_imagenet_config_passes_train_check_with_a_robustbench_teacher(tmp_path:
     shutil.rmtree(tmp_path / "val" / "n00000999")
     assert main(args) == 2
     assert "has 1000 outputs but the imagenet data has 999 class folders" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_peeraid_swa_batchnorm_pass_reads_a_streamed_folder(tiny_raw, regs, tmp_path: Path) -> None:
+    raw = streamed_raw(tiny_raw, write_image_folder(tmp_path / "imgs"))
+    raw.update(method="peeraid", teacher_updater={"kwargs": {"swa_start": 0}})
+    raw["optim"]["epochs"] = 1
+    raw["eval"] = {"n_examples": 6, "attacks": ["clean"], "select": "clean"}
+    train(resolve_config(raw, regs))
+    swa = load_checkpoint(Path(raw["output_dir"]) / "swa.pt")["state_dict"]
+    means = [v for k, v in swa.items() if k.endswith("running_mean")]
+    assert means and all(m.abs().sum() > 0 for m in means)  # recomputed from the (streamed) training images
