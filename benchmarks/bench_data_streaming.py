@@ -6,7 +6,8 @@ The first ``--images`` training images of Debian's Fashion-MNIST are written out
 (``root/train/<class>/<i>.png``, once; ``--tree`` keeps it between runs). Both paths then produce what the
 engine trains on: the same epoch order (``epoch_batches``), random crop with 2 pixels of padding, no flip,
 float [0, 1] batches of 128 on the CPU. Rounds interleave the pipelines (in memory, 0 workers, 2, 4, ...)
-and the median epoch time per pipeline is reported.
+and the median epoch time per pipeline is reported, with the CPU seconds the epoch cost in all processes
+(the main one and its workers), which a loaded machine distorts less than wall-clock time.
 
 Usage: python benchmarks/bench_data_streaming.py [--images 10000] [--workers 0 2 4] [--rounds 3] [--tree DIR]
        [--threads 1]
@@ -15,6 +16,7 @@ Usage: python benchmarks/bench_data_streaming.py [--images 10000] [--workers 0 2
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import tempfile
 import time
@@ -41,13 +43,20 @@ def write_tree(bundle, root: Path, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def epoch_time(splits, epoch: int) -> float:
-    t0 = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the loaders' workers, joined every epoch)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def epoch_time(splits, epoch: int) -> tuple[float, float]:
+    """(wall-clock seconds, CPU seconds) of one epoch of training batches."""
+    t0, c0 = time.perf_counter(), cpu_seconds()
     n = 0
     for x, _ in splits.train_batches(epoch, batch_size=128, seed=0, device="cpu"):
         n += x.shape[0]
     assert n == splits.n_train
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, cpu_seconds() - c0
 
 
 def main() -> None:
@@ -79,19 +88,21 @@ def main() -> None:
             pipelines[f"streamed PNG tree (image_folder), {w} workers"] = make_splits(streamed, val_size=0, workers=w)
         for splits in pipelines.values():
             epoch_time(splits, 0)  # warm-up: file cache, worker start-up code paths
-        times: dict[str, list[float]] = {name: [] for name in pipelines}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in pipelines}
         for r in range(args.rounds):
             for name, splits in pipelines.items():
                 torch.manual_seed(r)
                 times[name].append(epoch_time(splits, r + 1))
-    base = statistics.median(times[next(iter(times))])
+    base = statistics.median(t for t, _ in times[next(iter(times))])
+    base_cpu = statistics.median(c for _, c in times[next(iter(times))])
     print(f"One epoch of {args.images} Fashion-MNIST training images (28x28, random crop, padding 2), batch 128, "
           f"float batches on the CPU; median of {args.rounds} interleaved rounds; {torch.get_num_threads()} torch "
           f"threads in the main process" + (f"; PNG tree written in {written:.1f} s" if written else ""))
-    print("| pipeline | s / epoch | images / s | time ratio to in-memory |\n|---|---|---|---|")
+    print("| pipeline | s / epoch | images / s | time ratio to in-memory | CPU s / epoch (all processes) | "
+          "CPU ratio |\n|---|---|---|---|---|---|")
     for name, ts in times.items():
-        t = statistics.median(ts)
-        print(f"| {name} | {t:.2f} | {args.images / t:,.0f} | {t / base:.1f} |")
+        t, c = statistics.median(t for t, _ in ts), statistics.median(c for _, c in ts)
+        print(f"| {name} | {t:.2f} | {args.images / t:,.0f} | {t / base:.1f} | {c:.2f} | {c / base_cpu:.1f} |")
 
 
 if __name__ == "__main__":
