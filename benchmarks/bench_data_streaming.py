@@ -59,6 +59,36 @@ def epoch_time(splits, epoch: int) -> tuple[float, float]:
     return time.perf_counter() - t0, cpu_seconds() - c0
 
 
+def per_image_costs(tree: Path, folder: Path, n: int = 200) -> list[tuple[str, float]]:
+    """CPU milliseconds per image of decoding and transforming, in this process: a Fashion-MNIST PNG of the
+    tree (random crop + flip) and an ImageNet-size JPEG (500x375, quality 90; RandomResizedCrop(224) + flip,
+    and the Res256Crop224 evaluation transform)."""
+    import numpy as np
+
+    from robust_distill.streaming import CropFlip, RandomResizedCropFlip, read_image, sample_rng
+
+    png = str(next((tree / "train").rglob("*.png")))
+    rng = np.random.default_rng(0)
+    smooth = Image.fromarray((rng.random((47, 63, 3)) * 255).astype(np.uint8)).resize((500, 375), Image.BICUBIC)
+    jpeg = str(folder / "imagenet_size.JPEG")
+    smooth.save(jpeg, quality=90)
+    crop, rrc = CropFlip(28, padding=2, flip=True), RandomResizedCropFlip(224, eval_resize=256)
+    cases = [("Fashion-MNIST PNG: decode", lambda i: read_image(png, "L")),
+             ("Fashion-MNIST PNG: decode + crop + flip",
+              lambda i: crop.train(read_image(png, "L"), sample_rng(0, 0, i))),
+             ("500x375 JPEG: decode", lambda i: read_image(jpeg, "RGB")),
+             ("500x375 JPEG: decode + RandomResizedCrop(224) + flip",
+              lambda i: rrc.train(read_image(jpeg, "RGB"), sample_rng(0, 0, i))),
+             ("500x375 JPEG: decode + Res256Crop224", lambda i: rrc.eval(read_image(jpeg, "RGB")))]
+    out = []
+    for name, fn in cases:
+        c0 = time.process_time()
+        for i in range(n):
+            fn(i)
+        out.append((name, 1e3 * (time.process_time() - c0) / n))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=10000)
@@ -93,6 +123,7 @@ def main() -> None:
             for name, splits in pipelines.items():
                 torch.manual_seed(r)
                 times[name].append(epoch_time(splits, r + 1))
+        costs = per_image_costs(root, Path(tmp))
     base = statistics.median(t for t, _ in times[next(iter(times))])
     base_cpu = statistics.median(c for _, c in times[next(iter(times))])
     print(f"One epoch of {args.images} Fashion-MNIST training images (28x28, random crop, padding 2), batch 128, "
@@ -103,6 +134,10 @@ def main() -> None:
     for name, ts in times.items():
         t, c = statistics.median(t for t, _ in ts), statistics.median(c for _, c in ts)
         print(f"| {name} | {t:.2f} | {args.images / t:,.0f} | {t / base:.1f} | {c:.2f} | {c / base_cpu:.1f} |")
+    print("\nCPU time per image of the streamed transforms (one process, 200 images each)\n")
+    print("| work | CPU ms / image |\n|---|---|")
+    for name, ms in costs:
+        print(f"| {name} | {ms:.2f} |")
 
 
 if __name__ == "__main__":
