@@ -370,3 +370,44 @@ def test_peeraid_swa_batchnorm_pass_reads_a_streamed_folder(tiny_raw, regs, tmp_
     swa = load_checkpoint(Path(raw["output_dir"]) / "swa.pt")["state_dict"]
     means = [v for k, v in swa.items() if k.endswith("running_mean")]
     assert means and all(m.abs().sum() > 0 for m in means)  # recomputed from the (streamed) training images
+
+
+# -------------------------------------------------------------------------------------------------
+# Students for 64x64 and 224x224 inputs
+# -------------------------------------------------------------------------------------------------
+
+
+def test_timm_students_at_64_and_224_and_the_cifar_stem(regs, tmp_path: Path) -> None:
+    timm_src = regs.student_sources.get("timm")
+    cifar = timm_src.build("resnet18", input_shape=(3, 64, 64), num_classes=200, stem="cifar")
+    reference = timm_src.build("resnet18_cifar", input_shape=(3, 64, 64), num_classes=200)
+    shapes = lambda m: {k: v.shape for k, v in m.state_dict().items()}  # noqa: E731
+    assert shapes(cifar) == shapes(reference)
+    x = torch.rand(2, 3, 64, 64)
+    assert cifar.forward_features(x).shape == (2, 512, 8, 8) and cifar(x).shape == (2, 200)  # PeerAiD's 8x8 map
+    imagenet = timm_src.build("resnet18", input_shape=(3, 224, 224), num_classes=1000)
+    assert imagenet.forward_features(torch.rand(1, 3, 224, 224)).shape == (1, 512, 7, 7)
+    mobile = timm_src.build("mobilenetv2_100", input_shape=(3, 64, 64), num_classes=200, stem="cifar")
+    assert mobile.conv_stem.stride == (1, 1) and mobile.forward_features(x).shape[-1] == 4
+    torch.save(cifar.state_dict(), tmp_path / "w.pth")  # weights of a CIFAR-stem network load after the swap
+    again = timm_src.build("resnet18", input_shape=(3, 64, 64), num_classes=200, stem="cifar",
+                           checkpoint_path=str(tmp_path / "w.pth"))
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in cifar.state_dict().items())
+    with pytest.raises(ValueError, match="16x16 patch embedding; set a smaller patch_size"):
+        timm_src.build("vit_tiny_patch16_224", input_shape=(3, 64, 64), num_classes=200, stem="cifar", img_size=64)
+    with pytest.raises(ValueError, match="stem must be one of imagenet, cifar"):
+        timm_src.check("resnet18", stem="cifra")
+
+
+def test_robustbench_imagenet_teachers_check_classes_and_preprocessing() -> None:
+    from robust_distill import DatasetInfo
+    from robust_distill_plugins.robustbench_teachers import RobustBenchTeachers
+
+    source = RobustBenchTeachers()
+    imagenet = DatasetInfo("imagenet", 1000, (3, 224, 224), preprocessing="Res256Crop224")
+    source.check("Salman2020Do_R50", dataset=imagenet)  # its RobustBench preprocessing: no warning
+    with pytest.warns(UserWarning, match="set data.options.preprocessing: BicubicRes256Crop224"):
+        source.check("Singh2023Revisiting_ConvNeXt-T-ConvStem", dataset=imagenet)
+    with pytest.raises(ValueError, match="has 1000 outputs but the imagenet data has 10 class folders"):
+        source.check("Salman2020Do_R50", dataset=DatasetInfo("imagenet", 10, (3, 224, 224)))
+    assert "Salman2020Do_R18 (imagenet)" in source.names()
