@@ -6,6 +6,12 @@ inputs) families of the ARD papers are all RobustBench entries, e.g. ``robustben
 ``robustbench:Gowal2021Improving_R18_ddpm_100m``. Options: ``model_dir`` (default ``./models`` or
 ``$RD_MODEL_DIR``), ``threat_model`` (``Linf``), ``offline`` (never try to download).
 
+ImageNet (``data: {dataset: imagenet}``): RobustBench's ImageNet L-inf entries (threat model eps 4/255:
+set ``threat: {eps: 4/255, ...}``), e.g. ``robustbench:Salman2020Do_R18`` or
+``robustbench:Singh2023Revisiting_ConvNeXt-T-ConvStem``; they take 224x224 inputs in [0, 1] and normalise
+inside the model, like the CIFAR ones. The check requires the dataset's 1000 classes and warns when the
+dataset's evaluation preprocessing (``data.options.preprocessing``) is not the model's RobustBench one.
+
 Weights live at ``<model_dir>/<dataset>/<threat_model>/<name>.pt`` (RobustBench's layout); a file already
 there is used without any network access. Where the download fails, the error says which file to place
 where. ``Chen2020Adversarial`` outputs probabilities, so it is wrapped to return log-probabilities
@@ -84,7 +90,17 @@ class RobustBenchTeachers(TeacherSource):
                 + (f" Close matches: {', '.join(close)}." if close else "")
                 + f" Gowal/Chen entries: {', '.join(gowal_chen)} ({len(zoo)} models in all; "
                 "`robust-distill plugins --names` lists them).")
-        return zoo[name]
+        entry = zoo[name]
+        if dataset.name == "imagenet":
+            if dataset.num_classes != 1000:
+                raise ValueError(f"RobustBench ImageNet model {name} has 1000 outputs but the imagenet data has "
+                                 f"{dataset.num_classes} class folders; data.root must hold all 1000 classes.")
+            wanted = entry.get("preprocessing")
+            if wanted and dataset.preprocessing and wanted != dataset.preprocessing:
+                warnings.warn(f"RobustBench evaluates {name} with {wanted} preprocessing, the data uses "
+                              f"{dataset.preprocessing}: set data.options.preprocessing: {wanted} to evaluate "
+                              "as RobustBench does.", UserWarning, stacklevel=3)
+        return entry
 
     def check(self, name: str, *, dataset: DatasetInfo, model_dir: str | None = None,
               threat_model: str = "Linf", offline: bool = False, trust_checkpoint: bool = False) -> None:
@@ -130,9 +146,10 @@ class RobustBenchTeachers(TeacherSource):
         return model.eval()
 
     def names(self, dataset: DatasetInfo | None = None) -> list[str]:
+        """The Gowal/Chen CIFAR families and every ImageNet L-inf entry."""
         out = []
-        for ds in ("cifar10", "cifar100") if dataset is None else (dataset.name,):
-            out += [f"{n} ({ds})" for n in _zoo(ds, "Linf") if n.startswith(("Gowal", "Chen"))]
+        for ds in DATASETS if dataset is None else (dataset.name,):
+            out += [f"{n} ({ds})" for n in _zoo(ds, "Linf") if ds == "imagenet" or n.startswith(("Gowal", "Chen"))]
         return out
 
 

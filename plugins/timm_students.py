@@ -6,6 +6,13 @@ the networks :mod:`robust_distill_plugins.architectures` registers in timm (``re
 
 Inputs are in [0, 1] and, as in the ARD papers, not normalised; ``normalize: imagenet`` (or
 ``[[mean...], [std...]]``) puts a normalisation layer inside the model for pretrained ImageNet weights.
+
+Input sizes: convolutional timm models take any size (global pooling), so the same name serves 32x32,
+64x64 (Tiny-ImageNet) and 224x224 (ImageNet); ViTs need ``img_size`` (and often ``patch_size``) in the
+student's kwargs. ``stem: cifar`` turns any convolutional timm model's ImageNet stem into the CIFAR one of
+the ARD codes (:func:`cifar_stem`): for 32x32 and 64x64 inputs, where a stride-4 stem would leave a 1x1 or
+2x2 final map (``timm:resnet18`` + ``stem: cifar`` is ``resnet18_cifar``; at 64x64 it is PeerAiD's
+Tiny-ImageNet ResNet-18, whose final map is 8x8).
 """
 
 from __future__ import annotations
@@ -63,10 +70,44 @@ def _normalize(model: nn.Module, normalize: Any) -> nn.Module:
     return Normalized(model, mean, std)
 
 
+STEMS = ("imagenet", "cifar")
+
+
+def cifar_stem(model: nn.Module, name: str = "model") -> nn.Module:
+    """The CIFAR stem of the ARD codes on a timm model: its first convolution at stride 1 (a 7x7 stride-2
+    one, ResNet's, becomes kuangliu's 3x3 stride-1, padding 1) and its stem max-pool removed.
+
+    The first convolution is the one timm's ``pretrained_cfg["first_conv"]`` names; a replaced convolution
+    is freshly initialised. Patch-embedding stems (ViT, ConvNeXt) are refused: they set ``patch_size``.
+    """
+    first = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    first = first[0] if isinstance(first, (list, tuple)) else first
+    try:
+        conv = model.get_submodule(first) if first else None
+    except AttributeError:
+        conv = None
+    if not isinstance(conv, nn.Conv2d):
+        raise ValueError(f"stem: cifar needs a convolutional first layer; timm model {name!r} has "
+                         f"{type(conv).__name__ if conv is not None else 'none'} at {first!r}.")
+    if conv.kernel_size == conv.stride and conv.kernel_size[0] > 3:
+        raise ValueError(f"stem: cifar does not apply to {name!r}: its stem {first!r} is a {conv.kernel_size[0]}x"
+                         f"{conv.kernel_size[0]} patch embedding; set a smaller patch_size in its kwargs instead.")
+    if conv.kernel_size == (7, 7) and conv.stride == (2, 2):
+        new = nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1, bias=conv.bias is not None)
+        parent, _, attr = first.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, new)
+    else:
+        conv.stride = (1, 1)
+    if isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+        model.maxpool = nn.Identity()
+    return model
+
+
 def create(name: str, *, input_shape: tuple[int, int, int], num_classes: int, pretrained: bool = False,
            pretrained_file: str | None = None, checkpoint_path: str | None = None, normalize: Any = None,
-           trust_checkpoint: bool = False, **kwargs: Any) -> nn.Module:
-    """``timm.create_model`` with dataset-derived ``num_classes``/``in_chans`` and offline weights.
+           trust_checkpoint: bool = False, stem: str = "imagenet", **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` with dataset-derived ``num_classes``/``in_chans`` and offline weights;
+    ``stem: cifar`` applies :func:`cifar_stem` (before ``checkpoint_path`` weights are loaded).
 
     ``checkpoint_path`` (all weights, strict) and ``pretrained_file`` (timm's pretrained adaptation: a
     classifier of another size is dropped, a 3-channel stem is adapted to ``in_chans``) are read here with
@@ -74,6 +115,7 @@ def create(name: str, *, input_shape: tuple[int, int, int], num_classes: int, pr
     ``trust_checkpoint: true`` is the explicit opt-in for files that pickle more than weights.
     """
     _check_timm_name(name)
+    _check_stem(stem)
     overlay = None
     for key, path in (("pretrained_file", pretrained_file), ("checkpoint_path", checkpoint_path)):
         if path is not None and not Path(path).is_file():
@@ -82,7 +124,9 @@ def create(name: str, *, input_shape: tuple[int, int, int], num_classes: int, pr
         pretrained, overlay = True, {"state_dict": load_state_dict_file(pretrained_file, trust=trust_checkpoint)}
     with weights_only_loads(trust=trust_checkpoint):  # pretrained=True: timm's own hub/url loading
         model = _timm().create_model(name, pretrained=pretrained, pretrained_cfg_overlay=overlay,
-                                  num_classes=num_classes, in_chans=input_shape[0], **kwargs)
+                                     num_classes=num_classes, in_chans=input_shape[0], **kwargs)
+    if stem == "cifar":
+        model = cifar_stem(model, name)
     if checkpoint_path:
         state = load_state_dict_file(checkpoint_path, trust=trust_checkpoint)
         try:
@@ -90,6 +134,11 @@ def create(name: str, *, input_shape: tuple[int, int, int], num_classes: int, pr
         except RuntimeError as exc:
             raise CheckpointError(f"The weights in {checkpoint_path!r} do not fit timm:{name}: {exc}") from exc
     return _normalize(model, normalize)
+
+
+def _check_stem(stem: str) -> None:
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {stem!r}.")
 
 
 class TimmStudents(StudentSource):
@@ -101,6 +150,7 @@ class TimmStudents(StudentSource):
 
     def check(self, name: str, **options: Any) -> None:
         _check_timm_name(name)
+        _check_stem(options.get("stem", "imagenet"))
 
     def names(self) -> list[str]:
         return ["resnet18_cifar", "mobilenetv2_cifar", "convnet_xs", "convnet_s", "convnet_m", "convnet_l",
@@ -115,6 +165,7 @@ class TimmTeachers(TeacherSource):
 
     def check(self, name: str, *, dataset: DatasetInfo, **options: Any) -> None:
         _check_timm_name(name)
+        _check_stem(options.get("stem", "imagenet"))
         for key in ("checkpoint_path", "pretrained_file"):
             if options.get(key) and not Path(options[key]).is_file():
                 raise FileNotFoundError(f"teacher timm:{name}: {key} {options[key]!r} does not exist.")

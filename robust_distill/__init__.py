@@ -42,6 +42,7 @@ from .components import (  # noqa: E402
     OuterLoss,
     Part,
     Stateful,
+    StreamedBundle,
     StudentSource,
     TeacherSource,
     TeacherUpdater,
@@ -54,6 +55,6 @@ from .threat import ThreatModel  # noqa: E402
 
 __all__ = [
     "__version__", "hookimpl", "Registry", "Step", "ThreatModel", "Method", "Part", "Stateful",
-    "DataBundle", "DatasetInfo", "TeacherSource", "StudentSource", "InnerAttack", "OuterLoss",
+    "DataBundle", "StreamedBundle", "DatasetInfo", "TeacherSource", "StudentSource", "InnerAttack", "OuterLoss",
     "TeacherUpdater", "EvalAttack", "training_defaults", "RunContext",
 ]

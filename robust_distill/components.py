@@ -15,9 +15,10 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from .context import RunContext
     from .step import Step
+    from .streaming import ImageList, ImageTransform
 
 __all__ = [
-    "Stateful", "DatasetInfo", "DataBundle", "TeacherSource", "StudentSource", "InnerAttack",
+    "Stateful", "DatasetInfo", "DataBundle", "StreamedBundle", "TeacherSource", "StudentSource", "InnerAttack",
     "OuterLoss", "TeacherUpdater", "EvalAttack", "Method", "Part", "split_spec", "LRSchedule", "training_defaults",
     "epochs_of",
 ]
@@ -69,6 +70,7 @@ class DatasetInfo:
     num_classes: int
     input_shape: tuple[int, int, int]  # (C, H, W)
     class_names: tuple[str, ...] = ()
+    preprocessing: str | None = None  # evaluation transform of image datasets, RobustBench's name for it
 
 
 @dataclass
@@ -86,6 +88,22 @@ class DataBundle:
     test_y: Tensor
     crop_padding: int = 4
     flip: bool = True
+
+
+@dataclass
+class StreamedBundle:
+    """A dataset read from image files while training (:mod:`robust_distill.streaming`).
+
+    ``train`` and ``test`` list the files and labels; ``transform`` turns a decoded image into a uint8
+    tensor, with per-sample augmentation for training (``CropFlip``, ``RandomResizedCropFlip``). The
+    engine decodes in ``DataLoader`` workers (``data.workers``) and holds out the validation split from
+    ``train`` as it does in memory.
+    """
+
+    info: DatasetInfo
+    train: ImageList
+    test: ImageList
+    transform: ImageTransform
 
 
 class TeacherSource:

@@ -23,6 +23,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from .components import DatasetInfo, Method, Part, split_spec
+from .data import dataset_info
 from .registry import UnknownNameError
 from .threat import ThreatModel, parse_fraction
 
@@ -59,6 +60,8 @@ class DataConfig:
     eval_batch_size: int = 256
     augment: bool = True
     on_device: Union[bool, Literal["auto"]] = "auto"  # keep the in-memory dataset on the GPU (auto: if it fits)
+    workers: Union[int, None] = None  # DataLoader processes of streamed datasets; null: min(4, cores)
+    prefetch_factor: int = 2  # batches each worker prepares ahead (streamed datasets)
 
 
 @dataclass(frozen=True)
@@ -358,15 +361,27 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
     info = None
     try:
         dataset = regs.datasets.get(cfg.data.dataset)
+        n_problems = len(problems)
         _check_kwargs(dataset.load, {**cfg.data.options}, "data.options", problems, provided=("root",))
-        info = dataset.info(**cfg.data.options)
         downloads = getattr(dataset, "downloads", False) and cfg.data.options.get("download", True)
-        if cfg.data.root is not None and not downloads and not Path(cfg.data.root).expanduser().exists():
+        root_missing = (cfg.data.root is not None and not downloads
+                        and not Path(cfg.data.root).expanduser().exists())
+        if root_missing:
             problems.append(f"data.root: folder {cfg.data.root!r} does not exist.")
+        if len(problems) == n_problems + root_missing:  # image datasets read their folders: bad files fail now
+            try:
+                info = dataset_info(dataset, cfg.data.root, cfg.data.options)
+            except (OSError, TypeError, ValueError) as exc:
+                if not root_missing:
+                    problems.append(f"data: {exc}")
     except UnknownNameError as exc:
         problems.append(f"data.dataset: {exc}")
     except (TypeError, ValueError) as exc:
         problems.append(f"data.options: {exc}")
+    if cfg.data.workers is not None and cfg.data.workers < 0:
+        problems.append(f"data.workers must be >= 0 (0: read files in the training process), got {cfg.data.workers}.")
+    if cfg.data.prefetch_factor < 1:
+        problems.append(f"data.prefetch_factor must be >= 1, got {cfg.data.prefetch_factor}.")
 
     _check_part(regs.inner_attacks, cfg.inner_attack, "inner_attack", problems)
     _check_part(regs.outer_losses, cfg.outer_loss, "outer_loss", problems)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from .components import LRSchedule, Part
     from .config import Config
-    from .data import Splits
+    from .data import DataSplits
     from .distributed import DistContext
     from .plugin import Registries
 
@@ -40,7 +40,8 @@ class RunContext(Protocol):
     :ivar dist: rank, world size and the collectives (:class:`~robust_distill.distributed.DistContext`).
     :ivar output_dir: the run's folder (config, metrics, checkpoints); write into it on ``dist.is_main`` only,
         with the atomic writers.
-    :ivar data: the splits (``info``, training/validation/test data, augmentation settings).
+    :ivar data: the :class:`~robust_distill.data.DataSplits` (``info``, ``train_batches``, ``eval_set``; in memory
+        or streamed from files).
     :ivar lr_schedule: the student's schedule, ``epoch (fractional) -> lr multiplier``.
     :ivar scaler: the student's ``torch.amp.GradScaler`` (enabled under fp16 mixed precision); a network
         trained by an updater takes it to scale its own loss the same way (see
@@ -57,7 +58,7 @@ class RunContext(Protocol):
     memory_format: torch.memory_format
     dist: DistContext
     output_dir: Path
-    data: Splits
+    data: DataSplits
     lr_schedule: LRSchedule
     scaler: torch.amp.GradScaler
     epoch: int

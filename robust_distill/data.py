@@ -1,24 +1,98 @@
-"""In-memory data: the validation split, deterministic (and DDP-shardable) batches, batch augmentation."""
+"""Data the engine trains from: the validation split, deterministic (and DDP-shardable) batches,
+batch augmentation, evaluation sets.
+
+Two kinds of splits offer one interface (``n_train``, ``train_index``, ``train_labels``,
+``train_batches(epoch, ...)``, ``eval_set(split, n)``), so the engine never asks which kind it has:
+
+* :class:`Splits`: a :class:`~robust_distill.components.DataBundle` held in memory (CIFAR, Fashion-MNIST),
+  augmented batch-wise on the training device (3-40x faster than ``DataLoader`` + PIL at that size,
+  ``benchmarks/bench_data_pipeline.py``);
+* :class:`~robust_distill.streaming.StreamedSplits`: a :class:`~robust_distill.components.StreamedBundle`
+  read from image files by ``DataLoader`` workers (Tiny-ImageNet, ImageNet, image folders).
+
+:func:`make_splits` picks the one that fits the bundle a dataset plugin returns.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import inspect
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .components import DataBundle, DatasetInfo
+from .components import DataBundle, DatasetInfo, StreamedBundle
 
-__all__ = ["Splits", "make_splits", "to_device", "to_float", "augment", "epoch_batches", "iterate_eval",
-           "place_data"]
+__all__ = ["DataSplits", "Splits", "EvalSet", "TensorEvalSet", "make_splits", "dataset_info", "split_images",
+           "to_device", "to_float", "augment", "epoch_batches", "iterate_eval", "place_data"]
+
+
+class EvalSet(Protocol):
+    """Images to evaluate on, in a fixed order: ``n`` of them, their ``labels`` and dataset ``indices``;
+    ``batches(size, chunks)`` yields ``(x, y)`` CPU batches (uint8 or float images): the consecutive chunks of
+    ``size`` images in that order, or only the chunks numbered in ``chunks`` (each process of a sharded
+    evaluation reads its own)."""
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def labels(self) -> Tensor: ...
+
+    indices: Tensor
+
+    def batches(self, size: int, chunks: Sequence[int] | None = None) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+
+class DataSplits(Protocol):
+    """What the engine trains and evaluates from, in memory (:class:`Splits`) or streamed from files
+    (:class:`~robust_distill.streaming.StreamedSplits`)."""
+
+    info: DatasetInfo
+    train_index: Tensor  # position of each training image in the dataset's training split
+
+    @property
+    def n_train(self) -> int: ...
+
+    @property
+    def train_labels(self) -> Tensor: ...
+
+    def train_batches(self, epoch: int, *, batch_size: int, seed: int, device: torch.device | str,
+                      augment: bool = True, rank: int = 0, world_size: int = 1,
+                      shuffle: bool = True) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+    def eval_set(self, split: str, n: int | None) -> EvalSet: ...
+
+
+@dataclass
+class TensorEvalSet:
+    """An :class:`EvalSet` of tensors in memory (``indices``: positions in the dataset's split)."""
+
+    x: Tensor
+    y: Tensor
+    indices: Tensor
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def labels(self) -> Tensor:
+        return self.y
+
+    def batches(self, size: int, chunks: Sequence[int] | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        size = max(1, size)
+        for k in range(-(-self.n // size)) if chunks is None else chunks:
+            yield self.x[k * size:(k + 1) * size], self.y[k * size:(k + 1) * size]
 
 
 @dataclass
 class Splits:
-    """Train / validation / test tensors (uint8 or float NCHW images, int64 labels)."""
+    """Train / validation / test tensors held in memory (uint8 or float NCHW images, int64 labels)."""
 
     info: DatasetInfo
     train_x: Tensor
@@ -30,25 +104,99 @@ class Splits:
     train_index: Tensor  # position of each training image in the dataset's own training split
     crop_padding: int
     flip: bool
+    val_index: Tensor | None = None  # position of each validation image in the training split
 
-    def eval_split(self, split: str, n: int | None) -> tuple[Tensor, Tensor]:
-        x, y = (self.val_x, self.val_y) if split == "val" else (self.test_x, self.test_y)
-        return (x, y) if n is None else (x[:n], y[:n])
+    @property
+    def n_train(self) -> int:
+        return self.train_x.shape[0]
+
+    @property
+    def train_labels(self) -> Tensor:
+        return self.train_y
+
+    def train_batches(self, epoch: int, *, batch_size: int, seed: int, device: torch.device | str,
+                      augment: bool = True, rank: int = 0, world_size: int = 1,
+                      shuffle: bool = True) -> Iterator[tuple[Tensor, Tensor]]:
+        """This rank's share of every batch of one epoch: ``(x in [0, 1] float on device, y on device)``.
+
+        The order is :func:`epoch_batches`' (``shuffle=False``: the training images in order, all of them);
+        the crop and flip (:func:`augment`) are drawn from the global CPU generator, which the engine seeds
+        with ``(seed, epoch)`` at the start of every epoch.
+        """
+        n = self.n_train
+        batches = (epoch_batches(n, batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world_size)
+                   if shuffle else torch.arange(n).split(batch_size))
+        for idx in batches:
+            idx = to_device(idx, self.train_x.device)  # the data may live on the GPU (place_data)
+            x = to_float(self.train_x[idx], device)
+            if augment:
+                x = _batch_augment(x, self.crop_padding, self.flip)
+            yield x, to_device(self.train_y[idx], device)
+
+    def eval_set(self, split: str, n: int | None) -> TensorEvalSet:
+        """The first ``n`` images of ``train`` / ``val`` / ``test`` (all of them for ``None``)."""
+        if split == "train":
+            x, y, idx = self.train_x, self.train_y, self.train_index
+        elif split == "val":
+            idx = self.val_index if self.val_index is not None else torch.arange(self.val_x.shape[0])
+            x, y = self.val_x, self.val_y
+        elif split == "test":
+            x, y, idx = self.test_x, self.test_y, torch.arange(self.test_x.shape[0])
+        else:
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        return TensorEvalSet(x[:n], y[:n], idx[:n])
 
 
-def make_splits(bundle: DataBundle, *, val_size: int, split_seed: int = 0,
-                train_subset: int | None = None) -> Splits:
-    """Hold out ``val_size`` training images (a fixed permutation by ``split_seed``) for validation."""
-    n = bundle.train_x.shape[0]
+def make_splits(bundle: DataBundle | StreamedBundle, *, val_size: int, split_seed: int = 0,
+                train_subset: int | None = None, workers: int = 0, prefetch_factor: int = 2,
+                pin_memory: bool = False) -> DataSplits:
+    """Hold out ``val_size`` training images (a fixed permutation by ``split_seed``) for validation.
+
+    A :class:`DataBundle` gives :class:`Splits` (``train_subset``: the first N training images); a
+    :class:`StreamedBundle` gives :class:`~robust_distill.streaming.StreamedSplits` read by ``workers``
+    ``DataLoader`` processes (``train_subset``: N images spread over the training split, since image
+    folders list their files class by class).
+    """
+    streamed = isinstance(bundle, StreamedBundle)
+    n = len(bundle.train) if streamed else bundle.train_x.shape[0]
     if val_size >= n:
         raise ValueError(f"data.val_size={val_size} leaves no training data (the training split has {n}).")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     val_idx, train_idx = perm[:val_size].sort().values, perm[val_size:].sort().values
+    if streamed:
+        from .streaming import StreamedSplits, spread_subset
+
+        return StreamedSplits(bundle, spread_subset(train_idx, train_subset, split_seed), val_idx, workers=workers,
+                              prefetch_factor=prefetch_factor, pin_memory=pin_memory, eval_seed=split_seed)
     if train_subset is not None:
         train_idx = train_idx[:train_subset]
     return Splits(bundle.info, bundle.train_x[train_idx], bundle.train_y[train_idx], bundle.train_x[val_idx],
                   bundle.train_y[val_idx], bundle.test_x, bundle.test_y, train_idx, bundle.crop_padding,
-                  bundle.flip)
+                  bundle.flip, val_idx)
+
+
+def dataset_info(dataset: Any, root: str | None, options: dict[str, Any]) -> DatasetInfo:
+    """``dataset.info(...)``, with ``root`` for loaders whose info depends on the files (image folders)."""
+    params = inspect.signature(dataset.info).parameters.values()
+    if any(p.name == "root" or p.kind is p.VAR_KEYWORD for p in params):
+        return dataset.info(root=root, **options)
+    return dataset.info(**options)
+
+
+def split_images(bundle: DataBundle | StreamedBundle, split: str, indices: Tensor | None = None,
+                 n: int | None = None, workers: int = 0) -> tuple[Tensor, Tensor]:
+    """Images of a bundle's ``train`` or ``test`` split in memory (no augmentation): those at ``indices``,
+    else the first ``n`` (for a streamed bundle: ``n`` spread over the split, in dataset order)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if isinstance(bundle, StreamedBundle):
+        from .streaming import StreamedEvalSet, spread_subset
+
+        images = bundle.train if split == "train" else bundle.test
+        idx = indices if indices is not None else spread_subset(torch.arange(len(images)), n)
+        return StreamedEvalSet(images, bundle.transform, idx, workers=workers).tensors()
+    x, y = (bundle.train_x, bundle.train_y) if split == "train" else (bundle.test_x, bundle.test_y)
+    return (x[indices], y[indices]) if indices is not None else (x[:n], y[:n])
 
 
 def to_device(t: Tensor, device: torch.device | str) -> Tensor:
@@ -71,15 +219,15 @@ def to_float(x: Tensor, device: torch.device | str) -> Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
-def place_data(splits: Splits, device: torch.device, on_device: bool | str = "auto",
-               max_fraction: float = 0.25) -> Splits:
+def place_data(splits: DataSplits, device: torch.device, on_device: bool | str = "auto",
+               max_fraction: float = 0.25) -> DataSplits:
     """Keep the whole in-memory dataset on the GPU (``on_device: true``, or ``auto`` when it takes at most
     ``max_fraction`` of the GPU's free memory): batches are then gathered on the GPU, with no host copy.
 
     On CPU, or when the data stays on the host, ``splits`` is returned unchanged (batches are copied through
     pinned memory, :func:`to_device`).
     """
-    if device.type != "cuda" or on_device is False:
+    if device.type != "cuda" or on_device is False or not isinstance(splits, Splits):  # streamed: stays on disk
         return splits
     tensors = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
     if on_device == "auto":
@@ -107,6 +255,9 @@ def augment(x: Tensor, padding: int, flip: bool) -> Tensor:
         mask = to_device(torch.rand(b) < 0.5, x.device)[:, None, None, None]
         x = torch.where(mask, x.flip(3), x)
     return x.contiguous()
+
+
+_batch_augment = augment  # for methods whose ``augment`` flag shadows the function
 
 
 def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0,

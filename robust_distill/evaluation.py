@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,12 +18,12 @@ from tqdm import tqdm
 
 from .attacks import model_mode
 from .components import EvalAttack
-from .data import iterate_eval, to_device, to_float
+from .data import EvalSet, TensorEvalSet, iterate_eval, to_device, to_float
 from .distributed import all_reduce_tensor, rank_and_world
 from .precision import autocast
 
-__all__ = ["EvalResult", "evaluate", "make_eval_attacks", "AttackContractError", "TransferAttack", "chunk_size",
-           "chunk_seed"]
+__all__ = ["EvalResult", "evaluate", "evaluate_set", "make_eval_attacks", "AttackContractError", "TransferAttack",
+           "chunk_size", "chunk_seed"]
 
 
 class AttackContractError(RuntimeError):
@@ -102,18 +103,26 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return (seed * 1_000_003 + chunk) % 2**63
 
 
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, EvalAttack], *,
-             batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0,
-             progress: bool = False, desc: str = "eval", precision: str = "fp32", shard: bool = True) -> EvalResult:
-    """Per-sample correctness of ``model`` (put in eval mode) on ``(x, y)`` under each attack.
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, EvalAttack], **options: Any) -> EvalResult:
+    """Per-sample correctness of ``model`` on the tensors ``(x, y)``: :func:`evaluate_set` on them."""
+    return evaluate_set(model, TensorEvalSet(x, y, torch.arange(x.shape[0])), attacks, **options)
+
+
+def evaluate_set(model: nn.Module, data: EvalSet, attacks: Mapping[str, EvalAttack], *,
+                 batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0,
+                 progress: bool = False, desc: str = "eval", precision: str = "fp32",
+                 shard: bool = True) -> EvalResult:
+    """Per-sample correctness of ``model`` (put in eval mode) on ``data`` under each attack, in ``data``'s
+    order (tensors in memory or images streamed from files: :class:`~robust_distill.data.EvalSet`).
 
     The examples are cut into fixed chunks (``batch_size``, or the attack's own ``chunk_size``: AutoAttack's
-    500); every chunk is attacked alone, right after ``torch.manual_seed(chunk_seed(seed, index))``, so an
-    example's result depends only on its chunk, never on what else is evaluated or on which process does it.
-    Under ``torchrun`` (``shard``) chunk ``k`` goes to process ``k mod world_size`` and the per-sample
-    correctness is summed over the processes: N processes evaluate N times faster and every process returns
-    the numbers of a single-process evaluation, exactly. On CUDA the evaluation uses cuDNN's deterministic
-    algorithms for the same reason.
+    500; a streamed set caps a chunk at its ``chunk`` images); every chunk is attacked alone, right after
+    ``torch.manual_seed(chunk_seed(seed, index))``, so an example's result depends only on its chunk, never
+    on what else is evaluated or on which process does it. Under ``torchrun`` (``shard``) chunk ``k`` goes to
+    process ``k mod world_size`` (which reads only its own chunks) and the per-sample correctness is summed
+    over the processes: N processes evaluate N times faster and every process returns the numbers of a
+    single-process evaluation, exactly. On CUDA the evaluation uses cuDNN's deterministic algorithms for the
+    same reason.
 
     Runs inside ``torch.random.fork_rng``: evaluation does not shift the training random stream (APGD and
     Square re-seed the global RNG; this isolates them too). ``precision`` is ``fp32`` (default: numbers
@@ -121,20 +130,21 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, EvalA
     [0, 1] and in the attack's eps ball.
     """
     device = torch.device(device)
-    n = x.shape[0]
+    n = data.n
     result = EvalResult(n=n)
     rank, world = rank_and_world() if shard else (0, 1)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), model_mode(model, False), _deterministic_cudnn():
         for name, attack in attacks.items():
             eps = getattr(attack, "eps", None)
-            size = chunk_size(attack, batch_size, n)
+            size = min(chunk_size(attack, batch_size, n), getattr(data, "chunk", None) or max(n, 1))
             mine = list(range(rank, -(-n // size), world))
             correct = torch.zeros(n, dtype=torch.int32, device=device)
-            bar = tqdm(mine, desc=f"{desc} {name}", leave=False, disable=None if progress else True)
-            for k in bar:
+            bar = tqdm(zip(mine, data.batches(size, mine), strict=True), total=len(mine), desc=f"{desc} {name}",
+                       leave=False, disable=None if progress else True)
+            for k, (xb, yb) in bar:
                 start = k * size
-                xb, yb = to_float(x[start:start + size], device), to_device(y[start:start + size], device)
+                xb, yb = to_float(xb, device), to_device(yb, device)
                 torch.manual_seed(chunk_seed(seed, k))
                 with autocast(device, precision):
                     x_adv = attack(model, xb, yb)

@@ -55,11 +55,16 @@ def rd_addhooks(pluginmanager: pluggy.PluginManager) -> None:
 
 @hookspec
 def rd_register_datasets(registry: Registry[Any]) -> None:
-    """Register datasets: callables ``load(**options) -> DataBundle``.
+    """Register datasets: objects with ``info(**options) -> DatasetInfo`` and ``load(**options)``.
 
-    ``options`` come from the config's ``data.options`` plus ``root`` (``data.root``); a loader returns
-    the whole train and test split in memory (:class:`~robust_distill.components.DataBundle`), with the
-    augmentation it uses (crop padding, flip). The engine splits a validation set off the training set.
+    ``options`` come from the config's ``data.options`` plus ``root`` (``data.root``; ``info`` receives it
+    too when its signature takes ``root``, for datasets whose classes come from their folders). ``load``
+    returns either the whole train and test split in memory (:class:`~robust_distill.components.DataBundle`,
+    with the augmentation it uses: crop padding, flip) or, for data too big for memory, the image files of
+    each split and a per-sample transform (:class:`~robust_distill.components.StreamedBundle`, read by
+    ``DataLoader`` workers, see :mod:`robust_distill.streaming`). The engine splits a validation set off
+    the training set either way. ``info`` runs when the config is checked: raise ``ValueError`` or
+    ``OSError`` there, naming the file, for data that cannot work.
 
     :param registry: registry of dataset loaders, keyed by the name used in ``data.dataset``.
     :returns: nothing; register into ``registry``.

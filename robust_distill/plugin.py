@@ -46,6 +46,7 @@ ENV_TRACE = "RD_TRACE_PLUGINS"
 #: metadata is not installed (running from a source checkout).
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("datasets", "robust_distill_plugins.datasets"),
+    ("image_datasets", "robust_distill_plugins.image_datasets"),
     ("robustbench", "robust_distill_plugins.robustbench_teachers"),
     ("checkpoint", "robust_distill_plugins.checkpoint_teachers"),
     ("timm", "robust_distill_plugins.timm_students"),

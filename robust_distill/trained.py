@@ -177,8 +177,6 @@ class StudentSWA(Stateful):
                         run.output_dir / "swa.pt")
 
     def update_bn(self, run: RunContext, epoch: int) -> None:
-        from .data import augment, to_float
-
         bns = [m for m in self.average.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not bns:
             return
@@ -189,11 +187,10 @@ class StudentSWA(Stateful):
         seen = 0
         devices = [run.device] if run.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad(), model_mode(self.average, True):
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch + 7_777_777)
-            for start in range(0, data.train_x.shape[0], cfg.data.eval_batch_size):
-                x = to_float(data.train_x[start:start + cfg.data.eval_batch_size], run.device)
-                if cfg.data.augment:
-                    x = augment(x, data.crop_padding, data.flip)
+            seed = cfg.seed * 1_000_003 + epoch + 7_777_777
+            torch.manual_seed(seed)
+            for x, _ in data.train_batches(epoch, batch_size=cfg.data.eval_batch_size, seed=seed, device=run.device,
+                                           augment=cfg.data.augment, shuffle=False):
                 b = x.shape[0]
                 for m in bns:
                     m.momentum = b / (seen + b)

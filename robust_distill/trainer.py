@@ -32,9 +32,9 @@ from .checkpoint import FORMAT, load_checkpoint
 from .compilation import check_compile, compile_mode, compile_module
 from .components import Method, Part, Stateful, split_spec
 from .config import Config, config_to_dict
-from .data import Splits, augment, epoch_batches, make_splits, place_data, to_device, to_float
+from .data import DataSplits, make_splits, place_data
 from .distributed import DistContext, all_reduce_sum, broadcast_buffers, clone_state, init_distributed, resolve_device
-from .evaluation import EvalResult, evaluate, make_eval_attacks
+from .evaluation import EvalResult, evaluate_set, make_eval_attacks
 from .monitor import DivergenceError, StepMonitor, check_outer_loss, describe_nonfinite, nonfinite_tensors
 from .plugin import PluginManager, Registries, get_plugin_manager, get_registries
 from .precision import InputGradScale, autocast, grad_scaler
@@ -54,11 +54,19 @@ def _seed_everything(seed: int) -> None:
         pass
 
 
-def load_data(cfg: Config, regs: Registries) -> Splits:
+def load_data(cfg: Config, regs: Registries, device: torch.device | None = None) -> DataSplits:
+    """The dataset's splits: :class:`~robust_distill.data.Splits` in memory, or
+    :class:`~robust_distill.streaming.StreamedSplits` read by ``data.workers`` processes (pinned memory
+    when training on ``device`` CUDA)."""
+    from .streaming import default_workers
+
     dataset = regs.datasets.get(cfg.data.dataset)
     bundle = dataset.load(root=cfg.data.root, **cfg.data.options)
     return make_splits(bundle, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                       train_subset=cfg.data.train_subset)
+                       train_subset=cfg.data.train_subset,
+                       workers=default_workers() if cfg.data.workers is None else cfg.data.workers,
+                       prefetch_factor=cfg.data.prefetch_factor,
+                       pin_memory=device is not None and device.type == "cuda")
 
 
 def build_student(key: str, kwargs: Mapping[str, Any], info: Any, regs: Registries) -> nn.Module:
@@ -95,7 +103,7 @@ class Run:
         self.device = resolve_device(cfg.device, dist_ctx.local_rank)
         self.output_dir = Path(cfg.output_dir)
         self.method: Method = regs.methods.get(cfg.method)
-        self.data = place_data(load_data(cfg, regs), self.device, cfg.data.on_device)
+        self.data = place_data(load_data(cfg, regs, self.device), self.device, cfg.data.on_device)
         info = self.data.info
         self.student = build_student(cfg.student.key, cfg.student.kwargs, info, regs).to(self.device)
         if cfg.sync_bn and dist_ctx.enabled:
@@ -177,10 +185,10 @@ class Run:
     # -- evaluation -------------------------------------------------------------------------------
     def evaluate_student(self, split: str, n: int | None, attacks: Mapping[str, Any], *,
                          desc: str = "eval") -> EvalResult:
-        x, y = self.data.eval_split(split, n)
-        return evaluate(self.student, x, y, attacks, batch_size=self.config.data.eval_batch_size,
-                        device=self.device, seed=self.config.seed, progress=self.dist.is_main, desc=desc,
-                        precision=self.config.eval.precision)
+        return evaluate_set(self.student, self.data.eval_set(split, n), attacks,
+                            batch_size=self.config.data.eval_batch_size, device=self.device,
+                            seed=self.config.seed, progress=self.dist.is_main, desc=desc,
+                            precision=self.config.eval.precision)
 
 
 def _plain(obj: Any) -> Any:
@@ -221,29 +229,24 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
     cfg, data, device = run.config, run.data, run.device
     _seed_everything(cfg.seed * 1_000_003 + epoch)
     run.student.train()
-    n = data.train_x.shape[0]
+    n = data.n_train
     iters = -(-(n + (-n) % run.dist.world_size) // cfg.data.batch_size)  # batches per epoch
     threat = cfg.threat
     grad_teachers = frozenset(getattr(run.teacher_updater, "grad_teachers", frozenset()))
     monitor = StepMonitor(device)
     read_every = 1 if device.type == "cpu" else cfg.optim.log_every  # host syncs cost nothing on CPU
-    batches = epoch_batches(n, cfg.data.batch_size, seed=cfg.seed, epoch=epoch, rank=run.dist.rank,
-                            world_size=run.dist.world_size)
+    batches = data.train_batches(epoch, batch_size=cfg.data.batch_size, seed=cfg.seed, device=device,
+                                 augment=cfg.data.augment, rank=run.dist.rank, world_size=run.dist.world_size)
     bar = tqdm(batches, total=iters, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
                disable=None if run.dist.is_main else True, dynamic_ncols=True)
     lr = cfg.optim.lr * run.lr_schedule(epoch)
     means: dict[str, float] = {}
-    for i, idx in enumerate(bar):
+    for i, (x, y) in enumerate(bar):
         lr_factor = run.lr_schedule(epoch + i / iters)
         lr = cfg.optim.lr * lr_factor
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        idx = to_device(idx, data.train_x.device)
-        x = to_float(data.train_x[idx], device)
-        if cfg.data.augment:
-            x = augment(x, data.crop_padding, data.flip)
         x = x.contiguous(memory_format=run.memory_format)
-        y = to_device(data.train_y[idx], device)
         step = Step(x, y, student=run.student_ddp, student_module=run.student, teachers=run.teachers,
                     threat=threat.at((epoch + i / iters) / cfg.optim.epochs), epoch=epoch,
                     epochs=cfg.optim.epochs, iteration=i, iterations=iters, grad_teachers=grad_teachers,
@@ -316,11 +319,10 @@ def _evaluate_epoch(run: Run, epoch: int) -> dict[str, Any]:
                                   desc=f"{cfg.eval.split} epoch {epoch + 1}")
     metrics: dict[str, Any] = {f"{cfg.eval.split}_{k}": v for k, v in result.accuracy.items()}
     if cfg.eval.train_records > 0:
-        n = min(cfg.eval.train_records, run.data.train_x.shape[0])
-        x, y = run.data.train_x[:n], run.data.train_y[:n]
         attack = {cfg.eval.select: run.eval_attacks[cfg.eval.select]}
-        rec = evaluate(run.student, x, y, attack, batch_size=cfg.data.eval_batch_size, device=run.device,
-                       seed=cfg.seed, desc="train records", precision=cfg.eval.precision)
+        rec = evaluate_set(run.student, run.data.eval_set("train", cfg.eval.train_records), attack,
+                           batch_size=cfg.data.eval_batch_size, device=run.device, seed=cfg.seed,
+                           desc="train records", precision=cfg.eval.precision)
         run.train_records[str(epoch)] = rec.correct[cfg.eval.select]
         metrics[f"trainrec_{cfg.eval.select}"] = rec.accuracy[cfg.eval.select]
     return metrics
@@ -402,8 +404,8 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
             if row.get("is_best"):
                 atomic_save(run.checkpoint(full=False), best_path)
             if run.train_records:
-                atomic_save({"indices": run.data.train_index[:cfg.eval.train_records],
-                             "labels": run.data.train_y[:cfg.eval.train_records].cpu(),
+                records = run.data.eval_set("train", cfg.eval.train_records)
+                atomic_save({"indices": records.indices, "labels": records.labels.cpu(),
                              "records": run.train_records}, out / "train_records.pt")
             atomic_save(last, last_path)
             log.append(row)
@@ -461,6 +463,7 @@ def final_evaluation(run: Run) -> dict[str, Any]:
     # When the best checkpoint is the last epoch, its numbers are the last ones: evaluate once.
     last_is_best = best_state is not None and all(torch.equal(v, best_state[k]) for k, v in last_state.items())
     res = None
+    test_indices = run.data.eval_set("test", cfg.eval.final_n_examples).indices  # positions in the test split
     for which, state in (("best", best_state), ("last", last_state)):
         if state is None:
             continue
@@ -469,5 +472,6 @@ def final_evaluation(run: Run) -> dict[str, Any]:
             res = run.evaluate_student("test", cfg.eval.final_n_examples, attacks, desc=f"test {which}")
         results[which] = res.accuracy
         if run.dist.is_main:
-            atomic_save({"correct": res.correct}, run.output_dir / f"test_correct_{which}.pt")
+            atomic_save({"correct": res.correct, "indices": test_indices},
+                        run.output_dir / f"test_correct_{which}.pt")
     return results

@@ -103,3 +103,56 @@ def tiny_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
     return write_tiny_cifar(tmp_path / "cifar")
+
+
+def write_image(path: Path, color: tuple[int, ...] | int, size: int | tuple[int, int] = 8, mode: str = "RGB") -> None:
+    """A one-colour image file (PNG data whatever the file ending: Pillow reads by content, losslessly)."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = (size, size) if isinstance(size, int) else (size[1], size[0])
+    Image.new(mode, (w, h), color).save(path, format="PNG")
+
+
+def image_color(index: int, label: int) -> tuple[int, int, int]:
+    """The colour ``write_image_folder`` gives image ``index`` (its position in the split) of class ``label``."""
+    return index % 256, index // 256, 40 * label + 20
+
+
+def write_image_folder(root: Path, classes: tuple[str, ...] = ("cat", "ant", "bee"), n_train: int = 8,
+                       n_test: int = 3, size: int = 8, test_split: str = "test") -> Path:
+    """``root/{train,test}/<class>/<i>.png``: one colour per image encoding its dataset index and class
+    (:func:`image_color`; classes are indexed in sorted order, images in file-name order)."""
+    for split, n in (("train", n_train), (test_split, n_test)):
+        i = 0
+        for label, name in enumerate(sorted(classes)):
+            for _ in range(n):
+                write_image(root / split / name / f"{i:05d}.png", image_color(i, label), size)
+                i += 1
+    return root
+
+
+def write_tiny_imagenet(root: Path, wnids: tuple[str, ...] = ("n03", "n01", "n02"), n_train: int = 4,
+                        n_val: int = 6) -> Path:
+    """The official ``tiny-imagenet-200`` layout (64x64 images, ``wnids.txt`` in file order ``wnids``,
+    validation labels in ``val/val_annotations.txt``); colours as :func:`image_color`, labels by sorted wnid."""
+    base = root / "tiny-imagenet-200"
+    base.mkdir(parents=True)
+    (base / "wnids.txt").write_text("".join(f"{w}\n" for w in wnids))
+    (base / "words.txt").write_text("".join(f"{w}\tthing {w}, other name\n" for w in sorted(wnids)))
+    i = 0
+    for label, w in enumerate(sorted(wnids)):
+        boxes = []
+        for k in range(n_train):
+            write_image(base / "train" / w / "images" / f"{w}_{k}.JPEG", image_color(i, label), 64)
+            boxes.append(f"{w}_{k}.JPEG\t0\t0\t63\t63\n")
+            i += 1
+        (base / "train" / w / f"{w}_boxes.txt").write_text("".join(boxes))
+    lines = []
+    for j in range(n_val):  # classes interleaved, as in the real file
+        label = j % len(wnids)
+        write_image(base / "val" / "images" / f"val_{j}.JPEG", image_color(j, label), 64)
+        lines.append(f"val_{j}.JPEG\t{sorted(wnids)[label]}\t0\t0\t63\t63\n")
+    (base / "val" / "val_annotations.txt").write_text("".join(lines))
+    write_image(base / "test" / "images" / "test_0.JPEG", (0, 0, 0), 64)
+    return base

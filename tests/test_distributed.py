@@ -57,3 +57,60 @@ def test_two_processes_match_one(tiny_raw, tmp_path: Path, method: str) -> None:
     summaries = {n: json.loads((tmp_path / n / "summary.json").read_text()) for n in outs}
     assert summaries["one"]["final"]["last"]["clean"] == summaries["two"]["final"]["last"]["clean"]
     assert (tmp_path / "two" / "test_correct_last.pt").is_file()
+
+
+SHARD_SCRIPT = """
+import json, sys
+import torch, torch.distributed as dist
+from robust_distill.data import make_splits
+from robust_distill.plugin import get_registries
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+bundle = get_registries().datasets.get("image_folder").load(root=sys.argv[1], padding=2)
+splits = make_splits(bundle, val_size=5, workers=1)
+mine = []
+for epoch in (0, 1):
+    batches = []
+    for x, y in splits.train_batches(epoch, batch_size=6, seed=3, device="cpu", rank=rank, world_size=world):
+        c = (x[:, :, 4, 4] * 255).round()
+        batches.append({"ids": (c[:, 0] + 256 * c[:, 1]).long().tolist(), "pixels": x.flatten(1).sum(1).tolist()})
+    mine.append(batches)
+everyone = [None] * world
+dist.all_gather_object(everyone, mine)
+if rank == 0:
+    json.dump(everyone, open(sys.argv[2], "w"))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_streamed_shards_are_disjoint_cover_the_epoch_and_match_one_process(regs, tmp_path: Path) -> None:
+    """2 gloo processes reading a streamed image folder: each global batch of the 1-process run is split
+    ``[rank::2]`` between them, augmentation included (it is drawn per sample, not per process)."""
+    from robust_distill.data import make_splits
+
+    from .conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "imgs")  # 24 images, 5 held out: 19 to train, an odd number
+    (tmp_path / "shards.py").write_text(SHARD_SCRIPT)
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "shards.py",
+          str(root), str(tmp_path / "shards.json")], tmp_path)
+    shards = json.loads((tmp_path / "shards.json").read_text())
+    splits = make_splits(regs.datasets.get("image_folder").load(root=str(root), padding=2), val_size=5)
+    train = set(splits.train_index.tolist())
+    for epoch in (0, 1):
+        one = list(splits.train_batches(epoch, batch_size=6, seed=3, device="cpu"))
+        ranks = [shards[r][epoch] for r in (0, 1)]
+        assert [len(b["ids"]) for b in ranks[0]] == [len(b["ids"]) for b in ranks[1]] == [3, 3, 3, 1]  # in step
+        seen = [i for r in ranks for b in r for i in b["ids"]]
+        assert set(seen) == train and len(seen) == 20  # all 19, one repeated to even out the ranks
+        x = torch.cat([x for x, _ in one])
+        c = (x[:, :, 4, 4] * 255).round()
+        ids, pixels = (c[:, 0] + 256 * c[:, 1]).long().tolist(), x.flatten(1).sum(1).tolist()
+        ids, pixels = ids + ids[:1], pixels + pixels[:1]  # DistributedSampler's padding: the first again
+        for b in range(4):
+            for r in (0, 1):
+                assert ranks[r][b]["ids"] == ids[6 * b:6 * b + 6][r::2]
+                assert ranks[r][b]["pixels"] == pytest.approx(pixels[6 * b:6 * b + 6][r::2], abs=1e-4)
+        assert not set(ranks[0][0]["ids"]) & set(ranks[1][0]["ids"])

@@ -107,7 +107,10 @@ def _spec(text: str) -> str:
 @command("teacher-score", "rank candidate teachers by entropy on S_U (higher predicts a better student)",
          _teacher_args)
 def cmd_teacher_score(ns: argparse.Namespace) -> int:
+    import torch
+
     from ..analysis.unlearnable import teacher_scores
+    from ..data import split_images
     from ..distributed import resolve_device
     from ..plugin import get_registries
 
@@ -118,10 +121,14 @@ def cmd_teacher_score(ns: argparse.Namespace) -> int:
     bundle = regs.datasets.get(dataset).load(root=data.get("root"), **(data.get("options") or {}))
     teachers = {}
     for text in ns.teachers:
-        model, _, _ = resolve_model(_spec(text), {}, dataset, regs, data.get("options") or {})
+        model, _, _ = resolve_model(_spec(text), {}, dataset, regs, data.get("options") or {}, data.get("root"))
         teachers[_spec(text)] = model
-    rows = teacher_scores(teachers, bundle.train_x, bundle.train_y, sets, batch_size=ns.batch_size,
-                          device=resolve_device(ns.device))
+    # only the images of S_U and S_L are read (a streamed dataset is never loaded whole): index them anew
+    used = sorted({*sets["indices_unlearnable"], *sets["indices_learnable"]})
+    x_used, y_used = split_images(bundle, "train", torch.tensor(used, dtype=torch.int64))
+    position = {index: i for i, index in enumerate(used)}
+    local = {**sets, **{k: [position[i] for i in sets[k]] for k in ("indices_unlearnable", "indices_learnable")}}
+    rows = teacher_scores(teachers, x_used, y_used, local, batch_size=ns.batch_size, device=resolve_device(ns.device))
     atomic_write_json({"unlearnable": ns.unlearnable, "teachers": rows}, ns.out)
     table = [{"rank": r["rank"], "teacher": r["teacher"], "h_u": r["unlearnable"]["entropy"],
               "c_u": r["unlearnable"]["confidence"], "h_l": r["learnable"]["entropy"],
@@ -160,6 +167,7 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
 def cmd_specialization(ns: argparse.Namespace) -> int:
     from ..analysis.plots import plot_sorted_bnc
     from ..analysis.specialization import specialization
+    from ..data import split_images
     from ..distributed import resolve_device
     from ..evaluation import make_eval_attacks
     from ..plugin import get_registries
@@ -169,10 +177,9 @@ def cmd_specialization(ns: argparse.Namespace) -> int:
     device = resolve_device(ns.device)
     student, dataset, s_ckpt = resolve_model(_spec(ns.student), {}, ns.dataset, regs)
     teacher, _, _ = resolve_model(_spec(ns.teacher), {}, dataset, regs)
-    data_opts = s_ckpt.get("config", {}).get("data", {}).get("options", {}) if s_ckpt else {}
-    bundle = regs.datasets.get(dataset).load(**data_opts)
-    x = (bundle.test_x if ns.split == "test" else bundle.train_x)[:ns.n_examples]
-    y = (bundle.test_y if ns.split == "test" else bundle.train_y)[:ns.n_examples]
+    data_cfg = s_ckpt.get("config", {}).get("data", {}) if s_ckpt else {}
+    bundle = regs.datasets.get(dataset).load(root=data_cfg.get("root"), **data_cfg.get("options", {}))
+    x, y = split_images(bundle, ns.split, n=ns.n_examples)
     if ns.adversarial:
         from ..data import to_float
         trained_eps = s_ckpt.get("config", {}).get("threat", {}).get("eps", 8 / 255)

@@ -12,10 +12,11 @@ from .._io import atomic_save, atomic_write_json
 from ..checkpoint import load_checkpoint
 from ..components import split_spec
 from ..config import _parse_value
-from ..data import make_splits
+from ..data import dataset_info, make_splits
 from ..distributed import init_distributed, rank_and_world, resolve_device
-from ..evaluation import TransferAttack, evaluate, make_eval_attacks
+from ..evaluation import TransferAttack, evaluate_set, make_eval_attacks
 from ..plugin import Registries, get_registries
+from ..streaming import default_workers
 from ..threat import format_eps, parse_fraction
 from . import command
 
@@ -31,10 +32,11 @@ def _options(items: list[str]) -> dict[str, Any]:
 
 
 def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs: Registries,
-                  data_options: dict[str, Any] | None = None) -> tuple[nn.Module, str, dict[str, Any]]:
+                  data_options: dict[str, Any] | None = None,
+                  data_root: str | None = None) -> tuple[nn.Module, str, dict[str, Any]]:
     """A model spec (or a bare checkpoint path) -> (model in eval mode, dataset name, checkpoint or {}).
 
-    A robust-distill checkpoint knows its dataset (and the dataset options it was trained with).
+    A robust-distill checkpoint knows its dataset (and the dataset root and options it was trained with).
     ``options["trust_checkpoint"]`` is the explicit opt-in to unpickling (see :mod:`..checkpoint`).
     """
     source, name = split_spec(spec)
@@ -47,9 +49,12 @@ def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs:
             ckpt = {}
         dataset = dataset or ckpt.get("model", {}).get("dataset")
     dataset = dataset or "cifar10"
+    ckpt_data = ckpt.get("config", {}).get("data", {})
     if data_options is None:
-        data_options = ckpt.get("config", {}).get("data", {}).get("options", {})
-    info = regs.datasets.get(dataset).info(**data_options)
+        data_options = ckpt_data.get("options", {})
+    if data_root is None and ckpt_data.get("dataset") == dataset:
+        data_root = ckpt_data.get("root")
+    info = dataset_info(regs.datasets.get(dataset), data_root, data_options)
     model = regs.teacher_sources.get(source).load(name, dataset=info, **options)
     return model.eval(), dataset, ckpt
 
@@ -82,46 +87,45 @@ def _run_eval(ns: argparse.Namespace, device: Any) -> dict[str, Any]:
     options = _options(ns.model_option)
     if ns.trust_checkpoint:
         options["trust_checkpoint"] = True
-    model, dataset, ckpt = resolve_model(ns.model, options, ns.dataset, regs)
+    model, dataset, ckpt = resolve_model(ns.model, options, ns.dataset, regs, data_root=ns.data_root)
     model = model.to(device)
     cfg = ckpt.get("config", {})
     data_cfg = cfg.get("data", {}) if cfg.get("data", {}).get("dataset") == dataset else {}
-    bundle = regs.datasets.get(dataset).load(root=ns.data_root or data_cfg.get("root"),
-                                             **data_cfg.get("options", {}))
-    if ns.split == "val":
-        splits = make_splits(bundle, val_size=data_cfg.get("val_size", 5000),
-                             split_seed=data_cfg.get("split_seed", 0))
-        x, y = splits.val_x, splits.val_y
-    else:
-        x, y = bundle.test_x, bundle.test_y
-    if ns.n_examples:
-        x, y = x[:ns.n_examples], y[:ns.n_examples]
+    root = ns.data_root or data_cfg.get("root")
+    bundle = regs.datasets.get(dataset).load(root=root, **data_cfg.get("options", {}))
+    workers = ns.workers if ns.workers is not None else data_cfg.get("workers")
+    splits = make_splits(bundle, val_size=data_cfg.get("val_size", 5000) if ns.split == "val" else 0,
+                         split_seed=data_cfg.get("split_seed", 0),
+                         workers=default_workers() if workers is None else workers,
+                         pin_memory=device.type == "cuda")
+    data = splits.eval_set(ns.split, ns.n_examples or None)
     eps = parse_fraction(ns.eps) if ns.eps is not None else float(cfg.get("threat", {}).get("eps", 8 / 255))
     names = [a.strip() for a in ns.attacks.split(",") if a.strip()]
-    attacks = make_eval_attacks(names, regs, eps=eps, num_classes=bundle.info.num_classes)
+    attacks = make_eval_attacks(names, regs, eps=eps, num_classes=splits.info.num_classes)
     if ns.surrogate:
-        surrogate, _, _ = resolve_model(ns.surrogate, {}, dataset, regs, data_cfg.get("options", {}))
+        surrogate, _, _ = resolve_model(ns.surrogate, {}, dataset, regs, data_cfg.get("options", {}), root)
         surrogate = surrogate.to(device)
-        for base in make_eval_attacks(["pgd20", "cw_inf"], regs, eps=eps, num_classes=bundle.info.num_classes).values():
+        for base in make_eval_attacks(["pgd20", "cw_inf"], regs, eps=eps, num_classes=splits.info.num_classes).values():
             t = TransferAttack(base, surrogate, ns.surrogate)
             attacks[t.name] = t
-    result = evaluate(model, x, y, attacks, batch_size=ns.batch_size, device=device, seed=ns.seed,
-                      progress=rank == 0, precision=getattr(ns, "precision", "fp32"))
+    result = evaluate_set(model, data, attacks, batch_size=ns.batch_size, device=device, seed=ns.seed,
+                          progress=rank == 0, precision=getattr(ns, "precision", "fp32"))
     rows = [{"attack": name, "label": getattr(a, "label", name) or name, "accuracy": result.accuracy[name]}
             for name, a in attacks.items()]
     robust = [n for n in attacks if n != "clean"]
     if len(robust) > 1:
         rows.append({"attack": "worst_case", "label": "Worst case over the attacks above",
                      "accuracy": result.worst_case(robust).float().mean().item()})
-    summary = {"model": ns.model, "dataset": dataset, "split": ns.split, "n_examples": int(x.shape[0]),
+    summary = {"model": ns.model, "dataset": dataset, "split": ns.split, "n_examples": data.n,
                "eps": eps, "eps_label": format_eps(eps), "seed": ns.seed, "results": rows}
-    summary["table"] = (f"{ns.model} on {dataset} {ns.split} (n={x.shape[0]}, eps={format_eps(eps)})\n\n"
+    summary["table"] = (f"{ns.model} on {dataset} {ns.split} (n={data.n}, eps={format_eps(eps)})\n\n"
                         + markdown_table(rows, [("attack", "attack"), ("label", "protocol"),
                                                 ("accuracy", "accuracy (%)")]))
     if ns.out and rank == 0:
         out = Path(ns.out)
         atomic_write_json({k: v for k, v in summary.items() if k != "table"}, out)
-        atomic_save({"correct": result.correct, "labels": y}, out.with_suffix(".pt"))
+        atomic_save({"correct": result.correct, "labels": data.labels, "indices": data.indices},
+                    out.with_suffix(".pt"))
     return summary
 
 
@@ -135,8 +139,11 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated evaluation attacks (see `robust-distill plugins`)")
     p.add_argument("--eps", default=None, help="L-inf radius, e.g. 8/255 (default: the checkpoint's "
                                                "training eps, else 8/255)")
-    p.add_argument("--n-examples", type=int, default=1000, help="first N examples of the split (0: all)")
+    p.add_argument("--n-examples", type=int, default=1000,
+                   help="first N examples of the split (0: all; streamed image datasets: N spread over the split)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader processes reading a streamed dataset (default: the checkpoint's data.workers)")
     p.add_argument("--device", default="auto")
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the model source, e.g. model_dir=./models")
