@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from .. import hookimpl
 from .._io import atomic_save, atomic_write_json
 from ..checkpoint import load_checkpoint
 from ..components import split_spec
@@ -141,3 +142,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     result = run_eval(ns)
     print(result["table"])
     return 0
+
+
+@hookimpl
+def rd_register_commands(commands):
+    commands.register(cmd_eval)
