@@ -38,8 +38,8 @@ def test_a_bare_string_is_the_key_of_a_part_optim_schedule_included(tiny_raw, re
     raw["optim"]["schedule"] = "cosine"  # the method's multistep milestones do not apply to it
     cfg = resolve_config(raw, regs)
     assert cfg.optim.schedule.key == "cosine" and cfg.optim.schedule.kwargs == {}
-    cfg = resolve_config(tiny_raw("rslad", teacher=True), regs, overrides=["optim.schedule=constant",
-                                                                           "outer_loss=rslad", "student=timm:convnet_s"])
+    overrides = ["optim.schedule=constant", "outer_loss=rslad", "student=timm:convnet_s"]
+    cfg = resolve_config(tiny_raw("rslad", teacher=True), regs, overrides=overrides)
     assert (cfg.optim.schedule.key, cfg.outer_loss.key, cfg.student.key) == ("constant", "rslad", "timm:convnet_s")
     assert cfg.optim.schedule.kwargs == {} and cfg.outer_loss.kwargs == {"alpha": 5 / 6, "scale": 1.0}
 

@@ -99,7 +99,8 @@ def test_hook_rd_register_inner_attacks(tiny_raw) -> None:
     cfg = resolve_config(tiny_raw("pgd_at"), regs, overrides=["inner_attack={key: shift, kwargs: {delta: 0.25}}"])
     attack = regs.inner_attacks.build(cfg.inner_attack.key, cfg.inner_attack.kwargs)  # what the engine does
     x = torch.tensor([0.0, 0.5, 0.9])
-    assert isinstance(attack, Shift) and torch.equal(attack(types.SimpleNamespace(x=x)), torch.tensor([0.25, 0.75, 1.0]))
+    assert isinstance(attack, Shift)
+    assert torch.equal(attack(types.SimpleNamespace(x=x)), torch.tensor([0.25, 0.75, 1.0]))
 
 
 def test_hook_rd_register_outer_losses() -> None:

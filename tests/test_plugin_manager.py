@@ -10,9 +10,8 @@ import importlib.metadata as md
 import types
 from typing import Any
 
-import pytest
-
 import pluggy
+import pytest
 
 from robust_distill import Method, Part, hookimpl, plugin
 from robust_distill.plugin import (
