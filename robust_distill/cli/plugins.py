@@ -20,13 +20,14 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
     from . import build_commands
 
     pm, regs = get_plugin_manager(), get_registries()
+    commands = getattr(ns, "commands_", None)  # the parser's, when run through main()
     print("Plugins (in load order):")
     for name, info in pm.info.items():
         print(f"  {name:<16} {info.module:<44} {info.distribution} ({info.kind})")
     for where, why in pm.skipped.items():
         print(f"  {where:<61} not loaded: {why}")
     print("\ncommands:")
-    for e in (getattr(ns, "commands_", None) or build_commands(pm)).entries():
+    for e in (commands if commands is not None else build_commands(pm)).entries():
         print(f"  {e.name:<22} {e.help[:70]:<72} [{e.plugin}; {e.distribution}]")
     for attr, registry in vars(regs).items():
         print(f"\n{attr.replace('_', ' ')}:")
