@@ -21,7 +21,7 @@ and declare it in your distribution's ``setup.cfg``::
         my_plugin = my_plugin
 
 After ``pip install``, ``robust-distill plugins`` lists it and ``method: rslad_t2`` works in a config.
-See ``robust_distill.hookspecs`` for every hook.
+``docs/plugins.md`` is the plugin author's guide; ``robust_distill.hookspecs`` specifies every hook.
 """
 
 from __future__ import annotations

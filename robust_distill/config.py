@@ -176,7 +176,8 @@ def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, A
 
 
 def _normalise_shorthand(name: str, value: Any) -> Any:
-    """``student: timm:resnet18`` -> ``{key: timm:resnet18, kwargs: {}}`` (same for teachers/parts)."""
+    """``student: timm:resnet18`` -> ``{key: timm:resnet18, kwargs: {}}`` (same for teachers, parts and
+    ``optim.schedule``)."""
     if isinstance(value, str):
         return {"key": value, "kwargs": {}}
     return value if value is not None else {}
@@ -189,6 +190,8 @@ def _normalise(raw: Mapping[str, Any]) -> dict[str, Any]:
             out[name] = _normalise_shorthand(name, out[name])
     if isinstance(out.get("teachers"), Mapping):
         out["teachers"] = {r: _normalise_shorthand(r, v) for r, v in out["teachers"].items()}
+    if isinstance(out.get("optim"), Mapping) and "schedule" in out["optim"]:
+        out["optim"] = {**out["optim"], "schedule": _normalise_shorthand("schedule", out["optim"]["schedule"])}
     return out
 
 

@@ -1,12 +1,16 @@
 """Hook specifications: every extension point of robust-distill, in one place.
 
 A plugin is a module (or object) with functions named like these hooks and decorated with
-``@robust_distill.hookimpl``. It reaches the plugin manager through the setuptools entry-point group
-``robust_distill`` (built-in plugins use the same group). Hooks must be called with keyword arguments;
-an implementation may accept fewer arguments than the specification.
+``@robust_distill.hookimpl`` (a function named ``rd_*`` without it is ignored, with a warning). It reaches the
+plugin manager through the setuptools entry-point group ``robust_distill`` (built-in plugins use the same
+group). Hooks must be called with keyword arguments; an implementation may accept fewer arguments than the
+specification.
 
-Registration hooks run once at start-up, one implementation at a time, and fill registries; the
-training loop then calls the registered objects directly and never goes through pluggy.
+Registration hooks run once at start-up and fill registries; the training loop then calls the registered
+objects directly and never goes through pluggy. The plugin manager calls every collecting hook (registration
+and lifecycle) once per implementing plugin, in load order, through pluggy: a registration is attributed to
+its plugin, ``wrapper=True`` implementations wrap each plugin's call, ``RD_TRACE_PLUGINS=1`` prints each call.
+The guide for plugin authors is ``docs/plugins.md``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from .cli import CommandRegistry
     from .components import (
         InnerAttack,
         Method,
@@ -39,8 +44,9 @@ hookspec = pluggy.HookspecMarker("robust_distill")
 def rd_addhooks(pluginmanager: pluggy.PluginManager) -> None:
     """Add new hook specifications (``pluginmanager.add_hookspecs(module)``).
 
-    Called once when a plugin is registered. Replayed to plugins registered later; cannot return a
-    value.
+    Historic, as pytest's ``pytest_addhooks``: fired when the plugin manager is created, so each plugin's
+    implementation runs the moment that plugin registers, before the plugins loaded after it are checked
+    against the specifications. Cannot return a value; wrappers are not allowed.
 
     :param pluginmanager: the robust-distill plugin manager.
     """
@@ -173,6 +179,22 @@ def rd_register_methods(registry: Registry[Method]) -> None:
     """
 
 
+@hookspec
+def rd_register_commands(commands: CommandRegistry) -> None:
+    """Register sub-commands of the ``robust-distill`` command line (datasette's ``register_commands``).
+
+    Declare a command with the :func:`robust_distill.cli.command` decorator (name, help, a function adding its
+    arguments to an ``argparse`` parser) and register it: ``commands.register(cmd_export)``; or register a plain
+    function with ``commands.register(fn, name=..., help=..., setup=...)``. The function receives the parsed
+    ``argparse.Namespace`` and returns the exit code. The built-in commands (``train``, ``eval``, ...) are
+    registered the same way by the core plugins ``cli.*``; a name registered twice is an error naming both
+    plugins. Called when the command line starts, never during training.
+
+    :param commands: the command registry (:class:`~robust_distill.cli.CommandRegistry`), keyed by command name.
+    :returns: nothing; register into ``commands``.
+    """
+
+
 # -------------------------------------------------------------------------------------------------
 # Run lifecycle hooks: called by the engine a few times per run, never inside the step loop.
 # -------------------------------------------------------------------------------------------------
@@ -194,7 +216,10 @@ def rd_epoch_end(run: RunContext, epoch: int, metrics: Mapping[str, Any]) -> dic
     :param run: the run.
     :param epoch: 0-based epoch that just ended.
     :param metrics: the metrics of this epoch so far (read-only).
-    :returns: extra metrics to merge into the row, or None. All results are merged.
+    :returns: extra metrics to add to the row (``{name: number}``), or None. All plugins' results are added. A
+        name the engine owns (``epoch``, ``lr``, ``is_best`` and any name starting with ``train_``,
+        ``trainrec_``, ``time_``, ``val_`` or ``test_``: they select the best checkpoint and fill the reports)
+        or one that another plugin already returned is an error naming the plugin.
     """
 
 

@@ -19,15 +19,27 @@ class RegistryError(Exception):
 
 
 class DuplicateNameError(RegistryError):
-    """Two plugins registered the same name in one registry."""
+    """Two plugins registered the same name in one registry; the one that registered second is blamed.
 
-    def __init__(self, kind: str, name: str, first: Entry[Any], second_plugin: str) -> None:
+    Plugins register in load order (core, built-in, then third-party plugins), so a third-party plugin reusing a
+    built-in name is the one named as registering it second.
+    """
+
+    def __init__(self, kind: str, name: str, first: Entry[Any], second_plugin: str,
+                 second_distribution: str = "<unknown>") -> None:
         self.kind, self.name, self.first_plugin, self.second_plugin = kind, name, first.plugin, second_plugin
-        super().__init__(
-            f"Two plugins register the {kind} {name!r}: {first.describe_source()} and plugin "
-            f"{second_plugin!r}. Names must be unique across plugins; rename one of them, or disable a "
-            f"plugin with RD_DISABLED_PLUGINS={second_plugin}."
-        )
+        if first.plugin == second_plugin:
+            message = (f"Plugin {second_plugin!r} (distribution {second_distribution}) registers the {kind} {name!r} "
+                       "twice. Give the second one another name.")
+        else:
+            message = (
+                f"Plugin {second_plugin!r} (distribution {second_distribution}) registers the {kind} {name!r}, "
+                f"which {first.describe_source()} registered first. Names must be unique across plugins: rename "
+                f"one of them, or keep one plugin: RD_DISABLED_PLUGINS={second_plugin} keeps "
+                f"{first.plugin!r}'s {kind}, RD_DISABLED_PLUGINS={first.plugin} keeps {second_plugin!r}'s (each "
+                "also drops everything else the disabled plugin provides)."
+            )
+        super().__init__(message)
 
 
 class UnknownNameError(RegistryError, KeyError):
@@ -93,9 +105,9 @@ class Registry(Generic[T]):
             return lambda o: self.register(o, name=name, help=help)
         key = name or getattr(obj, "name", None) or getattr(obj, "__name__", None)
         if not isinstance(key, str) or not key:
-            raise RegistryError(f"Cannot register {obj!r} as a {self.kind}: give it a name=.")
+            raise RegistryError(f"Plugin {self._plugin!r} cannot register {obj!r} as a {self.kind}: give it a name=.")
         if key in self._entries:
-            raise DuplicateNameError(self.kind, key, self._entries[key], self._plugin)
+            raise DuplicateNameError(self.kind, key, self._entries[key], self._plugin, self._distribution)
         doc = help if help is not None else (getattr(obj, "summary", None) or getattr(obj, "__doc__", None) or "")
         doc = doc.strip().split("\n")[0]
         self._entries[key] = Entry(key, obj, self._plugin, self._distribution, doc)

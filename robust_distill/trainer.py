@@ -392,8 +392,8 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
                 run.best = {"value": value, "epoch": epoch}
             row = dist_ctx.broadcast(row)
             run.best = dist_ctx.broadcast(run.best)
-        for extra in pm.call_lifecycle("rd_epoch_end", run=run, epoch=epoch, metrics=dict(row)):
-            row.update(extra)
+        row.update(_plugin_metrics(pm, row, pm.call_lifecycle("rd_epoch_end", run=run, epoch=epoch,
+                                                             metrics=dict(row))))
         run.teacher_updater.end_epoch(run, epoch, row)
         if run.swa is not None:
             run.swa.end_epoch(run, epoch)
@@ -418,6 +418,35 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
     summary = _finish(run, log)
     pm.call_lifecycle("rd_run_end", run=run, summary=summary)
     return summary
+
+
+#: metric names the engine owns, in this epoch's row or another's: ``rd_epoch_end`` cannot return them
+ENGINE_METRICS = ("epoch", "lr", "is_best")
+ENGINE_METRIC_PREFIXES = ("train_", "trainrec_", "time_", "val_", "test_")
+
+
+def _plugin_metrics(pm: PluginManager, row: Mapping[str, Any], results: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The metrics ``rd_epoch_end`` implementations returned, checked: none may replace an engine metric (they
+    select the best checkpoint and fill reports) or another plugin's."""
+    extra: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for plugin, metrics in results:
+        if not isinstance(metrics, Mapping):
+            raise pm.result_error(plugin, "rd_epoch_end", f"{metrics!r}: return a dict of metrics, or None.")
+        for key in metrics:
+            if key in row or key in ENGINE_METRICS or str(key).startswith(ENGINE_METRIC_PREFIXES):
+                raise pm.result_error(plugin, "rd_epoch_end", (
+                    f"the metric {key!r}, a name the engine owns (epoch, lr, is_best and every name starting with "
+                    f"{', '.join(ENGINE_METRIC_PREFIXES)}): its values select the best checkpoint and fill the "
+                    f"reports, so a plugin cannot set them. Return it under a name of your own, e.g. "
+                    f"'{plugin}_{key}'."))
+            if key in owner:
+                raise pm.result_error(plugin, "rd_epoch_end", (
+                    f"the metric {key!r}, which plugin {owner[key]!r} returned already. Rename it in one of the "
+                    "two plugins."))
+            owner[key] = plugin
+        extra.update(metrics)
+    return extra
 
 
 def _print_row(row: Mapping[str, Any], epochs: int) -> None:

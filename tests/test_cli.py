@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import types
 from pathlib import Path
 
 import pytest
 import yaml
 
-from robust_distill.cli import main
+from robust_distill import hookimpl, plugin
+from robust_distill.cli import Command, CommandRegistry, build_commands, command, main
+from robust_distill.plugin import PluginManager
+from robust_distill.registry import DuplicateNameError
 
 
 def test_plugins_lists_every_kind_with_its_provider(capsys: pytest.CaptureFixture[str]) -> None:
@@ -20,6 +25,82 @@ def test_plugins_lists_every_kind_with_its_provider(capsys: pytest.CaptureFixtur
     for line_start in ("robustbench ", "timm ", "checkpoint ", "pgd20 ", "autoattack ", "adaad ", "rslad "):
         assert any(line.strip().startswith(line_start) for line in out.splitlines()), line_start
     assert "robust_distill_plugins.robustbench_teachers" in out and "(built-in)" in out
+    assert "robust_distill.cli.train" in out and "(core)" in out
+    commands = out.split("\ncommands:\n")[1].split("\n\n")[0].splitlines()
+    assert [line.split()[0] for line in commands] == ["bench", "demo", "eval", "plugins", "report", "specialization",
+                                                      "teacher-score", "train", "unlearnable"]
+    assert commands[-2].endswith("[cli.train; robust-distill 0.1.0]")
+
+
+@pytest.fixture
+def with_plugin(monkeypatch: pytest.MonkeyPatch):
+    """``with_plugin(**hooks)``: the process-wide manager is the built-ins plus a plugin made of ``hooks``."""
+    def install(**hooks) -> PluginManager:
+        pm = PluginManager().load_plugins(autoload=False)
+        mod = types.ModuleType("cmd_plugin_module")
+        for name, fn in hooks.items():
+            setattr(mod, name, hookimpl(fn))
+        pm.add_plugin(mod, "cmd_plugin")
+        monkeypatch.setattr(plugin, "_PM", pm)
+        return pm
+    return install
+
+
+def _hello_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", default="world")
+
+
+@command("hello", "say hello", _hello_args)
+def cmd_hello(ns: argparse.Namespace) -> int:
+    print(f"hello {ns.name}")
+    return 7
+
+
+def test_hook_rd_register_commands(with_plugin, capsys: pytest.CaptureFixture[str]) -> None:
+    def bye(ns: argparse.Namespace) -> int:
+        """Say goodbye."""
+        print("bye")
+        return 0
+
+    def rd_register_commands(commands: CommandRegistry) -> None:
+        commands.register(cmd_hello)  # declared with @command
+        commands.register(bye, name="bye")  # a plain function: help from its docstring
+        commands.register(name="shout", help="say it loud", setup=_hello_args)(
+            lambda ns: print(f"HELLO {ns.name.upper()}") or 0)  # the decorator form
+    pm = with_plugin(rd_register_commands=rd_register_commands)
+    commands = build_commands(pm)
+    assert commands.get("hello") == Command("hello", "say hello", _hello_args, cmd_hello)
+    assert commands.entry("bye").help == "Say goodbye." and commands.entry("shout").plugin == "cmd_plugin"
+    assert main(["hello", "--name", "plugin"]) == 7 and main(["shout", "--name", "x"]) == 0
+    assert capsys.readouterr().out == "hello plugin\nHELLO X\n"
+    assert cmd_hello(argparse.Namespace(name="direct")) == 7  # still a plain function
+
+
+def test_a_command_clashing_with_another_is_an_error_naming_both(with_plugin,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    pm = with_plugin(rd_register_commands=lambda commands: commands.register(cmd_hello, name="train"))
+    with pytest.raises(DuplicateNameError) as e:
+        build_commands(pm)
+    assert (e.value.first_plugin, e.value.second_plugin) == ("cli.train", "cmd_plugin")
+    assert main(["plugins"]) == 3
+    err = capsys.readouterr().err
+    assert "Plugin 'cmd_plugin' (distribution <local>) registers the command 'train', which plugin 'cli.train' " in err
+
+
+def test_trace_plugins_prints_every_hook_call(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RD_TRACE_PLUGINS", "1")
+    monkeypatch.setattr(plugin, "_PM", None)  # a fresh process-wide manager and registries, traced
+    monkeypatch.setattr(plugin, "_REGS", None)
+    assert main(["plugins"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    pm = plugin._PM
+    for hook in ("rd_register_commands", "rd_register_methods", "rd_register_eval_attacks"):
+        implementers = [i.plugin_name for i in getattr(pm.hook, hook).get_hookimpls()]
+        traced = [line.rsplit(" -> ", 1)[1] for line in err if line.startswith(f"[rd-trace] {hook}(")]
+        assert traced == implementers, hook  # one call per plugin, in load order (commands: once, for the parser)
+    assert err[0].startswith("[rd-trace] rd_addhooks(pluginmanager=<robust_distill.plugin.PluginManager")
+    assert "[rd-trace] rd_register_methods(registry=Registry('method', [])) -> natural" in err
 
 
 def test_bad_config_exits_2_with_every_problem(tmp_path: Path, tiny_raw, capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,6 +33,17 @@ def test_a_user_part_with_another_key_drops_the_method_kwargs(tiny_raw, regs) ->
     assert cfg.inner_attack.key == "pgd_ce" and cfg.inner_attack.kwargs == {}
 
 
+def test_a_bare_string_is_the_key_of_a_part_optim_schedule_included(tiny_raw, regs) -> None:
+    raw = tiny_raw("rslad", teacher=True)
+    raw["optim"]["schedule"] = "cosine"  # the method's multistep milestones do not apply to it
+    cfg = resolve_config(raw, regs)
+    assert cfg.optim.schedule.key == "cosine" and cfg.optim.schedule.kwargs == {}
+    overrides = ["optim.schedule=constant", "outer_loss=rslad", "student=timm:convnet_s"]
+    cfg = resolve_config(tiny_raw("rslad", teacher=True), regs, overrides=overrides)
+    assert (cfg.optim.schedule.key, cfg.outer_loss.key, cfg.student.key) == ("constant", "rslad", "timm:convnet_s")
+    assert cfg.optim.schedule.kwargs == {} and cfg.outer_loss.kwargs == {"alpha": 5 / 6, "scale": 1.0}
+
+
 def test_unknown_key_is_named_with_a_suggestion(tiny_raw, regs) -> None:
     raw = tiny_raw()
     raw["optim"]["epochz"] = 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import types
 from pathlib import Path
@@ -24,14 +25,18 @@ from robust_distill import (
     hookimpl,
 )
 from robust_distill.config import resolve_config
-from robust_distill.plugin import PluginManager
-from robust_distill.trainer import train
+from robust_distill.plugin import PluginManager, PluginResultError
+from robust_distill.trainer import _plugin_metrics, train
+
+from .conftest import TINY
 
 
 def manager_with(**hooks: Any) -> PluginManager:
     """Built-in plugins plus one test plugin made of ``hooks``."""
     pm = PluginManager().load_plugins(autoload=False)
-    plugin = types.SimpleNamespace(**{k: hookimpl(v) for k, v in hooks.items()})
+    plugin = types.ModuleType("test_plugin_module")
+    for name, function in hooks.items():
+        setattr(plugin, name, hookimpl(function))
     pm.add_plugin(plugin, "test_plugin")
     return pm
 
@@ -39,8 +44,7 @@ def manager_with(**hooks: Any) -> PluginManager:
 def test_hook_rd_addhooks() -> None:
     calls = []
     pm = manager_with(rd_addhooks=lambda pluginmanager: calls.append(pluginmanager))
-    pm.hook.rd_addhooks.call_historic(kwargs={"pluginmanager": pm})
-    assert calls == [pm]
+    assert calls == [pm]  # fired by the manager itself when the plugin registered
 
 
 def test_hook_rd_register_datasets() -> None:
@@ -81,14 +85,22 @@ def test_hook_rd_register_student_sources() -> None:
     assert model(torch.zeros(1, 1, 2, 2)).shape == (1, 3)
 
 
-def test_hook_rd_register_inner_attacks() -> None:
-    class NoAttack(InnerAttack):
-        def __call__(self, step: Any) -> torch.Tensor:
-            return step.x
+def test_hook_rd_register_inner_attacks(tiny_raw) -> None:
+    class Shift(InnerAttack):
+        def __init__(self, delta: float = 0.0) -> None:
+            self.delta = delta
 
-    regs = manager_with(rd_register_inner_attacks=lambda registry: registry.register(NoAttack, name="no_attack")
+        def __call__(self, step: Any) -> torch.Tensor:
+            return (step.x + self.delta).clamp(0, 1)
+
+    regs = manager_with(rd_register_inner_attacks=lambda registry: registry.register(Shift, name="shift")
                         ).build_registries()
-    assert regs.inner_attacks.build("no_attack", {}) is not None
+    assert regs.inner_attacks.entry("shift").plugin == "test_plugin"
+    cfg = resolve_config(tiny_raw("pgd_at"), regs, overrides=["inner_attack={key: shift, kwargs: {delta: 0.25}}"])
+    attack = regs.inner_attacks.build(cfg.inner_attack.key, cfg.inner_attack.kwargs)  # what the engine does
+    x = torch.tensor([0.0, 0.5, 0.9])
+    assert isinstance(attack, Shift)
+    assert torch.equal(attack(types.SimpleNamespace(x=x)), torch.tensor([0.25, 0.75, 1.0]))
 
 
 def test_hook_rd_register_outer_losses() -> None:
@@ -135,7 +147,9 @@ def test_hook_rd_register_methods() -> None:
     assert regs.methods.get("plain_ce") is m and regs.methods.entry("plain_ce").help == "for the test"
 
 
-def _lifecycle_run(tiny_raw: Any, tmp_path: Path) -> tuple[list[Any], Path]:
+@pytest.fixture(scope="module")
+def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Any], Path]:
+    """One 2-epoch run with a plugin recording the lifecycle hooks: ``(events, output folder)``."""
     events: list[Any] = []
     pm = manager_with(
         rd_run_start=lambda run: events.append(("start", run.epoch)),
@@ -143,26 +157,59 @@ def _lifecycle_run(tiny_raw: Any, tmp_path: Path) -> tuple[list[Any], Path]:
         {"custom_metric": float(epoch) * 2},
         rd_run_end=lambda run, summary: events.append(("end", summary["best_epoch"] >= 0)))
     regs = pm.build_registries()
-    raw = tiny_raw("pgd_at")
+    raw = {**copy.deepcopy(TINY), "output_dir": str(tmp_path_factory.mktemp("lifecycle") / "run")}
     train(resolve_config(raw, regs), regs=regs, pm=pm)
     return events, Path(raw["output_dir"])
 
 
-def test_hook_rd_run_start(tiny_raw, tmp_path: Path) -> None:
-    events, _ = _lifecycle_run(tiny_raw, tmp_path)
+def test_hook_rd_run_start(lifecycle) -> None:
+    events, _ = lifecycle
     assert events[0] == ("start", 0)
 
 
-def test_hook_rd_epoch_end(tiny_raw, tmp_path: Path) -> None:
-    events, out = _lifecycle_run(tiny_raw, tmp_path)
+def test_hook_rd_epoch_end(lifecycle) -> None:
+    events, out = lifecycle
     assert [e for e in events if e[0] == "epoch"] == [("epoch", 0, True), ("epoch", 1, True)]
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["custom_metric"] for r in rows] == [0.0, 2.0]
 
 
-def test_hook_rd_run_end(tiny_raw, tmp_path: Path) -> None:
-    events, _ = _lifecycle_run(tiny_raw, tmp_path)
+def test_hook_rd_run_end(lifecycle) -> None:
+    events, _ = lifecycle
     assert events[-1] == ("end", True) and len(events) == 4
+
+
+def test_rd_epoch_end_cannot_overwrite_the_engines_metrics(tiny_raw) -> None:
+    pm = manager_with(rd_epoch_end=lambda metrics: {"val_pgd20": 1.0})  # would make this epoch the best
+    regs = pm.build_registries()
+    cfg = resolve_config(tiny_raw("pgd_at"), regs, overrides=["optim.epochs=1"])
+    with pytest.raises(PluginResultError) as e:
+        train(cfg, regs=regs, pm=pm)
+    assert (e.value.plugin, e.value.hook) == ("test_plugin", "rd_epoch_end")
+    assert "returned from rd_epoch_end the metric 'val_pgd20', a name the engine owns" in str(e.value)
+    assert "e.g. 'test_plugin_val_pgd20'" in str(e.value)
+    assert not (Path(cfg.output_dir) / "best.pt").exists()
+
+
+@pytest.mark.parametrize(("returned", "problem"), [
+    ({"val_extra": 1.0}, "the metric 'val_extra', a name the engine owns"),  # not in this row, in others
+    ({"is_best": True}, "the metric 'is_best', a name the engine owns"),
+    ({"shared": 2.0}, "the metric 'shared', which plugin 'first' returned already"),
+    ([1.0], "[1.0]: return a dict of metrics, or None"),
+])
+def test_rd_epoch_end_results_are_checked_per_plugin(pm: PluginManager, returned: Any, problem: str) -> None:
+    first = types.ModuleType("first_module")
+    first.rd_epoch_end = hookimpl(lambda epoch: {"shared": 1.0, "first_metric": float(epoch)})
+    second = types.ModuleType("second_module")
+    second.rd_epoch_end = hookimpl(lambda epoch: returned)
+    pm.add_plugin(first, "first")
+    row = {"epoch": 3, "train_loss": 0.5, "lr": 0.1}  # an epoch without evaluation
+    assert _plugin_metrics(pm, row, pm.call_lifecycle("rd_epoch_end", run=None, epoch=3, metrics=row)) == {
+        "shared": 1.0, "first_metric": 3.0}
+    pm.add_plugin(second, "second")
+    with pytest.raises(PluginResultError) as e:
+        _plugin_metrics(pm, row, pm.call_lifecycle("rd_epoch_end", run=None, epoch=3, metrics=row))
+    assert e.value.plugin == "second" and problem in str(e.value)
 
 
 def test_lifecycle_hook_errors_name_the_plugin(tiny_raw) -> None:

@@ -102,12 +102,30 @@ def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_final_evaluation_and_eps_schedule(tiny_config) -> None:
+def test_final_evaluation_and_eps_schedule(tiny_config, monkeypatch) -> None:
+    from robust_distill.attacks import InnerPGD
+
+    seen = []  # per training step: (eps, step size, largest perturbation of the inner attack)
+    attack = InnerPGD.__call__
+
+    def recording(self, step):
+        x_adv = attack(self, step)
+        seen.append((step.threat.eps, step.threat.step_size, (x_adv - step.x).abs().max().item()))
+        return x_adv
+
+    monkeypatch.setattr(InnerPGD, "__call__", recording)
     cfg = tiny_config("adaad", True, overrides=["optim.epochs=2", "threat.eps_end=16/255",
                                                  "eval.final_attacks=[clean,fgsm]", "eval.final_n_examples=16"])
     summary = train(cfg)
     assert set(summary["final"]) == {"best", "last"} and set(summary["final"]["last"]) == {"clean", "fgsm"}
     assert (Path(cfg.output_dir) / "test_correct_last.pt").is_file()
+    # 64 training images in batches of 16: 8 steps over 2 epochs; eps grows linearly from 8/255 towards 16/255
+    # (step k at progress k/8), the step size keeps its ratio eps/4, and the attack uses the grown radius
+    assert [e for e, _, _ in seen] == pytest.approx([(8 + k) / 255 for k in range(8)])
+    assert [a for _, a, _ in seen] == pytest.approx([(8 + k) / 255 / 4 for k in range(8)])
+    assert all(delta <= eps + 1e-6 for eps, _, delta in seen)
+    base_reach = 2 * (2 / 255) + 0.005  # 2 PGD steps of the initial step size, plus AdaAD's 0.001 N(0,1) start
+    assert seen[0][2] <= base_reach < seen[-1][2] <= 2 * seen[-1][1] + 0.005
 
 
 def test_final_evaluation_evaluates_once_when_the_best_checkpoint_is_the_last(tiny_config, monkeypatch) -> None:

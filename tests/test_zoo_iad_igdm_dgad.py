@@ -8,6 +8,7 @@ convention or detach in a plugin shows up as a number mismatch.
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -213,12 +214,11 @@ class _Scaled(OuterLoss):
 
 
 def test_igdm_wraps_any_registered_loss(regs) -> None:
-    """The base loss comes from the run's registries (passed in by the engine), not the process-global ones."""
     losses = Registry("outer loss")
     losses.register(_Scaled, name="scaled")
-    run_registries = SimpleNamespace(outer_losses=losses)
-    igdm = regs.outer_losses.get("igdm")
-    wrapper = igdm(base="scaled", base_kwargs={"scale": 3.0}, num_classes=C, registries=run_registries)
+    run_registries = SimpleNamespace(outer_losses=losses)  # the run's registries, as the engine passes them
+    igdm = partial(regs.outer_losses.get("igdm"), registries=run_registries)
+    wrapper = igdm(base="scaled", base_kwargs={"scale": 3.0}, num_classes=C)
     assert isinstance(wrapper.base_loss, _Scaled) and wrapper.base_loss.num_classes == C
     step = make_step(epoch=199)
     loss = wrapper(step)
@@ -230,7 +230,9 @@ def test_igdm_wraps_any_registered_loss(regs) -> None:
     with pytest.raises(UnknownNameError, match="scaled"):
         igdm(base="nope", registries=run_registries)
     with pytest.raises(TypeError, match="base_kwargs"):
-        igdm(base="scaled", base_kwargs={"bogus": 1}, registries=run_registries)
+        igdm(base="scaled", base_kwargs={"bogus": 1})
+    with pytest.raises(TypeError, match="passes the run's registries"):
+        regs.outer_losses.get("igdm")(base="scaled")
 
 
 # -- DGAD -------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .. import hookimpl
 from .._io import atomic_write_json
 from . import command
 from .eval import markdown_table, resolve_model
@@ -207,3 +208,12 @@ def cmd_specialization(ns: argparse.Namespace) -> int:
                                 ("ratio", "unspecialized / specialized")]))
     print(f"\n-> {out / 'specialization.json'}, {plot}")
     return 0
+
+
+@hookimpl
+def rd_register_commands(commands):
+    commands.register(cmd_bench)
+    commands.register(cmd_report)
+    commands.register(cmd_unlearnable)
+    commands.register(cmd_teacher_score)
+    commands.register(cmd_specialization)

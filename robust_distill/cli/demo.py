@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import hookimpl
 from ..checkpoint import build_from_checkpoint
 from ..config import resolve_config
 from ..distributed import resolve_device
@@ -119,3 +120,8 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     run_demo(output_dir=Path(ns.output_dir), epochs=ns.epochs, n_test=ns.n_test, quick=ns.quick,
              full_autoattack=ns.full_autoattack)
     return 0
+
+
+@hookimpl
+def rd_register_commands(commands):
+    commands.register(cmd_demo)

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from .. import hookimpl
 from .._io import atomic_save, atomic_write_json
 from ..checkpoint import load_checkpoint
 from ..components import split_spec
@@ -165,3 +166,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if result["is_main"]:  # under torchrun, rank 0 prints
         print(result["table"])
     return 0
+
+
+@hookimpl
+def rd_register_commands(commands):
+    commands.register(cmd_eval)

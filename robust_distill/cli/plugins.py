@@ -1,9 +1,10 @@
-"""``robust-distill plugins``: every registered part, with the plugin and distribution providing it."""
+"""``robust-distill plugins``: every plugin, command and registered part, with who provides it."""
 
 from __future__ import annotations
 
 import argparse
 
+from .. import hookimpl
 from . import command
 
 
@@ -12,15 +13,22 @@ def _plugins_args(p: argparse.ArgumentParser) -> None:
                    help="also list the names each teacher/student source knows (imports robustbench)")
 
 
-@command("plugins", "list every registered part by kind, with the plugin and distribution providing it", _plugins_args)
+@command("plugins", "list every plugin, command and registered part, with the plugin and distribution providing it",
+         _plugins_args)
 def cmd_plugins(ns: argparse.Namespace) -> int:
     from ..plugin import get_plugin_manager, get_registries
+    from . import build_commands
 
     pm, regs = get_plugin_manager(), get_registries()
-    print("Plugins:")
-    for name, info in sorted(pm.info.items(), key=lambda kv: (not kv[1].builtin, kv[0])):
-        kind = "built-in" if info.builtin else "third-party"
-        print(f"  {name:<16} {info.module:<44} {info.distribution} ({kind})")
+    commands = getattr(ns, "commands_", None)  # the parser's, when run through main()
+    print("Plugins (in load order):")
+    for name, info in pm.info.items():
+        print(f"  {name:<16} {info.module:<44} {info.distribution} ({info.kind})")
+    for where, why in pm.skipped.items():
+        print(f"  {where:<61} not loaded: {why}")
+    print("\ncommands:")
+    for e in (commands if commands is not None else build_commands(pm)).entries():
+        print(f"  {e.name:<22} {e.help[:70]:<72} [{e.plugin}; {e.distribution}]")
     for attr, registry in vars(regs).items():
         print(f"\n{attr.replace('_', ' ')}:")
         for e in registry.entries():
@@ -33,3 +41,8 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
                 for n in names or []:
                     print(f"      {e.name}:{n}")
     return 0
+
+
+@hookimpl
+def rd_register_commands(commands):
+    commands.register(cmd_plugins)

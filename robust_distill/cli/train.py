@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .. import hookimpl
 from . import command
 
 
@@ -31,3 +32,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
     summary = train(cfg, resume=not ns.no_resume)
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+@hookimpl
+def rd_register_commands(commands):
+    commands.register(cmd_train)
