@@ -46,6 +46,7 @@ class DatasetInfo:
     num_classes: int
     input_shape: tuple[int, int, int]  # (C, H, W)
     class_names: tuple[str, ...] = ()
+    train_size: int | None = None  # images in the training split, if known without loading (checks data.val_size)
 
 
 @dataclass

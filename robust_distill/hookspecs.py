@@ -60,6 +60,8 @@ def rd_register_datasets(registry: Registry[Any]) -> None:
     ``options`` come from the config's ``data.options`` plus ``root`` (``data.root``); a loader returns
     the whole train and test split in memory (:class:`~robust_distill.components.DataBundle`), with the
     augmentation it uses (crop padding, flip). The engine splits a validation set off the training set.
+    An ``info(**options) -> DatasetInfo`` method describes the data without loading it (classes, input
+    shape, and ``train_size`` where it is known, so that configs are checked before any loading).
 
     :param registry: registry of dataset loaders, keyed by the name used in ``data.dataset``.
     :returns: nothing; register into ``registry``.

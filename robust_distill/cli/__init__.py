@@ -4,16 +4,26 @@ One module per group of commands, each registering its sub-commands with :func:`
 ``plugins`` (:mod:`.plugins`), ``train`` (:mod:`.train`), ``eval`` (:mod:`.eval`), ``demo`` (:mod:`.demo`),
 and the grid and analysis tools ``bench``, ``report``, ``unlearnable``, ``teacher-score``,
 ``specialization`` (:mod:`.analysis`). :func:`main` maps every error meant for people to a one-paragraph
-message and an exit code (2: bad configuration; 3: a plugin, name, file or checkpoint problem).
+message, never a traceback, and an exit code:
+
+- 0: done; 1: a grid finished with failed runs;
+- 2: a bad command line or configuration (argparse's code for usage errors), checked before any work;
+- 3: a plugin, name, file, checkpoint, folder-lock or disk problem;
+- 130 / 143: interrupted by Ctrl-C / SIGTERM; 141: the reader of stdout went away (``... | head``), as
+  for any command killed by SIGPIPE, without a message.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .._io import CorruptFileError, DiskFullError
+from .._lock import FolderLockedError
+from .._proc import Terminated
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..plugin import PluginError
@@ -58,16 +68,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import analysis, demo, eval, plugins, train  # noqa: F401  (each registers its commands)
 
     parser = build_parser()
-    ns = parser.parse_args(argv)
     try:
-        return COMMANDS[ns.command].run(ns)
+        ns = parser.parse_args(argv)
+        code = COMMANDS[ns.command].run(ns)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except SystemExit as exc:  # argparse: --help, --version, or a usage error it has printed
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except ConfigError as exc:
         print(f"robust-distill: {exc}", file=sys.stderr)
         return 2
-    except (PluginError, RegistryError, CheckpointError, FileNotFoundError) as exc:
+    except (PluginError, RegistryError, CheckpointError, CorruptFileError, FolderLockedError, DiskFullError,
+            OSError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            return _closed_pipe()
         print(f"robust-distill: error: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("robust-distill: interrupted; `train` resumes from the last finished epoch.", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"robust-distill: stopped ({exc}); `train` resumes from the last finished epoch.", file=sys.stderr)
+        return 128 + exc.signum
+
+
+def _closed_pipe() -> int:
+    """``robust-distill ... | head``: stop quietly, as commands killed by SIGPIPE do (exit 141)."""
+    try:  # nothing more can reach the reader: later writes (and the interpreter's final flush) go nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 141
 
