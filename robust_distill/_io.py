@@ -27,8 +27,8 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_write", "atomic_save", "atomic_write_text", "atomic_write_json", "read_json",
-           "remove_stale_temp_files", "DiskFullError", "CorruptFileError"]
+__all__ = ["atomic_write", "atomic_save", "atomic_write_text", "atomic_write_json", "read_json", "read_jsonl",
+           "remove_stale_temp_files", "DiskFullError", "InputError", "CorruptFileError"]
 
 #: what :func:`atomic_write` names its temp files (``tempfile.mkstemp``'s 8 random characters)
 TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
@@ -42,7 +42,11 @@ class DiskFullError(OSError):
         return str(self.strerror)
 
 
-class CorruptFileError(ValueError):
+class InputError(ValueError):
+    """An input file or folder cannot be used as given (incomplete, of another kind): the message names it."""
+
+
+class CorruptFileError(InputError):
     """A file the project wrote (JSON, YAML) cannot be parsed: the message names it and says what to do."""
 
 
@@ -124,15 +128,37 @@ def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> None:
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
 
 
+def _corrupt(what: str, path: Path, kind: str, exc: BaseException) -> CorruptFileError:
+    return CorruptFileError(f"{what} {str(path)!r} is not valid {kind} ({exc}); it was cut short or edited by hand. "
+                            "Restore or delete it, and run again.")
+
+
 def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
     """``json.loads`` of a file; a file that is not JSON is a :class:`CorruptFileError` naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {str(path)!r} is a folder, not a JSON file.")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CorruptFileError(
-            f"{what} {str(path)!r} is not valid JSON ({exc}); it was probably cut short by a crash or edited by "
-            "hand. Delete it (or restore it) and run again.") from None
+        raise _corrupt(what, path, "JSON", exc) from None
+
+
+def read_jsonl(path: str | os.PathLike[str], what: str = "file") -> list[Any]:
+    """One JSON value per non-empty line (``metrics.jsonl``); errors name the file and the line."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as exc:
+        raise _corrupt(what, path, "JSON lines", exc) from None
+    out = []
+    for i, line in enumerate(lines, 1):
+        try:
+            if line.strip():
+                out.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise _corrupt(what, path, f"JSON lines (line {i})", exc) from None
+    return out
 
 
 def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[str]:

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .._io import CorruptFileError, DiskFullError
+from .._io import DiskFullError, InputError
 from .._lock import FolderLockedError
 from .._proc import Terminated
 from ..checkpoint import CheckpointError
@@ -29,7 +29,7 @@ from ..config import ConfigError
 from ..plugin import PluginError
 from ..registry import RegistryError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "command", "integer", "radius"]
 
 
 
@@ -50,6 +50,38 @@ def command(name: str, help: str, setup: Callable[[argparse.ArgumentParser], Non
         COMMANDS[name] = Command(help, setup, fn)
         return fn
     return wrap
+
+
+# -- argument types: a bad value is argparse's usage error (exit 2) naming the flag ---------------------------
+
+
+def integer(low: int) -> Callable[[str], int]:
+    """An ``int`` argument type that accepts values >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def radius(text: str) -> float:
+    """An L-inf radius in (0, 1]: ``0.031`` or ``8/255``."""
+    from ..threat import parse_fraction
+
+    try:
+        value = parse_fraction(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number like 0.031 or a fraction like 8/255, got {text!r}"
+                                         ) from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (inputs are images in [0, 1]; write 8/255, not 8), "
+                                         f"got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"robust-distill: {exc}", file=sys.stderr)
         return 2
-    except (PluginError, RegistryError, CheckpointError, CorruptFileError, FolderLockedError, DiskFullError,
+    except (PluginError, RegistryError, CheckpointError, InputError, FolderLockedError, DiskFullError,
             OSError) as exc:
         if isinstance(exc, BrokenPipeError):
             return _closed_pipe()

@@ -23,7 +23,7 @@ from ..distributed import resolve_device
 from ..evaluation import evaluate, make_eval_attacks
 from ..plugin import get_registries
 from ..trainer import train
-from . import command
+from . import command, integer
 from .eval import markdown_table
 
 __all__ = ["run_demo", "SHIPPED_TEACHER"]
@@ -106,8 +106,8 @@ def run_demo(output_dir: Path = Path("runs/demo"), epochs: int | None = None, n_
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=None, help="student epochs (default: the demo's)")
-    p.add_argument("--n-test", type=int, default=None, help="test examples for the final table")
+    p.add_argument("--epochs", type=integer(1), default=None, help="student epochs (default: the demo's)")
+    p.add_argument("--n-test", type=integer(1), default=None, help="test examples for the final table")
     p.add_argument("--quick", action="store_true", help="a tiny smoke version (seconds, not minutes)")
     p.add_argument("--full-autoattack", action="store_true",
                    help="AutoAttack standard (adds FAB-T and Square: ~20 min more on 2 CPU cores) instead of "

@@ -8,16 +8,18 @@ from typing import Any
 
 from torch import nn
 
-from .._io import atomic_save, atomic_write_json
+from .._io import InputError, atomic_save, atomic_write_json
 from ..checkpoint import load_checkpoint
 from ..components import split_spec
-from ..config import _parse_value
+from ..config import ConfigError, _parse_value
 from ..data import make_splits
 from ..distributed import resolve_device
 from ..evaluation import TransferAttack, evaluate, make_eval_attacks
 from ..plugin import Registries, get_registries
+from ..preflight import check_device, check_output_file
+from ..registry import UnknownNameError
 from ..threat import format_eps, parse_fraction
-from . import command
+from . import command, integer, radius
 
 __all__ = ["run_eval", "resolve_model", "markdown_table"]
 
@@ -28,6 +30,29 @@ def _options(items: list[str]) -> dict[str, Any]:
         key, _, value = item.partition("=")
         out[key] = _parse_value(value)
     return out
+
+
+def check_eval_args(ns: argparse.Namespace, regs: Registries) -> list[str]:
+    """What argparse cannot know (registered names, devices, folders): every problem, before any work."""
+    problems = []
+    names = [a.strip() for a in ns.attacks.split(",") if a.strip()]
+    if not names:
+        problems.append(f"--attacks: no attack given; choose from: {', '.join(regs.eval_attacks.names())}.")
+    for name in names:
+        if name not in regs.eval_attacks:
+            problems.append(f"--attacks: {UnknownNameError('eval attack', name, regs.eval_attacks.names())}")
+    if ns.dataset is not None and ns.dataset not in regs.datasets:
+        problems.append(f"--dataset: {UnknownNameError('dataset', ns.dataset, regs.datasets.names())}")
+    for item in ns.model_option:
+        if "=" not in item or not item.partition("=")[0].strip():
+            problems.append(f"--model-option {item!r}: expected KEY=VALUE, e.g. --model-option model_dir=./models.")
+    if ns.data_root is not None and not Path(ns.data_root).expanduser().is_dir():
+        problems.append(f"--data-root: folder {ns.data_root!r} does not exist.")
+    for flag, problem in (("--device", check_device(ns.device)),
+                          ("--out", check_output_file(ns.out) if ns.out is not None else None)):
+        if problem:
+            problems.append(f"{flag}: {problem}")
+    return problems
 
 
 def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs: Registries,
@@ -50,7 +75,12 @@ def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs:
     if data_options is None:
         data_options = ckpt.get("config", {}).get("data", {}).get("options", {})
     info = regs.datasets.get(dataset).info(**data_options)
-    model = regs.teacher_sources.get(source).load(name, dataset=info, **options)
+    src = regs.teacher_sources.get(source)
+    try:  # a wrong name, option or file: a message before anything is loaded
+        src.check(name, dataset=info, **options)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"model {spec!r}: {exc}") from None
+    model = src.load(name, dataset=info, **options)
     return model.eval(), dataset, ckpt
 
 
@@ -66,6 +96,9 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -
 
 def run_eval(ns: argparse.Namespace) -> dict[str, Any]:
     regs = get_registries()
+    problems = check_eval_args(ns, regs)
+    if problems:
+        raise ConfigError(problems, "eval arguments")
     device = resolve_device(ns.device)
     options = _options(ns.model_option)
     if ns.trust_checkpoint:
@@ -77,14 +110,17 @@ def run_eval(ns: argparse.Namespace) -> dict[str, Any]:
     bundle = regs.datasets.get(dataset).load(root=ns.data_root or data_cfg.get("root"),
                                              **data_cfg.get("options", {}))
     if ns.split == "val":
-        splits = make_splits(bundle, val_size=data_cfg.get("val_size", 5000),
-                             split_seed=data_cfg.get("split_seed", 0))
+        try:
+            splits = make_splits(bundle, val_size=data_cfg.get("val_size", 5000),
+                                 split_seed=data_cfg.get("split_seed", 0))
+        except ValueError as exc:
+            raise ConfigError([f"--split val: {exc} Use --split test."], "eval arguments") from None
         x, y = splits.val_x, splits.val_y
     else:
         x, y = bundle.test_x, bundle.test_y
     if ns.n_examples:
         x, y = x[:ns.n_examples], y[:ns.n_examples]
-    eps = parse_fraction(ns.eps) if ns.eps is not None else float(cfg.get("threat", {}).get("eps", 8 / 255))
+    eps = ns.eps if ns.eps is not None else parse_fraction(cfg.get("threat", {}).get("eps", 8 / 255))
     names = [a.strip() for a in ns.attacks.split(",") if a.strip()]
     attacks = make_eval_attacks(names, regs, eps=eps, num_classes=bundle.info.num_classes)
     if ns.surrogate:
@@ -120,10 +156,10 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--attacks", default="clean,fgsm,pgd20,pgd20_trades,cw_inf,autoattack",
                    help="comma-separated evaluation attacks (see `robust-distill plugins`)")
-    p.add_argument("--eps", default=None, help="L-inf radius, e.g. 8/255 (default: the checkpoint's "
-                                               "training eps, else 8/255)")
-    p.add_argument("--n-examples", type=int, default=1000, help="first N examples of the split (0: all)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--eps", type=radius, default=None, help="L-inf radius in (0, 1], e.g. 8/255 (default: the "
+                                                            "checkpoint's training eps, else 8/255)")
+    p.add_argument("--n-examples", type=integer(0), default=1000, help="first N examples of the split (0: all)")
+    p.add_argument("--batch-size", type=integer(1), default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
                    help="option of the model source, e.g. model_dir=./models")
