@@ -138,6 +138,8 @@ def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{what} {str(path)!r} is a folder, not a JSON file.")
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist.")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

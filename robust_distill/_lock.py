@@ -88,8 +88,9 @@ class FolderLock:
             if same:
                 break
             os.close(fd)
-        prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
-        prog = "robust-distill" if prog == "__main__.py" else prog
+        prog = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+        prog = prog.parent.name if prog.name == "__main__.py" else prog.name  # python -m <package>
+        prog = "robust-distill" if prog == "robust_distill" else prog
         info = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
                 "command": " ".join([prog, *sys.argv[1:]])}
         os.ftruncate(fd, 0)

@@ -397,9 +397,10 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
     _check_part(regs.teacher_updaters, cfg.teacher_updater, "teacher_updater", problems)
     _check_part(regs.lr_schedules, cfg.optim.schedule, "optim.schedule", problems, provided=("epochs",))
 
-    for name in [*cfg.eval.attacks, *cfg.eval.final_attacks]:
-        if name not in regs.eval_attacks:
-            problems.append(f"eval.attacks: {UnknownNameError('eval attack', name, regs.eval_attacks.names())}")
+    for key in ("attacks", "final_attacks"):
+        for name in getattr(cfg.eval, key):
+            if name not in regs.eval_attacks:
+                problems.append(f"eval.{key}: {UnknownNameError('eval attack', name, regs.eval_attacks.names())}")
     if cfg.eval.select not in cfg.eval.attacks:
         problems.append(f"eval.select: {cfg.eval.select!r} must be one of eval.attacks "
                         f"({', '.join(cfg.eval.attacks)}).")
@@ -427,7 +428,7 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
     except (TypeError, ValueError, FileNotFoundError) as exc:
         problems.append(f"student.key: {exc}")
     else:
-        if info is not None:
+        if info is not None and not cfg.student.kwargs.get("pretrained"):  # (a download: not a check's work)
             _check_student_shape(student_source, name, cfg.student.kwargs, info, problems)
     if method is not None:
         updater_roles = ()
@@ -451,11 +452,15 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         except UnknownNameError as exc:
             problems.append(f"teachers.{role}.key: {teacher.key!r}: {exc}")
             continue
-        if info is not None:
+        before = len(problems)
+        _check_kwargs(src.load, teacher.kwargs, f"teachers.{role}.kwargs", problems, provided=("name", "dataset"))
+        if info is not None and len(problems) == before:
             try:
                 src.check(name, dataset=info, **teacher.kwargs)
             except (TypeError, ValueError, OSError, RegistryError) as exc:
                 problems.append(f"teachers.{role}.key: {exc}")
+            except Exception as exc:  # the source's check itself failed: it would fail in train too
+                problems.append(f"teachers.{role}.key: checking {teacher.key!r} fails: {type(exc).__name__}: {exc}")
     return info
 
 
@@ -495,8 +500,11 @@ def _check_student_shape(source: Any, name: str, kwargs: Mapping[str, Any], info
     try:
         model = on_meta(lambda: source.build(name, input_shape=tuple(info.input_shape),
                                              num_classes=info.num_classes, **kwargs))
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # an option the network does not take, or a bad value of one
         problems.append(f"student.kwargs: {exc}")
+        return
+    except Exception as exc:  # the plugin fails to build it: it would in train too
+        problems.append(f"student.key: building {name!r} fails: {type(exc).__name__}: {exc}")
         return
     problem = check_input_shape(model, tuple(info.input_shape), info.num_classes) if model is not None else None
     if problem:

@@ -91,16 +91,17 @@ def check_output_file(path: str) -> str | None:
 
 def on_meta(build: Callable[[], nn.Module]) -> nn.Module | None:
     """``build()`` with every tensor on the ``meta`` device, or None if the model cannot be built there (code
-    that reads tensor values while building, e.g. ``.item()`` on drop-path rates). A ``TypeError`` (an option
-    the model does not take) is raised: it would fail the same way on any device."""
+    that reads tensor values while building, e.g. ``.item()`` on drop-path rates, or an operation without a
+    meta kernel). Any other error (an option the model does not take, a bad value) is raised: it would fail
+    the same way on any device."""
     try:
         with torch.device("meta"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return build()
-    except TypeError:
+    except (RuntimeError, NotImplementedError) as exc:
+        if "meta" in str(exc).lower():
+            return None
         raise
-    except (RuntimeError, NotImplementedError, ValueError, AssertionError):
-        return None
 
 
 def check_input_shape(model: nn.Module, input_shape: tuple[int, ...], num_classes: int) -> str | None:

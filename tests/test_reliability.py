@@ -194,8 +194,9 @@ def test_temp_files_of_interrupted_writes_are_removed_on_start(tiny_config) -> N
 
 
 def _start_train(config: Path, tmp_path: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "robust_distill", "train", str(config)], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    with open(config.with_suffix(".log"), "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "robust_distill", "train", str(config)], cwd=tmp_path,
+                                env=ENV, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:
@@ -214,7 +215,7 @@ def test_a_second_train_on_the_same_folder_is_refused_naming_the_holder(tiny_raw
     first = _start_train(config, tmp_path)
     try:
         wait_for(lambda: (out / "last.pt").is_file() or first.poll() is not None, 300, "the first run's epoch")
-        assert first.poll() is None, first.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        assert first.poll() is None, config.with_suffix(".log").read_text()[-2000:]
         before = load_checkpoint(out / "last.pt")["epoch"]
         assert main(["train", str(config)]) == 3
         err = capsys.readouterr().err
@@ -227,20 +228,26 @@ def test_a_second_train_on_the_same_folder_is_refused_naming_the_holder(tiny_raw
     assert main(["train", str(config), "--set", "optim.epochs=1", "--no-resume"]) == 0  # free once it is gone
 
 
-@pytest.mark.slow
-def test_bench_refuses_to_start_while_a_run_or_the_grid_is_busy(tiny_raw, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def _long_grid(tiny_raw: Callable[..., dict[str, Any]], tmp_path: Path) -> tuple[dict[str, Any], Path, Path]:
+    """A grid of one long run: (its base config, the grid file, the run's folder)."""
     base = tiny_raw("pgd_at")
     base.pop("output_dir")
     base["optim"]["epochs"] = 500
     grid = write_config(tmp_path / "grid.yaml", {"output_dir": str(tmp_path / "g"), "base": base,
                                                  "grid": {"seed": [0]}})
-    run_dir = tmp_path / "g" / "seed=0"
+    return base, grid, tmp_path / "g" / "seed=0"
+
+
+@pytest.mark.slow
+def test_bench_refuses_to_start_while_a_run_or_the_grid_is_busy(tiny_raw, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    base, grid, run_dir = _long_grid(tiny_raw, tmp_path)
     # a child of a killed bench, still training the grid's run
     orphan_raw = {**base, "output_dir": str(run_dir)}
     orphan = _start_train(write_config(tmp_path / "orphan.yaml", orphan_raw), tmp_path)
     try:
         wait_for(lambda: (run_dir / "last.pt").is_file() or orphan.poll() is not None, 300, "the orphan's epoch")
+        assert orphan.poll() is None, (tmp_path / "orphan.log").read_text()[-2000:]
         assert main(["bench", str(grid)]) == 3
         err = capsys.readouterr().err
         assert "seed=0" in err and f"PID {orphan.pid}" in err and "Traceback" not in err
@@ -251,8 +258,8 @@ def test_bench_refuses_to_start_while_a_run_or_the_grid_is_busy(tiny_raw, tmp_pa
     bench = subprocess.Popen([sys.executable, "-m", "robust_distill", "bench", str(grid)], cwd=tmp_path, env=ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for(lambda: (run_dir / "last.pt").is_file() and load_checkpoint(run_dir / "last.pt")["epoch"] >= 1,
-                 300, "the grid's first epoch")
+        wait_for(lambda: GridRun("seed=0", {}, run_dir).status().get("bench_pid") == bench.pid, 300,
+                 "the grid's run to start")
         assert main(["bench", str(grid)]) == 3
         err = capsys.readouterr().err
         assert f"PID {bench.pid}" in err and "Traceback" not in err
@@ -317,12 +324,7 @@ def test_killing_the_torchrun_launcher_stops_its_workers(tiny_raw, tmp_path: Pat
 @pytest.mark.slow
 @pytest.mark.skipif(not LINUX, reason="parent-death signals are Linux-only")
 def test_killing_bench_stops_its_children_and_no_dead_run_reads_as_running(tiny_raw, tmp_path: Path) -> None:
-    base = tiny_raw("pgd_at")
-    base.pop("output_dir")
-    base["optim"]["epochs"] = 500
-    grid = write_config(tmp_path / "grid.yaml", {"output_dir": str(tmp_path / "g"), "base": base,
-                                                 "grid": {"seed": [0]}})
-    run_dir = tmp_path / "g" / "seed=0"
+    _, grid, run_dir = _long_grid(tiny_raw, tmp_path)
     run = GridRun("seed=0", {}, run_dir)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         (run_dir / "last.pt").unlink(missing_ok=True)
