@@ -74,7 +74,9 @@ class TeacherSource:
         raise NotImplementedError
 
     def check(self, name: str, *, dataset: DatasetInfo, **options: Any) -> None:
-        """Raise ``ValueError`` (listing valid names) if ``name``/``options`` cannot work; no loading."""
+        """Raise ``ValueError`` (listing valid names) or ``FileNotFoundError`` if ``name``/``options`` cannot
+        work for ``dataset``; called before any work, so no loading (reading a file memory-mapped, building on
+        the ``meta`` device and :func:`robust_distill.preflight.check_input_shape` are cheap enough)."""
 
     def names(self, dataset: DatasetInfo | None = None) -> list[str] | None:
         """Known names (for ``robust-distill plugins``), or None if the space is open."""

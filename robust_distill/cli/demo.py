@@ -62,15 +62,16 @@ def run_demo(output_dir: Path = Path("runs/demo"), epochs: int | None = None, n_
     evaluation = {**COMMON["eval"], "n_examples": 128 if quick else 1000}
 
     teacher_path = SHIPPED_TEACHER
+    teacher_dir = "teacher_quick" if quick else "teacher"  # two configs: `train` resumes only its own
     if not teacher_path.is_file() or quick:
         _say("Training a robust teacher with PGD-AT first (no shipped teacher found)...")
         cfg = resolve_config(_config(
             method="pgd_at", student="timm:convnet_s" if quick else "timm:convnet_m",
-            output_dir=str(output_dir / "teacher"), data={"train_subset": subset}, eval=evaluation,
+            output_dir=str(output_dir / teacher_dir), data={"train_subset": subset}, eval=evaluation,
             optim={"epochs": 1 if quick else 3, "schedule": {"key": "multistep", "kwargs": {"milestones": [0.7]}}}),
             regs)
         train(cfg)
-        teacher_path = output_dir / "teacher" / "best.pt"
+        teacher_path = output_dir / teacher_dir / "best.pt"
     else:
         _say(f"Teacher: {teacher_path} (shipped; PGD-AT, eps {EPS})")
 
