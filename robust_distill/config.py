@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import inspect
 import os
 import types
@@ -429,7 +430,9 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         problems.append(f"student.key: {exc}")
     else:
         if info is not None and not cfg.student.kwargs.get("pretrained"):  # (a download: not a check's work)
-            _check_student_shape(student_source, name, cfg.student.kwargs, info, problems)
+            problems += _memo(("student", source), name, cfg.student.kwargs, info,
+                              functools.partial(_student_shape_problems, student_source, name, cfg.student.kwargs,
+                                                info))
     if method is not None:
         updater_roles = ()
         try:
@@ -455,13 +458,40 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         before = len(problems)
         _check_kwargs(src.load, teacher.kwargs, f"teachers.{role}.kwargs", problems, provided=("name", "dataset"))
         if info is not None and len(problems) == before:
-            try:
-                src.check(name, dataset=info, **teacher.kwargs)
-            except (TypeError, ValueError, OSError, RegistryError) as exc:
-                problems.append(f"teachers.{role}.key: {exc}")
-            except Exception as exc:  # the source's check itself failed: it would fail in train too
-                problems.append(f"teachers.{role}.key: checking {teacher.key!r} fails: {type(exc).__name__}: {exc}")
+            found = _memo(("teacher", source), name, teacher.kwargs, info,
+                          functools.partial(_teacher_problems, src, name, teacher.kwargs, info, teacher.key))
+            problems += [f"teachers.{role}.key: {p}" for p in found]
     return info
+
+
+_MEMO: dict[tuple[Any, ...], list[str]] = {}
+
+
+def _memo(kind: tuple[str, str], name: str, kwargs: Mapping[str, Any], info: DatasetInfo,
+          check: Any) -> list[str]:
+    """The problems ``check()`` finds, remembered for the same spec, dataset and files (a grid validates many
+    runs with the same teacher and student: each is read and built on ``meta`` once)."""
+    stamps = []
+    for value in (name, *kwargs.values()):
+        if isinstance(value, str) and os.path.isfile(os.path.expanduser(value)):
+            st = os.stat(os.path.expanduser(value))
+            stamps.append((value, st.st_mtime_ns, st.st_size, st.st_ino))
+    key = (kind, name, repr(sorted(kwargs.items())), repr(info), tuple(stamps))
+    if key not in _MEMO:
+        if len(_MEMO) > 256:
+            _MEMO.clear()
+        _MEMO[key] = check()
+    return list(_MEMO[key])
+
+
+def _teacher_problems(src: Any, name: str, kwargs: Mapping[str, Any], info: DatasetInfo, key: str) -> list[str]:
+    try:
+        src.check(name, dataset=info, **kwargs)
+    except (TypeError, ValueError, OSError, RegistryError) as exc:
+        return [str(exc)]
+    except Exception as exc:  # the source's check itself failed: it would fail in train too
+        return [f"checking {key!r} fails: {type(exc).__name__}: {exc}"]
+    return []
 
 
 def _check_ranges(cfg: Config, info: DatasetInfo | None, problems: list[str]) -> None:
@@ -494,21 +524,17 @@ def _check_ranges(cfg: Config, info: DatasetInfo | None, problems: list[str]) ->
     at_least("eval.train_records", e.train_records, 0)
 
 
-def _check_student_shape(source: Any, name: str, kwargs: Mapping[str, Any], info: DatasetInfo,
-                         problems: list[str]) -> None:
+def _student_shape_problems(source: Any, name: str, kwargs: Mapping[str, Any], info: DatasetInfo) -> list[str]:
     """Build the student on the ``meta`` device (no memory) and run it on the data's input shape."""
     try:
         model = on_meta(lambda: source.build(name, input_shape=tuple(info.input_shape),
                                              num_classes=info.num_classes, **kwargs))
     except (TypeError, ValueError) as exc:  # an option the network does not take, or a bad value of one
-        problems.append(f"student.kwargs: {exc}")
-        return
+        return [f"student.kwargs: {exc}"]
     except Exception as exc:  # the plugin fails to build it: it would in train too
-        problems.append(f"student.key: building {name!r} fails: {type(exc).__name__}: {exc}")
-        return
+        return [f"student.key: building {name!r} fails: {type(exc).__name__}: {exc}"]
     problem = check_input_shape(model, tuple(info.input_shape), info.num_classes) if model is not None else None
-    if problem:
-        problems.append(f"student.key: {name!r} {problem}")
+    return [f"student.key: {name!r} {problem}"] if problem else []
 
 
 # -------------------------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """The one training engine. It knows hooks and registries, never a specific method.
 
 Per step: ``updater.before_step`` -> ``x_adv = inner_attack(step)`` -> ``loss = outer_loss(step)`` ->
-backward and SGD step -> ``updater.after_step``. Per epoch: evaluation on the validation split (clean and
-PGD by default), a metrics row (``metrics.jsonl`` and ``metrics.csv``), the ``best.pt``/``last.pt``
-checkpoints (written atomically) and the ``rd_epoch_end`` hook. A run resumes from ``last.pt``: every
-epoch's randomness is a function of ``(seed, epoch)`` and every stateful part is checkpointed, so a
-resumed run equals an uninterrupted one.
+backward and SGD step -> ``updater.after_step``. Per epoch: BatchNorm statistics averaged over the torchrun
+processes, evaluation on the validation split (clean and PGD by default), the ``rd_epoch_end`` hook, then the
+files, atomically and in this order: ``best.pt``, ``train_records.pt``, the metrics row (``metrics.jsonl``,
+``metrics.csv``) and last ``last.pt``, which commits the epoch. A run holds its folder's lock for its whole
+length and resumes from ``last.pt`` only if it was written by the same config (up to
+:data:`~robust_distill.config.RESUME_MAY_DIFFER`): every epoch's randomness is a function of
+``(seed, epoch)`` and every stateful part is checkpointed, so a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations

@@ -349,7 +349,7 @@ def _teacher_file(tmp_path: Path, kind: str) -> Path:
     path = tmp_path / f"teacher-{kind}.pt"
     if kind == "text":
         path.write_text("<html>Not found</html>\n")
-    elif kind in ("truncated", "other_shape"):
+    elif kind in ("truncated", "other_shape", "good"):
         from robust_distill.components import DatasetInfo
         from robust_distill.plugin import get_registries
         from robust_distill.trainer import build_student, model_spec
@@ -404,6 +404,19 @@ def test_train_check_catches_what_train_would_fail_on(case: str, tiny_raw, tmp_p
     err = capsys.readouterr().err
     assert code in (2, 3), err
     assert expected in err and "Traceback" not in err
+
+
+def test_a_remembered_teacher_check_is_redone_when_the_file_changes(tiny_raw, regs, tmp_path: Path) -> None:
+    """A grid checks many runs with one teacher (read and built on ``meta`` once); a changed file is re-read."""
+    from robust_distill.config import ConfigError, resolve_config
+
+    path = tmp_path / "teacher.pt"
+    _io.atomic_save(load_checkpoint(_teacher_file(tmp_path, "other_shape")), path)
+    raw = {**tiny_raw("rslad", teacher=True), "teachers": {"robust": f"checkpoint:{path}"}}
+    with pytest.raises(ConfigError, match="does not accept this dataset's inputs"):
+        resolve_config(raw, regs)
+    _io.atomic_save(load_checkpoint(_teacher_file(tmp_path, "good")), path)  # same path, another file
+    assert resolve_config(raw, regs).teachers["robust"].key == f"checkpoint:{path}"
 
 
 # -- item 12: eval flags ----------------------------------------------------------------------------------
