@@ -10,6 +10,7 @@ from torch import nn
 from robust_distill import DatasetInfo, TeacherSource, hookimpl
 from robust_distill.checkpoint import build_from_checkpoint
 from robust_distill.plugin import get_registries
+from robust_distill.preflight import check_input_shape
 
 
 def _arch(arch: Any) -> dict[str, Any] | None:
@@ -28,15 +29,31 @@ class CheckpointTeachers(TeacherSource):
     def load(self, name: str, *, dataset: DatasetInfo, arch: Any = None, trust_checkpoint: bool = False) -> nn.Module:
         model, ckpt = build_from_checkpoint(Path(name).expanduser(), get_registries(), arch=_arch(arch),
                                             dataset=dataset, trust=trust_checkpoint)
-        spec = ckpt.get("model", {})
-        if spec and spec.get("num_classes") != dataset.num_classes:
-            raise ValueError(f"teacher {name!r} has {spec.get('num_classes')} classes but dataset "
-                             f"{dataset.name} has {dataset.num_classes}.")
+        _check_classes(name, ckpt, dataset)
         return model
 
     def check(self, name: str, *, dataset: DatasetInfo, arch: Any = None, trust_checkpoint: bool = False) -> None:
-        if not Path(name).expanduser().is_file():
-            raise FileNotFoundError(f"teacher checkpoint {name!r} does not exist.")
+        """Reads the file (memory-mapped, weights only), checks its weights against the architecture and a
+        forward pass on the dataset's input shape, all on the ``meta`` device (nothing is copied)."""
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"teacher checkpoint {name!r} " + ("is a folder, not a file." if path.is_dir()
+                                                                       else "does not exist."))
+        model, ckpt = build_from_checkpoint(path, get_registries(), arch=_arch(arch), dataset=dataset,
+                                            trust=trust_checkpoint, meta=True)
+        _check_classes(name, ckpt, dataset)
+        problem = check_input_shape(model, dataset.input_shape, dataset.num_classes) if model is not None else None
+        if problem:
+            trained = ckpt.get("model", {}).get("input_shape")
+            hint = f" (it was trained on inputs of shape {tuple(trained)})" if trained else ""
+            raise ValueError(f"teacher {name!r} {problem}{hint}")
+
+
+def _check_classes(name: str, ckpt: Any, dataset: DatasetInfo) -> None:
+    spec = ckpt.get("model", {}) if isinstance(ckpt, dict) else {}
+    if spec and spec.get("num_classes") != dataset.num_classes:
+        raise ValueError(f"teacher {name!r} has {spec.get('num_classes')} classes but dataset "
+                         f"{dataset.name} has {dataset.num_classes}.")
 
 
 @hookimpl

@@ -34,7 +34,7 @@ class TorchvisionCIFAR:
 
     def info(self, **_: Any) -> DatasetInfo:
         classes = CIFAR10_CLASSES if self.num_classes == 10 else ()
-        return DatasetInfo(self.name, self.num_classes, (3, 32, 32), classes)
+        return DatasetInfo(self.name, self.num_classes, (3, 32, 32), classes, train_size=50_000)
 
     def load(self, root: str | None = None, download: bool = True) -> DataBundle:
         import torchvision
@@ -82,7 +82,7 @@ class FashionMNIST:
              "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
 
     def info(self, **_: Any) -> DatasetInfo:
-        return DatasetInfo(self.name, 10, (1, 28, 28), FASHION_MNIST_CLASSES)
+        return DatasetInfo(self.name, 10, (1, 28, 28), FASHION_MNIST_CLASSES, train_size=60_000)
 
     def _find(self, root: Path, stem: str) -> Path:
         for folder in (root, root / "FashionMNIST" / "raw"):
@@ -109,7 +109,7 @@ class Synthetic:
     def info(self, num_classes: int = 10, channels: int = 3, size: int = 16, n_train: int = 256,
              n_test: int = 128, noise: float = 0.15, seed: int = 0) -> DatasetInfo:
         return DatasetInfo(self.name, num_classes, (channels, size, size),
-                           tuple(f"class{i}" for i in range(num_classes)))
+                           tuple(f"class{i}" for i in range(num_classes)), train_size=n_train)
 
     def load(self, root: str | None = None, num_classes: int = 10, channels: int = 3, size: int = 16,
              n_train: int = 256, n_test: int = 128, noise: float = 0.15, seed: int = 0) -> DataBundle:

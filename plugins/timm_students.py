@@ -27,6 +27,7 @@ from torch import nn
 
 from robust_distill import DatasetInfo, StudentSource, TeacherSource, hookimpl
 from robust_distill.checkpoint import CheckpointError, load_state_dict_file, weights_only_loads
+from robust_distill.preflight import check_input_shape, load_state_dict_checked, on_meta
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -164,11 +165,34 @@ class TimmTeachers(TeacherSource):
         return create(name, input_shape=dataset.input_shape, num_classes=dataset.num_classes, **options).eval()
 
     def check(self, name: str, *, dataset: DatasetInfo, **options: Any) -> None:
+        """The name, the weight files (read memory-mapped, weights only) and, on the ``meta`` device, the
+        weights' shapes against the network and a forward pass on the dataset's input shape."""
         _check_timm_name(name)
         _check_stem(options.get("stem", "imagenet"))
         for key in ("checkpoint_path", "pretrained_file"):
             if options.get(key) and not Path(options[key]).is_file():
                 raise FileNotFoundError(f"teacher timm:{name}: {key} {options[key]!r} does not exist.")
+        trust = bool(options.get("trust_checkpoint", False))
+        if options.get("pretrained_file"):  # timm adapts it to the model: only check that it is readable
+            load_state_dict_file(options["pretrained_file"], trust=trust, mmap=True)
+        if options.get("pretrained"):
+            return  # timm's own download: nothing to check offline
+        plain = {k: v for k, v in options.items() if k not in ("checkpoint_path", "pretrained_file", "normalize",
+                                                                "trust_checkpoint", "pretrained")}
+        model = on_meta(lambda: _timm().create_model(name, num_classes=dataset.num_classes,
+                                                     in_chans=dataset.input_shape[0], **plain))
+        if model is None:
+            return
+        if options.get("checkpoint_path"):
+            state = load_state_dict_file(options["checkpoint_path"], trust=trust, mmap=True)
+            try:
+                load_state_dict_checked(model, state)
+            except RuntimeError as exc:
+                raise CheckpointError(f"The weights in {options['checkpoint_path']!r} do not fit timm:{name}: "
+                                      f"{exc}") from exc
+        problem = check_input_shape(model, dataset.input_shape, dataset.num_classes)
+        if problem:
+            raise ValueError(f"teacher timm:{name} {problem}")
 
 
 @hookimpl

@@ -1,13 +1,25 @@
 """Atomic file writes (temp file in the same folder, fsync, rename): a crash never leaves half a file.
 
 Private: the one implementation behind every file the project writes (checkpoints, metrics, configs,
-reports, plots).
+reports, plots), and the one place that reads the JSON files it wrote back with errors naming the file.
+
+- A write goes to ``.<name>.<8 random characters>.tmp`` beside the target, is flushed and fsynced, then
+  renamed over the target (``os.replace``): a reader sees the old file or the new one, never a mix.
+- The new file gets the mode a plain ``open(path, "w")`` would give it, ``0o666 & ~umask``
+  (``tempfile.mkstemp`` creates ``0o600``, which would hide results from the group on a shared cluster).
+- A full disk (``ENOSPC``, ``EDQUOT``) is a :class:`DiskFullError` naming the file, whatever layer saw it
+  first (``torch.save`` turns it into "unexpected pos ..."); the old file stays as it was.
+- A temp file left by a process that was killed mid-write is removed by :func:`remove_stale_temp_files`,
+  which the owner of a folder (the holder of its lock) calls on start.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -15,25 +27,91 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_write", "atomic_save", "atomic_write_text", "atomic_write_json"]
+__all__ = ["atomic_write", "atomic_save", "atomic_write_text", "atomic_write_json", "read_json", "read_jsonl",
+           "remove_stale_temp_files", "DiskFullError", "InputError", "CorruptFileError"]
+
+#: what :func:`atomic_write` names its temp files (``tempfile.mkstemp``'s 8 random characters)
+TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """No space left (or the quota is exhausted) while writing a file; the previous version is intact."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class InputError(ValueError):
+    """An input file or folder cannot be used as given (incomplete, of another kind): the message names it."""
+
+
+class CorruptFileError(InputError):
+    """A file the project wrote (JSON, YAML) cannot be parsed: the message names it and says what to do."""
+
+
+def _umask() -> int:
+    try:  # Linux >= 4.7: read it without changing it (os.umask would, for a moment, for every thread)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class _Recording:
+    """A binary file that remembers the first ``OSError`` its writes raised (torch.save hides it)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+def _disk_full(path: Path, exc: BaseException) -> DiskFullError:
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(
+        errno.ENOSPC, f"No space left on device while writing {str(path)!r} ({free} on its file system; "
+        f"{type(exc).__name__}: {exc}). The previous version of the file, if any, is intact. Free some space "
+        "(or point output_dir elsewhere) and run the same command again: training resumes from last.pt.")
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``write(f)`` on a temp file beside ``path``, then rename it to ``path``."""
+    """Call ``write(f)`` on a temp file beside ``path``, then rename it to ``path`` (see the module doc)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    recording = None
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            recording = _Recording(f)
+            write(recording)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        cause = recording.error if recording is not None and recording.error is not None else exc
+        if isinstance(cause, OSError) and cause.errno in _FULL and not isinstance(exc, DiskFullError):
+            raise _disk_full(path, cause) from exc
         raise
 
 
@@ -58,3 +136,56 @@ def atomic_write_text(text: str, path: str | os.PathLike[str]) -> None:
 
 def atomic_write_json(obj: Any, path: str | os.PathLike[str]) -> None:
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
+
+
+def _corrupt(what: str, path: Path, kind: str, exc: BaseException) -> CorruptFileError:
+    return CorruptFileError(f"{what} {str(path)!r} is not valid {kind} ({exc}); it was cut short or edited by hand. "
+                            "Restore or delete it, and run again.")
+
+
+def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
+    """``json.loads`` of a file; a file that is not JSON is a :class:`CorruptFileError` naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {str(path)!r} is a folder, not a JSON file.")
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist.")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _corrupt(what, path, "JSON", exc) from None
+
+
+def read_jsonl(path: str | os.PathLike[str], what: str = "file") -> list[Any]:
+    """One JSON value per non-empty line (``metrics.jsonl``); errors name the file and the line."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as exc:
+        raise _corrupt(what, path, "JSON lines", exc) from None
+    out = []
+    for i, line in enumerate(lines, 1):
+        try:
+            if line.strip():
+                out.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise _corrupt(what, path, f"JSON lines (line {i})", exc) from None
+    return out
+
+
+def remove_stale_temp_files(folder: str | os.PathLike[str]) -> list[str]:
+    """Delete the temp files interrupted atomic writes left in ``folder`` (only what :func:`atomic_write`
+    names its temp files; call it only while holding the folder's lock). Returns their names."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if TEMP_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+            except FileNotFoundError:
+                pass
+    return removed

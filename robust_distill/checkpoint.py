@@ -19,6 +19,7 @@ import contextlib
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from .components import split_spec
+from .preflight import load_state_dict_checked, on_meta
 
 __all__ = ["FORMAT", "load_checkpoint", "load_file", "load_state_dict_file", "weights_only_loads", "CheckpointError",
            "UnsafeCheckpointError", "SAFE_GLOBALS", "TRUST_HINT", "build_from_checkpoint"]
@@ -80,6 +82,8 @@ def load_file(f: Any, *, map_location: Any = "cpu", trust: bool = False, mmap: b
 
         device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
         return load_safetensors(str(f), device=str(device))
+    if mmap and not (isinstance(f, (str, os.PathLike)) and zipfile.is_zipfile(f)):
+        mmap = None  # only torch.save's zip format can be memory-mapped (not the legacy one)
     if trust:
         return _torch_load(f, map_location=map_location, weights_only=False, mmap=mmap)
     try:
@@ -111,13 +115,17 @@ def weights_only_loads(trust: bool = False) -> Iterator[None]:
         torch.load = original
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *, trust: bool = False) -> Any:
-    """Load a checkpoint through :func:`load_file`; errors say what is wrong with which file."""
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *, trust: bool = False,
+                    mmap: bool | None = None) -> Any:
+    """Load a checkpoint through :func:`load_file`; errors say what is wrong with which file.
+
+    ``mmap=True`` maps the tensors' storage instead of reading it (cheap checks of large files).
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"Checkpoint {str(p)!r} does not exist" + (" (it is a folder)." if p.is_dir() else "."))
     try:
-        return load_file(p, map_location=map_location, trust=trust)
+        return load_file(p, map_location=map_location, trust=trust, mmap=mmap)
     except UnsafeCheckpointError:
         raise
     except Exception as exc:
@@ -143,10 +151,11 @@ def _strip_prefixes(state: Mapping[str, Any], prefixes: tuple[str, ...] = ("modu
 
 
 def load_state_dict_file(path: str | os.PathLike[str], *, trust: bool = False,
-                         prefixes: tuple[str, ...] = ("module.", "_orig_mod.")) -> dict[str, Any]:
+                         prefixes: tuple[str, ...] = ("module.", "_orig_mod."), mmap: bool | None = None
+                         ) -> dict[str, Any]:
     """The weights of a checkpoint file, as timm reads ``checkpoint_path``: the first of
     :data:`STATE_DICT_KEYS` that holds a mapping (else the whole file), without the DDP/compile prefixes."""
-    ckpt = load_checkpoint(path, trust=trust)
+    ckpt = load_checkpoint(path, trust=trust, mmap=mmap)
     if isinstance(ckpt, Mapping):
         for key in STATE_DICT_KEYS:
             if isinstance(ckpt.get(key), Mapping):
@@ -158,19 +167,26 @@ def load_state_dict_file(path: str | os.PathLike[str], *, trust: bool = False,
 
 
 def build_from_checkpoint(path: str | os.PathLike[str], regs: Any, *, arch: Mapping[str, Any] | None = None,
-                          dataset: Any = None, trust: bool = False) -> tuple[Any, dict[str, Any]]:
+                          dataset: Any = None, trust: bool = False, meta: bool = False) -> tuple[Any, dict[str, Any]]:
     """Rebuild the network saved in ``path`` and load its weights; returns ``(model, checkpoint)``.
 
     A robust-distill checkpoint names its architecture. A plain state dict (or ``{"state_dict": ...}``)
     needs ``arch={"key": "timm:resnet18_cifar", "kwargs": {...}}`` and the ``dataset`` info.
+    ``meta=True`` is the check before any work: the file is read (memory-mapped), the network built on the
+    ``meta`` device and the weights' names and shapes compared, without copying anything; the model is None
+    when the architecture cannot be built on ``meta``.
     """
-    ckpt = load_checkpoint(path, trust=trust)
+    ckpt = load_checkpoint(path, trust=trust, mmap=meta or None)
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{str(path)!r} holds a {type(ckpt).__name__}, not a checkpoint or state dict.")
     if ckpt.get("format") == FORMAT:
-        spec = dict(ckpt["model"])
-        state = ckpt["state_dict"]
-        num_classes, input_shape = spec["num_classes"], tuple(spec["input_shape"])
+        try:
+            spec = dict(ckpt["model"])
+            state = ckpt["state_dict"]
+            num_classes, input_shape = spec["num_classes"], tuple(spec["input_shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{str(path)!r} says it is a {FORMAT} checkpoint but lacks {exc}: it was not "
+                                  "written by robust-distill, or was edited.") from None
         if arch is not None:
             spec.update(arch)
     else:
@@ -183,10 +199,19 @@ def build_from_checkpoint(path: str | os.PathLike[str], regs: Any, *, arch: Mapp
         state = _strip_prefixes(ckpt.get("state_dict", ckpt))
         num_classes, input_shape = dataset.num_classes, tuple(dataset.input_shape)
     source, name = split_spec(spec["key"])
-    model = regs.student_sources.get(source).build(name, input_shape=input_shape, num_classes=num_classes,
-                                                   **spec.get("kwargs", {}))
+    student_source = regs.student_sources.get(source)
+
+    def build() -> Any:
+        return student_source.build(name, input_shape=input_shape, num_classes=num_classes, **spec.get("kwargs", {}))
+
+    model = on_meta(build) if meta else build()
+    if model is None:
+        return None, ckpt
     try:
-        model.load_state_dict(state)
+        if meta:
+            load_state_dict_checked(model, state)
+        else:
+            model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"The weights in {str(path)!r} do not fit {spec['key']}: {exc}") from exc
     return model.eval(), ckpt

@@ -71,6 +71,7 @@ class DatasetInfo:
     input_shape: tuple[int, int, int]  # (C, H, W)
     class_names: tuple[str, ...] = ()
     preprocessing: str | None = None  # evaluation transform of image datasets, RobustBench's name for it
+    train_size: int | None = None  # images in the training split, if known without loading (checks data.val_size)
 
 
 @dataclass
@@ -114,7 +115,9 @@ class TeacherSource:
         raise NotImplementedError
 
     def check(self, name: str, *, dataset: DatasetInfo, **options: Any) -> None:
-        """Raise ``ValueError`` (listing valid names) if ``name``/``options`` cannot work; no loading."""
+        """Raise ``ValueError`` (listing valid names) or ``FileNotFoundError`` if ``name``/``options`` cannot
+        work for ``dataset``; called before any work, so no loading (reading a file memory-mapped, building on
+        the ``meta`` device and :func:`robust_distill.preflight.check_input_shape` are cheap enough)."""
 
     def names(self, dataset: DatasetInfo | None = None) -> list[str] | None:
         """Known names (for ``robust-distill plugins``), or None if the space is open."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import inspect
 import os
 import types
@@ -24,10 +25,12 @@ import yaml
 
 from .components import DatasetInfo, Method, Part, split_spec
 from .data import dataset_info
-from .registry import UnknownNameError
+from .preflight import check_device, check_input_shape, check_output_dir, check_sync_bn, on_meta
+from .registry import RegistryError, UnknownNameError
 from .threat import ThreatModel, parse_fraction
 
-__all__ = ["Config", "ConfigError", "load_config", "resolve_config", "apply_overrides", "config_to_dict"]
+__all__ = ["Config", "ConfigError", "load_config", "resolve_config", "apply_overrides", "config_to_dict", "read_yaml",
+           "StrictLoader", "config_differences", "RESUME_MAY_DIFFER", "ResumeMismatchError"]
 
 SCHEMA_VERSION = 1
 #: ``optim.compile`` values besides true/false: ``torch.compile`` modes
@@ -147,9 +150,46 @@ def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, An
     return out
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A YAML mapping with the same key twice (plain YAML keeps the last one silently)."""
+
+
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate mapping keys, naming the key and both lines."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+            if first != key_node.start_mark.line:
+                raise DuplicateKeyError(
+                    None, None, f"duplicate key {key!r} (first at line {first + 1}): YAML would keep only the "
+                    "last value, so robust-distill refuses; remove one of them", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | os.PathLike[str], what: str = "config file") -> Any:
+    """Parse a YAML file with :class:`StrictLoader`; every problem is a :class:`ConfigError` naming the file."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError([f"{what} {str(p)!r} is a folder, not a YAML file."], str(p))
+    if not p.is_file():
+        raise ConfigError([f"{what} {str(p)!r} does not exist."], str(p))
+    try:
+        return yaml.load(p.read_text(), Loader=StrictLoader)  # noqa: S506  (a SafeLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"cannot read it: {exc}"], str(p)) from None
+
+
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506
     except yaml.YAMLError:
         return text
 
@@ -391,9 +431,10 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
     _check_part(regs.teacher_updaters, cfg.teacher_updater, "teacher_updater", problems)
     _check_part(regs.lr_schedules, cfg.optim.schedule, "optim.schedule", problems, provided=("epochs",))
 
-    for name in [*cfg.eval.attacks, *cfg.eval.final_attacks]:
-        if name not in regs.eval_attacks:
-            problems.append(f"eval.attacks: {UnknownNameError('eval attack', name, regs.eval_attacks.names())}")
+    for key in ("attacks", "final_attacks"):
+        for name in getattr(cfg.eval, key):
+            if name not in regs.eval_attacks:
+                problems.append(f"eval.{key}: {UnknownNameError('eval attack', name, regs.eval_attacks.names())}")
     if cfg.eval.select not in cfg.eval.attacks:
         problems.append(f"eval.select: {cfg.eval.select!r} must be one of eval.attacks "
                         f"({', '.join(cfg.eval.attacks)}).")
@@ -404,23 +445,32 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
     if cfg.swa.start is not None and cfg.swa.start < 0:
         problems.append(f"swa.start must be a 0-based epoch (or a fraction of the run below 1), or null; "
                         f"got {cfg.swa.start:g}.")
-    if cfg.optim.epochs < 1:
-        problems.append(f"optim.epochs must be >= 1, got {cfg.optim.epochs}.")
-    if cfg.data.batch_size < 1:
-        problems.append(f"data.batch_size must be >= 1, got {cfg.data.batch_size}.")
     if cfg.optim.log_every < 1:
         problems.append(f"optim.log_every must be >= 1, got {cfg.optim.log_every}.")
-    if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
-        problems.append(f"device: must be auto, cpu, cuda or cuda:N; got {cfg.device!r}.")
+    if not cfg.eval.attacks:
+        problems.append("eval.attacks: empty; list at least the attack eval.select names, e.g. [clean, pgd20]. "
+                        f"Registered eval attacks: {', '.join(regs.eval_attacks.names())}.")
+    _check_ranges(cfg, info, problems)
+    for key, problem in (("device", check_device(cfg.device)),
+                         ("sync_bn", check_sync_bn(cfg.device) if cfg.sync_bn else None),
+                         ("output_dir", check_output_dir(cfg.output_dir))):
+        if problem:
+            problems.append(f"{key}: {problem}")
 
     # student and teachers
     source, name = split_spec(cfg.student.key)
     try:
-        regs.student_sources.get(source).check(name, **cfg.student.kwargs)
+        student_source = regs.student_sources.get(source)
+        student_source.check(name, **cfg.student.kwargs)
     except UnknownNameError as exc:
         problems.append(f"student.key: {cfg.student.key!r} needs a source prefix: {exc}")
     except (TypeError, ValueError, FileNotFoundError) as exc:
         problems.append(f"student.key: {exc}")
+    else:
+        if info is not None and not cfg.student.kwargs.get("pretrained"):  # (a download: not a check's work)
+            problems += _memo(("student", source), name, cfg.student.kwargs, info,
+                              functools.partial(_student_shape_problems, student_source, name, cfg.student.kwargs,
+                                                info))
     if method is not None:
         updater_roles = ()
         try:
@@ -443,12 +493,86 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         except UnknownNameError as exc:
             problems.append(f"teachers.{role}.key: {teacher.key!r}: {exc}")
             continue
-        if info is not None:
-            try:
-                src.check(name, dataset=info, **teacher.kwargs)
-            except (TypeError, ValueError, FileNotFoundError) as exc:
-                problems.append(f"teachers.{role}.key: {exc}")
+        before = len(problems)
+        _check_kwargs(src.load, teacher.kwargs, f"teachers.{role}.kwargs", problems, provided=("name", "dataset"))
+        if info is not None and len(problems) == before:
+            found = _memo(("teacher", source), name, teacher.kwargs, info,
+                          functools.partial(_teacher_problems, src, name, teacher.kwargs, info, teacher.key))
+            problems += [f"teachers.{role}.key: {p}" for p in found]
     return info
+
+
+_MEMO: dict[tuple[Any, ...], list[str]] = {}
+
+
+def _memo(kind: tuple[str, str], name: str, kwargs: Mapping[str, Any], info: DatasetInfo,
+          check: Any) -> list[str]:
+    """The problems ``check()`` finds, remembered for the same spec, dataset and files (a grid validates many
+    runs with the same teacher and student: each is read and built on ``meta`` once)."""
+    stamps = []
+    for value in (name, *kwargs.values()):
+        if isinstance(value, str) and os.path.isfile(os.path.expanduser(value)):
+            st = os.stat(os.path.expanduser(value))
+            stamps.append((value, st.st_mtime_ns, st.st_size, st.st_ino))
+    key = (kind, name, repr(sorted(kwargs.items())), repr(info), tuple(stamps))
+    if key not in _MEMO:
+        if len(_MEMO) > 256:
+            _MEMO.clear()
+        _MEMO[key] = check()
+    return list(_MEMO[key])
+
+
+def _teacher_problems(src: Any, name: str, kwargs: Mapping[str, Any], info: DatasetInfo, key: str) -> list[str]:
+    try:
+        src.check(name, dataset=info, **kwargs)
+    except (TypeError, ValueError, OSError, RegistryError) as exc:
+        return [str(exc)]
+    except Exception as exc:  # the source's check itself failed: it would fail in train too
+        return [f"checking {key!r} fails: {type(exc).__name__}: {exc}"]
+    return []
+
+
+def _check_ranges(cfg: Config, info: DatasetInfo | None, problems: list[str]) -> None:
+    """Numbers that type-check but cannot work (a negative lr, more validation images than data, ...)."""
+    def at_least(key: str, value: Any, low: int, none_ok: bool = False) -> None:
+        if (value is None and none_ok) or (isinstance(value, int) and value >= low):
+            return
+        problems.append(f"{key} must be {'null or ' if none_ok else ''}an integer >= {low}, got {value!r}.")
+
+    o, d, e = cfg.optim, cfg.data, cfg.eval
+    at_least("optim.epochs", o.epochs, 1)
+    if not o.lr > 0:
+        problems.append(f"optim.lr must be > 0, got {o.lr:g}.")
+    if not 0 <= o.momentum < 1:
+        problems.append(f"optim.momentum must be in [0, 1), got {o.momentum:g}.")
+    if not o.weight_decay >= 0:
+        problems.append(f"optim.weight_decay must be >= 0, got {o.weight_decay:g}.")
+    if o.nesterov and o.momentum == 0:
+        problems.append("optim.nesterov: Nesterov momentum needs optim.momentum > 0.")
+    at_least("data.batch_size", d.batch_size, 1)
+    at_least("data.eval_batch_size", d.eval_batch_size, 1)
+    at_least("data.val_size", d.val_size, 0)
+    at_least("data.train_subset", d.train_subset, 1, none_ok=True)
+    if info is not None and info.train_size is not None and d.val_size >= info.train_size:
+        problems.append(f"data.val_size={d.val_size} leaves no training data: {info.name} has {info.train_size} "
+                        f"training images (data.val_size must be below {info.train_size}).")
+    at_least("eval.every", e.every, 1)
+    at_least("eval.n_examples", e.n_examples, 1, none_ok=True)
+    at_least("eval.final_n_examples", e.final_n_examples, 1, none_ok=True)
+    at_least("eval.train_records", e.train_records, 0)
+
+
+def _student_shape_problems(source: Any, name: str, kwargs: Mapping[str, Any], info: DatasetInfo) -> list[str]:
+    """Build the student on the ``meta`` device (no memory) and run it on the data's input shape."""
+    try:
+        model = on_meta(lambda: source.build(name, input_shape=tuple(info.input_shape),
+                                             num_classes=info.num_classes, **kwargs))
+    except (TypeError, ValueError) as exc:  # an option the network does not take, or a bad value of one
+        return [f"student.kwargs: {exc}"]
+    except Exception as exc:  # the plugin fails to build it: it would in train too
+        return [f"student.key: building {name!r} fails: {type(exc).__name__}: {exc}"]
+    problem = check_input_shape(model, tuple(info.input_shape), info.num_classes) if model is not None else None
+    return [f"student.key: {name!r} {problem}"] if problem else []
 
 
 # -------------------------------------------------------------------------------------------------
@@ -496,15 +620,60 @@ def _amp_alias(cfg: Config, problems: list[str]) -> Config:
 def load_config(path: str | os.PathLike[str], regs: Any, overrides: list[str] = ()) -> Config:  # type: ignore[assignment]
     """Read a YAML config file and resolve it (see :func:`resolve_config`)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError([f"config file {str(p)!r} does not exist."], str(p))
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], str(p)) from None
+    raw = read_yaml(p) or {}
     if not isinstance(raw, Mapping):
         raise ConfigError(["the top level must be a mapping of keys (method:, student:, ...)."], str(p))
     return resolve_config(raw, regs, overrides=list(overrides), source=str(p))
+
+
+#: Config keys that may differ between a run and the ``last.pt`` it resumes from (``*``: any key below): the
+#: training itself stays the one that was started. ``optim.epochs`` extends (or shortens) the run, with its lr
+#: schedule as written (a schedule defined by fractions of the epochs stretches with it); ``eval.*`` changes
+#: what is measured and which checkpoint is called best (with a ``self_best`` teacher updater this is the
+#: teacher); ``device``, ``channels_last`` and ``deterministic`` change where and how fast it runs (not
+#: bit-for-bit); ``output_dir`` and ``data.root`` are where files are; ``data.eval_batch_size`` only batches
+#: evaluation. Everything else (seed, data, model, method, threat, optimiser) must match.
+RESUME_MAY_DIFFER = ("optim.epochs", "eval.*", "device", "channels_last", "deterministic", "output_dir", "data.root",
+                     "data.eval_batch_size")
+
+class ResumeMismatchError(ConfigError):
+    """``last.pt`` in the output folder was written by another configuration."""
+
+    def __init__(self, path: str | os.PathLike[str], differences: list[str]) -> None:
+        super().__init__(differences, f"resume from {str(path)!r}")
+        self.args = (f"{self.args[0]}\n{str(path)!r} was written by another configuration, so resuming it would "
+                     "continue that run under this config's name. Start over with --no-resume (the folder's "
+                     "checkpoints and metrics are overwritten), or set another output_dir. Keys that may change on "
+                     f"resume: {', '.join(RESUME_MAY_DIFFER)}.",)
+
+
+_UNSET: Any = object()
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any],
+                       may_differ: tuple[str, ...] = RESUME_MAY_DIFFER) -> list[str]:
+    """``key: old -> new`` for every key whose value differs between two plain config dicts, except
+    ``may_differ`` (dotted keys; ``"eval.*"`` covers a whole section)."""
+    a, b = _flat(old), _flat(new)
+
+    def free(key: str) -> bool:
+        return any(key == p or (p.endswith(".*") and key.startswith(p[:-1])) for p in may_differ)
+
+    def show(v: Any) -> str:
+        return "(unset)" if v is _UNSET else repr(v)
+
+    return [f"{k}: {show(a.get(k, _UNSET))} -> {show(b.get(k, _UNSET))}" for k in sorted(a.keys() | b.keys())
+            if not free(k) and a.get(k, _UNSET) != b.get(k, _UNSET)]
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

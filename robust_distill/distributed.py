@@ -10,8 +10,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ._proc import die_with_parent
+
 __all__ = ["DistContext", "init_distributed", "resolve_device", "all_reduce_sum", "all_reduce_mean", "global_mean",
-           "sync_gradients", "broadcast_buffers", "clone_state", "rank_and_world", "all_reduce_tensor"]
+           "sync_gradients", "broadcast_buffers", "average_buffers", "clone_state", "rank_and_world",
+           "all_reduce_tensor"]
 
 
 def _active() -> bool:
@@ -90,6 +93,26 @@ def broadcast_buffers(module: Any) -> None:
         dist.broadcast(b, src=0)
 
 
+def average_buffers(module: Any) -> None:
+    """Make ``module``'s buffers identical on every process: floating-point ones (BatchNorm running mean and
+    variance) averaged, the others (``num_batches_tracked``) rank 0's.
+
+    Under DDP each process updates its BatchNorm statistics with its own share of the batch (DDP's
+    ``broadcast_buffers`` copies rank 0's at each forward, but the attacks run the bare module, and the last
+    update of an epoch stays rank-local). Called at every epoch end, before evaluation and checkpoints, so the
+    saved statistics are the ones every rank continues with: this is what makes a resumed run equal an
+    uninterrupted one. timm's train.py does the same (``distribute_bn``, ``--dist-bn reduce``, its default).
+    """
+    if not _active():
+        return
+    for b in module.buffers():
+        if b.is_floating_point():
+            dist.all_reduce(b)
+            b.div_(dist.get_world_size())
+        else:
+            dist.broadcast(b, src=0)
+
+
 def clone_state(module: Any) -> dict[str, torch.Tensor]:
     """A detached copy of ``module.state_dict()`` (parameters and buffers)."""
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
@@ -155,6 +178,8 @@ def init_distributed(device: str) -> DistContext:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if dist.is_initialized():
         return DistContext(rank, world, local_rank, owns_group=False)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker: stop if the launcher dies (see _proc)
+        die_with_parent()
     use_cuda = device != "cpu" and torch.cuda.is_available()
     backend = os.environ.get("RD_DIST_BACKEND") or ("nccl" if use_cuda else "gloo")  # gloo: several ranks per GPU
     dist.init_process_group(backend=backend)

@@ -69,8 +69,10 @@ def rd_register_datasets(registry: Registry[Any]) -> None:
     with the augmentation it uses: crop padding, flip) or, for data too big for memory, the image files of
     each split and a per-sample transform (:class:`~robust_distill.components.StreamedBundle`, read by
     ``DataLoader`` workers, see :mod:`robust_distill.streaming`). The engine splits a validation set off
-    the training set either way. ``info`` runs when the config is checked: raise ``ValueError`` or
-    ``OSError`` there, naming the file, for data that cannot work.
+    the training set either way. ``info`` describes the data without loading it (classes, input shape,
+    and ``train_size`` where it is known, so that ``data.val_size`` is checked before any loading); it runs
+    when the config is checked: raise ``ValueError`` or ``OSError`` there, naming the file, for data that
+    cannot work.
 
     :param registry: registry of dataset loaders, keyed by the name used in ``data.dataset``.
     :returns: nothing; register into ``registry``.

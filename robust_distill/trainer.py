@@ -1,11 +1,13 @@
 """The one training engine. It knows hooks and registries, never a specific method.
 
 Per step: ``updater.before_step`` -> ``x_adv = inner_attack(step)`` -> ``loss = outer_loss(step)`` ->
-backward and SGD step -> ``updater.after_step``. Per epoch: evaluation on the validation split (clean and
-PGD by default), a metrics row (``metrics.jsonl`` and ``metrics.csv``), the ``best.pt``/``last.pt``
-checkpoints (written atomically) and the ``rd_epoch_end`` hook. A run resumes from ``last.pt``: every
-epoch's randomness is a function of ``(seed, epoch)`` and every stateful part is checkpointed, so a
-resumed run equals an uninterrupted one.
+backward and SGD step -> ``updater.after_step``. Per epoch: BatchNorm statistics averaged over the torchrun
+processes, evaluation on the validation split (clean and PGD by default), the ``rd_epoch_end`` hook, then the
+files, atomically and in this order: ``best.pt``, ``train_records.pt``, the metrics row (``metrics.jsonl``,
+``metrics.csv``) and last ``last.pt``, which commits the epoch. A run holds its folder's lock for its whole
+length and resumes from ``last.pt`` only if it was written by the same config (up to
+:data:`~robust_distill.config.RESUME_MAY_DIFFER`): every epoch's randomness is a function of
+``(seed, epoch)`` and every stateful part is checkpointed, so a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import math
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +30,14 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from ._io import atomic_save, atomic_write_json, atomic_write_text
-from .checkpoint import FORMAT, load_checkpoint
+from ._io import atomic_save, atomic_write_json, atomic_write_text, remove_stale_temp_files
+from ._lock import FolderLock, FolderLockedError
+from .checkpoint import FORMAT, CheckpointError, load_checkpoint
 from .compilation import check_compile, compile_mode, compile_module
 from .components import Method, Part, Stateful, split_spec
-from .config import Config, config_to_dict
+from .config import Config, ResumeMismatchError, config_differences, config_to_dict
 from .data import DataSplits, make_splits, place_data
-from .distributed import DistContext, all_reduce_sum, broadcast_buffers, clone_state, init_distributed, resolve_device
+from .distributed import DistContext, all_reduce_sum, average_buffers, clone_state, init_distributed, resolve_device
 from .evaluation import EvalResult, evaluate_set, make_eval_attacks
 from .monitor import DivergenceError, StepMonitor, check_outer_loss, describe_nonfinite, nonfinite_tensors
 from .plugin import PluginManager, Registries, get_plugin_manager, get_registries
@@ -169,8 +173,12 @@ class Run:
                 ckpt["input_grad_scale"] = self.input_grad_scale.state_dict()
         return ckpt
 
-    def restore(self, ckpt: Mapping[str, Any]) -> None:
-        self.student.load_state_dict(ckpt["state_dict"])
+    def restore(self, ckpt: Mapping[str, Any], path: Path | None = None) -> None:
+        try:
+            self.student.load_state_dict(ckpt["state_dict"])
+        except (RuntimeError, KeyError) as exc:
+            raise CheckpointError(f"Cannot resume from {str(path or 'the checkpoint')!r}: {exc}. Start over with "
+                                  "--no-resume or use another output_dir.") from exc
         self.optimizer.load_state_dict(ckpt["optimizer"])
         for group in self.optimizer.param_groups:  # a checkpoint from another device: this device's kernel
             group["fused"] = self.device.type == "cuda"
@@ -340,11 +348,49 @@ def train(cfg: Config, *, regs: Registries | None = None, pm: PluginManager | No
     dist_ctx = init_distributed(cfg.device)
     flags = torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()
     try:
-        return _train(cfg, regs, pm, dist_ctx, resume, stop_after_epochs)
+        with _own_output_dir(Path(cfg.output_dir), dist_ctx):
+            return _train(cfg, regs, pm, dist_ctx, resume, stop_after_epochs)
     finally:
         torch.backends.cudnn.benchmark = flags[0]
         torch.use_deterministic_algorithms(flags[1])
         dist_ctx.close()
+
+
+@contextmanager
+def _own_output_dir(out: Path, dist_ctx: DistContext) -> Iterator[None]:
+    """Rank 0 holds the folder's lock for the whole run (every rank fails together when another process holds
+    it), then removes the temp files that writes interrupted by a kill left behind."""
+    lock = FolderLock(out, "output_dir")
+    holder = None
+    if dist_ctx.is_main:
+        try:
+            lock.acquire()
+        except FolderLockedError as exc:
+            holder = exc.holder or {"pid": "?"}
+    holder = dist_ctx.broadcast(holder)
+    if holder is not None:
+        raise FolderLockedError(out, holder, "output_dir")
+    try:
+        if dist_ctx.is_main:
+            removed = remove_stale_temp_files(out)
+            if removed:
+                print(f"robust-distill: removed {len(removed)} temp file(s) that interrupted writes left in {out}: "
+                      f"{', '.join(removed)}", file=sys.stderr, flush=True)
+        yield
+    finally:
+        lock.release()
+
+
+def _check_resumable(cfg: Config, last_path: Path) -> None:
+    """Refuse a ``last.pt`` written by another configuration (see :data:`~robust_distill.config.RESUME_MAY_DIFFER`)."""
+    stored = load_checkpoint(last_path, mmap=True)
+    stored = stored.get("config") if isinstance(stored, Mapping) else None
+    if not isinstance(stored, Mapping):
+        raise CheckpointError(f"{str(last_path)!r} holds no config, so it cannot be resumed safely. Start over with "
+                              "--no-resume (the run's files are overwritten) or use another output_dir.")
+    diffs = config_differences(stored, _plain(config_to_dict(cfg)))
+    if diffs:
+        raise ResumeMismatchError(last_path, diffs)
 
 
 def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistContext, resume: bool,
@@ -353,13 +399,16 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic  # autotuned convolutions: every batch has one shape
+    last_path = Path(cfg.output_dir) / "last.pt"
+    if resume and last_path.is_file():
+        _check_resumable(cfg, last_path)  # before any work
     run = Run(cfg, regs, pm, dist_ctx)
     out = run.output_dir
-    last_path, best_path = out / "last.pt", out / "best.pt"
+    best_path = out / "best.pt"
     log = _MetricsLog(out)
     run.teacher_updater.setup(run)
     if resume and last_path.is_file():
-        run.restore(load_checkpoint(last_path, map_location=run.device))
+        run.restore(load_checkpoint(last_path, map_location=run.device), last_path)
         records = out / "train_records.pt"
         if records.is_file():
             run.train_records = {k: v for k, v in load_checkpoint(records)["records"].items()
@@ -378,9 +427,9 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
         epoch = run.epoch
         t0 = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch, **_train_epoch(run, epoch)}
+        average_buffers(run.student)  # torchrun: every rank evaluates, saves and continues with the same BN stats
         row["time_train_s"] = round(time.perf_counter() - t0, 3)
         _ensure_finite(run, run.checkpoint(full=True), epoch, "end of epoch, before evaluation and saving")
-        broadcast_buffers(run.student)  # every process evaluates (and continues from) the weights rank 0 saves
         is_eval = (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.optim.epochs
         if is_eval:  # every process evaluates its share of the examples (robust_distill.evaluation)
             t1 = time.perf_counter()
@@ -407,8 +456,11 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
                 records = run.data.eval_set("train", cfg.eval.train_records)
                 atomic_save({"indices": records.indices, "labels": records.labels.cpu(),
                              "records": run.train_records}, out / "train_records.pt")
-            atomic_save(last, last_path)
             log.append(row)
+            # last.pt is written last: it commits the epoch. A kill before its rename redoes the epoch (every
+            # file above it is rewritten the same way, rows and records of that epoch are dropped on resume);
+            # a kill after it has lost nothing.
+            atomic_save(last, last_path)
             _print_row(row, cfg.optim.epochs)
         dist_ctx.barrier()
         epochs_done += 1

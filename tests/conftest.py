@@ -156,3 +156,17 @@ def write_tiny_imagenet(root: Path, wnids: tuple[str, ...] = ("n03", "n01", "n02
     (base / "val" / "val_annotations.txt").write_text("".join(lines))
     write_image(base / "test" / "images" / "test_0.JPEG", (0, 0, 0), 64)
     return base
+
+
+def write_teacher_checkpoint(path: Path, key: str, kwargs: dict, info) -> Path:
+    """A robust-distill checkpoint of a freshly built ``key`` model for the data ``info`` describes (what
+    ``checkpoint:`` teacher sources read), written atomically."""
+    from robust_distill import _io
+    from robust_distill.checkpoint import FORMAT
+    from robust_distill.plugin import get_registries
+    from robust_distill.trainer import build_student, model_spec
+
+    model = build_student(key, kwargs, info, get_registries())
+    _io.atomic_save({"format": FORMAT, "model": model_spec(key, kwargs, info), "state_dict": model.state_dict()},
+                    path)
+    return path

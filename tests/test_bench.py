@@ -55,7 +55,7 @@ def test_grid_expansion_names_excludes_and_per_method(regs, tmp_path: Path) -> N
     assert rslad.raw["output_dir"] == str(tmp_path / "g" / rslad.name)
     assert all(r.raw["optim"]["epochs"] == 3 for r in runs) and runs[-1].raw["threat"]["eps"] == 0.2
     assert "teachers" not in runs[0].raw or runs[0].raw["method"] != "pgd_at"
-    bad = {**grid, "grid": {"method": ["pgd_at", "nope"]}}
+    bad = {**grid, "grid": {"method": ["pgd_at", "nope"]}, "exclude": []}
     with pytest.raises(ConfigError, match="method=nope: method: Unknown method 'nope'"):
         run_grid(bad, regs, dry_run=True)
     with pytest.raises(ConfigError, match="unknown grid key"):

@@ -134,10 +134,18 @@ def test_load_config_from_yaml_with_fractions(tiny_raw, regs, tmp_path: Path) ->
 
 
 def test_checkpoint_teacher_spec_resolves(tiny_raw, regs, tmp_path: Path) -> None:
+    from robust_distill.components import DatasetInfo
+    from robust_distill.trainer import build_student, model_spec
+
     ckpt = tmp_path / "t.pt"
-    atomic_save({"state_dict": {}}, ckpt)
+    info = DatasetInfo("synthetic", 4, (3, 8, 8))
+    atomic_save({"format": "robust-distill/1", "model": model_spec("timm:convnet_xs", {}, info),
+                 "state_dict": build_student("timm:convnet_xs", {}, info, regs).state_dict()}, ckpt)
     cfg = resolve_config(tiny_raw("rslad", teacher=True), regs, overrides=[f"teachers.robust=checkpoint:{ckpt}"])
     assert cfg.teachers["robust"].key == f"checkpoint:{ckpt}"
+    atomic_save({"state_dict": {}}, ckpt)  # weights without an architecture: found by the check, not in train
+    with pytest.raises(ConfigError, match="so its architecture is unknown"):
+        resolve_config(tiny_raw("rslad", teacher=True), regs, overrides=[f"teachers.robust=checkpoint:{ckpt}"])
 
 
 def test_parse_fraction() -> None:

@@ -99,3 +99,11 @@ def test_readme_commands_exist() -> None:
     for script in ("scripts/demo.sh", "scripts/test.sh"):
         assert script in README and (ROOT / script).is_file()
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_test_the_readme_names_exists() -> None:
+    """The README backs each guarantee with a named test (``test_x.py::test_name``): those tests exist."""
+    named = set(re.findall(r"`(?:tests/)?(test_\w+\.py)::(test_\w+)`", README))
+    assert len(named) >= 15
+    for module, name in sorted(named):
+        assert re.search(rf"^def {name}\(", (ROOT / "tests" / module).read_text(), re.M), f"{module}::{name}"

@@ -41,11 +41,13 @@ def test_divergence_stops_before_saving_anything_non_finite(tiny_config) -> None
 
 
 def test_divergence_on_resume_leaves_the_good_checkpoints_intact(tiny_config, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    train(tiny_config("pgd_at", overrides=[f"output_dir={out}"]), stop_after_epochs=1)
+    out = tmp_path / "run"  # one config (resume refuses another): the lr jumps 1e8-fold at the second epoch
+    overrides = [f"output_dir={out}", "optim.schedule.key=multistep", "optim.schedule.kwargs.milestones=[1]",
+                 "optim.schedule.kwargs.gamma=1.0e+8"]
+    train(tiny_config("pgd_at", overrides=overrides), stop_after_epochs=1)
     before = {name: _digest(out / name) for name in ("last.pt", "best.pt", "metrics.jsonl")}
     with pytest.raises(DivergenceError, match=r"epoch 2 .*last good checkpoint.*after epoch 1"):
-        train(tiny_config("pgd_at", overrides=[f"output_dir={out}", "optim.lr=1e6"]))
+        train(tiny_config("pgd_at", overrides=overrides))
     assert {name: _digest(out / name) for name in before} == before
     assert load_checkpoint(out / "last.pt")["epoch"] == 1 and _all_finite(out / "last.pt")
 

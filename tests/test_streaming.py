@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from robust_distill import DataBundle, StreamedBundle
 from robust_distill.checkpoint import load_checkpoint
 from robust_distill.cli import main
+from robust_distill.components import DatasetInfo
 from robust_distill.config import ConfigError, resolve_config
 from robust_distill.data import epoch_batches, make_splits, split_images
 from robust_distill.evaluation import evaluate_set
@@ -34,7 +35,7 @@ from robust_distill.streaming import (
 )
 from robust_distill.trainer import train
 
-from .conftest import image_color, write_image, write_image_folder, write_tiny_imagenet
+from .conftest import image_color, write_image, write_image_folder, write_teacher_checkpoint, write_tiny_imagenet
 
 
 def ids(x: Tensor) -> list[int]:
@@ -336,11 +337,12 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize("config", sorted(p.name for p in (BENCHMARKS / "tiny_imagenet").glob("*.yaml")))
 def test_tiny_imagenet_configs_pass_train_check(tmp_path: Path, config: str, capsys) -> None:
     write_tiny_imagenet(tmp_path)
-    (tmp_path / "teacher.pt").write_bytes(b"")  # the check only needs the file to exist
     args = ["train", str(BENCHMARKS / "tiny_imagenet" / config), "--check", "--set", f"data.root={tmp_path}",
-            "--set", "data.val_size=2"]
-    if config == "adaad.yaml":
-        args += ["--set", f"teachers.robust.key=checkpoint:{tmp_path / 'teacher.pt'}"]
+            "--set", "data.val_size=2", "--set", "device=auto"]  # GPU configs: the check tests the device too
+    if config == "adaad.yaml":  # the check reads the teacher (weights only) and runs it on meta: a real one
+        teacher = tmp_path / "teacher.pt"
+        write_teacher_checkpoint(teacher, "timm:convnet_xs", {}, DatasetInfo("tiny_imagenet", 3, (3, 64, 64)))
+        args += ["--set", f"teachers.robust.key=checkpoint:{teacher}"]
     assert main(args) == 0, capsys.readouterr().err
     resolved = capsys.readouterr().out
     assert "dataset: tiny_imagenet" in resolved and "stem: cifar" in resolved
@@ -350,7 +352,8 @@ def test_imagenet_config_passes_train_check_with_a_robustbench_teacher(tmp_path:
     for k in range(1000):  # RobustBench's ImageNet models have 1000 outputs: the check wants 1000 classes
         for split in ("train", "val"):
             write_image(tmp_path / split / f"n{k:08d}" / "0.JPEG", (k % 256, 0, 0), size=4)
-    args = ["train", str(BENCHMARKS / "imagenet" / "rslad.yaml"), "--check", "--set", f"data.root={tmp_path}"]
+    args = ["train", str(BENCHMARKS / "imagenet" / "rslad.yaml"), "--check", "--set", f"data.root={tmp_path}",
+            "--set", "device=auto"]
     assert main(args) == 0, capsys.readouterr().err
     resolved = capsys.readouterr().out
     assert "robustbench:Salman2020Do_R50" in resolved and "eps: 0.0156862" in resolved

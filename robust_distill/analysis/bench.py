@@ -22,10 +22,14 @@ A grid file::
     torchrun: null             # processes per run under torchrun (multi-GPU), e.g. 4
 
 Every run is a ``robust-distill train`` subprocess in ``<output_dir>/<run name>/`` with its layered
-config (``run.yaml``); all configs are validated before the first run starts. Each run's state is in its
-``status.json`` (``running``/``done``/``failed`` with the error). Re-running the same grid skips finished
-runs, resumes interrupted ones from their ``last.pt`` and retries failed ones; a failed run never stops
-the grid.
+config (``run.yaml``); the grid file and all configs are validated before the first run starts. Each run's
+state is in its ``status.json`` (``running``/``done``/``failed`` with the error, ``interrupted``); a
+``running`` whose process is gone reads as ``interrupted``. Re-running the same grid skips finished runs,
+resumes interrupted ones from their ``last.pt`` and retries failed ones; a failed run never stops the grid.
+
+One ``bench`` per grid folder (it holds the folder's lock), and none while a run folder is still being
+trained by another process. Killing ``bench`` (SIGTERM, SIGHUP, Ctrl-C, or even SIGKILL on Linux) stops
+its children, which resume from their ``last.pt`` on the next ``bench``.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import itertools
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -45,10 +50,12 @@ from typing import Any
 
 import yaml
 
-from .._io import atomic_write_json, atomic_write_text
-from ..config import ConfigError, apply_overrides, resolve_config
+from .._io import atomic_write_json, atomic_write_text, remove_stale_temp_files
+from .._lock import FolderLock, FolderLockedError, lock_holder
+from .._proc import guarded, pid_alive, signals_raise
+from ..config import ConfigError, apply_overrides, read_yaml, resolve_config
 
-__all__ = ["GridRun", "load_grid", "expand_grid", "run_grid"]
+__all__ = ["GridRun", "load_grid", "check_grid", "expand_grid", "run_grid"]
 
 GRID_KEYS = {"output_dir", "base", "set", "grid", "exclude", "per_method", "parallel", "threads_per_run",
              "torchrun", "runs"}
@@ -65,12 +72,17 @@ class GridRun:
         return self.folder / "status.json"
 
     def status(self) -> dict[str, Any]:
+        """The run's state; ``running`` only while the process that status.json names is alive."""
         if (self.folder / "summary.json").is_file():
             return {"state": "done"}
         try:
-            return json.loads(self.status_file.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            status = json.loads(self.status_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
             return {"state": "pending"}
+        if (status.get("state") == "running" and status.get("host", socket.gethostname()) == socket.gethostname()
+                and not pid_alive(status.get("pid"))):
+            return {**status, "state": "interrupted", "note": f"process {status.get('pid')} is gone"}
+        return status
 
 
 def _set(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
@@ -99,22 +111,62 @@ def run_name(assignment: Mapping[str, Any]) -> str:
 
 
 def load_grid(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a grid file (duplicate YAML keys, unknown grid keys and bad values are errors)."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError([f"grid file {str(p)!r} does not exist."], str(p))
-    grid = yaml.safe_load(p.read_text()) or {}
-    unknown = sorted(set(grid) - GRID_KEYS)
-    if unknown:
-        raise ConfigError([f"{k}: unknown grid key; valid keys: {', '.join(sorted(GRID_KEYS))}." for k in unknown],
-                          str(p))
+    grid = read_yaml(p, "grid file") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError([f"the top level must be a mapping of grid keys ({', '.join(sorted(GRID_KEYS))})."], str(p))
     base = grid.get("base", {})
     if isinstance(base, str):
         base_path = (p.parent / base) if not Path(base).is_absolute() else Path(base)
-        if not base_path.is_file():
-            raise ConfigError([f"base: config file {str(base_path)!r} does not exist."], str(p))
-        grid["base"] = yaml.safe_load(base_path.read_text()) or {}
+        if base_path.is_dir() or not base_path.is_file():
+            raise ConfigError([f"base: config file {str(base_path)!r} "
+                               + ("is a folder." if base_path.is_dir() else "does not exist.")], str(p))
+        grid["base"] = read_yaml(base_path, "base config") or {}
     grid.setdefault("output_dir", str(p.with_suffix("")))
+    check_grid(grid, str(p))
     return grid
+
+
+def _positive(grid: Mapping[str, Any], key: str, none_ok: bool) -> str | None:
+    value = grid.get(key)
+    if (value is None and none_ok) or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return None
+    return f"{key}: must be {'null or ' if none_ok else ''}an integer >= 1, got {value!r}."
+
+
+def check_grid(grid: Mapping[str, Any], source: str = "grid") -> None:
+    """Every problem of a grid's own keys at once (the run configs are checked by :func:`run_grid`)."""
+    problems = [f"{k}: unknown grid key; valid keys: {', '.join(sorted(GRID_KEYS))}."
+                for k in sorted(set(grid) - GRID_KEYS)]
+    problems += [p for p in (_positive(grid, "parallel", True), _positive(grid, "threads_per_run", True),
+                             _positive(grid, "torchrun", True)) if p]
+    out = grid.get("output_dir")
+    if not isinstance(out, str) or not out.strip():
+        problems.append(f"output_dir: must be a folder name, got {out!r}.")
+    for key in ("base", "set", "grid", "per_method"):
+        if grid.get(key) is not None and not isinstance(grid[key], Mapping):
+            problems.append(f"{key}: must be a mapping, got {grid[key]!r}.")
+    for key in ("exclude", "runs"):
+        value = grid.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(e, Mapping) for e in value)):
+            problems.append(f"{key}: must be a list of mappings (dotted config key: value), got {value!r}.")
+    if problems:
+        raise ConfigError(problems, source)
+    axes = {k: (v if isinstance(v, list) else [v]) for k, v in (grid.get("grid") or {}).items()}
+    for r in grid.get("runs") or []:
+        for k, v in r.items():
+            axes.setdefault(k, []).append(v)
+    for i, ex in enumerate(grid.get("exclude") or []):
+        for k, v in ex.items():
+            if k not in axes:
+                problems.append(f"exclude[{i}].{k}: not a key of the grid, so it would exclude nothing; the grid's "
+                                f"keys: {', '.join(axes) or '(none)'}.")
+            elif v not in axes[k]:
+                problems.append(f"exclude[{i}].{k}: {v!r} is none of the grid's values for {k} "
+                                f"({', '.join(map(repr, axes[k]))}), so it would exclude nothing.")
+    if problems:
+        raise ConfigError(problems, source)
 
 
 def expand_grid(grid: Mapping[str, Any]) -> list[GridRun]:
@@ -145,14 +197,19 @@ def expand_grid(grid: Mapping[str, Any]) -> list[GridRun]:
 def _command(run: GridRun, nproc: int | None) -> list[str]:
     cli = ["-m", "robust_distill", "train", str(run.folder / "run.yaml")]
     if nproc and nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *cli]
-    return [sys.executable, *cli]
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *cli]
+    else:
+        command = [sys.executable, *cli]
+    return guarded(command)  # the child gets SIGTERM if bench dies, however it dies
 
 
 def run_grid(grid: Mapping[str, Any], regs: Any, *, parallel: int | None = None, dry_run: bool = False,
              log: Any = None) -> dict[str, Any]:
     """Run every unfinished run of ``grid``; returns ``{run name: final state}``."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    check_grid(grid)
+    if parallel is not None and (isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1):
+        raise ConfigError([f"--parallel: must be an integer >= 1, got {parallel!r}."], "bench")
     runs = expand_grid(grid)
     problems: list[str] = []
     for run in runs:  # validate everything before anything starts
@@ -163,12 +220,25 @@ def run_grid(grid: Mapping[str, Any], regs: Any, *, parallel: int | None = None,
     if problems:
         raise ConfigError(problems, "grid")
     out_dir = Path(grid["output_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if dry_run:
+        states = {r.name: r.status()["state"] for r in runs}
+        done = sum(s == "done" for s in states.values())
+        log(f"grid {out_dir}: {len(runs)} runs, {done} finished, {len(runs) - done} to run")
+        return states
+    with FolderLock(out_dir, "grid output_dir"):
+        remove_stale_temp_files(out_dir)
+        for run in runs:  # a previous bench's child still training, or a train started by hand
+            holder = lock_holder(run.folder)
+            if holder is not None:
+                raise FolderLockedError(run.folder, holder, f"run {run.name} of this grid: folder")
+        with signals_raise():  # SIGTERM / SIGHUP: the clean-up below stops the children
+            return _run(grid, runs, out_dir, parallel, log)
+
+
+def _run(grid: Mapping[str, Any], runs: list[GridRun], out_dir: Path, parallel: int | None,
+         log: Any) -> dict[str, Any]:
     todo = [r for r in runs if r.status()["state"] != "done"]
     log(f"grid {out_dir}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run")
-    if dry_run:
-        return {r.name: r.status()["state"] for r in runs}
-
     parallel = max(1, parallel or int(grid.get("parallel") or 1))
     threads = grid.get("threads_per_run") or max(1, (os.cpu_count() or 1) // parallel)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
@@ -181,11 +251,12 @@ def run_grid(grid: Mapping[str, Any], regs: Any, *, parallel: int | None = None,
                 run.folder.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(yaml.safe_dump(run.raw, sort_keys=False), run.folder / "run.yaml")
                 started = time.time()
-                atomic_write_json({"state": "running", "started": started, "pid": os.getpid()}, run.status_file)
                 logfile = open(run.folder / "train.log", "ab")  # noqa: SIM115  (closed when the run ends)
                 proc = subprocess.Popen(_command(run, grid.get("torchrun")), env=env, stdout=logfile,
                                         stderr=logfile)
                 active.append((run, proc, started, logfile))
+                atomic_write_json({"state": "running", "started": started, "pid": proc.pid, "bench_pid": os.getpid(),
+                                   "host": socket.gethostname()}, run.status_file)
                 log(f"  started {run.name}")
             time.sleep(0.5)
             for item in list(active):
@@ -200,6 +271,7 @@ def run_grid(grid: Mapping[str, Any], regs: Any, *, parallel: int | None = None,
                     log(f"  done    {run.name} ({minutes:.1f} min)")
                 else:
                     tail = (run.folder / "train.log").read_text(errors="replace").strip().splitlines()[-12:]
+                    tail = [line for line in tail if line.strip()]
                     atomic_write_json({"state": "failed", "returncode": proc.returncode, "minutes": round(minutes, 2),
                                        "error": "\n".join(tail)}, run.status_file)
                     log(f"  FAILED  {run.name} (exit {proc.returncode}); see {run.folder / 'train.log'}")
@@ -207,9 +279,13 @@ def run_grid(grid: Mapping[str, Any], regs: Any, *, parallel: int | None = None,
         for _, proc, _, _ in active:  # interrupted: stop the children; their last.pt lets them resume
             proc.terminate()
         for run, proc, _, logfile in active:
-            proc.wait()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             logfile.close()
-            atomic_write_json({"state": "interrupted"}, run.status_file)
+            atomic_write_json({"state": "interrupted", "returncode": proc.returncode}, run.status_file)
     states = {r.name: r.status()["state"] for r in runs}
     atomic_write_json(states, out_dir / "grid_status.json")
     failed = [n for n, s in states.items() if s == "failed"]

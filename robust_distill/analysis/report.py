@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .._io import atomic_write_text
+from .._io import CorruptFileError, atomic_write_text, read_json, read_jsonl
 
 __all__ = ["RunResult", "load_runs", "build_report", "spearman"]
 
@@ -86,16 +86,25 @@ class RunResult:
 
 def load_runs(root: str | Path) -> list[RunResult]:
     """Every run folder under ``root`` (a folder with ``config.yaml`` and ``metrics.jsonl``)."""
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"results folder {str(root)!r} " + ("is a file, not a folder." if Path(root).exists()
+                                                                    else "does not exist."))
     runs = []
     for cfg_path in sorted(Path(root).rglob("config.yaml")):
         folder = cfg_path.parent
         metrics = folder / "metrics.jsonl"
         if not metrics.is_file():
             continue
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(metrics, "metrics file")
         summary_path = folder / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        runs.append(RunResult(folder, yaml.safe_load(cfg_path.read_text()), rows, summary))
+        summary = read_json(summary_path, "run summary") if summary_path.is_file() else {}
+        try:
+            config = yaml.safe_load(cfg_path.read_text())
+        except yaml.YAMLError as exc:
+            raise CorruptFileError(f"run config {str(cfg_path)!r} is not valid YAML ({exc}).") from None
+        if not isinstance(config, Mapping) or not isinstance(config.get("eval"), Mapping):
+            raise CorruptFileError(f"run config {str(cfg_path)!r} is not a robust-distill config.yaml.")
+        runs.append(RunResult(folder, config, rows, summary))
     return runs
 
 

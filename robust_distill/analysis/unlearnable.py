@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._io import InputError, read_json, read_jsonl
 from ..checkpoint import load_checkpoint
 from ..data import iterate_eval, to_float
 from ..losses import entropy
@@ -27,15 +28,13 @@ __all__ = ["unlearnable_sets", "teacher_scores"]
 
 
 def _peak_epoch(run: Path) -> int:
-    import json
-
     summary = run / "summary.json"
     if summary.is_file():
-        return int(json.loads(summary.read_text())["best_epoch"])
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        return int(read_json(summary, "run summary")["best_epoch"])
+    rows = read_jsonl(run / "metrics.jsonl", "metrics file")
     best = [r for r in rows if r.get("is_best")]
     if not best:
-        raise ValueError(f"run {run} has no evaluated epoch yet")
+        raise InputError(f"run {str(run)!r} has no evaluated epoch yet: wait for its first evaluation.")
     return int(best[-1]["epoch"])
 
 
@@ -46,21 +45,24 @@ def unlearnable_sets(runs: Sequence[str | Path]) -> dict[str, Any]:
     the epoch used. All runs must have recorded the same training samples.
     """
     if not runs:
-        raise ValueError("give at least one run folder")
+        raise InputError("give at least one run folder")
     indices, labels, correct, used = None, None, [], {}
     for run in map(Path, runs):
         path = run / "train_records.pt"
+        if not run.is_dir():
+            raise FileNotFoundError(f"run folder {str(run)!r} does not exist" + (" (it is a file)." if run.exists()
+                                                                                 else "."))
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist: train the run with eval.train_records: N (e.g. 10000) "
                                     "to record per-sample robustness on the training set.")
         rec = load_checkpoint(path)
         epoch = _peak_epoch(run)
         if str(epoch) not in rec["records"]:
-            raise ValueError(f"run {run}: no training-set record at its peak epoch {epoch + 1}")
+            raise InputError(f"run {str(run)!r}: no training-set record at its peak epoch {epoch + 1}")
         if indices is None:
             indices, labels = rec["indices"], rec["labels"]
         elif not torch.equal(indices, rec["indices"]):
-            raise ValueError(f"run {run} recorded other training samples than {runs[0]}; use the same "
+            raise InputError(f"run {run} recorded other training samples than {runs[0]}; use the same "
                              "data.val_size, data.split_seed and eval.train_records for every run.")
         correct.append(rec["records"][str(epoch)])
         used[str(run)] = epoch

@@ -14,19 +14,29 @@ with :func:`command` and registers it in its hook::
     def rd_register_commands(commands):
         commands.register(cmd_export)
 
-:func:`main` maps every error meant for people to a one-paragraph message and an exit code (2: bad
-configuration; 3: a plugin, name, file or checkpoint problem; 4: a run that cannot go on, e.g. it
-diverged or the platform cannot compile).
+:func:`main` maps every error meant for people to a one-paragraph message, never a traceback, and an exit
+code:
+
+- 0: done; 1: a grid finished with failed runs;
+- 2: a bad command line or configuration (argparse's code for usage errors), checked before any work;
+- 3: a plugin, name, file, checkpoint, folder-lock or disk problem;
+- 4: a run that cannot go on (it diverged, or the platform cannot compile); nothing non-finite was saved;
+- 130 / 143: interrupted by Ctrl-C / SIGTERM; 141: the reader of stdout went away (``... | head``), as
+  for any command killed by SIGPIPE, without a message.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from .._io import DiskFullError, InputError
+from .._lock import FolderLockedError
+from .._proc import Terminated
 from ..checkpoint import CheckpointError
 from ..compilation import CompileUnavailableError
 from ..config import ConfigError
@@ -37,7 +47,7 @@ from ..registry import Registry, RegistryError
 if TYPE_CHECKING:
     from ..plugin import PluginManager
 
-__all__ = ["main", "build_parser", "command", "Command", "CommandRegistry", "build_commands"]
+__all__ = ["main", "build_parser", "command", "Command", "CommandRegistry", "build_commands", "integer", "radius"]
 
 Setup = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -73,6 +83,39 @@ def command(name: str, help: str, setup: Setup = _no_arguments) -> Callable[[Run
         fn.__rd_command__ = Command(name, help, setup, fn)  # type: ignore[attr-defined]
         return fn
     return mark
+
+
+# -- argument types: a bad value is argparse's usage error (exit 2) naming the flag ---------------------------
+
+
+def integer(low: int) -> Callable[[str], int]:
+    """An ``int`` argument type that accepts values >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def radius(text: str) -> float:
+    """An L-inf radius in (0, 1]: ``0.031`` or ``8/255``."""
+    from ..threat import parse_fraction
+
+    try:
+        value = parse_fraction(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number like 0.031 or a fraction like 8/255, got {text!r}"
+                                         ) from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (inputs are images in [0, 1]; write 8/255, not 8), "
+                                         f"got {text!r}")
+    return value
+
 
 
 class CommandRegistry(Registry[Command]):
@@ -136,11 +179,18 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         ns = build_parser().parse_args(argv)
-        return ns.command_.run(ns)
+        code = ns.command_.run(ns)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except SystemExit as exc:  # argparse: --help, --version, or a usage error it has printed
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except ConfigError as exc:
         print(f"robust-distill: {exc}", file=sys.stderr)
         return 2
-    except (PluginError, RegistryError, CheckpointError, FileNotFoundError) as exc:
+    except (PluginError, RegistryError, CheckpointError, InputError, FolderLockedError, DiskFullError,
+            OSError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            return _closed_pipe()
         print(f"robust-distill: error: {exc}", file=sys.stderr)
         return 3
     except (DivergenceError, CompileUnavailableError) as exc:  # the run cannot go on; nothing bad was saved
@@ -149,3 +199,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("robust-distill: interrupted; `train` resumes from the last finished epoch.", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"robust-distill: stopped ({exc}); `train` resumes from the last finished epoch.", file=sys.stderr)
+        return 128 + exc.signum
+
+
+def _closed_pipe() -> int:
+    """``robust-distill ... | head``: stop quietly, as commands killed by SIGPIPE do (exit 141)."""
+    try:  # nothing more can reach the reader: later writes (and the interpreter's final flush) go nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 141
+

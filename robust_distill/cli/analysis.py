@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
+import re
 from pathlib import Path
 from typing import Any
 
 from .. import hookimpl
-from .._io import atomic_write_json
-from . import command
+from .._io import InputError, atomic_write_json, read_json
+from ..config import ConfigError
+from ..preflight import check_device, check_output_dir, check_output_file
+from ..registry import UnknownNameError
+from . import command, integer, radius
 from .eval import markdown_table, resolve_model
 
 __all__: list[str] = []
@@ -20,7 +23,7 @@ __all__: list[str] = []
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("grid", help="grid YAML (see robust_distill/bench.py)")
-    p.add_argument("--parallel", type=int, default=None, help="runs at a time (default: the grid's)")
+    p.add_argument("--parallel", type=integer(1), default=None, help="runs at a time (default: the grid's)")
     p.add_argument("--dry-run", action="store_true", help="validate every run and list their states")
 
 
@@ -54,7 +57,13 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 def cmd_report(ns: argparse.Namespace) -> int:
     from ..analysis.report import build_report
 
-    scores = json.loads(Path(ns.teacher_scores).read_text()) if ns.teacher_scores else None
+    problems = [f"--where {item!r}: expected KEY=V1,V2, e.g. --where method=adaad,rslad." for item in ns.where
+                if not re.fullmatch(r"[^=\s]+=.+", item)]
+    if ns.out is not None and (problem := check_output_dir(ns.out)):
+        problems.append(f"--out: {problem}")
+    if problems:
+        raise ConfigError(problems, "report arguments")
+    scores = read_json(ns.teacher_scores, "--teacher-scores file") if ns.teacher_scores else None
     where = {k: v.split(",") for k, _, v in (item.partition("=") for item in ns.where)}
     result = build_report(ns.results, ns.out, teacher_scores=scores, plots=not ns.no_plots, where=where,
                           title=ns.title)
@@ -77,6 +86,8 @@ def cmd_unlearnable(ns: argparse.Namespace) -> int:
 
     from ..analysis.unlearnable import unlearnable_sets
 
+    if problem := check_output_file(ns.out):
+        raise ConfigError([f"--out: {problem}"], "unlearnable arguments")
     sets = unlearnable_sets(ns.runs)
     cfg = yaml.safe_load((Path(ns.runs[0]) / "config.yaml").read_text())
     sets["data"] = {k: cfg["data"].get(k) for k in ("dataset", "root", "options")}
@@ -95,7 +106,7 @@ def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unlearnable", required=True, help="JSON written by `robust-distill unlearnable`")
     p.add_argument("--out", default="teacher_scores.json")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=integer(1), default=500)
 
 
 def _spec(text: str) -> str:
@@ -116,7 +127,10 @@ def cmd_teacher_score(ns: argparse.Namespace) -> int:
     from ..plugin import get_registries
 
     regs = get_registries()
-    sets = json.loads(Path(ns.unlearnable).read_text())
+    _check_common(ns, "teacher-score")
+    sets = read_json(ns.unlearnable, "--unlearnable file")
+    if not isinstance(sets, dict) or "indices_unlearnable" not in sets:
+        raise InputError(f"--unlearnable {ns.unlearnable!r} is not a file written by `robust-distill unlearnable`.")
     data = sets.get("data", {})
     dataset = data.get("dataset", "cifar10")
     bundle = regs.datasets.get(dataset).load(root=data.get("root"), **(data.get("options") or {}))
@@ -144,7 +158,42 @@ def cmd_teacher_score(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _check_common(ns: argparse.Namespace, command: str) -> None:
+    problems = []
+    if problem := check_device(ns.device):
+        problems.append(f"--device: {problem}")
+    if getattr(ns, "out", None) is not None and (problem := check_output_file(ns.out)):
+        problems.append(f"--out: {problem}")
+    if problems:
+        raise ConfigError(problems, f"{command} arguments")
+
+
 # -- specialization --------------------------------------------------------------------------------
+
+
+def _check_specialization_args(ns: argparse.Namespace, regs: Any) -> tuple[list[tuple[str, str]], tuple[float, float]]:
+    problems = []
+    pairs = [tuple(item.split("=", 1)) for item in ns.layers.split(",")]
+    if not all(len(p) == 2 and p[0].strip() and p[1].strip() for p in pairs):
+        problems.append(f"--layers {ns.layers!r}: expected TEACHER_LAYER=STUDENT_LAYER pairs separated by commas, "
+                        "e.g. features.2=features.1,features.11=features.7.")
+    thresholds = (0.8, 0.9)
+    try:
+        low, high = (float(v) for v in ns.thresholds.split(","))
+        thresholds = (low, high)
+        if not -1 <= low <= high <= 1:
+            raise ValueError
+    except ValueError:
+        problems.append(f"--thresholds {ns.thresholds!r}: expected LOW,HIGH with -1 <= LOW <= HIGH <= 1, e.g. 0.8,0.9.")
+    if ns.dataset is not None and ns.dataset not in regs.datasets:
+        problems.append(f"--dataset: {UnknownNameError('dataset', ns.dataset, regs.datasets.names())}")
+    if problem := check_device(ns.device):
+        problems.append(f"--device: {problem}")
+    if problem := check_output_dir(ns.out):
+        problems.append(f"--out: {problem}")
+    if problems:
+        raise ConfigError(problems, "specialization arguments")
+    return pairs, thresholds  # type: ignore[return-value]
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
@@ -155,9 +204,10 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
                         "features.2=features.1,features.11=features.7")
     p.add_argument("--dataset", default=None)
     p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--n-examples", type=int, default=1000)
+    p.add_argument("--n-examples", type=integer(1), default=1000)
     p.add_argument("--adversarial", action="store_true", help="use PGD-20 examples crafted against the student")
-    p.add_argument("--eps", default=None, help="radius for --adversarial (default: the student's training eps)")
+    p.add_argument("--eps", type=radius, default=None,
+                   help="radius for --adversarial (default: the student's training eps)")
     p.add_argument("--thresholds", default="0.8,0.9", help="unspecialized below, specialized above")
     p.add_argument("--out", default="specialization", help="output folder (JSON + sorted-BNC plot)")
     p.add_argument("--device", default="auto")
@@ -175,6 +225,7 @@ def cmd_specialization(ns: argparse.Namespace) -> int:
     from ..threat import parse_fraction
 
     regs = get_registries()
+    pairs, thresholds = _check_specialization_args(ns, regs)
     device = resolve_device(ns.device)
     student, dataset, s_ckpt = resolve_model(_spec(ns.student), {}, ns.dataset, regs)
     teacher, _, _ = resolve_model(_spec(ns.teacher), {}, dataset, regs)
@@ -184,12 +235,11 @@ def cmd_specialization(ns: argparse.Namespace) -> int:
     if ns.adversarial:
         from ..data import to_float
         trained_eps = s_ckpt.get("config", {}).get("threat", {}).get("eps", 8 / 255)
-        eps = parse_fraction(ns.eps) if ns.eps else float(trained_eps)
+        eps = ns.eps if ns.eps is not None else parse_fraction(trained_eps)
         attack = make_eval_attacks(["pgd20"], regs, eps=eps, num_classes=bundle.info.num_classes)["pgd20"]
         student = student.to(device).eval()
         x = attack(student, to_float(x, device), y.to(device)).cpu()
-    low, high = (float(v) for v in ns.thresholds.split(","))
-    pairs = [tuple(item.split("=", 1)) for item in ns.layers.split(",")]
+    low, high = thresholds
     stats = specialization(teacher, student, pairs, x, device=device, unspecialized_below=low,  # type: ignore[arg-type]
                            specialized_above=high)
     out = Path(ns.out)

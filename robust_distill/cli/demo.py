@@ -24,7 +24,7 @@ from ..distributed import resolve_device
 from ..evaluation import evaluate, make_eval_attacks
 from ..plugin import get_registries
 from ..trainer import train
-from . import command
+from . import command, integer
 from .eval import markdown_table
 
 __all__ = ["run_demo", "SHIPPED_TEACHER"]
@@ -63,15 +63,16 @@ def run_demo(output_dir: Path = Path("runs/demo"), epochs: int | None = None, n_
     evaluation = {**COMMON["eval"], "n_examples": 128 if quick else 1000}
 
     teacher_path = SHIPPED_TEACHER
+    teacher_dir = "teacher_quick" if quick else "teacher"  # two configs: `train` resumes only its own
     if not teacher_path.is_file() or quick:
         _say("Training a robust teacher with PGD-AT first (no shipped teacher found)...")
         cfg = resolve_config(_config(
             method="pgd_at", student="timm:convnet_s" if quick else "timm:convnet_m",
-            output_dir=str(output_dir / "teacher"), data={"train_subset": subset}, eval=evaluation,
+            output_dir=str(output_dir / teacher_dir), data={"train_subset": subset}, eval=evaluation,
             optim={"epochs": 1 if quick else 3, "schedule": {"key": "multistep", "kwargs": {"milestones": [0.7]}}}),
             regs)
         train(cfg)
-        teacher_path = output_dir / "teacher" / "best.pt"
+        teacher_path = output_dir / teacher_dir / "best.pt"
     else:
         _say(f"Teacher: {teacher_path} (shipped; PGD-AT, eps {EPS})")
 
@@ -107,8 +108,8 @@ def run_demo(output_dir: Path = Path("runs/demo"), epochs: int | None = None, n_
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=None, help="student epochs (default: the demo's)")
-    p.add_argument("--n-test", type=int, default=None, help="test examples for the final table")
+    p.add_argument("--epochs", type=integer(1), default=None, help="student epochs (default: the demo's)")
+    p.add_argument("--n-test", type=integer(1), default=None, help="test examples for the final table")
     p.add_argument("--quick", action="store_true", help="a tiny smoke version (seconds, not minutes)")
     p.add_argument("--full-autoattack", action="store_true",
                    help="AutoAttack standard (adds FAB-T and Square: ~20 min more on 2 CPU cores) instead of "

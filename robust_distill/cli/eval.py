@@ -9,17 +9,19 @@ from typing import Any
 from torch import nn
 
 from .. import hookimpl
-from .._io import atomic_save, atomic_write_json
+from .._io import InputError, atomic_save, atomic_write_json
 from ..checkpoint import load_checkpoint
 from ..components import split_spec
-from ..config import _parse_value
+from ..config import ConfigError, _parse_value
 from ..data import dataset_info, make_splits
 from ..distributed import init_distributed, rank_and_world, resolve_device
 from ..evaluation import TransferAttack, evaluate_set, make_eval_attacks
 from ..plugin import Registries, get_registries
+from ..preflight import check_device, check_output_file
+from ..registry import UnknownNameError
 from ..streaming import default_workers
 from ..threat import format_eps, parse_fraction
-from . import command
+from . import command, integer, radius
 
 __all__ = ["run_eval", "resolve_model", "markdown_table"]
 
@@ -30,6 +32,29 @@ def _options(items: list[str]) -> dict[str, Any]:
         key, _, value = item.partition("=")
         out[key] = _parse_value(value)
     return out
+
+
+def check_eval_args(ns: argparse.Namespace, regs: Registries) -> list[str]:
+    """What argparse cannot know (registered names, devices, folders): every problem, before any work."""
+    problems = []
+    names = [a.strip() for a in ns.attacks.split(",") if a.strip()]
+    if not names:
+        problems.append(f"--attacks: no attack given; choose from: {', '.join(regs.eval_attacks.names())}.")
+    for name in names:
+        if name not in regs.eval_attacks:
+            problems.append(f"--attacks: {UnknownNameError('eval attack', name, regs.eval_attacks.names())}")
+    if ns.dataset is not None and ns.dataset not in regs.datasets:
+        problems.append(f"--dataset: {UnknownNameError('dataset', ns.dataset, regs.datasets.names())}")
+    for item in ns.model_option:
+        if "=" not in item or not item.partition("=")[0].strip():
+            problems.append(f"--model-option {item!r}: expected KEY=VALUE, e.g. --model-option model_dir=./models.")
+    if ns.data_root is not None and not Path(ns.data_root).expanduser().is_dir():
+        problems.append(f"--data-root: folder {ns.data_root!r} does not exist.")
+    for flag, problem in (("--device", check_device(ns.device)),
+                          ("--out", check_output_file(ns.out) if ns.out is not None else None)):
+        if problem:
+            problems.append(f"{flag}: {problem}")
+    return problems
 
 
 def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs: Registries,
@@ -56,7 +81,12 @@ def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs:
     if data_root is None and ckpt_data.get("dataset") == dataset:
         data_root = ckpt_data.get("root")
     info = dataset_info(regs.datasets.get(dataset), data_root, data_options)
-    model = regs.teacher_sources.get(source).load(name, dataset=info, **options)
+    src = regs.teacher_sources.get(source)
+    try:  # a wrong name, option or file: a message before anything is loaded
+        src.check(name, dataset=info, **options)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"model {spec!r}: {exc}") from None
+    model = src.load(name, dataset=info, **options)
     return model.eval(), dataset, ckpt
 
 
@@ -73,6 +103,9 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -
 def run_eval(ns: argparse.Namespace) -> dict[str, Any]:
     """Evaluate ``ns.model``; under ``torchrun`` every process evaluates its share of the examples (the
     numbers are those of one process) and only rank 0 writes ``--out`` (``summary["is_main"]`` says which)."""
+    problems = check_eval_args(ns, get_registries())  # before any work, the device included
+    if problems:
+        raise ConfigError(problems, "eval arguments")
     dist_ctx = init_distributed(ns.device)
     try:
         summary = _run_eval(ns, resolve_device(ns.device, dist_ctx.local_rank))
@@ -95,12 +128,15 @@ def _run_eval(ns: argparse.Namespace, device: Any) -> dict[str, Any]:
     root = ns.data_root or data_cfg.get("root")
     bundle = regs.datasets.get(dataset).load(root=root, **data_cfg.get("options", {}))
     workers = ns.workers if ns.workers is not None else data_cfg.get("workers")
-    splits = make_splits(bundle, val_size=data_cfg.get("val_size", 5000) if ns.split == "val" else 0,
-                         split_seed=data_cfg.get("split_seed", 0),
-                         workers=default_workers() if workers is None else workers,
-                         pin_memory=device.type == "cuda")
+    try:
+        splits = make_splits(bundle, val_size=data_cfg.get("val_size", 5000) if ns.split == "val" else 0,
+                             split_seed=data_cfg.get("split_seed", 0),
+                             workers=default_workers() if workers is None else workers,
+                             pin_memory=device.type == "cuda")
+    except ValueError as exc:
+        raise ConfigError([f"--split val: {exc} Use --split test."], "eval arguments") from None
     data = splits.eval_set(ns.split, ns.n_examples or None)
-    eps = parse_fraction(ns.eps) if ns.eps is not None else float(cfg.get("threat", {}).get("eps", 8 / 255))
+    eps = ns.eps if ns.eps is not None else parse_fraction(cfg.get("threat", {}).get("eps", 8 / 255))
     names = [a.strip() for a in ns.attacks.split(",") if a.strip()]
     attacks = make_eval_attacks(names, regs, eps=eps, num_classes=splits.info.num_classes)
     if ns.surrogate:
@@ -138,12 +174,12 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--attacks", default="clean,fgsm,pgd20,pgd20_trades,cw_inf,autoattack",
                    help="comma-separated evaluation attacks (see `robust-distill plugins`)")
-    p.add_argument("--eps", default=None, help="L-inf radius, e.g. 8/255 (default: the checkpoint's "
-                                               "training eps, else 8/255)")
-    p.add_argument("--n-examples", type=int, default=1000,
+    p.add_argument("--eps", type=radius, default=None, help="L-inf radius in (0, 1], e.g. 8/255 (default: the "
+                                                            "checkpoint's training eps, else 8/255)")
+    p.add_argument("--n-examples", type=integer(0), default=1000,
                    help="first N examples of the split (0: all; streamed image datasets: N spread over the split)")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--batch-size", type=integer(1), default=256)
+    p.add_argument("--workers", type=integer(0), default=None,
                    help="DataLoader processes reading a streamed dataset (default: the checkpoint's data.workers)")
     p.add_argument("--device", default="auto")
     p.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
