@@ -97,6 +97,8 @@ class Config:
     teacher_updater: Part = Part("frozen")
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
+    logging: list[Part] = field(default_factory=list)  # experiment trackers: [tensorboard, wandb] (rd_register_loggers)
+    log_every: int = 50  # optimizer steps between the loggers' per-interval diagnostics
     channels_last: bool = False  # NHWC memory format (faster convolutions on CPU and recent GPUs)
     sync_bn: bool = False  # SyncBatchNorm under torchrun
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
@@ -171,6 +173,10 @@ def _normalise(raw: Mapping[str, Any]) -> dict[str, Any]:
             out[name] = _normalise_shorthand(name, out[name])
     if isinstance(out.get("teachers"), Mapping):
         out["teachers"] = {r: _normalise_shorthand(r, v) for r, v in out["teachers"].items()}
+    if isinstance(out.get("logging"), (str, Mapping)):  # `logging: tensorboard`: one logger
+        out["logging"] = [out["logging"]]
+    if isinstance(out.get("logging"), list):
+        out["logging"] = [_normalise_shorthand("logging", v) for v in out["logging"]]
     return out
 
 
@@ -358,6 +364,15 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
     _check_part(regs.teacher_updaters, cfg.teacher_updater, "teacher_updater", problems)
     _check_part(regs.lr_schedules, cfg.optim.schedule, "optim.schedule", problems, provided=("epochs",))
 
+    for i, part in enumerate(cfg.logging):
+        _check_part(regs.loggers, part, f"logging[{i}]", problems, provided=("output_dir",))
+        if part.key in regs.loggers:
+            try:
+                regs.loggers.get(part.key).check(**part.kwargs)
+            except (ImportError, TypeError, ValueError) as exc:
+                problems.append(f"logging[{i}]: {exc}")
+    if cfg.log_every < 1:
+        problems.append(f"log_every must be >= 1, got {cfg.log_every}.")
     for name in [*cfg.eval.attacks, *cfg.eval.final_attacks]:
         if name not in regs.eval_attacks:
             problems.append(f"eval.attacks: {UnknownNameError('eval attack', name, regs.eval_attacks.names())}")
@@ -381,7 +396,7 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         regs.student_sources.get(source).check(name, **cfg.student.kwargs)
     except UnknownNameError as exc:
         problems.append(f"student.key: {cfg.student.key!r} needs a source prefix: {exc}")
-    except (TypeError, ValueError, FileNotFoundError) as exc:
+    except (TypeError, ValueError, FileNotFoundError, ImportError) as exc:
         problems.append(f"student.key: {exc}")
     if method is not None:
         updater_roles = ()
@@ -408,7 +423,7 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         if info is not None:
             try:
                 src.check(name, dataset=info, **teacher.kwargs)
-            except (TypeError, ValueError, FileNotFoundError) as exc:
+            except (TypeError, ValueError, FileNotFoundError, ImportError) as exc:
                 problems.append(f"teachers.{role}.key: {exc}")
     return info
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from .attacks import model_mode
 from .components import EvalAttack
 from .data import iterate_eval, to_float
+from .progress import Progress, progress_scope
 
 __all__ = ["EvalResult", "evaluate", "make_eval_attacks", "AttackContractError", "TransferAttack"]
 
@@ -76,7 +76,8 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, EvalA
     Runs inside ``torch.random.fork_rng`` seeded with ``seed``: evaluation is reproducible and does not
     shift the training random stream (APGD/Square re-seed the global RNG; this isolates them too).
     Every adversarial batch is checked to lie in [0, 1] and in the attack's eps ball. An attack with
-    ``whole_set = True`` (AutoAttack) gets all examples at once and batches them itself.
+    ``whole_set = True`` (AutoAttack) gets all examples at once and batches them itself. ``progress``: a bar
+    on a terminal, lines elsewhere (:mod:`robust_distill.progress`), per attack and per AutoAttack stage.
     """
     device = torch.device(device)
     result = EvalResult(n=x.shape[0])
@@ -87,15 +88,18 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, attacks: Mapping[str, EvalA
             eps = getattr(attack, "eps", None)
             correct = torch.zeros(x.shape[0], dtype=torch.bool)
             whole = getattr(attack, "whole_set", False)
-            batches = iterate_eval(x, y, x.shape[0] if whole else batch_size)
-            bar = tqdm(batches, total=-(-x.shape[0] // batch_size), desc=f"{desc} {name}", leave=False,
-                       disable=None if progress else True)
-            for start, xb, yb in bar:
+            chunk = x.shape[0] if whole else batch_size
+            bar = Progress(-(-x.shape[0] // chunk), f"{desc} {name}", unit="batch", enabled=progress)
+            for start, xb, yb in iterate_eval(x, y, chunk):
                 xb, yb = to_float(xb, device), yb.to(device)
-                x_adv = attack(model, xb, yb)
+                with progress_scope(progress, f"{desc} {name}"):
+                    x_adv = attack(model, xb, yb)
                 _check_contract(name, xb, x_adv, eps)
                 for i, xa, ya in iterate_eval(x_adv, yb, batch_size):
                     with torch.no_grad():
                         correct[start + i:start + i + xa.shape[0]] = (model(xa).argmax(1) == ya).cpu()
+                done = start + xb.shape[0]
+                bar.update(1, items=xb.shape[0], stats={"acc": f"{100 * correct[:done].float().mean().item():.2f}%"})
+            bar.close()
             result.correct[name] = correct
     return result

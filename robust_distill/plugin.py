@@ -67,6 +67,9 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("mtard", "robust_distill_plugins.mtard"),
     ("ciard", "robust_distill_plugins.ciard"),
     ("peeraid", "robust_distill_plugins.peeraid"),
+    ("tensorboard", "robust_distill_plugins.tensorboard_logger"),
+    ("wandb", "robust_distill_plugins.wandb_logger"),
+    ("hf_hub", "robust_distill_plugins.hf_hub"),
 )
 
 #: registry attribute -> (kind, the hook that fills it)
@@ -80,6 +83,7 @@ REGISTRY_HOOKS: dict[str, tuple[str, str]] = {
     "eval_attacks": ("eval attack", "rd_register_eval_attacks"),
     "lr_schedules": ("lr schedule", "rd_register_lr_schedules"),
     "methods": ("method", "rd_register_methods"),
+    "loggers": ("logger", "rd_register_loggers"),
 }
 
 
@@ -273,6 +277,7 @@ class Registries:
     eval_attacks: Registry[Any]
     lr_schedules: Registry[Any]
     methods: Registry[Any]
+    loggers: Registry[Any]
 
 
 _PM: PluginManager | None = None

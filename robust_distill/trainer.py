@@ -26,7 +26,6 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
-from tqdm import tqdm
 
 from ._io import atomic_save, atomic_write_json, atomic_write_text
 from .checkpoint import FORMAT, load_checkpoint
@@ -37,6 +36,7 @@ from .distributed import DistContext, clone_state, init_distributed, resolve_dev
 from .evaluation import EvalResult, evaluate, make_eval_attacks
 from .plugin import PluginManager, Registries, get_plugin_manager, get_registries
 from .step import Step
+from .tracking import Loggers, TrainMonitor, error_in_flight
 
 __all__ = ["Run", "train", "build_student", "load_teacher", "load_data", "model_spec"]
 
@@ -82,6 +82,7 @@ class Run:
     what the lifecycle hooks and teacher updaters receive (see there for the attributes plugins may use).
 
     Engine-only attributes: ``student_ddp`` (the module the outer loss calls: DDP-wrapped under torchrun),
+    ``loggers`` (the configured experiment trackers, :mod:`robust_distill.tracking`),
     ``optimizer`` (the student's SGD), ``scaler`` (its ``GradScaler``, enabled with ``optim.amp`` on CUDA;
     updaters that step their own optimizer on the joint loss unscale with ``scaler.get_scale()``), the parts.
     """
@@ -121,6 +122,13 @@ class Run:
         self.eval_attacks = make_eval_attacks(cfg.eval.attacks, regs, eps=self.eval_eps,
                                               num_classes=info.num_classes)
         self.train_records: dict[str, Any] = {}
+        self.loggers = Loggers()  # the configured experiment trackers (set by train(), main process only)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (every process takes the same number)."""
+        n = self.data.train_x.shape[0]
+        return -(-(n + (-n) % self.dist.world_size) // self.config.data.batch_size)
 
     # -- models from specs (RunContext) ------------------------------------------------------------
     def build_student(self, part: Part) -> nn.Module:
@@ -200,7 +208,7 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
     _seed_everything(cfg.seed * 1_000_003 + epoch)
     run.student.train()
     n = data.train_x.shape[0]
-    iters = -(-(n + (-n) % run.dist.world_size) // cfg.data.batch_size)  # batches per epoch
+    iters = run.steps_per_epoch
     threat = cfg.threat
     autocast = torch.autocast("cuda", dtype=torch.float16) if run.amp else nullcontext()
     grad_teachers = frozenset(getattr(run.teacher_updater, "grad_teachers", frozenset()))
@@ -208,10 +216,10 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
     count = 0
     batches = epoch_batches(n, cfg.data.batch_size, seed=cfg.seed, epoch=epoch, rank=run.dist.rank,
                             world_size=run.dist.world_size)
-    bar = tqdm(batches, total=iters, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
-               disable=None if run.dist.is_main else True, dynamic_ncols=True)
+    monitor = TrainMonitor(run.loggers, total=iters, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                           enabled=run.dist.is_main, every=cfg.log_every, step=epoch * iters)
     lr = cfg.optim.lr * run.lr_schedule(epoch)
-    for i, idx in enumerate(bar):
+    for i, idx in enumerate(batches):
         lr_factor = run.lr_schedule(epoch + i / iters)
         lr = cfg.optim.lr * lr_factor
         for group in run.optimizer.param_groups:
@@ -239,10 +247,11 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
         run.scaler.update()
         run.teacher_updater.after_step(step)
         count += 1
-        for k, v in {"loss": loss.item(), **step.logs}.items():
+        values = {"loss": loss.item(), **step.logs}
+        for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + float(v)
-        if run.dist.is_main and i % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}")
+        monitor.step(x.shape[0] * run.dist.world_size, values, lr)
+    monitor.close()
     out = {f"train_{k}": run.dist.all_reduce_mean(v / max(count, 1)) for k, v in sums.items()}
     out["lr"] = lr  # the lr of the epoch's last step
     return out
@@ -274,19 +283,24 @@ def train(cfg: Config, *, regs: Registries | None = None, pm: PluginManager | No
     regs = regs or get_registries()
     pm = pm or get_plugin_manager()
     dist_ctx = init_distributed(cfg.device)
+    loggers = Loggers.build(cfg.logging, regs.loggers, Path(cfg.output_dir), enabled=dist_ctx.is_main)
     try:
-        return _train(cfg, regs, pm, dist_ctx, resume, stop_after_epochs)
+        return _train(cfg, regs, pm, dist_ctx, loggers, resume, stop_after_epochs)
     finally:
-        dist_ctx.close()
+        try:
+            loggers.close(error_in_flight())
+        finally:
+            dist_ctx.close()
 
 
-def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistContext, resume: bool,
-           stop_after_epochs: int | None) -> dict[str, Any]:
+def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistContext, loggers: Loggers,
+           resume: bool, stop_after_epochs: int | None) -> dict[str, Any]:
     _seed_everything(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     run = Run(cfg, regs, pm, dist_ctx)
+    run.loggers = loggers
     out = run.output_dir
     last_path, best_path = out / "last.pt", out / "best.pt"
     log = _MetricsLog(out)
@@ -305,6 +319,7 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
         atomic_write_text(yaml.safe_dump(_plain(config_to_dict(cfg)), sort_keys=False), out / "config.yaml")
         log.load(before_epoch=run.epoch)
     pm.call_lifecycle("rd_run_start", run=run)
+    loggers.start(run, run.epoch * run.steps_per_epoch)
 
     epochs_done = 0
     while run.epoch < cfg.optim.epochs:
@@ -338,6 +353,7 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
             atomic_save(run.checkpoint(full=True), last_path)
             log.append(row)
             _print_row(row, cfg.optim.epochs)
+            loggers.log_epoch(epoch, run.epoch * run.steps_per_epoch, row)
         dist_ctx.barrier()
         epochs_done += 1
         if stop_after_epochs is not None and epochs_done >= stop_after_epochs and run.epoch < cfg.optim.epochs:
@@ -345,6 +361,7 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
 
     summary = _finish(run, log)
     pm.call_lifecycle("rd_run_end", run=run, summary=summary)
+    loggers.finish(summary)
     return summary
 
 

@@ -2,6 +2,7 @@
 
 One module per group of commands, each registering its sub-commands with :func:`command`:
 ``plugins`` (:mod:`.plugins`), ``train`` (:mod:`.train`), ``eval`` (:mod:`.eval`), ``demo`` (:mod:`.demo`),
+``export`` (:mod:`.export`),
 and the grid and analysis tools ``bench``, ``report``, ``unlearnable``, ``teacher-score``,
 ``specialization`` (:mod:`.analysis`). :func:`main` maps every error meant for people to a one-paragraph
 message and an exit code (2: bad configuration; 3: a plugin, name, file or checkpoint problem).
@@ -14,8 +15,10 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .._compat import MissingDependencyError
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
+from ..hub import HubError
 from ..plugin import PluginError
 from ..registry import RegistryError
 
@@ -55,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import analysis, demo, eval, plugins, train  # noqa: F401  (each registers its commands)
+    from . import analysis, demo, eval, export, plugins, train  # noqa: F401  (each registers its commands)
 
     parser = build_parser()
     ns = parser.parse_args(argv)
@@ -64,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"robust-distill: {exc}", file=sys.stderr)
         return 2
-    except (PluginError, RegistryError, CheckpointError, FileNotFoundError) as exc:
+    except (PluginError, RegistryError, CheckpointError, HubError, MissingDependencyError, FileNotFoundError) as exc:
         print(f"robust-distill: error: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
