@@ -37,7 +37,9 @@ class TensorBoardLogger(Logger):
         _summary_writer()
 
     def start(self, run: RunContext, step: int) -> None:
-        self.writer = _summary_writer()(str(self.log_dir), purge_step=step or None, flush_secs=self.flush_secs)
+        # resumed after `step` steps: hide what an interrupted attempt logged beyond them
+        self.writer = _summary_writer()(str(self.log_dir), purge_step=step + 1 if step else None,
+                                        flush_secs=self.flush_secs)
         text = (run.output_dir / "config.yaml").read_text()  # the resolved config, as the run saved it
         self.writer.add_text("config", "```yaml\n" + text + "```", step)
 

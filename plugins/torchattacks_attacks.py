@@ -139,7 +139,8 @@ class _StageProgress(logging.Handler):
         aa = self.aa
         return {"apgd-ce": aa.apgd.n_restarts, "apgd-dlr": aa.apgd.n_restarts,
                 "apgd-t": aa.apgd_targeted.n_target_classes * aa.apgd_targeted.n_restarts,
-                "fab": aa.fab.n_restarts, "fab-t": aa.fab.n_target_classes, "square": aa.square.n_restarts}.get(attack, 1)
+                "fab": aa.fab.n_restarts, "fab-t": aa.fab.n_target_classes,
+                "square": aa.square.n_restarts}.get(attack, 1)
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
