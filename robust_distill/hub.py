@@ -189,8 +189,8 @@ def model_card(hub_config: Mapping[str, Any], *, plots: Sequence[str] = (), repo
         "---", "tags:", "- image-classification", "- timm", "- adversarial-robustness", "- robust-distill",
         "library_name: timm", "license: mit", "datasets:", f"- {dataset}", "---", "",
         f"# {arch}: adversarially robust on {dataset} (L-inf, eps {eps_text})", "",
-        f"A `{arch}` ({f'{params / 1e3:.0f}k parameters, ' if params else ''}{hub_config['num_classes']} classes) "
-        f"trained by [robust-distill](https://github.com/) with the `{rd.get('method')}` method (teachers: "
+        f"A `{arch}` ({f'{params:,} parameters, ' if params else ''}{hub_config['num_classes']} classes) "
+        f"trained by robust-distill with the `{rd.get('method')}` method (teachers: "
         f"{teachers}). It takes images in [0, 1] of shape {' x '.join(map(str, rd['input_shape']))}.", "",
         "## Robustness", "",
         "Accuracy in RobustBench's format: clean; PGD-20 (20 steps of eps/4, uniform random start); AutoAttack "
@@ -214,7 +214,8 @@ def model_card(hub_config: Mapping[str, Any], *, plots: Sequence[str] = (), repo
         "model.load_state_dict(safetensors.torch.load_file(\"model.safetensors\"))",
         "```", "",
         "## Training", "",
-        f"Method `{rd.get('method')}`, checkpoint of epoch {rd.get('epoch')}; the run's resolved configuration:", "",
+        f"Method `{rd.get('method')}`, the checkpoint after epoch {rd.get('epoch')}; the run's resolved "
+        "configuration:", "",
         "```yaml", yaml.safe_dump(rd.get("config") or {}, sort_keys=False).rstrip(), "```", "",
     ]
     return "\n".join(lines)
@@ -237,12 +238,11 @@ def hub_file(name: str, filename: str, *, required: bool = True) -> Path | None:
         return None
     if name.startswith((".", "/", "~")) or name.split("@")[0].count("/") != 1:
         raise HubError(f"hf-hub:{name}: not a folder here, nor a Hub repo id of the form user/repo[@revision].")
-    from ._compat import import_optional
+    from huggingface_hub import hf_hub_download
 
-    hub = import_optional("huggingface_hub", extra="hub", feature="Loading hf-hub: models from the Hub")
     repo, _, revision = name.partition("@")
     try:
-        return Path(hub.hf_hub_download(repo, filename, revision=revision or None))
+        return Path(hf_hub_download(repo, filename, revision=revision or None))
     except Exception as exc:  # offline without a cached copy, unknown repo, missing file
         if not required and "EntryNotFound" in type(exc).__name__:
             return None

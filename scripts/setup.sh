@@ -21,6 +21,7 @@ PY="${PYTHON:-python3}"
 # Installed? (find_spec imports nothing: the check costs no torch import.)
 if ! "$VENV/bin/python" -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('robust_distill') and
     u.find_spec('robust_distill_plugins')))" || [ setup.cfg -nt "$VENV/.rd-installed" ]; then
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".${RD_EXTRAS-[test]}"
+  # the test tools, the loggers' libraries and robustbench (RD_EXTRAS="" for the bare project)
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".${RD_EXTRAS-[test,robustbench]}"
   touch "$VENV/.rd-installed"
 fi
