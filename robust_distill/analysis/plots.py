@@ -50,8 +50,8 @@ def plot_curves(groups: Sequence[Group], path: Path) -> Path:
     n = len(groups)
     cols = min(4, n)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharey=True,
-                             layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(max(4.2 * cols, 6.4), 3.0 * rows + 0.4), squeeze=False,
+                             sharey=True, layout="constrained")
     for ax, g in zip(axes.flat, groups, strict=False):
         for i, r in enumerate(g.runs):
             split, select = r.config["eval"]["split"], r.config["eval"]["select"]
@@ -60,13 +60,16 @@ def plot_curves(groups: Sequence[Group], path: Path) -> Path:
             if not pts:
                 continue
             color = f"C{i}"
-            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], color=color, label=f"seed {r.config['seed']}")
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], color=color,
+                    label=f"seed {r.config['seed']}: {_attack_title(select)}")
             if pts[0][2] is not None:
-                ax.plot([p[0] for p in pts], [100 * p[2] for p in pts], color=color, linestyle="--")
+                ax.plot([p[0] for p in pts], [100 * p[2] for p in pts], color=color, linestyle="--",
+                        label=f"seed {r.config['seed']}: clean")
             best = r.best_row
             if best:
                 ax.scatter([best["epoch"] + 1], [100 * best[f"{split}_{select}"]], color=color, marker="*", s=60)
-        ax.set_title(_title(g), fontsize=8)
+        if g.labels:
+            ax.set_title(_title(g), fontsize=8)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     for ax in axes.flat[n:]:
@@ -76,9 +79,10 @@ def plot_curves(groups: Sequence[Group], path: Path) -> Path:
             ax.set_xlabel("epoch")
     for row in axes:
         row[0].set_ylabel("accuracy (%)")
-    axes[0][0].set_ylabel("accuracy (%): robust solid, clean dashed")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Accuracy per epoch (* = selected checkpoint; the gap to the last epoch is robust overfitting)",
+    split = groups[0].runs[0].config["eval"]["split"] if groups and groups[0].runs else "val"
+    fig.suptitle(f"Accuracy per epoch on the {'validation' if split == 'val' else split} split: robust solid, "
+                 "clean dashed\n* = the selected checkpoint (its gap to the last epoch is robust overfitting)",
                  fontsize=9)
     return _save(fig, path)
 
