@@ -54,6 +54,11 @@ def test_an_exported_student_loads_back_with_the_checkpoints_clean_and_pgd20_acc
     attacks = make_eval_attacks(["clean", "pgd20"], regs, eps=8 / 255, num_classes=4)
     accuracy = evaluate(teacher, x, y, attacks, batch_size=64, seed=0).accuracy
     assert accuracy == summary["final"]["best"]  # exactly: the same network, the same attack and seed
+    # and by `robust-distill eval hf-hub:<folder>`, which finds the dataset and eps in the export
+    assert main(["eval", f"hf-hub:{out}", "--attacks", "clean,pgd20", "--n-examples", "32", "--batch-size", "64",
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    rows = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert {r["attack"]: r["accuracy"] for r in rows if r["attack"] != "worst_case"} == summary["final"]["best"]
     original, _ = build_from_checkpoint(run / "best.pt", regs)
     xf = x.float() / 255
     assert torch.equal(teacher(xf), original(xf))
