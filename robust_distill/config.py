@@ -366,9 +366,10 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
 
     for i, part in enumerate(cfg.logging):
         _check_part(regs.loggers, part, f"logging[{i}]", problems, provided=("output_dir",))
-        if part.key in regs.loggers:
+        check = getattr(regs.loggers.get(part.key), "check", None) if part.key in regs.loggers else None
+        if check is not None:
             try:
-                regs.loggers.get(part.key).check(**part.kwargs)
+                check(**part.kwargs)
             except (ImportError, TypeError, ValueError) as exc:
                 problems.append(f"logging[{i}]: {exc}")
     if cfg.log_every < 1:

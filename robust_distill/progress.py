@@ -7,7 +7,7 @@ prints a line instead, e.g.::
 
     epoch 1/3  40% step 32/79  loss=0.155 lr=0.1  1.2e+03 img/s  elapsed 0:13  ETA 0:19
 
-every ``RD_PROGRESS_SECONDS`` seconds (default 30) or ``RD_PROGRESS_PERCENT`` percent (default 10),
+every ``RD_PROGRESS_SECONDS`` seconds (default 30) or ``RD_PROGRESS_PERCENT`` percent (default 20),
 whichever comes first, and one when the loop ends; nothing in a loop's first ``RD_PROGRESS_DELAY`` seconds
 (default 5: short loops stay silent). ``RD_PROGRESS=bar|lines|off`` overrides the choice (default ``auto``: a
 bar on a terminal, lines elsewhere).
@@ -87,7 +87,7 @@ class Progress:
     :param stream: where to draw (stderr).
     :param mode: ``bar``, ``lines`` or ``off``; default from :func:`progress_mode`.
     :param every_s: seconds between lines (default ``RD_PROGRESS_SECONDS`` or 30).
-    :param every_pct: percent of ``total`` between lines (default ``RD_PROGRESS_PERCENT`` or 10).
+    :param every_pct: percent of ``total`` between lines (default ``RD_PROGRESS_PERCENT`` or 20).
     :param delay_s: no line before this many seconds (default ``RD_PROGRESS_DELAY`` or 5; a loop that ends
         sooner prints nothing).
     """
@@ -99,7 +99,7 @@ class Progress:
         self.stream = stream
         self.mode = mode or progress_mode(stream, enabled)
         self.every_s = every_s if every_s is not None else _env_float(ENV_SECONDS, 30.0)
-        self.every_pct = every_pct if every_pct is not None else _env_float(ENV_PERCENT, 10.0)
+        self.every_pct = every_pct if every_pct is not None else _env_float(ENV_PERCENT, 20.0)
         self.n = 0
         self.items = 0
         self.lines: list[str] = []  # every line drawn in ``lines`` mode (for tests and callers that log them)
