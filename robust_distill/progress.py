@@ -83,7 +83,7 @@ class Progress:
     :param desc: what the loop is (``epoch 1/3``, ``val epoch 1 pgd20``, ``grid runs/x``).
     :param unit: what a step is, in lines (``step``, ``batch``, ``run``).
     :param items_unit: what :meth:`update`'s ``items`` count, for the rate (``img``: images/s).
-    :param enabled: ``False`` draws nothing (non-main processes, ``--quiet``).
+    :param enabled: ``False`` draws nothing (non-main processes).
     :param stream: where to draw (stderr).
     :param mode: ``bar``, ``lines`` or ``off``; default from :func:`progress_mode`.
     :param every_s: seconds between lines (default ``RD_PROGRESS_SECONDS`` or 30).
