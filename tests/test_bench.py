@@ -177,7 +177,7 @@ def test_a_killed_grid_resumes_without_redoing_finished_runs(regs, tiny_raw, tmp
     proc = subprocess.Popen([sys.executable, "-m", "robust_distill", "bench", str(grid)], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first, second = tmp_path / "g" / "seed=0", tmp_path / "g" / "seed=1"
-    deadline = time.time() + 300
+    deadline = time.time() + 900  # an upper bound: the loop ends when the second run has a last.pt
     while time.time() < deadline and not (second / "last.pt").is_file():
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the bench process and its training child die at once

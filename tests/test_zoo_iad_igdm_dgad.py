@@ -7,6 +7,7 @@ convention or detach in a plugin shows up as a number mismatch.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -218,7 +219,8 @@ def test_igdm_wraps_any_registered_loss(regs, monkeypatch: pytest.MonkeyPatch) -
     losses = Registry("outer loss")
     losses.register(_Scaled, name="scaled")
     monkeypatch.setattr(plugin, "get_registries", lambda: SimpleNamespace(outer_losses=losses))
-    igdm = regs.outer_losses.get("igdm")
+    run_registries = SimpleNamespace(outer_losses=losses)  # what the engine hands over (Registry.build)
+    igdm = functools.partial(regs.outer_losses.get("igdm"), registries=run_registries)
     wrapper = igdm(base="scaled", base_kwargs={"scale": 3.0}, num_classes=C)
     assert isinstance(wrapper.base_loss, _Scaled) and wrapper.base_loss.num_classes == C
     step = make_step(epoch=199)
@@ -309,7 +311,7 @@ def test_dgad_gets_the_configured_per_process_batch_size_from_the_engine(regs, t
     cfg = tiny_config("dgad", True)
     assert Run(cfg, regs, get_plugin_manager(), DistContext()).outer_loss.batch_size == 16
     assert Run(cfg, regs, get_plugin_manager(), DistContext(world_size=2)).outer_loss.batch_size == 8
-    wrapped = regs.outer_losses.build("igdm", {"base": "dgad"}, num_classes=4, batch_size=64)
+    wrapped = regs.outer_losses.build("igdm", {"base": "dgad"}, num_classes=4, batch_size=64, registries=regs)
     assert wrapped.base_loss.batch_size == 64
     fixed = regs.outer_losses.build("dgad", {"batch_size": 32}, num_classes=4, batch_size=128)
     assert fixed.batch_size == 32  # the config wins
