@@ -23,8 +23,11 @@ examples (so torchattacks' random starts, too, depend only on an example's chunk
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import math
+import re
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +36,7 @@ from torch import Tensor, nn
 from robust_distill import EvalAttack, hookimpl
 from robust_distill._compat import import_autoattack
 from robust_distill.attacks import pgd
+from robust_distill.progress import Progress, scoped
 from robust_distill.threat import format_eps
 
 
@@ -118,15 +122,81 @@ class ReferenceAutoAttack(EvalAttack):
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         pyaa = import_autoattack()
-        logging.getLogger("auto-attack").setLevel(logging.ERROR)
         aa = pyaa.AutoAttack(model, norm="Linf", eps=self.eps, version=self.version, device=x.device,
                              seed=self.seed, attacks=self.attacks_to_run or None)
         if self.version == "custom":
             aa.apgd.n_restarts = 1  # standard's settings (custom otherwise keeps 5 APGD-CE restarts)
         # 9 target classes (the reference default) need >= 10 classes; fewer classes get all the others.
         aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = min(9, self.num_classes - 1)
-        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)
+        with _stage_progress(aa, x.shape[0], self.batch_size):
+            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=self.batch_size)
         return x_adv.to(x.device)
+
+
+class _StageProgress(logging.Handler):
+    """AutoAttack's stages as progress (:func:`robust_distill.progress.scoped`): one per stage (``apgd-t``),
+    counting its sub-attack runs (a restart, or a target class of APGD-T / FAB-T, per batch).
+
+    pyautoattack logs (at DEBUG) the initial accuracy, ``running <attack>`` and ``robust accuracy after <ATTACK>``;
+    the runs are counted by wrapping ``attack_single_run`` of this AutoAttack object's sub-attacks.
+    """
+
+    def __init__(self, aa: Any, n: int, batch_size: int) -> None:
+        super().__init__(logging.DEBUG)
+        self.aa, self.n, self.batch_size = aa, n, batch_size
+        self.robust = n
+        self.stage: Progress | None = None
+
+    def _runs_per_batch(self, attack: str) -> int:
+        aa = self.aa
+        return {"apgd-ce": aa.apgd.n_restarts, "apgd-dlr": aa.apgd.n_restarts,
+                "apgd-t": aa.apgd_targeted.n_target_classes * aa.apgd_targeted.n_restarts,
+                "fab": aa.fab.n_restarts, "fab-t": aa.fab.n_target_classes,
+                "square": aa.square.n_restarts}.get(attack, 1)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if (m := re.match(r"initial accuracy: ([\d.]+)%", msg)) or \
+                (m := re.match(r"robust accuracy after \S+: ([\d.]+)%", msg)):
+            self.robust = round(float(m.group(1)) * self.n / 100)
+            if self.stage is not None and msg.startswith("robust"):
+                self.stage.close(stats={"robust": f"{m.group(1)}%"})
+                self.stage = None
+        elif m := re.match(r"running (\S+)", msg):
+            total = math.ceil(self.robust / self.batch_size) * self._runs_per_batch(m.group(1))
+            self.stage = scoped(total, m.group(1), unit="run", items_unit="pt")
+            self.stage.set_stats({"robust points": self.robust})
+
+    def run_done(self, points: int) -> None:
+        if self.stage is not None:
+            self.stage.update(1, items=points)
+
+
+@contextlib.contextmanager
+def _stage_progress(aa: Any, n: int, batch_size: int) -> Iterator[None]:
+    logger = logging.getLogger("auto-attack")
+    handler = _StageProgress(aa, n, batch_size)
+    for sub in (aa.apgd, aa.apgd_targeted, aa.fab, aa.square):
+        run = sub.attack_single_run
+
+        def counted(x: Any, *args: Any, _run: Any = run, **kwargs: Any) -> Any:
+            out = _run(x, *args, **kwargs)
+            handler.run_done(x.shape[0])
+            return out
+
+        sub.attack_single_run = counted  # this AutoAttack object only
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # its messages are ours to show (as progress), not the root logger's
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        if handler.stage is not None:
+            handler.stage.close()
 
 
 def autoattack_apgd(eps: float, num_classes: int = 10, batch_size: int = 500) -> EvalAttack:

@@ -52,9 +52,10 @@ from .context import RunContext  # noqa: E402
 from .registry import Registry  # noqa: E402
 from .step import Step  # noqa: E402
 from .threat import ThreatModel  # noqa: E402
+from .tracking import Logger  # noqa: E402
 
 __all__ = [
     "__version__", "hookimpl", "Registry", "Step", "ThreatModel", "Method", "Part", "Stateful",
     "DataBundle", "StreamedBundle", "DatasetInfo", "TeacherSource", "StudentSource", "InnerAttack", "OuterLoss",
-    "TeacherUpdater", "EvalAttack", "training_defaults", "RunContext",
+    "TeacherUpdater", "EvalAttack", "training_defaults", "RunContext", "Logger",
 ]

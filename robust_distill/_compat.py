@@ -22,11 +22,23 @@ import types
 import warnings
 from typing import Any
 
-__all__ = ["import_robustbench", "import_autoattack", "AutoAttackAdapter", "robustbench_benchmark"]
+__all__ = ["import_robustbench", "import_autoattack", "import_optional", "AutoAttackAdapter",
+           "robustbench_benchmark", "MissingDependencyError"]
 
 
 class MissingDependencyError(ImportError):
     """An optional library needed by a plugin is not installed."""
+
+
+def import_optional(module: str, *, extra: str, feature: str, package: str | None = None) -> types.ModuleType:
+    """Import ``module``, or say which extra of robust-distill installs it (``pip install 'robust-distill[x]'``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{feature} needs the package {package or module.split('.')[0]!r}, which is not installed ({exc}). "
+            f"Install it with `pip install 'robust-distill[{extra}]'`."
+        ) from exc
 
 
 def import_autoattack() -> types.ModuleType:

@@ -118,6 +118,7 @@ class Config:
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
     swa: SWAConfig = SWAConfig()
+    logging: list[Part] = field(default_factory=list)  # experiment trackers: [tensorboard, wandb] (rd_register_loggers)
     channels_last: bool = False  # NHWC memory format (faster convolutions on CPU and recent GPUs)
     sync_bn: bool = False  # SyncBatchNorm under torchrun
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
@@ -232,6 +233,10 @@ def _normalise(raw: Mapping[str, Any]) -> dict[str, Any]:
         out["teachers"] = {r: _normalise_shorthand(r, v) for r, v in out["teachers"].items()}
     if isinstance(out.get("optim"), Mapping) and "schedule" in out["optim"]:
         out["optim"] = {**out["optim"], "schedule": _normalise_shorthand("schedule", out["optim"]["schedule"])}
+    if isinstance(out.get("logging"), (str, Mapping)):  # `logging: tensorboard`: one logger
+        out["logging"] = [out["logging"]]
+    if isinstance(out.get("logging"), list):
+        out["logging"] = [_normalise_shorthand("logging", v) for v in out["logging"]]
     return out
 
 
@@ -431,6 +436,14 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
     _check_part(regs.teacher_updaters, cfg.teacher_updater, "teacher_updater", problems)
     _check_part(regs.lr_schedules, cfg.optim.schedule, "optim.schedule", problems, provided=("epochs",))
 
+    for i, part in enumerate(cfg.logging):
+        _check_part(regs.loggers, part, f"logging[{i}]", problems, provided=("output_dir",))
+        check = getattr(regs.loggers.get(part.key), "check", None) if part.key in regs.loggers else None
+        if check is not None:
+            try:
+                check(**part.kwargs)
+            except (ImportError, TypeError, ValueError) as exc:
+                problems.append(f"logging[{i}]: {exc}")
     for key in ("attacks", "final_attacks"):
         for name in getattr(cfg.eval, key):
             if name not in regs.eval_attacks:
@@ -464,7 +477,7 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         student_source.check(name, **cfg.student.kwargs)
     except UnknownNameError as exc:
         problems.append(f"student.key: {cfg.student.key!r} needs a source prefix: {exc}")
-    except (TypeError, ValueError, FileNotFoundError) as exc:
+    except (TypeError, ValueError, FileNotFoundError, ImportError) as exc:
         problems.append(f"student.key: {exc}")
     else:
         if info is not None and not cfg.student.kwargs.get("pretrained"):  # (a download: not a check's work)
@@ -525,7 +538,7 @@ def _memo(kind: tuple[str, str], name: str, kwargs: Mapping[str, Any], info: Dat
 def _teacher_problems(src: Any, name: str, kwargs: Mapping[str, Any], info: DatasetInfo, key: str) -> list[str]:
     try:
         src.check(name, dataset=info, **kwargs)
-    except (TypeError, ValueError, OSError, RegistryError) as exc:
+    except (TypeError, ValueError, OSError, ImportError, RegistryError) as exc:
         return [str(exc)]
     except Exception as exc:  # the source's check itself failed: it would fail in train too
         return [f"checking {key!r} fails: {type(exc).__name__}: {exc}"]

@@ -14,13 +14,13 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from .attacks import model_mode
 from .components import EvalAttack
 from .data import EvalSet, TensorEvalSet, iterate_eval, to_device, to_float
 from .distributed import all_reduce_tensor, rank_and_world
 from .precision import autocast
+from .progress import Progress, progress_scope
 
 __all__ = ["EvalResult", "evaluate", "evaluate_set", "make_eval_attacks", "AttackContractError", "TransferAttack",
            "chunk_size", "chunk_seed"]
@@ -127,7 +127,8 @@ def evaluate_set(model: nn.Module, data: EvalSet, attacks: Mapping[str, EvalAtta
     Runs inside ``torch.random.fork_rng``: evaluation does not shift the training random stream (APGD and
     Square re-seed the global RNG; this isolates them too). ``precision`` is ``fp32`` (default: numbers
     comparable with the papers) or ``bf16`` (autocast). Every adversarial chunk is checked to lie in
-    [0, 1] and in the attack's eps ball.
+    [0, 1] and in the attack's eps ball. ``progress``: a bar on a terminal, lines elsewhere
+    (:mod:`robust_distill.progress`), per attack and per AutoAttack stage.
     """
     device = torch.device(device)
     n = data.n
@@ -140,17 +141,21 @@ def evaluate_set(model: nn.Module, data: EvalSet, attacks: Mapping[str, EvalAtta
             size = min(chunk_size(attack, batch_size, n), getattr(data, "chunk", None) or max(n, 1))
             mine = list(range(rank, -(-n // size), world))
             correct = torch.zeros(n, dtype=torch.int32, device=device)
-            bar = tqdm(zip(mine, data.batches(size, mine), strict=True), total=len(mine), desc=f"{desc} {name}",
-                       leave=False, disable=None if progress else True)
-            for k, (xb, yb) in bar:
+            bar = Progress(len(mine), f"{desc} {name}", unit="batch", enabled=progress)
+            hits = seen = 0
+            for k, (xb, yb) in zip(mine, data.batches(size, mine), strict=True):
                 start = k * size
                 xb, yb = to_float(xb, device), to_device(yb, device)
                 torch.manual_seed(chunk_seed(seed, k))
-                with autocast(device, precision):
+                with autocast(device, precision), progress_scope(progress, f"{desc} {name}"):
                     x_adv = attack(model, xb, yb)
                 _check_contract(name, xb, x_adv, eps)
                 for i, xa, ya in iterate_eval(x_adv, yb, batch_size):
                     with torch.no_grad(), autocast(device, precision):
                         correct[start + i:start + i + xa.shape[0]] = (model(xa).argmax(1) == ya).int()
+                if progress:  # one host sync per chunk, only when someone reads the line
+                    hits, seen = hits + int(correct[start:start + xb.shape[0]].sum()), seen + xb.shape[0]
+                    bar.update(1, items=xb.shape[0], stats={"acc": f"{100 * hits / max(seen, 1):.2f}%"})
+            bar.close()
             result.correct[name] = all_reduce_tensor(correct).cpu().bool()
     return result

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     )
     from .context import RunContext
     from .registry import Registry
+    from .tracking import Logger
 
 hookspec = pluggy.HookspecMarker("robust_distill")
 
@@ -194,6 +195,21 @@ def rd_register_commands(commands: CommandRegistry) -> None:
 
     :param commands: the command registry (:class:`~robust_distill.cli.CommandRegistry`), keyed by command name.
     :returns: nothing; register into ``commands``.
+    """
+
+
+@hookspec
+def rd_register_loggers(registry: Registry[type[Logger]]) -> None:
+    """Register experiment trackers: classes (or factories) of :class:`~robust_distill.tracking.Logger`.
+
+    ``logging: [name, ...]`` in a config selects them; the engine creates them once per run on the main
+    process (with the entry's ``kwargs``, plus ``output_dir`` if the constructor names it) and calls them at
+    the run's lifecycle points (config, every ``log_every`` steps, every epoch, the final table and curves),
+    never through pluggy inside the training loop. A logger whose library is missing says which extra to
+    install from its ``check`` classmethod, when the config is validated.
+
+    :param registry: keyed by the name used in ``logging``.
+    :returns: nothing; register into ``registry``.
     """
 
 

@@ -73,6 +73,7 @@ CORE_PLUGINS: tuple[tuple[str, str], ...] = (
     ("cli.train", "robust_distill.cli.train"),
     ("cli.eval", "robust_distill.cli.eval"),
     ("cli.demo", "robust_distill.cli.demo"),
+    ("cli.export", "robust_distill.cli.export"),
     ("cli.analysis", "robust_distill.cli.analysis"),
 )
 
@@ -103,6 +104,9 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("ciard", "robust_distill_plugins.ciard"),
     ("ciard_itt", "robust_distill_plugins.ciard_itt"),
     ("peeraid", "robust_distill_plugins.peeraid"),
+    ("tensorboard", "robust_distill_plugins.tensorboard_logger"),
+    ("wandb", "robust_distill_plugins.wandb_logger"),
+    ("hf_hub", "robust_distill_plugins.hf_hub"),
 )
 
 #: registry attribute -> (kind, the hook that fills it)
@@ -116,6 +120,7 @@ REGISTRY_HOOKS: dict[str, tuple[str, str]] = {
     "eval_attacks": ("eval attack", "rd_register_eval_attacks"),
     "lr_schedules": ("lr schedule", "rd_register_lr_schedules"),
     "methods": ("method", "rd_register_methods"),
+    "loggers": ("logger", "rd_register_loggers"),
 }
 
 
@@ -554,6 +559,7 @@ class Registries:
     eval_attacks: Registry[Any]
     lr_schedules: Registry[Any]
     methods: Registry[Any]
+    loggers: Registry[Any]
 
 
 _PM: PluginManager | None = None

@@ -28,7 +28,6 @@ from typing import Any
 import torch
 import yaml
 from torch import nn
-from tqdm import tqdm
 
 from ._io import atomic_save, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from ._lock import FolderLock, FolderLockedError
@@ -43,6 +42,7 @@ from .monitor import DivergenceError, StepMonitor, check_outer_loss, describe_no
 from .plugin import PluginManager, Registries, get_plugin_manager, get_registries
 from .precision import InputGradScale, autocast, grad_scaler
 from .step import Step
+from .tracking import Loggers, TrainMonitor, error_in_flight
 from .trained import StudentSWA
 
 __all__ = ["Run", "train", "build_student", "load_teacher", "load_data", "model_spec"]
@@ -97,6 +97,7 @@ class Run:
     what the lifecycle hooks and teacher updaters receive (see there for the attributes plugins may use).
 
     Engine-only attributes: ``student_ddp`` (the module the outer loss calls: DDP-wrapped under torchrun),
+    ``loggers`` (the configured experiment trackers, :mod:`robust_distill.tracking`),
     ``optimizer`` (the student's SGD, fused on CUDA), ``scaler`` (its ``GradScaler``, enabled with
     ``optim.precision: fp16``; updaters that step their own optimizer on the joint loss unscale with
     ``scaler.get_scale()``), ``input_grad_scale`` (the inner attack's objective scale under fp16), the parts.
@@ -147,6 +148,13 @@ class Run:
                                               num_classes=info.num_classes)
         self.train_records: dict[str, Any] = {}
         self.swa = StudentSWA(cfg.swa.start, self.student, cfg.optim.epochs) if cfg.swa.start is not None else None
+        self.loggers = Loggers()  # the configured experiment trackers (set by train(), main process only)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch (every process takes the same number)."""
+        n = self.data.n_train
+        return -(-(n + (-n) % self.dist.world_size) // self.config.data.batch_size)
 
     # -- models from specs (RunContext) ------------------------------------------------------------
     def build_student(self, part: Part) -> nn.Module:
@@ -237,19 +245,19 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
     cfg, data, device = run.config, run.data, run.device
     _seed_everything(cfg.seed * 1_000_003 + epoch)
     run.student.train()
-    n = data.n_train
-    iters = -(-(n + (-n) % run.dist.world_size) // cfg.data.batch_size)  # batches per epoch
+    iters = run.steps_per_epoch
     threat = cfg.threat
     grad_teachers = frozenset(getattr(run.teacher_updater, "grad_teachers", frozenset()))
     monitor = StepMonitor(device)
-    read_every = 1 if device.type == "cpu" else cfg.optim.log_every  # host syncs cost nothing on CPU
+    every = cfg.optim.log_every
+    read_every = 1 if device.type == "cpu" else every  # host syncs cost nothing on CPU
     batches = data.train_batches(epoch, batch_size=cfg.data.batch_size, seed=cfg.seed, device=device,
                                  augment=cfg.data.augment, rank=run.dist.rank, world_size=run.dist.world_size)
-    bar = tqdm(batches, total=iters, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
-               disable=None if run.dist.is_main else True, dynamic_ncols=True)
+    tracker = TrainMonitor(run.loggers, total=iters, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+                           enabled=run.dist.is_main, every=every, step=epoch * iters)
     lr = cfg.optim.lr * run.lr_schedule(epoch)
     means: dict[str, float] = {}
-    for i, (x, y) in enumerate(bar):
+    for i, (x, y) in enumerate(batches):
         lr_factor = run.lr_schedule(epoch + i / iters)
         lr = cfg.optim.lr * lr_factor
         for group in run.optimizer.param_groups:
@@ -270,12 +278,14 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
         run.scaler.update()
         run.teacher_updater.after_step(step)
         monitor.add(loss, step.logs, i)
-        if (i + 1) % read_every == 0 or i + 1 == iters:  # one host sync per interval
-            means, last, bad = monitor.read()
+        read = None
+        if (epoch * iters + i + 1) % read_every == 0 or i + 1 == iters:  # one host sync per interval
+            means, _, bad = monitor.read()
             if all_reduce_sum(float(bad is not None))[0]:
                 raise _nonfinite_loss(run, epoch, bad, lr)
-            if run.dist.is_main:
-                bar.set_postfix(loss=f"{last:.4f}", lr=f"{lr:.3g}")
+            read = means
+        tracker.step(x.shape[0] * run.dist.world_size, lr, means=read, count=monitor.count)
+    tracker.close()
     out = {f"train_{k}": run.dist.all_reduce_mean(v) for k, v in means.items()}
     out["lr"] = lr  # the lr of the epoch's last step
     return out
@@ -349,7 +359,11 @@ def train(cfg: Config, *, regs: Registries | None = None, pm: PluginManager | No
     flags = torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()
     try:
         with _own_output_dir(Path(cfg.output_dir), dist_ctx):
-            return _train(cfg, regs, pm, dist_ctx, resume, stop_after_epochs)
+            loggers = Loggers.build(cfg.logging, regs.loggers, Path(cfg.output_dir), enabled=dist_ctx.is_main)
+            try:
+                return _train(cfg, regs, pm, dist_ctx, loggers, resume, stop_after_epochs)
+            finally:
+                loggers.close(error_in_flight())
     finally:
         torch.backends.cudnn.benchmark = flags[0]
         torch.use_deterministic_algorithms(flags[1])
@@ -393,8 +407,8 @@ def _check_resumable(cfg: Config, last_path: Path) -> None:
         raise ResumeMismatchError(last_path, diffs)
 
 
-def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistContext, resume: bool,
-           stop_after_epochs: int | None) -> dict[str, Any]:
+def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistContext, loggers: Loggers,
+           resume: bool, stop_after_epochs: int | None) -> dict[str, Any]:
     _seed_everything(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -403,6 +417,7 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
     if resume and last_path.is_file():
         _check_resumable(cfg, last_path)  # before any work
     run = Run(cfg, regs, pm, dist_ctx)
+    run.loggers = loggers
     out = run.output_dir
     best_path = out / "best.pt"
     log = _MetricsLog(out)
@@ -421,6 +436,7 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
         atomic_write_text(yaml.safe_dump(_plain(config_to_dict(cfg)), sort_keys=False), out / "config.yaml")
         log.load(before_epoch=run.epoch)
     pm.call_lifecycle("rd_run_start", run=run)
+    loggers.start(run, run.epoch * run.steps_per_epoch)
 
     epochs_done = 0
     while run.epoch < cfg.optim.epochs:
@@ -462,6 +478,7 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
             # a kill after it has lost nothing.
             atomic_save(last, last_path)
             _print_row(row, cfg.optim.epochs)
+            loggers.log_epoch(epoch, run.epoch * run.steps_per_epoch, row)
         dist_ctx.barrier()
         epochs_done += 1
         if stop_after_epochs is not None and epochs_done >= stop_after_epochs and run.epoch < cfg.optim.epochs:
@@ -469,6 +486,7 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
 
     summary = _finish(run, log)
     pm.call_lifecycle("rd_run_end", run=run, summary=summary)
+    loggers.finish(summary)
     return summary
 
 

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec .venv/bin/robust-distill demo "$@"
+source scripts/venv.sh
+exec "$(rd_venv_dir)/bin/robust-distill" demo "$@"

@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("RD_DISABLE_PLUGIN_AUTOLOAD", "1")
 
 import copy  # noqa: E402
+import importlib.util  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any
@@ -18,6 +19,11 @@ from robust_distill.config import Config, resolve_config  # noqa: E402
 from robust_distill.plugin import PluginManager, Registries, get_registries  # noqa: E402
 
 torch.set_num_threads(1)
+
+#: tests of the ``robustbench`` extra (not installed in tox's lowest/highest envs: it pins timm 1.0.9)
+needs_robustbench = pytest.mark.skipif(
+    importlib.util.find_spec("robustbench") is None,
+    reason="the robustbench extra is not installed (tox's default env py311-torch214 runs these)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -164,7 +164,9 @@ def test_tiny_real_grid_end_to_end(regs, tmp_path: Path, capsys: pytest.CaptureF
 
 
 @pytest.mark.slow
-def test_a_killed_grid_resumes_without_redoing_finished_runs(regs, tiny_raw, tmp_path: Path) -> None:
+def test_a_killed_grid_resumes_without_redoing_finished_runs(regs, tiny_raw, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
     base = tiny_raw("pgd_at")
     base["optim"]["epochs"] = 5
     base["data"]["options"]["n_train"] = 384
@@ -175,7 +177,7 @@ def test_a_killed_grid_resumes_without_redoing_finished_runs(regs, tiny_raw, tmp
     proc = subprocess.Popen([sys.executable, "-m", "robust_distill", "bench", str(grid)], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first, second = tmp_path / "g" / "seed=0", tmp_path / "g" / "seed=1"
-    deadline = time.time() + 300
+    deadline = time.time() + 900  # an upper bound: the loop ends when the second run has a last.pt
     while time.time() < deadline and not (second / "last.pt").is_file():
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # the bench process and its training child die at once
@@ -184,12 +186,16 @@ def test_a_killed_grid_resumes_without_redoing_finished_runs(regs, tiny_raw, tmp
     done_at = (first / "summary.json").stat().st_mtime
     interrupted_at = load_checkpoint(second / "last.pt")["epoch"]
     assert 1 <= interrupted_at < 5
+    monkeypatch.setenv("RD_PROGRESS", "lines")  # as in a CI log: progress lines, here one per event
+    monkeypatch.setenv("RD_PROGRESS_DELAY", "0")
     states = run_grid(load_grid(grid), regs)
     assert states == {"seed=0": "done", "seed=1": "done"}
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"grid {tmp_path / 'g'} ")]
+    assert progress and progress[-1].startswith(f"grid {tmp_path / 'g'}  100% run 1/1  done=1 failed=0 running=0")
     assert (first / "summary.json").stat().st_mtime == done_at  # not redone
     rows = [json.loads(r) for r in (second / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(5))  # resumed: every epoch once
     log = (second / "train.log").read_text()
-    assert log.count("epoch 1/5 ") == 1  # epoch 1 was not trained again after the kill
+    assert log.count("epoch 1/5 train_loss") == 1  # epoch 1 was not trained again after the kill
 
 

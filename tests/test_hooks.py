@@ -221,3 +221,48 @@ def test_lifecycle_hook_errors_name_the_plugin(tiny_raw) -> None:
     regs = pm.build_registries()
     with pytest.raises(PluginHookError, match="test_plugin.*rd_run_start.*broken plugin"):
         train(resolve_config(tiny_raw("pgd_at"), regs), regs=regs, pm=pm)
+
+
+def test_hook_rd_register_loggers(tiny_raw) -> None:
+    """A logger registered by a plugin sees the config, the interval means, every epoch and the final table."""
+    from robust_distill import Logger
+
+    calls: list[tuple[Any, ...]] = []
+
+    class Recorder(Logger):
+        def __init__(self, output_dir: Path, tag: str = "") -> None:
+            calls.append(("init", Path(output_dir).name, tag))
+
+        def start(self, run: Any, step: int) -> None:
+            calls.append(("start", run.config.method, step))
+
+        def log_interval(self, step: int, metrics: dict[str, float]) -> None:
+            calls.append(("interval", step, dict(metrics)))
+
+        def log_epoch(self, epoch: int, step: int, metrics: dict[str, float]) -> None:
+            calls.append(("epoch", epoch, step, dict(metrics)))
+
+        def finish(self, summary: dict[str, Any], curves: Path | None) -> None:
+            calls.append(("finish", summary["best_epoch"], curves.name if curves else None))
+
+        def close(self, error: BaseException | None = None) -> None:
+            calls.append(("close", error))
+
+    pm = manager_with(rd_register_loggers=lambda registry: registry.register(Recorder, name="recorder"))
+    regs = pm.build_registries()
+    raw = tiny_raw("pgd_at", logging=[{"key": "recorder", "kwargs": {"tag": "x"}}])
+    raw["optim"]["log_every"] = 2
+    train(resolve_config(raw, regs), regs=regs, pm=pm)
+    assert calls[0] == ("init", "run-pgd_at", "x") and calls[1] == ("start", "pgd_at", 0)
+    intervals = [c for c in calls if c[0] == "interval"]
+    epochs = [c for c in calls if c[0] == "epoch"]
+    assert [c[1] for c in intervals] == [2, 4, 6, 8] and [(c[1], c[2]) for c in epochs] == [(0, 4), (1, 8)]
+    rows = [json.loads(r) for r in (Path(raw["output_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    for e, row in enumerate(rows):  # two equal intervals per epoch: their means average to the epoch's mean
+        means = [c[2]["train_step/loss"] for c in intervals[2 * e:2 * e + 2]]
+        assert sum(means) / 2 == pytest.approx(row["train_loss"], rel=1e-12)
+        assert epochs[e][3]["val/pgd20"] == row["val_pgd20"] and epochs[e][3]["epoch"] == e + 1
+        assert epochs[e][3]["train/lr"] == row["lr"] == intervals[2 * e + 1][2]["train_step/lr"]
+    assert calls[-2] == ("finish", json.loads((Path(raw["output_dir"]) / "summary.json").read_text())["best_epoch"],
+                         "curves.png")
+    assert calls[-1] == ("close", None)

@@ -14,6 +14,8 @@ from robust_distill.config import ConfigError, resolve_config
 from robust_distill.trainer import train
 from robust_distill_plugins.robustbench_teachers import LogProbabilities, RobustBenchTeachers
 
+from .conftest import needs_robustbench
+
 SMALL = "Gowal2021Improving_R18_ddpm_100m"  # DMPreActResNet-18, 12.5M parameters
 CIFAR10 = DatasetInfo("cifar10", 10, (3, 32, 32))
 
@@ -33,11 +35,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@needs_robustbench
 def test_robustbench_imports_with_the_compat_shims() -> None:
     rb = import_robustbench()
     assert hasattr(rb.utils, "load_model")
 
 
+@needs_robustbench
 def test_loads_a_local_file_without_network(model_dir: Path) -> None:
     teacher = RobustBenchTeachers().load(SMALL, dataset=CIFAR10, model_dir=str(model_dir), offline=True)
     assert not teacher.training
@@ -50,6 +54,7 @@ def test_loads_a_local_file_without_network(model_dir: Path) -> None:
     assert torch.equal(dict(teacher.state_dict())[first], saved[first])  # the file's weights, not fresh ones
 
 
+@needs_robustbench
 def test_missing_file_offline_says_which_file_to_place_where(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as e:
         RobustBenchTeachers().load("Chen2021LTD_WRN34_10", dataset=CIFAR10, model_dir=str(tmp_path), offline=True)
@@ -57,6 +62,7 @@ def test_missing_file_offline_says_which_file_to_place_where(tmp_path: Path) -> 
     assert str(tmp_path / "cifar10" / "Linf" / "Chen2021LTD_WRN34_10.pt") in msg and "Google Drive id" in msg
 
 
+@needs_robustbench
 def test_failed_download_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rb = import_robustbench()
 
@@ -72,6 +78,7 @@ def test_failed_download_leaves_nothing_behind(tmp_path: Path, monkeypatch: pyte
     assert not list(tmp_path.rglob("*.pt"))
 
 
+@needs_robustbench
 def test_unknown_names_list_the_gowal_and_chen_families() -> None:
     with pytest.raises(ValueError) as e:
         RobustBenchTeachers().check("Chen2021LTD_WRN34_11", dataset=CIFAR10)
@@ -81,6 +88,7 @@ def test_unknown_names_list_the_gowal_and_chen_families() -> None:
         RobustBenchTeachers().check("Chen2021LTD_WRN34_10", dataset=DatasetInfo("fashion_mnist", 10, (1, 28, 28)))
 
 
+@needs_robustbench
 def test_every_gowal_and_chen_linf_entry_is_known() -> None:
     names = RobustBenchTeachers().names()
     for expected in ["Gowal2020Uncovering_70_16 (cifar10)", "Gowal2021Improving_R18_ddpm_100m (cifar10)",
@@ -89,6 +97,7 @@ def test_every_gowal_and_chen_linf_entry_is_known() -> None:
         assert expected in names
 
 
+@needs_robustbench
 def test_probability_outputs_become_log_probabilities(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     rb = import_robustbench()
 
@@ -106,6 +115,7 @@ def test_probability_outputs_become_log_probabilities(monkeypatch: pytest.Monkey
     assert torch.allclose(out.softmax(1), torch.tensor([[0.7, 0.2, 0.1]] * 2), atol=1e-6)
 
 
+@needs_robustbench
 @pytest.mark.slow
 def test_distil_from_a_robustbench_teacher_on_local_cifar(tiny_raw, regs, model_dir: Path, tiny_cifar: Path) -> None:
     raw = tiny_raw("rslad", teacher=True)
@@ -122,6 +132,7 @@ def test_distil_from_a_robustbench_teacher_on_local_cifar(tiny_raw, regs, model_
         resolve_config(raw, regs)
 
 
+@needs_robustbench
 @pytest.mark.slow
 def test_our_autoattack_equals_robustbench_benchmark_on_the_same_examples(regs) -> None:
     from robust_distill._compat import robustbench_benchmark
@@ -159,3 +170,20 @@ def test_autoattack_apgd_runs_the_first_two_stages_of_autoattack_standard(regs) 
     res = evaluate(model, x, y, attacks, batch_size=24)
     full, apgd = res.correct["autoattack"], res.correct["autoattack_apgd"]
     assert apgd.sum() < len(y) and not (full & ~apgd).any()
+
+
+@needs_robustbench
+@pytest.mark.slow
+def test_robustbench_imports_where_setuptools_no_longer_ships_pkg_resources() -> None:
+    """setuptools >= 81 has no ``pkg_resources``; robustbench 1.1.1 imports it: _compat's stub stands in."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['pkg_resources'] = None\n"  # as if setuptools >= 81 were installed
+            "from robust_distill._compat import import_robustbench\n"
+            "rb = import_robustbench()\n"
+            "import pkg_resources, robustbench.loaders\n"
+            "print(pkg_resources.resource_filename('robustbench', 'x').endswith('robustbench/x'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"

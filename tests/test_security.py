@@ -24,6 +24,8 @@ from robust_distill.checkpoint import (
 from robust_distill.cli import main
 from robust_distill.trainer import train
 
+from .conftest import needs_robustbench
+
 SYNTH = DatasetInfo("synthetic", 10, (3, 16, 16))
 
 
@@ -107,6 +109,7 @@ def test_resume_refuses_a_payload_last_pt(tiny_config, tmp_path: Path, marker: P
         train(cfg)
 
 
+@needs_robustbench
 def test_robustbench_model_dir_payload_is_refused(tmp_path: Path, marker: Path) -> None:
     """A payload where RobustBench looks for the weights (``<model_dir>/cifar10/Linf/<name>.pt``)."""
     from robust_distill_plugins.robustbench_teachers import RobustBenchTeachers
@@ -120,6 +123,7 @@ def test_robustbench_model_dir_payload_is_refused(tmp_path: Path, marker: Path) 
                                    offline=True)
 
 
+@needs_robustbench
 def test_robustbench_checkpoint_with_numpy_scalars_loads_without_opt_in(tmp_path: Path) -> None:
     """Old RobustBench files pickle numpy scalars next to the weights: allow-listed, no trust needed."""
     from robust_distill._compat import import_robustbench

@@ -54,6 +54,7 @@ from .._io import atomic_write_json, atomic_write_text, remove_stale_temp_files
 from .._lock import FolderLock, FolderLockedError, lock_holder
 from .._proc import guarded, pid_alive, signals_raise
 from ..config import ConfigError, apply_overrides, read_yaml, resolve_config
+from ..progress import Progress
 
 __all__ = ["GridRun", "load_grid", "check_grid", "expand_grid", "run_grid"]
 
@@ -244,6 +245,8 @@ def _run(grid: Mapping[str, Any], runs: list[GridRun], out_dir: Path, parallel: 
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     active: list[tuple[GridRun, subprocess.Popen[bytes], float, Any]] = []
     queue = list(todo)
+    counts = {"done": 0, "failed": 0}
+    progress = Progress(len(todo), f"grid {out_dir}", unit="run", items_unit="run")
     try:
         while queue or active:
             while queue and len(active) < parallel:
@@ -259,6 +262,7 @@ def _run(grid: Mapping[str, Any], runs: list[GridRun], out_dir: Path, parallel: 
                                    "host": socket.gethostname()}, run.status_file)
                 log(f"  started {run.name}")
             time.sleep(0.5)
+            progress.update(0, stats={**counts, "running": len(active)})  # a line when one is due
             for item in list(active):
                 run, proc, started, logfile = item
                 if proc.poll() is None:
@@ -266,7 +270,10 @@ def _run(grid: Mapping[str, Any], runs: list[GridRun], out_dir: Path, parallel: 
                 active.remove(item)
                 logfile.close()
                 minutes = (time.time() - started) / 60
-                if proc.returncode == 0 and (run.folder / "summary.json").is_file():
+                ok = proc.returncode == 0 and (run.folder / "summary.json").is_file()
+                counts["done" if ok else "failed"] += 1
+                progress.update(1, items=1, stats={**counts, "running": len(active)})
+                if ok:
                     atomic_write_json({"state": "done", "minutes": round(minutes, 2)}, run.status_file)
                     log(f"  done    {run.name} ({minutes:.1f} min)")
                 else:
@@ -276,6 +283,7 @@ def _run(grid: Mapping[str, Any], runs: list[GridRun], out_dir: Path, parallel: 
                                        "error": "\n".join(tail)}, run.status_file)
                     log(f"  FAILED  {run.name} (exit {proc.returncode}); see {run.folder / 'train.log'}")
     finally:
+        progress.close()
         for _, proc, _, _ in active:  # interrupted: stop the children; their last.pt lets them resume
             proc.terminate()
         for run, proc, _, logfile in active:

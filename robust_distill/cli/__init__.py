@@ -2,9 +2,9 @@
 
 Sub-commands come from the ``rd_register_commands`` hook (datasette's ``register_commands``): the built-in ones
 from the core plugins, one module per group (``plugins`` :mod:`.plugins`, ``train`` :mod:`.train`, ``eval``
-:mod:`.eval`, ``demo`` :mod:`.demo`, and the grid and analysis tools ``bench``, ``report``, ``unlearnable``,
-``teacher-score``, ``specialization`` :mod:`.analysis`), the others from any plugin. A module declares a command
-with :func:`command` and registers it in its hook::
+:mod:`.eval`, ``demo`` :mod:`.demo`, ``export`` :mod:`.export`, and the grid and analysis tools ``bench``,
+``report``, ``unlearnable``, ``teacher-score``, ``specialization`` :mod:`.analysis`), the others from any
+plugin. A module declares a command with :func:`command` and registers it in its hook::
 
     @command("export", "export a checkpoint to ONNX", _export_args)
     def cmd_export(ns: argparse.Namespace) -> int:
@@ -34,12 +34,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from .._compat import MissingDependencyError
 from .._io import DiskFullError, InputError
 from .._lock import FolderLockedError
 from .._proc import Terminated
 from ..checkpoint import CheckpointError
 from ..compilation import CompileUnavailableError
 from ..config import ConfigError
+from ..hub import HubError
 from ..monitor import DivergenceError
 from ..plugin import PluginError
 from ..registry import Registry, RegistryError
@@ -187,8 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"robust-distill: {exc}", file=sys.stderr)
         return 2
-    except (PluginError, RegistryError, CheckpointError, InputError, FolderLockedError, DiskFullError,
-            OSError) as exc:
+    except (PluginError, RegistryError, CheckpointError, HubError, MissingDependencyError, InputError,
+            FolderLockedError, DiskFullError, OSError) as exc:
         if isinstance(exc, BrokenPipeError):
             return _closed_pipe()
         print(f"robust-distill: error: {exc}", file=sys.stderr)

@@ -94,7 +94,8 @@ def run_demo(output_dir: Path = Path("runs/demo"), epochs: int | None = None, n_
     for name, path in ((f"teacher {'convnet_s' if quick else 'convnet_m'} (PGD-AT)", teacher_path),
                        ("student convnet_s (AdaAD)", output_dir / "student_adaad" / "best.pt")):
         model, _ = build_from_checkpoint(path, regs)
-        acc = evaluate(model, x, y, attacks, batch_size=500, device=device, progress=sys.stderr.isatty()).accuracy
+        acc = evaluate(model, x, y, attacks, batch_size=500, device=device, progress=True,
+                       desc=name.split(' (')[0]).accuracy
         rows.append({"model": name, "params": f"{sum(p.numel() for p in model.parameters()) / 1e3:.0f}k",
                      **acc})
     minutes = (time.perf_counter() - start) / 60

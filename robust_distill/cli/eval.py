@@ -74,6 +74,12 @@ def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs:
         if not isinstance(ckpt, dict):
             ckpt = {}
         dataset = dataset or ckpt.get("model", {}).get("dataset")
+    elif source == "hf-hub":  # robust-distill's exports carry their dataset and training config
+        from ..hub import read_hub_config
+
+        exported = read_hub_config(name).get("robust_distill") or {}
+        ckpt = {"config": exported.get("config") or {}}
+        dataset = dataset or exported.get("dataset")
     dataset = dataset or "cifar10"
     ckpt_data = ckpt.get("config", {}).get("data", {})
     if data_options is None:

@@ -1,0 +1,262 @@
+"""Models out: a student as a timm / Hugging Face Hub folder with a model card; and finding such a folder's files.
+
+The folder is what ``timm.models.push_to_hf_hub`` / ``save_for_hf`` write (``timm/models/_hub.py``):
+
+* ``model.safetensors``: the network's ``state_dict`` in timm's architecture (a normalisation wrapper is not
+  part of it: its mean/std go to ``pretrained_cfg``, where timm keeps them);
+* ``config.json``: ``architecture``, ``num_classes``, ``num_features``, ``model_args`` (``in_chans`` and the
+  architecture's options) and ``pretrained_cfg`` (``input_size``, ``mean``, ``std``, ...), plus a
+  ``robust_distill`` block that timm ignores: the spec that rebuilds the model here (inputs in [0, 1],
+  normalisation inside), the dataset, the threat model, the training config and the evaluation results;
+* ``README.md``: the model card (Hugging Face front matter, timm tags) with the robustness table as
+  RobustBench reports models (clean, PGD-20, AutoAttack; dataset, threat model, eps, examples), the plots,
+  the training method and config, and how to load it.
+
+:func:`hub_file` finds a file of such a folder, local or on the Hub (``huggingface_hub.hf_hub_download`` and its
+cache; ``HF_HUB_OFFLINE=1`` works from a populated cache). The ``hf-hub:`` teacher and student source
+(:mod:`robust_distill_plugins.hf_hub`) builds models from these files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ._io import atomic_write, atomic_write_text
+from .checkpoint import build_from_checkpoint, load_checkpoint
+from .components import split_spec
+from .threat import format_eps
+
+__all__ = ["export_model", "read_hub_config", "hub_file", "model_card", "HubError", "WEIGHTS", "LEGACY_WEIGHTS",
+           "CONFIG", "CARD_COLUMNS"]
+
+WEIGHTS = "model.safetensors"
+LEGACY_WEIGHTS = "pytorch_model.bin"
+CONFIG = "config.json"
+#: options of the ``timm:`` source that say where weights come from or wrap the model: not architecture arguments
+SOURCE_OPTIONS = frozenset({"pretrained", "pretrained_file", "checkpoint_path", "normalize", "trust_checkpoint"})
+#: the robustness columns of a model card, (attack, title), in RobustBench's order; others follow
+CARD_COLUMNS = (("clean", "Clean"), ("pgd20", "PGD-20"), ("autoattack", "AutoAttack"),
+                ("autoattack_apgd", "AutoAttack APGD-CE+T"))
+
+
+class HubError(ValueError):
+    """A run, checkpoint or Hub folder that cannot be exported or loaded; the message says why."""
+
+
+# -------------------------------------------------------------------------------------------------
+# Export
+# -------------------------------------------------------------------------------------------------
+
+
+def locate_checkpoint(run_or_checkpoint: str | os.PathLike[str], which: str = "best") -> tuple[Path, Path | None]:
+    """``(checkpoint file, run folder or None)`` for a run folder (its ``best.pt``/``last.pt``) or a file."""
+    path = Path(run_or_checkpoint)
+    if path.is_dir():
+        ckpt = path / f"{which}.pt"
+        if not ckpt.is_file():
+            found = ", ".join(sorted(p.name for p in path.glob("*.pt"))) or "none"
+            raise HubError(f"{str(path)!r} has no {which}.pt (checkpoints there: {found}); give a checkpoint file "
+                           "or choose --checkpoint best|last.")
+        return ckpt, path
+    if not path.is_file():
+        raise HubError(f"{str(path)!r} is neither a run folder nor a checkpoint file.")
+    return path, path.parent if (path.parent / "config.yaml").is_file() else None
+
+
+def recorded_results(run_dir: Path | None, which: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """What the run measured for its ``which`` checkpoint: the final test evaluation, else the selection split."""
+    if run_dir is None or not (run_dir / "summary.json").is_file():
+        return {}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ev = config.get("eval", {})
+    final = (summary.get("final") or {}).get(which)
+    if final:
+        return {"split": "test", "n_examples": ev.get("final_n_examples"), "accuracy": dict(final)}
+    split = ev.get("split", "val")
+    accuracy = {k[len(split) + 1:]: v for k, v in (summary.get(which) or {}).items() if k.startswith(f"{split}_")}
+    return {"split": split, "n_examples": ev.get("n_examples"), "accuracy": accuracy} if accuracy else {}
+
+
+def export_model(run_or_checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], regs: Any, *,
+                 which: str = "best", results: Mapping[str, Any] | None = None, repo_id: str | None = None,
+                 overwrite: bool = False) -> Path:
+    """Write the student of a run (its ``which`` = ``best``/``last`` checkpoint) or of a checkpoint file as a
+    timm / Hub folder: ``model.safetensors``, ``config.json``, ``README.md`` and the run's curves. Returns it.
+
+    ``results`` (``{"split", "n_examples", "accuracy": {attack: value}}``) replaces what the run recorded (an
+    evaluation made for the export); ``repo_id`` names the Hub repo in the card's usage section.
+    """
+    from safetensors.torch import save
+
+    ckpt_path, run_dir = locate_checkpoint(run_or_checkpoint, which)
+    ckpt = load_checkpoint(ckpt_path)
+    if not isinstance(ckpt, Mapping) or "model" not in ckpt:
+        raise HubError(f"{str(ckpt_path)!r} is not a robust-distill checkpoint: only those name their architecture "
+                       "(a plain state dict can be exported with timm's save_for_hf).")
+    spec = dict(ckpt["model"])
+    source, arch = split_spec(spec["key"])
+    kwargs = dict(spec.get("kwargs", {}))
+    if source == "hf-hub":  # a model that came from a Hub folder: its architecture is the folder's
+        hub_cfg = read_hub_config(arch)
+        rd = hub_cfg.get("robust_distill") or {}
+        arch = split_spec(rd["key"])[1] if rd.get("key") else hub_cfg["architecture"]
+        kwargs = dict(rd.get("kwargs") or hub_cfg.get("model_args", {}))
+    elif source != "timm":
+        raise HubError(f"The student {spec['key']!r} is not a timm model; only timm architectures have a timm / Hub "
+                       "format.")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise HubError(f"{str(out)!r} exists and is not empty; choose another folder or pass --force.")
+
+    model, _ = build_from_checkpoint(ckpt_path, regs)
+    wrapped = kwargs.get("normalize") not in (None, "none")
+    network = model.model if wrapped else model  # Normalized(model): timm keeps normalisation outside
+    channels = int(spec["input_shape"][0])
+    mean = model.mean.flatten().tolist() if wrapped else [0.0] * channels
+    std = model.std.flatten().tolist() if wrapped else [1.0] * channels
+    config = ckpt.get("config") or (yaml.safe_load((run_dir / "config.yaml").read_text()) if run_dir else {})
+    eval_cfg, threat = config.get("eval", {}), config.get("threat", {})
+    pretrained = getattr(network, "pretrained_cfg", {}) or {}
+    hub_config = {
+        "architecture": arch,
+        "num_classes": int(spec["num_classes"]),
+        "num_features": int(getattr(network, "num_features", 0) or 0),
+        "model_args": {**{k: v for k, v in kwargs.items() if k not in SOURCE_OPTIONS}, "in_chans": channels},
+        "pretrained_cfg": {"input_size": list(spec["input_shape"]), "mean": mean, "std": std,
+                           "interpolation": "bilinear", "crop_pct": 1.0, "first_conv": pretrained.get("first_conv"),
+                           "classifier": pretrained.get("classifier"), "license": "mit"},
+        "robust_distill": {
+            "key": f"timm:{arch}", "kwargs": kwargs, "dataset": spec.get("dataset"),
+            "input_shape": list(spec["input_shape"]), "input_range": [0.0, 1.0], "threat_model": "Linf",
+            "eps": eval_cfg.get("eps") or threat.get("eps"), "method": config.get("method"),
+            "teachers": {role: t.get("key") for role, t in (config.get("teachers") or {}).items()},
+            "epoch": ckpt.get("epoch"), "parameters": sum(p.numel() for p in network.parameters()),
+            "evaluation": dict(results) if results is not None else recorded_results(run_dir, which, config),
+            "config": config,
+        },
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    atomic_write(out / WEIGHTS, lambda f: f.write(save(state)))
+    atomic_write_text(json.dumps(hub_config, indent=2) + "\n", out / CONFIG)
+    plots = _copy_plots(run_dir, out)
+    atomic_write_text(model_card(hub_config, plots=plots, repo_id=repo_id), out / "README.md")
+    return out
+
+
+def _copy_plots(run_dir: Path | None, out: Path) -> list[str]:
+    """The run's accuracy curves (``curves.png``: written when training with loggers, else drawn now)."""
+    if run_dir is None or not (run_dir / "metrics.jsonl").is_file():
+        return []
+    curves = run_dir / "curves.png"
+    if not curves.is_file():
+        from .tracking import plot_run_curves
+
+        curves = plot_run_curves(run_dir) or curves
+    if not curves.is_file():
+        return []
+    atomic_write(out / "curves.png", lambda f: f.write(curves.read_bytes()))
+    return ["curves.png"]
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.2f}" if isinstance(value, (int, float)) else "not evaluated"
+
+
+def model_card(hub_config: Mapping[str, Any], *, plots: Sequence[str] = (), repo_id: str | None = None) -> str:
+    """The ``README.md`` of an exported folder: Hugging Face front matter, RobustBench's table, plots, usage."""
+    rd = hub_config["robust_distill"]
+    arch, dataset = hub_config["architecture"], rd.get("dataset") or "unknown"
+    ev = rd.get("evaluation") or {}
+    acc = ev.get("accuracy") or {}
+    eps = rd.get("eps")
+    eps_text = format_eps(float(eps)) if isinstance(eps, (int, float)) else "?"
+    teachers = ", ".join(f"{role} `{key}`" for role, key in (rd.get("teachers") or {}).items()) or "none"
+    repo = repo_id or "<user>/<repo>"
+    columns = [(a, t) for a, t in CARD_COLUMNS if a in acc or a in ("clean", "pgd20", "autoattack")]
+    columns += [(a, a) for a in acc if a not in dict(CARD_COLUMNS)]
+    examples = f"{ev.get('n_examples') or 'all'} ({ev.get('split')} split)" if ev else "-"
+    head = ["dataset", "threat model", "eps", *[t + " (%)" for _, t in columns], "examples"]
+    row = [dataset, rd.get("threat_model", "Linf"), eps_text, *[_pct(acc.get(a)) for a, _ in columns], examples]
+    params = rd.get("parameters")
+    lines = [
+        "---", "tags:", "- image-classification", "- timm", "- adversarial-robustness", "- robust-distill",
+        "library_name: timm", "license: mit", "datasets:", f"- {dataset}", "---", "",
+        f"# {arch}: adversarially robust on {dataset} (L-inf, eps {eps_text})", "",
+        f"A `{arch}` ({f'{params:,} parameters, ' if params else ''}{hub_config['num_classes']} classes) "
+        f"trained by robust-distill with the `{rd.get('method')}` method (teachers: "
+        f"{teachers}). It takes images in [0, 1] of shape {' x '.join(map(str, rd['input_shape']))}.", "",
+        "## Robustness", "",
+        "Accuracy in RobustBench's format: clean; PGD-20 (20 steps of eps/4, uniform random start); AutoAttack "
+        "standard (APGD-CE, APGD-T, FAB-T, Square; reference implementation), or its APGD-CE + APGD-T stages.", "",
+        "| " + " | ".join(head) + " |", "|" + "---|" * len(head), "| " + " | ".join(row) + " |", "",
+    ]
+    for plot in plots:
+        lines += [f"![{Path(plot).stem}]({plot})", ""]
+    lines += [
+        "## Usage", "",
+        "```bash",
+        f"robust-distill eval hf-hub:{repo} --dataset {dataset} --attacks clean,pgd20,autoattack --eps {eps_text}",
+        "```", "",
+        f"In a robust-distill config, as a teacher or a student to fine-tune: `teachers: {{robust: hf-hub:{repo}}}`.",
+        "With timm and safetensors only (robust-distill's architectures are registered in timm when its plugins "
+        "are imported; inputs in [0, 1], normalised with `pretrained_cfg`'s mean/std):", "",
+        "```python",
+        "import json, timm, safetensors.torch",
+        "cfg = json.load(open(\"config.json\"))",
+        "model = timm.create_model(cfg[\"architecture\"], num_classes=cfg[\"num_classes\"], **cfg[\"model_args\"])",
+        "model.load_state_dict(safetensors.torch.load_file(\"model.safetensors\"))",
+        "```", "",
+        "## Training", "",
+        f"Method `{rd.get('method')}`, the checkpoint after epoch {rd.get('epoch')}; the run's resolved "
+        "configuration:", "",
+        "```yaml", yaml.safe_dump(rd.get("config") or {}, sort_keys=False).rstrip(), "```", "",
+    ]
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------
+# Finding a folder's files, local or on the Hub
+# -------------------------------------------------------------------------------------------------
+
+
+def hub_file(name: str, filename: str, *, required: bool = True) -> Path | None:
+    """``filename`` of a local folder, or of a Hub repo (``user/repo[@revision]``) through the Hub cache."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        path = folder / filename
+        if path.is_file():
+            return path
+        if required:
+            raise HubError(f"{str(folder)!r} has no {filename} (a timm / Hub model folder has {CONFIG} and {WEIGHTS}).")
+        return None
+    if name.startswith((".", "/", "~")) or name.split("@")[0].count("/") != 1:
+        raise HubError(f"hf-hub:{name}: not a folder here, nor a Hub repo id of the form user/repo[@revision].")
+    from huggingface_hub import hf_hub_download
+
+    repo, _, revision = name.partition("@")
+    try:
+        return Path(hf_hub_download(repo, filename, revision=revision or None))
+    except Exception as exc:  # offline without a cached copy, unknown repo, missing file
+        if not required and "EntryNotFound" in type(exc).__name__:
+            return None
+        if not required and "offline" in str(exc).lower():
+            return None  # offline: a file that is not cached may simply not exist
+        raise HubError(f"hf-hub:{name}: could not get {filename} ({type(exc).__name__}: {exc}). Offline "
+                       "(HF_HUB_OFFLINE=1), only repos already in the Hugging Face cache load.") from exc
+
+
+def read_hub_config(name: str) -> dict[str, Any]:
+    """``config.json`` of a folder or Hub repo, in timm's current form (old flat configs are converted)."""
+    path = hub_file(name, CONFIG)
+    assert path is not None
+    cfg = json.loads(path.read_text())
+    if "pretrained_cfg" not in cfg:  # timm's old form: the pretrained cfg at the top level
+        cfg = {"architecture": cfg.pop("architecture"), "num_classes": cfg.get("num_classes"), "pretrained_cfg": cfg}
+    return cfg

@@ -1,0 +1,171 @@
+"""Models out and in (issue 12, item 4): ``robust-distill export`` and the ``hf-hub:`` source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from robust_distill._io import atomic_save
+from robust_distill.checkpoint import FORMAT, UnsafeCheckpointError, build_from_checkpoint
+from robust_distill.cli import main
+from robust_distill.components import DatasetInfo
+from robust_distill.config import resolve_config
+from robust_distill.evaluation import evaluate, make_eval_attacks
+from robust_distill.hub import HubError, export_model
+from robust_distill.trainer import train
+
+from .test_security import evil
+
+INFO = DatasetInfo("synthetic", 4, (1, 8, 8))
+
+
+@pytest.fixture
+def no_timm_hub_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm's own Hub weight loading (``.bin`` unpickled with weights_only=False) must never be reached."""
+    import timm.models._builder as builder
+    import timm.models._hub as hub
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("timm's load_state_dict_from_hf was called")
+
+    monkeypatch.setattr(hub, "load_state_dict_from_hf", refuse)
+    monkeypatch.setattr(builder, "load_state_dict_from_hf", refuse)
+
+
+@pytest.mark.slow
+def test_an_exported_student_loads_back_with_the_checkpoints_clean_and_pgd20_accuracy(
+        regs, tiny_raw, tmp_path: Path, no_timm_hub_loading: None, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = tiny_raw("pgd_at")
+    raw["eval"].update(final_attacks=["clean", "pgd20"], final_n_examples=32)
+    summary = train(resolve_config(raw, regs))
+    run, out = Path(raw["output_dir"]), tmp_path / "hub"
+    assert main(["export", str(run), str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "curves.png", "model.safetensors"]
+
+    # the checkpoint's numbers, measured again on the export loaded through the hf-hub: source
+    teacher = regs.teacher_sources.get("hf-hub").load(str(out), dataset=regs.datasets.get("synthetic").info(
+        **raw["data"]["options"]))
+    bundle = regs.datasets.get("synthetic").load(**raw["data"]["options"])
+    x, y = bundle.test_x[:32], bundle.test_y[:32]
+    attacks = make_eval_attacks(["clean", "pgd20"], regs, eps=8 / 255, num_classes=4)
+    accuracy = evaluate(teacher, x, y, attacks, batch_size=64, seed=0).accuracy
+    assert accuracy == summary["final"]["best"]  # exactly: the same network, the same attack and seed
+    # and by `robust-distill eval hf-hub:<folder>`, which finds the dataset and eps in the export
+    assert main(["eval", f"hf-hub:{out}", "--attacks", "clean,pgd20", "--n-examples", "32", "--batch-size", "64",
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    rows = json.loads((tmp_path / "eval.json").read_text())["results"]
+    assert {r["attack"]: r["accuracy"] for r in rows if r["attack"] != "worst_case"} == summary["final"]["best"]
+    original, _ = build_from_checkpoint(run / "best.pt", regs)
+    xf = x.float() / 255
+    assert torch.equal(teacher(xf), original(xf))
+
+    # the folder is timm's Hub format: plain timm + safetensors rebuild it (the card's recipe)
+    import safetensors.torch
+
+    from robust_distill_plugins.timm_students import _timm
+
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architecture"] == "convnet_xs" and cfg["num_classes"] == 4 and cfg["model_args"] == {"in_chans": 3}
+    assert cfg["pretrained_cfg"]["input_size"] == [3, 8, 8] and cfg["pretrained_cfg"]["mean"] == [0.0] * 3
+    plain = _timm().create_model(cfg["architecture"], num_classes=cfg["num_classes"], **cfg["model_args"]).eval()
+    plain.load_state_dict(safetensors.torch.load_file(out / "model.safetensors"))
+    assert torch.equal(plain(xf), original(xf))
+
+    # the model card: RobustBench's table with the run's numbers, the plot, the training config
+    card = (out / "README.md").read_text()
+    best = summary["final"]["best"]
+    assert (f"| synthetic | Linf | 8/255 | {100 * best['clean']:.2f} | {100 * best['pgd20']:.2f} | not evaluated "
+            "| 32 (test split) |") in card
+    assert "library_name: timm" in card and "![curves](curves.png)" in card and "method: pgd_at" in card
+
+    # the export trains further: hf-hub: as a student starts from its weights
+    student = regs.student_sources.get("hf-hub").build(str(out), input_shape=(3, 8, 8), num_classes=4)
+    assert student.training and torch.equal(student.eval()(xf), original(xf))
+
+    # a non-empty folder is not overwritten without --force
+    capsys.readouterr()
+    assert main(["export", str(run), str(out)]) == 3
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert main(["export", str(run), str(out), "--force", "--checkpoint", "last"]) == 0
+
+
+def _checkpoint(path: Path, regs, kwargs: dict[str, Any]) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = regs.student_sources.get("timm").build("convnet_xs", input_shape=(1, 8, 8), num_classes=4, **kwargs)
+    spec = {"key": "timm:convnet_xs", "kwargs": kwargs, "num_classes": 4, "input_shape": [1, 8, 8],
+            "dataset": "synthetic"}
+    atomic_save({"format": FORMAT, "model": spec, "state_dict": model.state_dict(), "epoch": 3,
+                 "config": {"method": "pgd_at", "threat": {"eps": 0.1}}}, path)
+    return model.eval()
+
+
+def test_a_normalisation_inside_the_model_goes_to_timms_pretrained_cfg(regs, tmp_path: Path,
+                                                                       no_timm_hub_loading: None) -> None:
+    model = _checkpoint(tmp_path / "c.pt", regs, {"normalize": [[0.5], [0.25]]})
+    out = export_model(tmp_path / "c.pt", tmp_path / "hub", regs)
+    from safetensors import safe_open
+
+    with safe_open(out / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert "features.0.weight" in keys and not any(k.startswith("model.") or k in ("mean", "std") for k in keys)
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["pretrained_cfg"]["mean"], cfg["pretrained_cfg"]["std"]) == ([0.5], [0.25])
+    loaded = regs.teacher_sources.get("hf-hub").load(str(out), dataset=INFO)
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.equal(loaded(x), model(x))  # inputs in [0, 1], normalised inside as in training
+    card = (out / "README.md").read_text()
+    assert "| synthetic | Linf | 0.1 | not evaluated | not evaluated | not evaluated | - |" in card
+
+
+def test_hub_repos_load_offline_from_a_populated_cache(regs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      no_timm_hub_loading: None) -> None:
+    import huggingface_hub.constants as constants
+
+    model = _checkpoint(tmp_path / "c.pt", regs, {})
+    folder = export_model(tmp_path / "c.pt", tmp_path / "hub", regs)
+    # the Hugging Face cache layout: models--<org>--<name>/{refs/main, snapshots/<commit>/<files>}
+    repo = tmp_path / "hf" / "models--rd-org--fmnist-student"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (repo / "snapshots" / commit / name).write_bytes((folder / name).read_bytes())
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets when the Hub is imported
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    loaded = regs.teacher_sources.get("hf-hub").load("rd-org/fmnist-student", dataset=INFO)
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.equal(loaded(x), model(x))
+    with pytest.raises(HubError, match="hf-hub:rd-org/missing: could not get config.json.*HF_HUB_OFFLINE"):
+        regs.teacher_sources.get("hf-hub").load("rd-org/missing", dataset=INFO)
+    with pytest.raises(HubError, match="has 4 classes; the dataset has 10"):
+        regs.teacher_sources.get("hf-hub").load("rd-org/fmnist-student", dataset=DatasetInfo("d", 10, (1, 8, 8)))
+
+
+def test_a_pickled_bin_is_read_weights_only(regs, tmp_path: Path, no_timm_hub_loading: None) -> None:
+    """timm Hub repos without safetensors have pytorch_model.bin: read with weights_only=True, never executed."""
+    model = _checkpoint(tmp_path / "c.pt", regs, {})
+    folder = export_model(tmp_path / "c.pt", tmp_path / "hub", regs)
+    (folder / "model.safetensors").unlink()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(regs.teacher_sources.get("hf-hub").load(str(folder), dataset=INFO)(x), model(x))
+
+    evil(folder / "pytorch_model.bin", tmp_path / "pwned", model.state_dict())
+    with pytest.raises(UnsafeCheckpointError, match="not only weights"):
+        regs.teacher_sources.get("hf-hub").load(str(folder), dataset=INFO)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_only_robust_distill_checkpoints_of_timm_models_export(regs, tmp_path: Path) -> None:
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
+    with pytest.raises(HubError, match="not a robust-distill checkpoint"):
+        export_model(tmp_path / "plain.pt", tmp_path / "a", regs)
+    with pytest.raises(HubError, match="has no best.pt"):
+        export_model(tmp_path, tmp_path / "b", regs)
+    with pytest.raises(HubError, match="hf-hub:nowhere: not a folder here, nor a Hub repo id"):
+        regs.teacher_sources.get("hf-hub").load("nowhere", dataset=INFO)
