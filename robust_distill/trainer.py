@@ -1,7 +1,8 @@
 """The one training engine. It knows hooks and registries, never a specific method.
 
-Per step: ``updater.before_step`` -> ``x_adv = inner_attack(step)`` -> ``loss = outer_loss(step)`` ->
-backward and SGD step -> ``updater.after_step``. Per epoch: evaluation on the validation split (clean and
+Per step (:func:`step_loss`): ``updater.before_step`` -> ``outer_loss.before_attack(step)`` ->
+``x_adv = inner_attack(step)`` -> ``loss = outer_loss(step)``; then backward and SGD step ->
+``updater.after_step``. Per epoch: evaluation on the validation split (clean and
 PGD by default), a metrics row (``metrics.jsonl`` and ``metrics.csv``), the ``best.pt``/``last.pt``
 checkpoints (written atomically) and the ``rd_epoch_end`` hook. A run resumes from ``last.pt``: every
 epoch's randomness is a function of ``(seed, epoch)`` and every stateful part is checkpointed, so a
@@ -19,7 +20,7 @@ import random
 import sys
 import time
 from collections.abc import Mapping
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import FORMAT, atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
-from .components import Method, Stateful
+from .components import InnerAttack, Method, OuterLoss, Stateful, TeacherUpdater
 from .config import Config, config_to_dict, split_spec
 from .data import Splits, augment, epoch_batches, make_splits, to_float
 from .distributed import DistContext, clone_state, init_distributed, resolve_device
@@ -37,7 +38,7 @@ from .evaluation import EvalResult, evaluate, make_eval_attacks
 from .plugin import PluginManager, Registries, get_plugin_manager, get_registries
 from .step import Step
 
-__all__ = ["Run", "train", "build_student", "load_teacher", "load_data", "model_spec"]
+__all__ = ["Run", "train", "step_loss", "build_student", "load_teacher", "load_data", "model_spec"]
 
 
 def _seed_everything(seed: int) -> None:
@@ -188,6 +189,21 @@ class _MetricsLog:
         atomic_write_text(buf.getvalue(), self.csv)
 
 
+def step_loss(step: Step, *, inner_attack: InnerAttack, outer_loss: OuterLoss, teacher_updater: TeacherUpdater,
+              autocast: AbstractContextManager[Any] | None = None) -> torch.Tensor:
+    """One training step up to its loss, in the engine's order.
+
+    ``teacher_updater.before_step(step)``; then, under ``autocast``, ``outer_loss.before_attack(step)`` (work
+    an official code does before its inner maximisation), ``x_adv = inner_attack(step)`` (added to the step
+    as input ``adv``) and ``outer_loss(step)``, which is returned. The student is in train mode on entry.
+    """
+    teacher_updater.before_step(step)
+    with autocast or nullcontext():
+        outer_loss.before_attack(step)
+        step.add_input("adv", inner_attack(step))
+        return outer_loss(step)
+
+
 def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
     cfg, data, device = run.config, run.data, run.device
     _seed_everything(cfg.seed * 1_000_003 + epoch)
@@ -218,10 +234,8 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
                     threat=threat.at((epoch + i / iters) / cfg.optim.epochs), epoch=epoch,
                     epochs=cfg.optim.epochs, iteration=i, iterations=iters, grad_teachers=grad_teachers,
                     lr_factor=lr_factor)
-        run.teacher_updater.before_step(step)
-        with autocast:
-            step.add_input("adv", run.inner_attack(step))
-            loss = run.outer_loss(step)
+        loss = step_loss(step, inner_attack=run.inner_attack, outer_loss=run.outer_loss,
+                         teacher_updater=run.teacher_updater, autocast=autocast)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"The outer loss is {loss.item()} at epoch {epoch + 1}, step {i + 1} (lr {lr:g}). "
