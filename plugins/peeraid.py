@@ -35,14 +35,15 @@ recomputed with one pass over the augmented training data. The ``peer`` updater 
 official code: the SWA model is not evaluated every epoch and does not take part in ``best.pt`` selection
 (the engine evaluates the student only); evaluate ``swa.pt`` after training.
 
+Student forwards, as the official code: it runs the student twice on ``x'`` (one output is the peer loss's
+target, the other the student loss's input), then on ``x``. One forward on ``x'`` gives the same outputs and
+gradients, but the student's BN running statistics (used at evaluation) take two momentum steps toward the
+adversarial batch in the official code; we run the same three forwards in the same order (the step keeps the
+first output on ``x'``, the repeat runs without gradient). ``outer_loss.kwargs.reproduce_forwards: false``
+drops the repeat.
+
 Deliberate differences from the official code:
 
-* The official code runs the student twice on ``x'`` (one output is the peer loss's target, the other the
-  student loss's input), then on ``x``: identical outputs and gradients with one forward on ``x'``, but the
-  student's BN running statistics take two momentum steps toward the adversarial batch. We run the same
-  three forwards in the same order (the step keeps the first output on ``x'``, the repeat runs without
-  gradient);
-  ``outer_loss.kwargs.reproduce_forwards: false`` drops the repeated one.
 * SWA's BN pass uses this project's batch augmentation with a generator seeded by ``(seed, epoch)`` (so a
   resumed run equals an uninterrupted one) and ``data.eval_batch_size`` batches.
 * Under ``torchrun`` the peer's gradients are averaged over the processes and its BN buffers broadcast
