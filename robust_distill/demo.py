@@ -37,7 +37,6 @@ __all__ = ["run_demo", "demo_config", "METHOD", "SHIPPED_TEACHERS", "REFERENCE"]
 
 ASSETS = Path(__file__).parent / "assets"
 SHIPPED_TEACHERS = {"robust": ASSETS / "fmnist_teacher_pgd_at.pt", "natural": ASSETS / "fmnist_teacher_natural.pt"}
-SHIPPED_TEACHER = SHIPPED_TEACHERS["robust"]
 REFERENCE = ASSETS / "demo_reference.yaml"
 EPS = 0.1
 EVAL_BATCH = 500
