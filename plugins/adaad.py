@@ -6,7 +6,11 @@ Official code: ``boyellow/AdaAD/main.py``, ``AT_helper.py`` (``adaad_inner_loss`
 Inner (Eq. 9): ``x' = argmax KL(S(x') || T(x'))``: both models see ``x'`` and the teacher is in the graph
 w.r.t. ``x'``; start ``x + 0.001 N(0,1)``, 10 steps, student and teacher in eval mode.
 Outer (Eq. 11): ``L = alpha KL(S(x') || T(x')) + (1 - alpha) KL(S(x) || T(x))``, alpha = 1 (the official
-``--AdaAD_alpha``), teacher outputs as targets (no grad).
+``--AdaAD_alpha``), teacher outputs as targets (no grad). After the attack the official ``main.py`` runs the
+student in train mode on ``x`` and then on ``x'`` (``ori_outputs = net(inputs)`` before
+``adv_outputs = net(adv_inputs)``), also at alpha = 1 where no term uses ``S(x)``: that forward does not
+change the loss or its gradient but moves the BN running statistics that evaluation uses. We run it too, in
+the same order; ``outer_loss.kwargs.reproduce_forwards: false`` skips it.
 
 Defaults follow the official README command for Table 2: eps 8/255, step 2/255 (the parser's defaults,
 16/255 and 4/255, are the paper's "larger search radius" variant, Sec. 3.4: set ``threat.eps: 16/255``,
@@ -27,11 +31,12 @@ a = ``--IAD_alpha`` = 1. Both KLs are ``batchmean`` (``(1/len)*sum``) on CIFAR-1
 the introspection term is not detached. Training and threat defaults as AdaAD's README command for AdaIAD
 (eps 8/255, step 2/255, 200 epochs, wd 5e-4, x0.1 at 100/150).
 
-AdaIAD's deliberate differences from the official code: the teacher forward on x' is not under ``no_grad``
+AdaIAD's deliberate difference from the official code: the teacher forward on x' is not under ``no_grad``
 there (the teacher's parameters receive gradients no optimizer uses; here teacher outputs are detached, same
-student update); the code evaluates ``S(x)`` twice or three times per step (once unconditionally, once in
-the introspection term, once in the zero-weighted CE term) in train mode, which moves BN running statistics
-each time; we compute it once.
+student update). The code evaluates ``S(x)`` two or three times per step in train mode (once before ``S(x')``,
+once in the introspection term from ``begin``, once in the zero-weighted CE term), which moves the BN running
+statistics each time; we run those forwards too, in that order (``outer_loss.kwargs.reproduce_forwards:
+false`` computes ``S(x)`` once, and only when a term needs it).
 """
 
 from __future__ import annotations
@@ -49,12 +54,19 @@ class AdaADLoss(OuterLoss):
     :param alpha: weight of the adversarial term (1.0: the clean term is skipped).
     :param temperature: tau of the adversarial term (1 in the official AdaAD loss).
     :param reduction: ``mean`` (CIFAR-10 code, sum/(B*C)) or ``batchmean`` (CIFAR-100 code).
+    :param reproduce_forwards: run ``S(x)`` in train mode before ``S(x')`` even when alpha = 1, as the
+        official ``main.py`` does (``ori_outputs = net(inputs)``): same loss and gradient, the BN running
+        statistics of the official code. ``false`` skips that forward when no term needs it.
     """
 
-    def __init__(self, alpha: float = 1.0, temperature: float = 1.0, reduction: Reduction = "mean") -> None:
+    def __init__(self, alpha: float = 1.0, temperature: float = 1.0, reduction: Reduction = "mean",
+                 reproduce_forwards: bool = True) -> None:
         self.alpha, self.temperature, self.reduction = alpha, temperature, reduction
+        self.reproduce_forwards = reproduce_forwards
 
     def __call__(self, step: Step) -> Tensor:
+        if self.reproduce_forwards:  # main.py: ori_outputs = net(inputs); adv_outputs = net(adv_inputs)
+            step.student_forwards(("clean", "adv"), needed=("adv", "clean") if self.alpha != 1.0 else ("adv",))
         kl_adv = kl_div(step.student_logits("adv"), step.teacher_logits("adv"), reduction=self.reduction,
                         temperature=self.temperature)
         step.logs["kl_adv"] = kl_adv.detach()
@@ -73,12 +85,17 @@ class AdaIADLoss(IAD1Loss):
     :param begin: first 0-based epoch with introspection (``--IAD_begin``, 60).
     :param teacher_input: ``adv`` (``T(x')``, AdaIAD) or ``clean``.
     :param weight_teacher: multiply the teacher term by alpha_i (the official code does not).
+    :param reproduce_forwards: run the student as often and in the order of ``main.py`` (``S(x)``, ``S(x')``,
+        then ``S(x)`` once per term that names it), for its BN running statistics; ``false``: each output once.
     """
 
+    forwards_before = ("clean", "adv")  # main.py: ori_outputs = net(inputs); adv_outputs = net(adv_inputs)
+
     def __init__(self, alpha: float = 1.0, temperature: float = 30.0, beta: float = 0.1, begin: int = 60,
-                 teacher_input: str = "adv", weight_teacher: bool = False) -> None:
+                 teacher_input: str = "adv", weight_teacher: bool = False, reproduce_forwards: bool = True) -> None:
         super().__init__(alpha=alpha, temperature=temperature, beta=beta, begin=begin,
-                         teacher_input=teacher_input, weight_teacher=weight_teacher)
+                         teacher_input=teacher_input, weight_teacher=weight_teacher,
+                         reproduce_forwards=reproduce_forwards)
 
 
 ADAAD = Method(

@@ -9,6 +9,12 @@ Outer (paper Eq. 3):
 reduction ``mean`` = sum/(B*C) (``nn.KLDivLoss()``'s default in the code). Defaults tau = 30, alpha = 1
 (the CE term is off). Training: 200 epochs, lr 0.1, wd 2e-4, x0.1 at 100 and 150.
 
+Student forwards in train mode, as the official ``train``: the attack's steps, ``S(x')`` (the return value of
+``AttackPGD``), then ``S(x)`` (``basic_outputs = basic_net(inputs)``), which the code computes at every step
+even at alpha = 1 where the CE term has weight 0. That forward changes neither the loss nor its gradient but
+moves the BN running statistics that evaluation uses; we run it too, after ``S(x')``
+(``outer_loss.kwargs.reproduce_forwards: false`` skips it when no term needs it).
+
 Differs from the official code: its ``adjust_learning_rate`` restarts from the initial lr at each
 milestone, so the lr stays 0.01 after epoch 100 and never reaches 0.001. We decay at both milestones;
 ``optim.schedule.kwargs.reproduce_reset_bug: true`` reproduces the official schedule.
@@ -30,14 +36,19 @@ class ARDLoss(OuterLoss):
     :param temperature: tau (30 in the official code).
     :param reduction: KL reduction; ``mean`` = sum/(B*C) as the official ``nn.KLDivLoss()``.
     :param teacher_input: ``clean`` (ARD) or ``adv``.
+    :param reproduce_forwards: run ``S(x)`` in train mode after ``S(x')`` even at alpha = 1, as the
+        official code does (its BN running statistics); ``false`` skips it when the CE term is off.
     """
 
     def __init__(self, alpha: float = 1.0, temperature: float = 30.0, reduction: Reduction = "mean",
-                 teacher_input: str = "clean") -> None:
+                 teacher_input: str = "clean", reproduce_forwards: bool = True) -> None:
         self.alpha, self.temperature, self.reduction, self.teacher_input = alpha, temperature, reduction, teacher_input
+        self.reproduce_forwards = reproduce_forwards
 
     def __call__(self, step: Step) -> Tensor:
         tau = self.temperature
+        if self.reproduce_forwards:  # main.py: outputs (S(x'), from AttackPGD), then basic_net(inputs)
+            step.student_forwards(("adv", "clean"), needed=("adv", "clean") if self.alpha != 1.0 else ("adv",))
         kd = kl_div(step.student_logits("adv"), step.teacher_logits(self.teacher_input), temperature=tau,
                     reduction=self.reduction)
         loss = self.alpha * tau * tau * kd

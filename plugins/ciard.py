@@ -10,6 +10,12 @@ Teachers: a robust ``T_adv`` (role ``robust``, fine-tuned during training by ITT
 Inner: ``x' = argmax CE(S(x'), y)``, start ``x + 0.001 N(0,1)`` (not clipped), 10 steps of 2/255, eps 8/255,
 student in eval mode; no teacher involved (``pgd_ce``).
 
+Order inside a step, as the official loop: the student's clean forward ``S(x)`` runs in train mode *before* the
+inner attack (``student_nat_logits = student(train_batch_data)``, then ``robust_inner_loss_push``), so the
+eval-mode attack sees BN running statistics already updated with this batch, which changes ``x'`` (6-8% of
+its pixels after warm-up, compared with attacking first). :meth:`CIARDLoss.before_attack` computes ``S(x)``
+there (kept with its graph for ``KL2``); ``S(x')`` follows the attack.
+
 Outer (RSLAD's ``kl_loss``, mean over B*C; B-MTARD's entropy-balanced temperatures on the teacher side):
 
 * ``KL1 = KL(S(x') || T_adv(x')/tau_adv)``, ``KL2 = KL(S(x) || T_nat(x)/tau_nat)``;
@@ -46,8 +52,6 @@ Deliberate differences from the official code, and the switches that reproduce i
   reproduces the official decay (step i of epoch 215 uses ``0.1^i``).
 * ``loss3_weight`` is undefined in the official code if the first batch has an empty mask (a NameError in
   its logging); here ``s`` is 0 (and logged as 0) whenever the mask is empty.
-* The student's clean forward ``S(x)`` runs before ``S(x')`` as in the official code (it matters only for
-  the order of the BN running-statistics updates).
 * Under ``torchrun``: the ITT teacher's gradients are averaged over the processes and its BN buffers
   broadcast from rank 0; the push term uses the global mask count (so its gradient equals the
   single-process one), and the weight/temperature statistics are averaged (see ``mtard.py``).
@@ -123,6 +127,10 @@ class CIARDLoss(TwoTeacherLoss):
                 decays += step.iteration  # decayed after the update of each earlier step of this epoch
         return self.eta_gamma ** decays
 
+    def before_attack(self, step: Step) -> None:
+        """``S(x)`` in train mode before the eval-mode attack, as the official loop (the attack sees its BN update)."""
+        step.student_logits("clean")
+
     def push_term(self, step: Step, kl_adv: float, kl_nat: float) -> tuple[Tensor | None, float, float]:
         """``(s * KL3 to subtract or None, KL3 value, s)``; KL3 averaged over the (global) masked rows."""
         t_nat_adv = step.teacher_logits("adv", "natural")
@@ -139,7 +147,7 @@ class CIARDLoss(TwoTeacherLoss):
         return scale * share, kl3, scale
 
     def __call__(self, step: Step) -> Tensor:
-        kl_adv, kl_nat = self.kd_terms(step, clean_first=True)
+        kl_adv, kl_nat = self.kd_terms(step)
         self.update(step, kl_adv, kl_nat)
         if self.weighted:
             total = self.w_adv * kl_adv + self.w_nat * kl_nat

@@ -29,7 +29,9 @@ gradients reach the student through both S(x') and S(x).
   ``L = (1 - a1 - a2) CE(S(x'), y) + a1 tau^2 KL_bm(S(x')/tau || T_AT(x')/tau)
   + a2 tau^2 KL_bm(S(x')/tau || T_ST(x')/tau)``, ``T_AT`` the ``robust`` (adversarially trained) teacher,
   ``T_ST`` the ``natural`` (standard-trained) one.
-* ``iad2`` (IAD-II, on top of AKD2), begin = 40: from then on the robust teacher's term becomes
+* ``iad2`` (IAD-II, on top of AKD2), beta = 0.1 (``--beta``, declared once at the repository's HEAD; the first
+  uploads declared it twice, 0.0 and 0.1, which argparse rejects), begin = 40: from then on the robust
+  teacher's term becomes
   ``a1 tau^2 [ (1/B) sum_i alpha_i KL(S(x'_i)/tau || T_AT(x'_i)/tau) + (1/B) sum_i (1 - alpha_i)
   KL(S(x'_i) || S(x_i)) ]``: the teacher term *is* alpha-weighted here, and ``a1 tau^2`` also multiplies the
   introspection KL (computed at tau = 1), as the code's parentheses say.
@@ -40,16 +42,20 @@ Deliberate differences from the official code:
   each milestone, so the lr goes 0.1 -> 0.01 at epoch 100 and is set to 0.01 again at 150 (never 0.001). We
   decay at both milestones; ``optim.schedule.kwargs.reproduce_reset_bug: true`` reproduces the official
   schedule.
-* ``IAD-II.py`` declares ``--beta`` twice (defaults 0.0 and 0.1); argparse rejects the second declaration
-  ("conflicting option string"), so the script does not start as shipped. We use beta = 0.1, the value of
-  the second declaration and of IAD-I.
-* BN running statistics: the code evaluates ``S(x)`` at every step even when no term uses it (IAD-I before
-  ``begin``, where the CE term has weight 1 - a = 0) and evaluates it a second time inside the
-  introspection term; in train mode these extra forwards give the same outputs but move the BN running
-  statistics (used at evaluation) once more per forward. We compute ``S(x)`` once, and only when a term
-  needs it. Likewise the teacher runs once on x' (the code runs ``teacher_net(pert_inputs)`` twice).
-* the IAD-II/AKD2 scripts hard-code the standard-trained teacher's architecture (WideResNet); here it is
-  any teacher spec under ``teachers.natural``.
+* the teacher runs once on x' (the code runs ``teacher_net(pert_inputs)`` twice; it is in eval mode, so
+  nothing differs).
+* the IAD-II/AKD2 scripts hard-code the standard-trained teacher's architecture (``ResNet18`` at the
+  repository's HEAD; the first upload of ``IAD-II.py`` had a ``WideResNet``); here it is any teacher spec
+  under ``teachers.natural``.
+
+The student's forwards, as in the code (``reproduce_forwards``, default true). In train mode every forward
+moves the BN running statistics that evaluation uses, so ``iad1`` and ``adaiad`` run the student as often and
+in the same order as their scripts, without gradient where no term uses the output (loss and gradient are
+unchanged): IAD-I's ``train`` runs ``S(x')`` (``AttackPGD``'s return), ``S(x')`` again (the unused
+``basicop``), then ``S(x)`` in the introspection term (from ``begin``) and in the CE term (always computed, weight
+1 - a = 0); AdaIAD's (``main.py``, ``AdaAD_with_IAD1``) runs ``S(x)``, ``S(x')``, then ``S(x)`` in the same two
+terms. ``outer_loss.kwargs.reproduce_forwards: false`` computes each output once, and only when a term needs it.
+IAD-II's and AKD2's scripts run no extra student forward.
 """
 
 from __future__ import annotations
@@ -101,20 +107,29 @@ class IAD1Loss(OuterLoss):
     :param begin: first 0-based epoch with introspection (60; the code's ``epoch >= args.begin``).
     :param teacher_input: ``clean`` (IAD-I: ``T(x)``) or ``adv`` (AdaIAD: ``T(x')``).
     :param weight_teacher: multiply the teacher term by alpha_i as IAD-II does (the official IAD-I does not).
+    :param reproduce_forwards: run the student as often and in the order of ``IAD-I.py`` (``S(x')`` twice,
+        then ``S(x)`` once per term that names it), for its BN running statistics; ``false``: each output once.
     """
 
+    # the official code's train-mode student forwards around the introspection and CE terms' S(x)
+    forwards_before: tuple[str, ...] = ("adv", "adv")  # IAD-I.py: AttackPGD's S(x'), then the unused basicop
+
     def __init__(self, alpha: float = 1.0, temperature: float = 1.0, beta: float = 0.1, begin: int = 60,
-                 teacher_input: str = "clean", weight_teacher: bool = False) -> None:
+                 teacher_input: str = "clean", weight_teacher: bool = False, reproduce_forwards: bool = True) -> None:
         if teacher_input not in ("clean", "adv"):
             raise ValueError(f"teacher_input must be 'clean' or 'adv', got {teacher_input!r}")
         self.alpha, self.temperature, self.beta, self.begin = alpha, temperature, beta, begin
         self.teacher_input, self.weight_teacher = teacher_input, weight_teacher
+        self.reproduce_forwards = reproduce_forwards
 
     def __call__(self, step: Step) -> Tensor:
         tau, a = self.temperature, self.alpha
+        introspect = step.epoch >= self.begin
+        if self.reproduce_forwards:  # then S(x) in the introspection term (from begin) and in the CE term
+            needed = ("adv", "clean") if introspect or a != 1.0 else ("adv",)
+            step.student_forwards(self.forwards_before + ("clean",) * (1 + introspect), needed=needed)
         s_adv = step.student_logits("adv")
         target = step.teacher_logits(self.teacher_input)
-        introspect = step.epoch >= self.begin
         alpha_i = introspection_weights(step, self.beta) if introspect else None
         if introspect and self.weight_teacher:
             per_sample = kl_div(s_adv, target, reduction="none", temperature=tau)

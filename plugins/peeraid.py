@@ -35,13 +35,15 @@ recomputed with one pass over the augmented training data: the engine's generic 
 runs/x/swa.pt``). Not as the official code: the SWA model is not evaluated every epoch and does not take
 part in ``best.pt`` selection (the engine evaluates the student only); evaluate ``swa.pt`` after training.
 
+Student forwards, as the official code: it runs the student twice on ``x'`` (one output is the peer loss's
+target, the other the student loss's input), then on ``x``. One forward on ``x'`` gives the same outputs and
+gradients, but the student's BN running statistics (used at evaluation) take two momentum steps toward the
+adversarial batch in the official code; we run the same three forwards in the same order (the step keeps the
+first output on ``x'``, the repeat runs without gradient). ``outer_loss.kwargs.reproduce_forwards: false``
+drops the repeat.
+
 Deliberate differences from the official code:
 
-* The official code runs the student twice on ``x'`` (one output is the peer loss's target, the other the
-  student loss's input): identical outputs and gradients, but the student's BN running statistics take
-  two momentum steps toward the adversarial batch. We run it once (the step caches ``S(x')``);
-  ``outer_loss.kwargs.reproduce_double_forward: true`` adds the second forward (no grad) to reproduce the
-  running statistics.
 * SWA's BN pass uses this project's batch augmentation with a generator seeded by ``(seed, epoch)`` (so a
   resumed run equals an uninterrupted one) and ``data.eval_batch_size`` batches.
 * Under ``torchrun`` the peer's gradients are averaged over the processes and its BN buffers broadcast
@@ -54,7 +56,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -75,26 +76,25 @@ class PeerAiDLoss(OuterLoss):
     :param gamma1: weight of the peer's ``CE(P(x'), y)`` (1). :param gamma2: weight of the peer's
         ``T_re^2 KL(P(x')/T_re || S(x')/T_re)`` (0.1 on CIFAR-10, 1 on CIFAR-100).
     :param re_temperature: T_re (1).
-    :param reproduce_double_forward: run the student a second time on ``x'`` (no grad) as the official
-        code does, which only changes its BN running statistics.
+    :param reproduce_forwards: run the student twice on ``x'`` and then on ``x``, as the official code does
+        (the repeated forward only changes its BN running statistics); ``false``: once on each input.
     :param role: the peer's teacher role (``peer``).
     """
 
     def __init__(self, temperature: float = 5.0, lambda1: float = 0.0, lambda2: float = 1.0,
                  lambda3: float = 1.0, gamma1: float = 1.0, gamma2: float = 0.1, re_temperature: float = 1.0,
-                 reproduce_double_forward: bool = False, role: str = "peer") -> None:
+                 reproduce_forwards: bool = True, role: str = "peer") -> None:
         self.temperature, self.re_temperature = temperature, re_temperature
         self.lambda1, self.lambda2, self.lambda3 = lambda1, lambda2, lambda3
         self.gamma1, self.gamma2 = gamma1, gamma2
-        self.reproduce_double_forward, self.role = reproduce_double_forward, role
+        self.reproduce_forwards, self.role = reproduce_forwards, role
 
     def __call__(self, step: Step) -> Tensor:
         peer = step.teachers[self.role]
         with model_mode(peer, True):  # the peer trains on x' in train mode (eval mode only in the attack)
             p_adv = step.teacher_logits_graph("adv", self.role)
-        if self.reproduce_double_forward:
-            with torch.no_grad():
-                step.student(step.x_adv)
+        if self.reproduce_forwards:  # train_kd: student_logit_target, student_outputs (both S(x')), logit_nat
+            step.student_forwards(("adv", "adv", "clean"), needed=("adv", "clean"))
         s_adv = step.student_logits("adv")
         s_nat = step.student_logits("clean")
         t, t_re = self.temperature, self.re_temperature

@@ -128,12 +128,13 @@ class TwoTeacherLoss(OuterLoss):
         return self.eta_gamma ** passed
 
     # -- the two terms and the updates ------------------------------------------------------------
-    def kd_terms(self, step: Step, *, clean_first: bool = False) -> tuple[Tensor, Tensor]:
-        """``KL(S(x') || T_adv(x')/tau_adv)`` and ``KL(S(x) || T_nat(x)/tau_nat)``, RSLAD's kl_loss (mean)."""
-        if clean_first:  # the order of the student's forwards moves its BN running statistics differently
-            s_nat, s_adv = step.student_logits("clean"), step.student_logits("adv")
-        else:
-            s_adv, s_nat = step.student_logits("adv"), step.student_logits("clean")
+    def kd_terms(self, step: Step) -> tuple[Tensor, Tensor]:
+        """``KL(S(x') || T_adv(x')/tau_adv)`` and ``KL(S(x) || T_nat(x)/tau_nat)``, RSLAD's kl_loss (mean).
+
+        The student runs on ``x'`` then on ``x`` (train mode), the order of MTARD's and B-MTARD's loops
+        (CIARD's ``S(x)`` has already run, before its attack: :meth:`OuterLoss.before_attack`).
+        """
+        s_adv, s_nat = step.student_logits("adv"), step.student_logits("clean")
         kl_adv = kl_div(s_adv, step.teacher_logits("adv", "robust"), reduction="mean",
                         teacher_temperature=self.tau_adv, log_eps=KL_EPS)
         kl_nat = kl_div(s_nat, step.teacher_logits("clean", "natural"), reduction="mean",

@@ -150,7 +150,20 @@ class InnerAttack(Stateful):
 
 
 class OuterLoss(Stateful):
-    """The student's objective on a step whose ``x_adv`` is set. Returns a scalar tensor."""
+    """The student's objective on a step whose ``x_adv`` is set. Returns a scalar tensor.
+
+    Per step the engine calls :meth:`before_attack`, then the inner attack, then ``loss(step)``.
+    """
+
+    def before_attack(self, step: Step) -> None:
+        """Work that must happen *before* the inner attack of every step (default: none).
+
+        Runs after the teacher updater's ``before_step``, with the student in train mode and under the step's
+        autocast. The use: an official code that runs a train-mode forward before its eval-mode attack, so the
+        attack sees BN running statistics already updated with this batch (CIARD's ``S(x)``). Outputs asked
+        for here through ``step.student_logits(...)`` keep their graph and are cached: ``__call__`` reuses
+        them, so the order changes and nothing is computed twice.
+        """
 
     def __call__(self, step: Step) -> Tensor:
         raise NotImplementedError

@@ -127,7 +127,11 @@ def rd_register_outer_losses(registry: Registry[type[OuterLoss]]) -> None:
     Created once per run with ``outer_loss.kwargs`` (plus ``num_classes`` and the per-process ``batch_size``
     if the constructor declares them and the config does not set them);
     every step ``loss(step)`` returns the scalar the student minimises. Read model outputs through
-    ``step.student_logits(...)`` and ``step.teacher_logits(...)`` so nothing is computed twice.
+    ``step.student_logits(...)`` and ``step.teacher_logits(...)`` so nothing is computed twice. Work that must
+    happen before the inner attack (an official code's train-mode forward whose BN update the eval-mode
+    attack sees) goes in ``before_attack(step)``, which the engine calls every step before the attack;
+    ``step.student_forwards(sequence, needed)`` runs the student's forwards in an official code's number and
+    order (BN running statistics).
 
     :param registry: keyed by the name used in ``outer_loss.key``.
     :returns: nothing; register into ``registry``.

@@ -9,7 +9,7 @@ need ``T(x)``, the teacher runs once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -88,6 +88,23 @@ class Step:
         if key not in self._cache:
             self._cache[key] = self.student(self.inputs[which])
         return self._cache[key]
+
+    def student_forwards(self, sequence: Sequence[str], needed: Collection[str] = ()) -> None:
+        """Run the student on the inputs named in ``sequence``, in that order, as an official code does.
+
+        In train mode every forward moves the student's BN running statistics, which evaluation uses, so
+        the number and the order of an official code's forwards matter even where an output is unused or
+        computed twice (loss and gradient do not change). For each name in ``sequence``: if it is in
+        ``needed`` and not cached yet, this forward computes the step's output (with its graph, cached: the
+        loss reads it with :meth:`student_logits`); otherwise it runs without gradient and is discarded.
+        The outer losses' ``reproduce_*_forward`` options call it before computing their terms.
+        """
+        for which in sequence:
+            if which in needed and ("student", which) not in self._cache:
+                self.student_logits(which)
+            else:
+                with torch.no_grad():
+                    self.student(self.inputs[which])
 
     def teacher_logits(self, which: str = "clean", role: str = "robust") -> Tensor:
         """``T_role(input)``, detached: a target, never a path for gradients into the teacher."""

@@ -1,7 +1,8 @@
 """The one training engine. It knows hooks and registries, never a specific method.
 
-Per step: ``updater.before_step`` -> ``x_adv = inner_attack(step)`` -> ``loss = outer_loss(step)`` ->
-backward and SGD step -> ``updater.after_step``. Per epoch: BatchNorm statistics averaged over the torchrun
+Per step (:func:`step_loss`): ``updater.before_step`` -> ``outer_loss.before_attack(step)`` ->
+``x_adv = inner_attack(step)`` -> ``loss = outer_loss(step)``; then backward and SGD step ->
+``updater.after_step``. Per epoch: BatchNorm statistics averaged over the torchrun
 processes, evaluation on the validation split (clean and PGD by default), the ``rd_epoch_end`` hook, then the
 files, atomically and in this order: ``best.pt``, ``train_records.pt``, the metrics row (``metrics.jsonl``,
 ``metrics.csv``) and last ``last.pt``, which commits the epoch. A run holds its folder's lock for its whole
@@ -21,7 +22,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from ._io import atomic_save, atomic_write_json, atomic_write_text, remove_stale
 from ._lock import FolderLock, FolderLockedError
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint
 from .compilation import check_compile, compile_mode, compile_module
-from .components import Method, Part, Stateful, split_spec
+from .components import InnerAttack, Method, OuterLoss, Part, Stateful, TeacherUpdater, split_spec
 from .config import Config, ResumeMismatchError, config_differences, config_to_dict
 from .data import DataSplits, make_splits, place_data
 from .distributed import DistContext, all_reduce_sum, average_buffers, clone_state, init_distributed, resolve_device
@@ -45,7 +46,7 @@ from .step import Step
 from .tracking import Loggers, TrainMonitor, error_in_flight
 from .trained import StudentSWA
 
-__all__ = ["Run", "train", "build_student", "load_teacher", "load_data", "model_spec"]
+__all__ = ["Run", "train", "step_loss", "build_student", "load_teacher", "load_data", "model_spec"]
 
 
 def _seed_everything(seed: int) -> None:
@@ -241,6 +242,21 @@ class _MetricsLog:
         atomic_write_text(buf.getvalue(), self.csv)
 
 
+def step_loss(step: Step, *, inner_attack: InnerAttack, outer_loss: OuterLoss, teacher_updater: TeacherUpdater,
+              autocast: AbstractContextManager[Any] | None = None) -> torch.Tensor:
+    """One training step up to its loss, in the engine's order.
+
+    ``teacher_updater.before_step(step)``; then, under ``autocast``, ``outer_loss.before_attack(step)`` (work
+    an official code does before its inner maximisation), ``x_adv = inner_attack(step)`` (added to the step
+    as input ``adv``) and ``outer_loss(step)``, which is returned. The student is in train mode on entry.
+    """
+    teacher_updater.before_step(step)
+    with autocast or nullcontext():
+        outer_loss.before_attack(step)
+        step.add_input("adv", inner_attack(step))
+        return outer_loss(step)
+
+
 def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
     cfg, data, device = run.config, run.data, run.device
     _seed_everything(cfg.seed * 1_000_003 + epoch)
@@ -267,10 +283,8 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
                     threat=threat.at((epoch + i / iters) / cfg.optim.epochs), epoch=epoch,
                     epochs=cfg.optim.epochs, iteration=i, iterations=iters, grad_teachers=grad_teachers,
                     lr_factor=lr_factor, input_grad_scale=run.input_grad_scale)
-        run.teacher_updater.before_step(step)
-        with autocast(device, run.precision):
-            step.add_input("adv", run.inner_attack(step))
-            loss = run.outer_loss(step)
+        loss = step_loss(step, inner_attack=run.inner_attack, outer_loss=run.outer_loss,
+                         teacher_updater=run.teacher_updater, autocast=autocast(device, run.precision))
         check_outer_loss(loss, run.outer_loss_name, f"at epoch {epoch + 1}, step {i + 1}")
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()

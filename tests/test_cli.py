@@ -153,4 +153,8 @@ def test_eval_errors_are_readable(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_demo_quick_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--quick", "--output-dir", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "| student convnet_s (AdaAD) | 24k |" in out and "AA APGD-CE+T (%)" in out
+    assert "| student convnet_s (IAD-I, this run) | 24k |" in out and "AA APGD-CE+T (%)" in out
+    result = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert result["budget"] == {"train_subset": 256, "epochs": 1, "n_test": 32} and result["cpu_minutes"] > 0
+    assert [r["model"] for r in result["rows"]] == ["teacher convnet_s (PGD-AT)", "student convnet_s (IAD-I, this run)"]
+    assert all(0 <= r[k] <= 1 for r in result["rows"] for k in ("clean", "pgd20", "autoattack_apgd"))

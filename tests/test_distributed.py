@@ -2,7 +2,8 @@
 
 Per-sample randomness (augmentation, random PGD starts) is drawn per process, so the comparison turns it
 off (``data.augment: false``, ``start: none``) and uses a student without BatchNorm (batch statistics
-are per process unless ``sync_bn: true``). RSLAD exercises two student forwards before one backward.
+are per process unless ``sync_bn: true``). RSLAD exercises two student forwards before one backward, ARD
+a forward without gradient (its official unused ``S(x)``) between the forward and the backward.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ def _run(cmd: list[str], tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["pgd_at", "rslad"])
+@pytest.mark.parametrize("method", ["pgd_at", "rslad", "ard"])
 def test_two_processes_match_one(tiny_raw, tmp_path: Path, method: str) -> None:
-    raw = tiny_raw(method, teacher=method == "rslad")
+    raw = tiny_raw(method, teacher=method != "pgd_at")
     raw["student"] = {"key": "timm:convnet_xs", "kwargs": {"norm": "none"}}
     raw["data"].update(augment=False, batch_size=16)
     raw["inner_attack"] = {"kwargs": {"start": "none"}}

@@ -1,0 +1,65 @@
+"""The demo's reference numbers (``robust_distill/assets/demo_reference.yaml``) are those of the committed runs.
+
+The demo prints the teacher's and PGD-AT's numbers from that file; these tests tie every number to a file under
+``benchmarks/results/demo/`` and the committed runs' configs to what ``robust-distill demo`` trains today, so
+that changing the demo's budget or options without re-running its references fails here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robust_distill.cli.demo import BUDGET, METHOD, REFERENCE, SHIPPED_TEACHERS, demo_config
+from robust_distill.config import config_to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+ATTACKS = ("clean", "pgd20", "autoattack_apgd")
+TRAINING_KEYS = ("method", "seed", "student", "data", "threat", "inner_attack", "outer_loss", "teacher_updater",
+                 "optim", "eval", "channels_last")
+
+pytestmark = pytest.mark.skipif(not (ROOT / "benchmarks/results/demo").is_dir(), reason="needs the source tree")
+
+
+def reference() -> dict:
+    return yaml.safe_load(REFERENCE.read_text())
+
+
+def test_reference_covers_the_demo_and_its_baseline() -> None:
+    ref = reference()
+    assert ref["budget"] == BUDGET
+    assert {METHOD, "pgd_at"} <= set(ref["students"])
+    assert ref["teacher"]["n_test"] == BUDGET["n_test"]
+
+
+def test_teacher_numbers_are_the_committed_evaluation() -> None:
+    teacher = reference()["teacher"]
+    result = json.loads((ROOT / teacher["path"]).read_text())
+    assert result["n_examples"] == BUDGET["n_test"] and result["eps"] == pytest.approx(0.1)
+    assert Path(result["model"]).name == SHIPPED_TEACHERS["robust"].name
+    acc = {r["attack"]: r["accuracy"] for r in result["results"]}
+    for k in ATTACKS:
+        assert teacher[k] == pytest.approx(acc[k], abs=1e-6), k
+
+
+@pytest.mark.parametrize("method", sorted(yaml.safe_load(REFERENCE.read_text())["students"])
+                         if REFERENCE.is_file() else [])
+def test_student_numbers_are_the_committed_demo_runs(regs, method: str) -> None:
+    numbers = reference()["students"][method]
+    folder = ROOT / numbers["path"]
+    demo = json.loads((folder / "demo.json").read_text())
+    assert demo["method"] == method and demo["budget"] == BUDGET
+    row = demo["rows"][-1]
+    for k in ATTACKS:
+        assert numbers[k] == pytest.approx(row[k], abs=1e-6), k
+    # the committed run trained what `robust-distill demo --method <method>` trains today
+    committed = yaml.safe_load((folder / f"student_{method}" / "config.yaml").read_text())
+    teachers = {role: ROOT / "robust_distill/assets" / Path(t["key"]).name
+                for role, t in committed.get("teachers", {}).items()}
+    today = config_to_dict(demo_config(method, folder / f"student_{method}", train_subset=BUDGET["train_subset"],
+                                       epochs=BUDGET["epochs"], teachers=teachers, regs=regs))
+    for key in TRAINING_KEYS:
+        assert json.loads(json.dumps(today[key])) == committed[key], key
