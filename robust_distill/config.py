@@ -108,6 +108,7 @@ class Config:
     channels_last: bool = False  # NHWC memory format (faster convolutions on CPU and recent GPUs)
     sync_bn: bool = False  # SyncBatchNorm under torchrun
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
+    save_epochs: list[int] = field(default_factory=list)  # also keep the student of these epochs (epoch_N.pt)
 
 
 _PART_FIELDS = ("inner_attack", "outer_loss", "teacher_updater")
@@ -383,6 +384,9 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         problems.append(f"eval.eps must be in (0, 1]; got {cfg.eval.eps:g}.")
     if cfg.optim.epochs < 1:
         problems.append(f"optim.epochs must be >= 1, got {cfg.optim.epochs}.")
+    bad = [e for e in cfg.save_epochs if not 1 <= e <= cfg.optim.epochs]
+    if bad:
+        problems.append(f"save_epochs: {bad} outside 1..{cfg.optim.epochs} (1-based epochs of this run).")
     if cfg.data.batch_size < 1:
         problems.append(f"data.batch_size must be >= 1, got {cfg.data.batch_size}.")
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):

@@ -67,6 +67,9 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("mtard", "robust_distill_plugins.mtard"),
     ("ciard", "robust_distill_plugins.ciard"),
     ("peeraid", "robust_distill_plugins.peeraid"),
+    ("specialization_models", "robust_distill_plugins.specialization_models"),
+    ("oracle", "robust_distill_plugins.oracle"),
+    ("subspace_attacks", "robust_distill_plugins.subspace_attacks"),
 )
 
 #: registry attribute -> (kind, the hook that fills it)

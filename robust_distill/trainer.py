@@ -3,7 +3,8 @@
 Per step: ``updater.before_step`` -> ``x_adv = inner_attack(step)`` -> ``loss = outer_loss(step)`` ->
 backward and SGD step -> ``updater.after_step``. Per epoch: evaluation on the validation split (clean and
 PGD by default), a metrics row (``metrics.jsonl`` and ``metrics.csv``), the ``best.pt``/``last.pt``
-checkpoints (written atomically) and the ``rd_epoch_end`` hook. A run resumes from ``last.pt``: every
+checkpoints (written atomically; ``epoch_N.pt`` too for the epochs listed in ``save_epochs``) and the
+``rd_epoch_end`` hook. A run resumes from ``last.pt``: every
 epoch's randomness is a function of ``(seed, epoch)`` and every stateful part is checkpointed, so a
 resumed run equals an uninterrupted one.
 """
@@ -324,6 +325,8 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
         if dist_ctx.is_main:
             if row.get("is_best"):
                 atomic_save(run.checkpoint(full=False), best_path)
+            if run.epoch in cfg.save_epochs:
+                atomic_save(run.checkpoint(full=False), out / f"epoch_{run.epoch}.pt")
             if run.train_records:
                 atomic_save({"indices": run.data.train_index[:cfg.eval.train_records],
                              "labels": run.data.train_y[:cfg.eval.train_records],
