@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +163,7 @@ class LayerStats:
     mbnc: float
     unspecialized: int
     specialized: int
+    rho: Tensor | None = field(default=None, repr=False)  # (student nodes, teacher nodes) NC matrix
 
     @property
     def ratio(self) -> float:
@@ -176,9 +177,9 @@ def _capture(model: nn.Module, layers: Sequence[str], x: Tensor) -> dict[str, Te
         names = [n for n in modules if n]
         raise ValueError(f"no layer {missing[0]!r} in {type(model).__name__}; its layers are: "
                          f"{', '.join(names[:60])}{' ...' if len(names) > 60 else ''}")
-    store: dict[str, Tensor] = {}
-    handles = [modules[name].register_forward_hook(lambda m, i, o, name=name: store.__setitem__(name, o.detach()))
-               for name in layers]
+    store: dict[str, Tensor] = {}  # cloned: a later in-place op (ReLU(inplace=True)) must not change it
+    handles = [modules[name].register_forward_hook(
+        lambda m, i, o, name=name: store.__setitem__(name, o.detach().clone())) for name in layers]
     try:
         with torch.no_grad():
             model(x)
@@ -218,5 +219,5 @@ def specialization(teacher: nn.Module, student: nn.Module, pairs: Sequence[tuple
         rho = normalized_correlation(_nodes(s_act, size), _nodes(t_act, size))
         bnc = rho.max(dim=0).values  # best student node for each teacher node
         results.append(LayerStats(t_name, s_name, bnc.tolist(), bnc.mean().item(),
-                                  int((bnc < unspecialized_below).sum()), int((bnc > specialized_above).sum())))
+                                  int((bnc < unspecialized_below).sum()), int((bnc > specialized_above).sum()), rho))
     return results

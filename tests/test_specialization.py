@@ -1,0 +1,302 @@
+"""The specialization paper's parts against hand-computed values: the input-subspace PCA and projections,
+epsilon_in / epsilon_out, the oracle losses, the oracle / in-plane / out-of-plane attacks, pruning."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robust_distill import Step, ThreatModel
+from robust_distill.evaluation import make_eval_attacks
+from robust_distill.losses import squared_l2
+from robust_distill.pruning import prune_inactive_channels, scaled_widths, select_active
+from robust_distill.specialization import (
+    InputSubspace,
+    choose_k,
+    epsilon_analysis,
+    epsilon_matrices,
+    fit_input_subspace,
+    node_weights,
+    oracle_robustness,
+    pearson,
+    pgd_restarts,
+    select_by_subspace,
+)
+from robust_distill_plugins.specialization_models import TeacherStudentConvNet
+
+EPS = 0.1
+
+
+def line_images() -> torch.Tensor:
+    """2-channel 3x3 images whose pixels (c0, c1) lie on the line (0.2, 0.1) + t (1, 2), t in {0, .1, .2, .3}."""
+    t = torch.tensor([0.0, 0.1, 0.2, 0.3]).repeat(9)[:9].reshape(1, 1, 3, 3)
+    t = torch.cat([t, t.roll(1, -1)])  # two images, the same pixel values in another order
+    return torch.cat([0.2 + t, 0.1 + 2 * t], dim=1)
+
+
+def test_pca_of_pixels_on_a_line_recovers_the_line_and_projects_by_hand() -> None:
+    x = line_images()
+    sub = fit_input_subspace(x, kernel_size=1, k=None, explained_variance=0.99)
+    t = x[:, 0].flatten() - 0.2
+    assert sub.dim == 2 and sub.k == 1  # all the variance is along (1, 2)
+    assert sub.basis[:, 0] == pytest.approx(torch.tensor([1.0, 2.0]) / math.sqrt(5), abs=1e-6)
+    assert sub.mean == pytest.approx(torch.tensor([0.2 + t.mean(), 0.1 + 2 * t.mean()]), abs=1e-6)
+    var = 5 * t.var(unbiased=False)  # ||(1, 2)||^2 var(t)
+    assert sub.eigenvalues == pytest.approx(torch.tensor([float(var), 0.0]), abs=1e-6)
+    v = torch.tensor([1.0, 0.0])
+    assert sub.project_in(v) == pytest.approx(torch.tensor([0.2, 0.4]), abs=1e-6)  # (v.u) u = (1/5)(1, 2)
+    assert sub.project_out(v) == pytest.approx(torch.tensor([0.8, -0.4]), abs=1e-6)
+    # an image whose every pixel is mean + c (2, -1): squared residual 5 c^2 per patch
+    img = sub.mean.view(1, 2, 1, 1) + 0.03 * torch.tensor([2.0, -1.0]).view(1, 2, 1, 1) * torch.ones(1, 2, 4, 4)
+    assert sub.out_distance(img) == pytest.approx(torch.tensor([5 * 0.03 ** 2]), rel=1e-4)
+    assert sub.out_distance(x) == pytest.approx(torch.zeros(2), abs=1e-10)  # the data lie in the subspace
+
+
+def test_patches_are_flattened_like_the_convolution_weights() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=1)
+    x = torch.rand(2, 3, 9, 9)
+    sub = fit_input_subspace(x, conv, k=4)
+    assert (sub.kernel_size, sub.stride, sub.padding, sub.dim) == ((3, 3), (2, 2), (1, 1), 27)
+    with torch.no_grad():
+        by_patch = sub.patches(x) @ conv.weight.reshape(5, -1).T + conv.bias  # (B, L, out)
+        torch.testing.assert_close(by_patch.transpose(1, 2).reshape(2, 5, 5, 5), conv(x), atol=1e-5, rtol=0)
+    assert sub.basis.T @ sub.basis == pytest.approx(torch.eye(4), abs=1e-5)  # orthonormal
+
+
+def test_choose_k_by_count_or_explained_variance() -> None:
+    ev = torch.tensor([6.0, 3.0, 0.9, 0.1])
+    assert choose_k(ev, explained_variance=0.9) == 2 and choose_k(ev, explained_variance=0.95) == 3
+    assert choose_k(ev, explained_variance=1.0) == 4 and choose_k(ev, k=1) == 1
+    with pytest.raises(ValueError, match="between 1 and the patch dimension 4"):
+        choose_k(ev, k=5)
+
+
+def test_subspace_file_roundtrip_and_with_k(tmp_path) -> None:
+    torch.manual_seed(0)
+    sub = fit_input_subspace(torch.rand(4, 1, 8, 8), kernel_size=3, k=3)
+    loaded = InputSubspace.load(sub.save(tmp_path / "s.pt"))
+    assert torch.equal(loaded.basis, sub.basis) and loaded.kernel_size == (3, 3) and loaded.k == 3
+    five = loaded.with_k(5)
+    assert five.k == 5 and torch.equal(five.basis[:, :3], sub.basis)
+    torch.save({"format": "other"}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="not an input-subspace file"):
+        InputSubspace.load(tmp_path / "bad.pt")
+
+
+def e1_subspace() -> InputSubspace:
+    return InputSubspace(torch.zeros(2), torch.tensor([[1.0], [0.0]]), torch.tensor([1.0, 0.0]), 2, (1, 1))
+
+
+def test_epsilon_in_and_out_of_two_nodes_by_hand() -> None:
+    student, teacher = torch.tensor([[2.0, 2.0]]), torch.tensor([[3.0, 0.0]])  # 45 degrees apart
+    eps_in, eps_out = epsilon_matrices(student, teacher, e1_subspace())
+    # dw = (1/sqrt2, 1/sqrt2) - (1, 0): inside span(e1) 1/sqrt2 - 1, outside 1/sqrt2
+    assert eps_in.item() == pytest.approx(1 - 1 / math.sqrt(2), abs=1e-6)
+    assert eps_out.item() == pytest.approx(1 / math.sqrt(2), abs=1e-6)
+    assert eps_in.item() ** 2 + eps_out.item() ** 2 == pytest.approx(2 - math.sqrt(2), abs=1e-6)  # ||dw||^2
+
+
+def test_epsilon_analysis_pairs_each_teacher_node_with_its_best_nc_student() -> None:
+    student = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    teacher = torch.tensor([[1.0, 0.1], [0.1, 1.0]])
+    rho = torch.tensor([[0.9, 0.1], [0.2, 0.3], [0.1, 0.95]])  # teacher 0 <- student 0, teacher 1 <- student 2
+    stats = epsilon_analysis(student, teacher, e1_subspace(), rho)
+    eps_in, eps_out = epsilon_matrices(student, teacher, e1_subspace())
+    assert stats.best_student == [0, 2]
+    assert stats.curve_in == sorted([eps_in[0, 0].item(), eps_in[2, 1].item()])
+    assert stats.curve_out == sorted([eps_out[0, 0].item(), eps_out[2, 1].item()])
+    assert stats.pearson_in == pytest.approx(pearson(rho, eps_in))
+    a, b = rho.flatten().double(), eps_in.flatten().double()
+    by_hand = ((a - a.mean()) * (b - b.mean())).sum() / ((a - a.mean()).norm() * (b - b.mean()).norm())
+    assert stats.pearson_in == pytest.approx(by_hand.item(), abs=1e-9)
+    summary = stats.summary()
+    assert [p["student_node"] for p in summary["pairs"]] == [0, 2] and summary["pairs"][1]["nc"] == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="NC matrix has shape"):
+        epsilon_analysis(student, teacher, e1_subspace(), rho[:2])
+
+
+def test_node_weights_fold_a_following_batchnorm() -> None:
+    model = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 2.0]).view(2, 1, 1, 1))
+        model[1].weight.copy_(torch.tensor([-1.0, 3.0]))
+        model[1].running_var.copy_(torch.tensor([3.0, 8.0]))
+    eps = model[1].eps
+    expected = torch.tensor([[-1.0 / math.sqrt(3 + eps)], [6.0 / math.sqrt(8 + eps)]])
+    assert node_weights(model) == pytest.approx(expected)  # the first node's direction flips (gamma < 0)
+    assert node_weights(model, fold_batchnorm=False) == pytest.approx(torch.tensor([[1.0], [2.0]]))
+    with pytest.raises(ValueError, match="its convolutions are: 0"):
+        node_weights(model, "features.0")
+
+
+# -------------------------------------------------------------------------------------------------
+# Oracle losses and attacks
+# -------------------------------------------------------------------------------------------------
+
+
+def convnet(seed: int, widths=(4, 4, 4, 4)) -> TeacherStudentConvNet:
+    torch.manual_seed(seed)
+    return TeacherStudentConvNet(num_classes=3, in_chans=1, widths=widths, kernel_sizes=3, strides=1)
+
+
+def oracle_step(seed: int = 0) -> Step:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(6, 1, 10, 10, generator=g)
+    teacher = convnet(1).eval().requires_grad_(False)
+    return Step(x, torch.zeros(6, dtype=torch.long), student=convnet(2).train(), teachers={"oracle": teacher},
+                threat=ThreatModel(eps=EPS, step_size=0.03, steps=3))
+
+
+def test_squared_l2_by_hand() -> None:
+    s, t = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]), torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    assert squared_l2(s, t, reduction="none").tolist() == [5.0, 3.0]
+    assert squared_l2(s, t, reduction="batchmean").item() == pytest.approx(4.0)
+    assert squared_l2(s, t, reduction="mean").item() == pytest.approx(8.0 / 6)  # nn.MSELoss()
+    assert squared_l2(s, t, reduction="mean").item() == pytest.approx(F.mse_loss(s, t).item())
+
+
+def test_logit_and_label_losses_by_hand(regs) -> None:
+    step = oracle_step()
+    step.add_input("adv", step.x + 0.05)
+    s_logits, t_logits = step.student(step.x + 0.05), step.teachers["oracle"](step.x + 0.05)
+    logit = regs.outer_losses.build("logit_l2", {})(step)
+    assert logit.item() == pytest.approx(((s_logits - t_logits) ** 2).sum(1).mean().item(), rel=1e-5)
+    label = regs.outer_losses.build("label_ce", {})(step)
+    log_p = torch.log_softmax(s_logits, 1)
+    by_hand = -log_p[torch.arange(6), t_logits.argmax(1)].mean()
+    assert label.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    label.backward()
+    assert all(p.grad is None for p in step.teachers["oracle"].parameters())  # the oracle is a fixed target
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"loss": "ce"}, {"target": "teacher_clean"}, {"start": "gaussian"}])
+def test_oracle_pgd_stays_in_the_ball_and_raises_the_disagreement(regs, kwargs: dict) -> None:
+    step = oracle_step()
+    student, teacher = step.student, step.teachers["oracle"]
+    x_adv = regs.inner_attacks.build("oracle_pgd", kwargs)(step)
+    assert (x_adv - step.x).abs().max() <= EPS + 1e-6 and 0 <= x_adv.min() and x_adv.max() <= 1
+    assert student.training and all(p.grad is None and p.requires_grad for p in student.parameters())
+    with torch.no_grad():
+        student.eval()
+        gap = squared_l2(student(x_adv), teacher(x_adv), reduction="none")
+        before = squared_l2(student(step.x), teacher(step.x), reduction="none")
+    if kwargs.get("loss") != "ce":
+        assert gap.mean() > before.mean()
+
+
+def test_oracle_pgd_backpropagates_through_the_teacher_only_with_teacher_adv(regs) -> None:
+    out = {}
+    for target in ("teacher_adv", "teacher_clean"):
+        torch.manual_seed(0)
+        out[target] = regs.inner_attacks.build("oracle_pgd", {"target": target})(oracle_step())
+    assert not torch.equal(out["teacher_adv"], out["teacher_clean"])
+    with pytest.raises(ValueError, match="kl_pgd"):
+        regs.inner_attacks.build("oracle_pgd", {"loss": "kl"})
+
+
+def test_gaussian_noise_has_the_asked_deviation_and_clips_only_if_asked(regs) -> None:
+    step = oracle_step()
+    step.inputs["clean"] = torch.full((64, 1, 16, 16), 0.5)
+    torch.manual_seed(0)
+    noisy = regs.inner_attacks.build("gaussian_noise", {"sigma": 0.1})(step)
+    delta = noisy - step.x
+    assert delta.std().item() == pytest.approx(0.1, rel=0.02) and abs(delta.mean().item()) < 0.002
+    torch.manual_seed(0)
+    assert torch.equal(regs.inner_attacks.build("gaussian_noise", {"sigma": 0.1})(step), noisy)  # global RNG
+    step.inputs["clean"] = torch.zeros(8, 1, 4, 4)
+    assert regs.inner_attacks.build("gaussian_noise", {"sigma": 0.5})(step).min() < 0
+    assert regs.inner_attacks.build("gaussian_noise", {"sigma": 0.5, "clip": True})(step).min() >= 0
+
+
+def test_select_by_subspace_picks_per_sample() -> None:
+    sub = e1_subspace()  # 2-channel pixels; distance = mean over pixels of (channel 1)^2
+    a = torch.zeros(3, 2, 2, 2)
+    b = torch.zeros(3, 2, 2, 2)
+    a[:, 1] = torch.tensor([0.1, 0.3, 0.0]).view(3, 1, 1)
+    b[:, 1] = torch.tensor([0.2, 0.1, 0.0]).view(3, 1, 1)
+    b[:, 0] = 1.0  # inside the subspace: does not count
+    assert sub.out_distance(a) == pytest.approx(torch.tensor([0.01, 0.09, 0.0]))
+    inside, outside = select_by_subspace([a, b], sub, "in"), select_by_subspace([a, b], sub, "out")
+    assert torch.equal(inside[0], a[0]) and torch.equal(inside[1], b[1])
+    assert torch.equal(outside[0], b[0]) and torch.equal(outside[1], a[1])
+    assert torch.equal(inside[2], a[2]) and torch.equal(outside[2], a[2])  # ties keep the first
+
+
+@pytest.mark.parametrize("keep", ["in", "out"])
+def test_subspace_inner_attack_keeps_the_restart_closer_or_farther(regs, keep: str) -> None:
+    step = oracle_step()
+    torch.manual_seed(3)
+    x_sel = regs.inner_attacks.build("subspace_pgd", {"keep": keep, "k": 3})(step)
+    torch.manual_seed(3)
+    attack = regs.inner_attacks.build("oracle_pgd", {})
+    with attack.attack_context(step):
+        cands = pgd_restarts(attack.make_objective(step), step.x, restarts=2, eps=EPS, step_size=0.03, steps=3)
+    sub = fit_input_subspace(step.x, step.student.convs[0], k=3)
+    d = torch.stack([sub.out_distance(c) for c in cands])
+    expected = torch.stack(cands)[d.argmin(0) if keep == "in" else d.argmax(0), torch.arange(6)]
+    assert torch.equal(x_sel, expected)
+    assert (x_sel - step.x).abs().max() <= EPS + 1e-6 and 0 <= x_sel.min() and x_sel.max() <= 1
+    assert step.student.training and all(p.requires_grad for p in step.student.parameters())
+
+
+def test_inplane_and_outplane_eval_attacks_split_one_two_restart_pgd(regs) -> None:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 1, 10, 10, generator=g), torch.randint(0, 3, (8,), generator=g)
+    model = convnet(0).eval()
+    attacks = make_eval_attacks(["pgd20_inplane", "pgd20_outplane"], regs, eps=EPS, num_classes=3)
+    x_in, x_out = attacks["pgd20_inplane"](model, x, y), attacks["pgd20_outplane"](model, x, y)
+    for xa in (x_in, x_out):
+        assert (xa - x).abs().max() <= EPS + 1e-6 and 0 <= xa.min() and xa.max() <= 1
+    torch.manual_seed(0)
+    cands = pgd_restarts(lambda xa: F.cross_entropy(model(xa), y, reduction="sum"), x, restarts=2, eps=EPS,
+                         step_size=EPS / 4, steps=20)
+    sub = fit_input_subspace(x, model.convs[0], explained_variance=0.99)
+    assert sub.out_distance(x_in).le(sub.out_distance(x_out) + 1e-9).all()
+    for i in range(8):  # {x_in, x_out} are the two restarts of PGD-20 from seed 0
+        pair = {x_in[i].numpy().tobytes(), x_out[i].numpy().tobytes()}
+        assert pair <= {c[i].numpy().tobytes() for c in cands}
+    assert "in-plane" in attacks["pgd20_inplane"].label
+
+
+def test_oracle_robustness_of_a_model_against_itself_and_another() -> None:
+    x = torch.rand(12, 1, 10, 10, generator=torch.Generator().manual_seed(0))
+    teacher = convnet(1)
+    sub = fit_input_subspace(x, teacher.convs[0], k=4)
+    same = oracle_robustness(teacher, teacher, x, eps=EPS, step_size=0.03, steps=3, subspace=sub)
+    assert same == {"clean": 1.0, "oracle": 1.0, "oracle_in": 1.0, "oracle_out": 1.0, "data": 1.0}
+    other = oracle_robustness(convnet(2), teacher, x, eps=0.3, step_size=0.1, steps=5, subspace=sub)
+    assert other["oracle"] <= min(other["oracle_in"], other["oracle_out"])  # "both" counts a point robust to each
+    assert other["oracle"] <= other["clean"] and other["data"] <= other["clean"]
+
+
+# -------------------------------------------------------------------------------------------------
+# Pruning
+# -------------------------------------------------------------------------------------------------
+
+
+def test_pruning_removes_exactly_the_channels_with_no_fanout() -> None:
+    model = convnet(0, widths=(5, 4, 4, 3)).eval()
+    with torch.no_grad():
+        model.convs[1].weight[:, [1, 3]] = 0.0  # layer 0 channels 1 and 3 feed nothing
+        model.fc.weight[:, 2] = 0.0  # the last layer's channel 2 feeds nothing
+    norms = model.fanout_norms()
+    assert norms[0][[1, 3]].tolist() == [0.0, 0.0] and norms[3][2] == 0
+    assert norms[3][0] == pytest.approx(model.fc.weight[:, 0].norm().item())
+    small, options, report = prune_inactive_channels(model, threshold=1e-6)
+    assert options == {"widths": [3, 4, 4, 2]} and report["kept"][0] == [0, 2, 4]
+    x = torch.rand(4, 1, 10, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), atol=1e-6, rtol=0)  # the same function
+    top = select_active(norms, widths=[2, 4, 4, 3])[0]
+    assert top.tolist() == sorted(norms[0].argsort(descending=True)[:2].tolist())
+    with pytest.raises(TypeError, match="does not support channel pruning"):
+        prune_inactive_channels(nn.Linear(2, 2), threshold=0.1)
+
+
+def test_student_widths_are_1_1x_the_pruned_teacher() -> None:
+    assert scaled_widths([45, 32, 32, 20], 1.1) == [50, 35, 35, 22]  # the paper's student
