@@ -67,6 +67,9 @@ class TeacherStudentConvNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(cin, num_classes)
+        for conv in self.convs:  # He initialisation: without normalisation layers, PyTorch's default shrinks the
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")  # signal layer by layer, and logit
+            nn.init.zeros_(conv.bias)  # training then starts on a long plateau
 
     def forward(self, x: Tensor) -> Tensor:
         for conv, act in zip(self.convs, self.acts, strict=True):

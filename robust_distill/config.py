@@ -74,6 +74,7 @@ class OptimConfig:
     nesterov: bool = False
     schedule: PartConfig = PartConfig("multistep", {"milestones": [100, 150], "gamma": 0.1})
     amp: bool = False  # mixed precision (CUDA only)
+    clip_grad_norm: Union[float, None] = None  # clip the student's gradient to this L2 norm before each step
 
 
 @dataclass(frozen=True)
@@ -384,6 +385,8 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         problems.append(f"eval.eps must be in (0, 1]; got {cfg.eval.eps:g}.")
     if cfg.optim.epochs < 1:
         problems.append(f"optim.epochs must be >= 1, got {cfg.optim.epochs}.")
+    if cfg.optim.clip_grad_norm is not None and not cfg.optim.clip_grad_norm > 0:
+        problems.append(f"optim.clip_grad_norm must be > 0 (or null for no clipping), got {cfg.optim.clip_grad_norm}.")
     bad = [e for e in cfg.save_epochs if not 1 <= e <= cfg.optim.epochs]
     if bad:
         problems.append(f"save_epochs: {bad} outside 1..{cfg.optim.epochs} (1-based epochs of this run).")

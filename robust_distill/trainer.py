@@ -229,6 +229,9 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
                 "Lower optim.lr, check the method's options, or set optim.amp: false.")
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
+        if cfg.optim.clip_grad_norm is not None:
+            run.scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(run.student.parameters(), cfg.optim.clip_grad_norm)
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.teacher_updater.after_step(step)

@@ -4,6 +4,7 @@ epsilon_in / epsilon_out, the oracle losses, the oracle / in-plane / out-of-plan
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -300,3 +301,145 @@ def test_pruning_removes_exactly_the_channels_with_no_fanout() -> None:
 
 def test_student_widths_are_1_1x_the_pruned_teacher() -> None:
     assert scaled_widths([45, 32, 32, 20], 1.1) == [50, 35, 35, 22]  # the paper's student
+
+
+# -------------------------------------------------------------------------------------------------
+# Engine options, the oracle dataset, methods and commands end to end
+# -------------------------------------------------------------------------------------------------
+
+
+def _flat(state: dict) -> torch.Tensor:
+    return torch.cat([v.flatten().float() for v in state.values()])
+
+
+def test_clip_grad_norm_bounds_every_update(tiny_config, regs) -> None:
+    from robust_distill.checkpoint import load_checkpoint
+    from robust_distill.trainer import _seed_everything, build_student, load_data, train
+
+    def run(clip: float | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = tiny_config(overrides=["optim.epochs=1", "optim.momentum=0", "optim.weight_decay=0",
+                                     f"optim.clip_grad_norm={'null' if clip is None else clip}", f"output_dir={name}"])
+        _seed_everything(cfg.seed)  # the engine builds the student right after seeding (data use their own RNG)
+        start = build_student(cfg.student.key, cfg.student.kwargs, load_data(cfg, regs).info, regs).state_dict()
+        train(cfg, regs=regs, resume=False)
+        end = load_checkpoint(f"{name}/last.pt")["state_dict"]
+        keys = [k for k in start if "running" not in k and "num_batches" not in k]  # parameters only
+        return _flat({k: start[k] for k in keys}), _flat({k: end[k] for k in keys})
+
+    steps, lr, clip = 4, 0.05, 1e-3  # 64 training images in batches of 16
+    before, after = run(clip, f"{tiny_config().output_dir}-clip")
+    assert 0 < (after - before).norm() <= steps * lr * clip * (1 + 1e-4)
+    before, after = run(None, f"{tiny_config().output_dir}-free")
+    assert (after - before).norm() > 100 * steps * lr * clip
+    with pytest.raises(Exception, match="clip_grad_norm must be > 0"):
+        tiny_config(overrides=["optim.clip_grad_norm=0"])
+
+
+def test_save_epochs_keeps_the_student_of_those_epochs(tiny_config, regs) -> None:
+    from robust_distill.checkpoint import load_checkpoint
+    from robust_distill.config import ConfigError
+    from robust_distill.trainer import train
+
+    cfg = tiny_config(save_epochs=[1])
+    train(cfg, regs=regs, resume=False)
+    out = cfg.output_dir
+    stopped = tiny_config(output_dir=f"{out}-stopped")
+    train(stopped, regs=regs, resume=False, stop_after_epochs=1)
+    kept = load_checkpoint(f"{out}/epoch_1.pt")
+    assert kept["epoch"] == 1
+    for k, v in load_checkpoint(f"{out}-stopped/last.pt")["state_dict"].items():
+        assert torch.equal(kept["state_dict"][k], v), k
+    assert sorted(p.name for p in Path(out).glob("epoch_*.pt")) == ["epoch_1.pt"]
+    with pytest.raises(ConfigError, match=r"save_epochs: \[3\] outside 1..2"):
+        tiny_config(save_epochs=[3])
+
+
+def _save_teacher(path, regs, widths=(6, 5, 5, 4)) -> str:
+    from robust_distill.checkpoint import FORMAT, atomic_save
+    from robust_distill.components import DatasetInfo
+    from robust_distill.trainer import build_student, model_spec
+
+    info = DatasetInfo("synthetic", 4, (1, 10, 10))
+    kwargs = {"widths": list(widths), "kernel_sizes": [3, 3, 3, 3], "strides": [1, 1, 1, 1]}
+    torch.manual_seed(0)
+    model = build_student("timm:tsconv4_teacher", kwargs, info, regs)
+    atomic_save({"format": FORMAT, "model": model_spec("timm:tsconv4_teacher", kwargs, info),
+                 "state_dict": model.state_dict(), "epoch": 1, "config": {}}, path)
+    return str(path)
+
+
+SYNTH = {"n_train": 96, "n_test": 32, "size": 10, "num_classes": 4, "channels": 1}
+
+
+def test_oracle_dataset_labels_every_image_with_the_teacher(regs, tmp_path) -> None:
+    from robust_distill.checkpoint import build_from_checkpoint
+
+    path = _save_teacher(tmp_path / "t.pt", regs)
+    teacher, _ = build_from_checkpoint(path, regs)
+    data = regs.datasets.get("oracle").load(base="synthetic", teacher=f"checkpoint:{path}", base_options=SYNTH)
+    base = regs.datasets.get("synthetic").load(**SYNTH)
+    assert torch.equal(data.train_x, base.train_x) and data.info.name == "oracle" and data.info.num_classes == 4
+    with torch.no_grad():
+        assert torch.equal(data.train_y, teacher(base.train_x.float() / 255).argmax(1))
+        assert torch.equal(data.test_y, teacher(base.test_x.float() / 255).argmax(1))
+    with pytest.raises(ValueError, match="needs data.options.teacher"):
+        regs.datasets.get("oracle").info(base="synthetic")
+
+
+ORACLE_METHODS = ["oracle_logit", "oracle_label", "oracle_adv", "oracle_logit_gaussian", "inplane_at", "outplane_at"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ORACLE_METHODS)
+def test_oracle_methods_train_from_yaml_on_teacher_labels(regs, tiny_raw, tmp_path, method: str) -> None:
+    from robust_distill.config import resolve_config
+    from robust_distill.trainer import train
+
+    path = _save_teacher(tmp_path / "t.pt", regs)
+    raw = tiny_raw(method)
+    raw["data"] = {**raw["data"], "dataset": "oracle",
+                   "options": {"base": "synthetic", "teacher": f"checkpoint:{path}", "base_options": SYNTH}}
+    raw.update(teachers={"oracle": f"checkpoint:{path}"}, student={"key": "timm:tsconv4_student", "kwargs": {
+        "widths": [7, 6, 6, 4], "kernel_sizes": 3, "strides": 1}})
+    raw["eval"] = {**raw["eval"], "attacks": ["clean", "pgd20", "pgd20_inplane", "pgd20_outplane"]}
+    summary = train(resolve_config(raw, regs), regs=regs, resume=False)
+    row = summary["best"]
+    assert set(row) == {"val_clean", "val_pgd20", "val_pgd20_inplane", "val_pgd20_outplane"}
+    assert all(0 <= v <= 1 for v in row.values())
+
+
+@pytest.mark.slow
+def test_prune_and_specialization_commands_end_to_end(regs, tiny_raw, tmp_path, capsys) -> None:
+    import json
+
+    import yaml
+
+    from robust_distill.cli import main
+
+    raw = tiny_raw("natural")
+    raw["data"]["options"] = SYNTH
+    raw["student"] = {"key": "timm:tsconv4_teacher", "kwargs": {"widths": [6, 5, 5, 4], "kernel_sizes": 3,
+                                                                "strides": 1}}
+    raw["output_dir"] = str(tmp_path / "teacher")
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["train", str(tmp_path / "t.yaml")]) == 0
+    pruned = tmp_path / "pruned.pt"
+    assert main(["prune", str(tmp_path / "teacher" / "last.pt"), "--widths", "4,3,3,2", "--out", str(pruned)]) == 0
+    report = json.loads(pruned.with_suffix(".json").read_text())
+    assert report["widths_after"] == [4, 3, 3, 2] and report["student_widths"] == [4, 3, 3, 2]
+    assert report["check_images"] == 32 and 0 <= report["prediction_changes"] <= 1
+    assert "6-5-5-4 -> 4-3-3-2" in capsys.readouterr().out
+    out = tmp_path / "spec"
+    assert main(["specialization", "--teacher", str(pruned), "--student", str(tmp_path / "teacher" / "last.pt"),
+                 "--layers", "acts.0=acts.0,acts.3=acts.3", "--n-examples", "16", "--pca-k", "4", "--robustness",
+                 "--eps", "0.1", "--out", str(out), "--device", "cpu"]) == 0
+    data = json.loads((out / "specialization.json").read_text())
+    eps = data["epsilon"]
+    assert eps["k"] == 4 and eps["dim"] == 9 and len(eps["curve_eps_in"]) == 4  # one per pruned teacher node
+    assert eps["curve_eps_in"] == sorted(eps["curve_eps_in"]) and -1 <= eps["pearson_nc_eps_in"] <= 1
+    assert set(data["robustness"]) == {"clean", "oracle", "oracle_in", "oracle_out", "data"}
+    assert InputSubspace.load(out / "input_subspace.pt").k == 4
+    for png in ("sorted_bnc.png", "input_spectrum.png", "epsilon_vs_nc.png", "epsilon_curves.png"):
+        assert (out / png).stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "Pearson(NC, epsilon_in)" in printed and "Agreement with the teacher" in printed
