@@ -65,13 +65,14 @@ ROLE = "oracle"
 class LogitL2(OuterLoss):
     """Logit training: ``||S(x') - T(x')||^2`` (Sec. 5.1), teacher outputs as targets.
 
-    :param reduction: ``batchmean`` (squared distance summed over classes, averaged over the batch) or
-        ``mean`` (over B*C, ``nn.MSELoss()``).
+    :param reduction: ``mean`` (over B*C: ``nn.MSELoss()``, the usual implementation of logit matching; the
+        paper names no reduction) or ``batchmean`` (the squared distance per sample, averaged over the batch:
+        C times larger gradients).
     :param which: the input both networks see: ``adv`` (the inner attack's output) or ``clean``.
     :param role: the teacher role (``oracle``).
     """
 
-    def __init__(self, reduction: Reduction = "batchmean", which: str = "adv", role: str = ROLE) -> None:
+    def __init__(self, reduction: Reduction = "mean", which: str = "adv", role: str = ROLE) -> None:
         self.reduction, self.which, self.role = reduction, which, role
 
     def __call__(self, step: Step) -> Tensor:

@@ -166,7 +166,9 @@ def test_logit_and_label_losses_by_hand(regs) -> None:
     step.add_input("adv", step.x + 0.05)
     s_logits, t_logits = step.student(step.x + 0.05), step.teachers["oracle"](step.x + 0.05)
     logit = regs.outer_losses.build("logit_l2", {})(step)
-    assert logit.item() == pytest.approx(((s_logits - t_logits) ** 2).sum(1).mean().item(), rel=1e-5)
+    assert logit.item() == pytest.approx(((s_logits - t_logits) ** 2).sum(1).mean().item() / 3, rel=1e-5)  # /C
+    per_sample = regs.outer_losses.build("logit_l2", {"reduction": "batchmean"})(step)
+    assert per_sample.item() == pytest.approx(((s_logits - t_logits) ** 2).sum(1).mean().item(), rel=1e-5)
     label = regs.outer_losses.build("label_ce", {})(step)
     log_p = torch.log_softmax(s_logits, 1)
     by_hand = -log_p[torch.arange(6), t_logits.argmax(1)].mean()
