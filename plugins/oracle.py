@@ -247,23 +247,23 @@ def oracle_defaults() -> dict[str, Any]:
     return out
 
 
-REFERENCE = "Yang et al., AISTATS 2021, Sec. 4.2, 5.1"
-ORACLE_LOGIT = Method(
-    name="oracle_logit", inner_attack=Part("none"), outer_loss=Part("logit_l2"), teachers=(ROLE,),
-    defaults=oracle_defaults(), reference=REFERENCE,
-    summary="oracle ST with logit supervision (Yang et al. 2021): ||S(x) - T(x)||^2")
-ORACLE_LABEL = Method(
-    name="oracle_label", inner_attack=Part("none"), outer_loss=Part("label_ce"), teachers=(ROLE,),
-    defaults=oracle_defaults(), reference=REFERENCE,
-    summary="oracle ST with label supervision (Yang et al. 2021): CE(S(x), argmax T(x))")
-ORACLE_ADV = Method(
-    name="oracle_adv", inner_attack=Part("oracle_pgd", {"loss": "l2", "target": "teacher_adv"}),
-    outer_loss=Part("logit_l2"), teachers=(ROLE,), defaults=oracle_defaults(), reference=REFERENCE + ", Eq. 3",
-    summary="oracle AT (Yang et al. 2021): ||S(x') - T(x')||^2 on x' = argmax ||S(x') - T(x')||^2")
-ORACLE_LOGIT_GAUSSIAN = Method(
-    name="oracle_logit_gaussian", inner_attack=Part("gaussian_noise", {"sigma": 0.1}), outer_loss=Part("logit_l2"),
-    teachers=(ROLE,), defaults=oracle_defaults(), reference="Yang et al., AISTATS 2021, Sec. 5.5, Fig. 10",
-    summary="oracle ST (logit) on Gaussian-noised inputs, sigma 0.1 (Yang et al. 2021, Fig. 10)")
+def oracle_method(name: str, inner_attack: Part, summary: str, *, outer_loss: Part = Part("logit_l2"),
+                  where: str = "Sec. 4.2, 5.1") -> Method:
+    """A method of the paper's oracle setting: teacher role ``oracle``, :func:`oracle_defaults`."""
+    return Method(name=name, inner_attack=inner_attack, outer_loss=outer_loss, teachers=(ROLE,),
+                  defaults=oracle_defaults(), summary=f"{summary} (Yang et al. 2021)",
+                  reference=f"Yang et al., AISTATS 2021, {where}")
+
+
+ORACLE_METHODS = (
+    oracle_method("oracle_logit", Part("none"), "oracle ST with logit supervision: ||S(x) - T(x)||^2"),
+    oracle_method("oracle_label", Part("none"), "oracle ST with label supervision: CE(S(x), argmax T(x))",
+                  outer_loss=Part("label_ce")),
+    oracle_method("oracle_adv", Part("oracle_pgd", {"loss": "l2", "target": "teacher_adv"}),
+                  "oracle AT: ||S(x') - T(x')||^2 on x' = argmax ||S(x') - T(x')||^2", where="Sec. 4.2, 5.4, Eq. 3"),
+    oracle_method("oracle_logit_gaussian", Part("gaussian_noise", {"sigma": 0.1}),
+                  "oracle ST (logit) on Gaussian-noised inputs, sigma 0.1", where="Sec. 5.5, Fig. 10"),
+)
 
 
 @hookimpl
@@ -285,5 +285,5 @@ def rd_register_datasets(registry):
 
 @hookimpl
 def rd_register_methods(registry):
-    for method in (ORACLE_LOGIT, ORACLE_LABEL, ORACLE_ADV, ORACLE_LOGIT_GAUSSIAN):
+    for method in ORACLE_METHODS:
         registry.register(method)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robust_distill import EvalAttack, Method, Part, Step, hookimpl
+from robust_distill import EvalAttack, Part, Step, hookimpl
 from robust_distill.attacks import BNMode, Start
 from robust_distill.specialization import (
     InputSubspace,
@@ -38,7 +38,7 @@ from robust_distill.specialization import (
     select_by_subspace,
 )
 from robust_distill.threat import format_eps
-from robust_distill_plugins.oracle import REFERENCE, ROLE, OracleLoss, OraclePGD, OracleTarget, oracle_defaults
+from robust_distill_plugins.oracle import ROLE, OracleLoss, OraclePGD, OracleTarget, oracle_method
 
 
 class SubspaceSource:
@@ -144,14 +144,12 @@ def pgd20_outplane(eps: float, steps: int = 20, step_size: float | None = None, 
     return SubspaceEvalPGD(eps, "out", steps, step_size, restarts, subspace, k, explained_variance, seed)
 
 
-INPLANE_AT = Method(
-    name="inplane_at", inner_attack=Part("subspace_pgd", {"keep": "in", "restarts": 2}), outer_loss=Part("logit_l2"),
-    teachers=(ROLE,), defaults=oracle_defaults(), reference=REFERENCE.replace("5.1", "5.4, Table 2"),
-    summary="in-plane oracle AT (Yang et al. 2021): logit training on the PGD restart closer to the input subspace")
-OUTPLANE_AT = Method(
-    name="outplane_at", inner_attack=Part("subspace_pgd", {"keep": "out", "restarts": 2}), outer_loss=Part("logit_l2"),
-    teachers=(ROLE,), defaults=oracle_defaults(), reference=REFERENCE.replace("5.1", "5.4, Table 2"),
-    summary="out-of-plane oracle AT (Yang et al. 2021): logit training on the PGD restart farther from the subspace")
+INPLANE_AT = oracle_method("inplane_at", Part("subspace_pgd", {"keep": "in", "restarts": 2}),
+                           "in-plane oracle AT: logit training on the PGD restart closer to the input subspace",
+                           where="Sec. 5.4, Table 2")
+OUTPLANE_AT = oracle_method("outplane_at", Part("subspace_pgd", {"keep": "out", "restarts": 2}),
+                            "out-of-plane oracle AT: logit training on the PGD restart farther from the subspace",
+                            where="Sec. 5.4, Table 2")
 
 
 @hookimpl

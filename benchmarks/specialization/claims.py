@@ -122,6 +122,11 @@ def mbnc(rep: dict[str, Any]) -> list[float]:
     return [layer["mbnc"] for layer in rep["layers"]]
 
 
+def two_runs(a: dict[str, dict[int, dict[str, Any]]], first: str, second: str) -> tuple[dict, dict, list[int]]:
+    """The kept students of two runs and the epochs both kept."""
+    return a[first], a[second], sorted(set(a[first]) & set(a[second]))
+
+
 def mean_mbnc(rep: dict[str, Any]) -> float:
     return statistics.fmean(mbnc(rep))
 
@@ -201,14 +206,10 @@ def claim_fig2(a: dict[str, dict[int, dict[str, Any]]], sub: InputSubspace) -> t
 
 
 def claim_table3(a: dict[str, dict[int, dict[str, Any]]]) -> tuple[list[str], bool | None]:
-    lo, la = a["st_logit"], a["st_label"]
-    epochs = sorted(set(lo) & set(la))
-    rows = [["logit training"] + [pct(lo[e]["robustness"]["oracle"]) for e in epochs],
-            ["label training"] + [pct(la[e]["robustness"]["oracle"]) for e in epochs],
-            ["logit, data PGD-20"] + [pct(lo[e]["robustness"]["data"]) for e in epochs],
-            ["label, data PGD-20"] + [pct(la[e]["robustness"]["data"]) for e in epochs],
-            ["logit, clean agreement"] + [pct(lo[e]["robustness"]["clean"]) for e in epochs],
-            ["label, clean agreement"] + [pct(la[e]["robustness"]["clean"]) for e in epochs]]
+    lo, la, epochs = two_runs(a, "st_logit", "st_label")
+    rows = [[f"{name}{what}"] + [pct(runs[e]["robustness"][key]) for e in epochs]
+            for key, what in (("oracle", " training"), ("data", ", data PGD-20"), ("clean", ", clean agreement"))
+            for name, runs in (("logit", lo), ("label", la))]
     wins = sum(lo[e]["robustness"]["oracle"] > la[e]["robustness"]["oracle"] for e in epochs)
     up_lo = lo[epochs[-1]]["robustness"]["oracle"] > lo[epochs[0]]["robustness"]["oracle"]
     up_la = la[epochs[-1]]["robustness"]["oracle"] > la[epochs[0]]["robustness"]["oracle"]
@@ -221,8 +222,7 @@ def claim_table3(a: dict[str, dict[int, dict[str, Any]]]) -> tuple[list[str], bo
 
 
 def claim_fig8(a: dict[str, dict[int, dict[str, Any]]]) -> tuple[list[str], bool | None]:
-    lo, la = a["st_logit"], a["st_label"]
-    epochs = sorted(set(lo) & set(la))
+    lo, la, epochs = two_runs(a, "st_logit", "st_label")
     rows, cells, n = [], 0, 0
     for e in epochs:
         rows.append([str(e), *(f"{x:.3f} / {y:.3f}" for x, y in zip(mbnc(lo[e]), mbnc(la[e]), strict=True)),
@@ -276,8 +276,7 @@ def claim_fig7(a: dict[str, dict[int, dict[str, Any]]]) -> tuple[list[str], bool
 
 
 def claim_fig10(a: dict[str, dict[int, dict[str, Any]]]) -> tuple[list[str], bool | None]:
-    lo, ga = a["st_logit"], a["st_gaussian"]
-    epochs = sorted(set(lo) & set(ga))
+    lo, ga, epochs = two_runs(a, "st_logit", "st_gaussian")
     rows, wins = [], 0
     for e in epochs:
         rows.append([str(e), f"{lo[e]['epsilon']['mean_eps_in']:.3f} / {ga[e]['epsilon']['mean_eps_in']:.3f}",
