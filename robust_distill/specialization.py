@@ -387,12 +387,16 @@ def oracle_robustness(student: nn.Module, teacher: nn.Module, x: Tensor, *, eps:
 
     * ``clean``: ``argmax S(x) == argmax T(x)``;
     * ``oracle``: x' maximises ``||S(x') - T(x')||^2`` (Eq. 3 with the L2 loss, through both networks,
-      ``restarts`` uniform starts) and a sample counts if ``argmax S(x') == argmax T(x')`` for every restart
+      ``restarts`` uniform starts); a sample counts if ``argmax S(x') == argmax T(x')`` for every restart
       (Table 1's robust accuracy);
     * ``oracle_in`` / ``oracle_out`` (with a ``subspace``): the same with only the restart closer to /
       farther from the input subspace (Table 2's in-plane and out-of-plane attacks; ``oracle`` is "both");
     * ``data``: x' maximises ``CE(S(x'), argmax T(x))`` through the student only, the label of the clean
       point (Eq. 4, data-adversarial), and counts if ``argmax S(x') == argmax T(x)``.
+
+    Every robust count also requires clean agreement (a point the student already gets wrong is not robust,
+    as RobustBench counts): the L2 objective does not target the argmax, and from a disagreeing point it can
+    reach an agreeing one.
 
     Runs under ``torch.random.fork_rng`` seeded with ``seed``; the models are put in eval mode.
     """
@@ -412,13 +416,14 @@ def oracle_robustness(student: nn.Module, teacher: nn.Module, x: Tensor, *, eps:
                                      restarts=restarts, eps=eps, step_size=step_size, steps=steps)
                 data = pgd(lambda xa, label=label: F.cross_entropy(student(xa), label, reduction="sum"), xb, eps=eps,
                            step_size=step_size, steps=steps, start="uniform")
+            clean = out["clean"]
             agree = [student(c).argmax(1) == teacher(c).argmax(1) for c in cands]
-            out["oracle"] = torch.stack(agree).all(0)
+            out["oracle"] = clean & torch.stack(agree).all(0)
             if subspace is not None:
                 for keep in ("in", "out"):
                     sel = select_by_subspace(cands, subspace, keep)  # type: ignore[arg-type]
-                    out[f"oracle_{keep}"] = student(sel).argmax(1) == teacher(sel).argmax(1)
-            out["data"] = student(data).argmax(1) == label
+                    out[f"oracle_{keep}"] = clean & (student(sel).argmax(1) == teacher(sel).argmax(1))
+            out["data"] = clean & (student(data).argmax(1) == label)
             for key, ok in out.items():
                 counts[key] = counts.get(key, 0.0) + float(ok.sum())
             n += xb.shape[0]
