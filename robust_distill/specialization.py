@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,28 +59,35 @@ class InputSubspace:
     """The top-``k`` PCA subspace of the lowest layer's input patches.
 
     :ivar mean: (d,) mean patch.
-    :ivar basis: (d, k) orthonormal columns ``U``, the principal directions of largest variance first.
+    :ivar vectors: (d, m) orthonormal principal directions, largest variance first (m = d when fitted).
     :ivar eigenvalues: (d,) the variance along every principal direction, descending.
+    :ivar k: how many leading directions span the subspace; ``basis`` = ``vectors[:, :k]`` is ``U``.
     :ivar in_channels: channels of the input image; ``kernel_size``/``stride``/``padding``/``dilation``
         the first convolution's geometry (``d = in_channels * kh * kw``).
     """
 
     mean: Tensor
-    basis: Tensor
+    vectors: Tensor
     eigenvalues: Tensor
+    k: int
     in_channels: int
     kernel_size: tuple[int, int]
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
 
-    @property
-    def dim(self) -> int:
-        return int(self.basis.shape[0])
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= self.vectors.shape[1]:
+            raise ValueError(f"k must be between 1 and {self.vectors.shape[1]} (the known directions), got {self.k}")
 
     @property
-    def k(self) -> int:
-        return int(self.basis.shape[1])
+    def basis(self) -> Tensor:
+        """``U``: the (d, k) orthonormal basis of the subspace."""
+        return self.vectors[:, :self.k]
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[0])
 
     @property
     def explained(self) -> float:
@@ -111,14 +118,13 @@ class InputSubspace:
         return residual.pow(2).sum(-1).mean(-1)
 
     def with_k(self, k: int) -> InputSubspace:
-        """The same PCA with another number of directions (``1 <= k <= d``)."""
-        return InputSubspace(self.mean, _basis_from(self._vectors, k), self.eigenvalues, self.in_channels,
-                             self.kernel_size, self.stride, self.padding, self.dilation)
+        """The same PCA with another number of directions."""
+        return replace(self, k=int(k))
 
     # -- persistence (plain tensors and ints: loads with weights_only=True) -----------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"format": SUBSPACE_FORMAT, "mean": self.mean, "basis": self.basis, "eigenvalues": self.eigenvalues,
-                "vectors": self._vectors, "in_channels": self.in_channels, "kernel_size": list(self.kernel_size),
+        return {"format": SUBSPACE_FORMAT, "mean": self.mean, "vectors": self.vectors, "eigenvalues": self.eigenvalues,
+                "k": self.k, "in_channels": self.in_channels, "kernel_size": list(self.kernel_size),
                 "stride": list(self.stride), "padding": list(self.padding), "dilation": list(self.dilation)}
 
     def save(self, path: str | Path) -> Path:
@@ -131,28 +137,17 @@ class InputSubspace:
             raise ValueError(f"not an input-subspace file (format {state.get('format')!r}, expected "
                              f"{SUBSPACE_FORMAT!r}); write one with `robust-distill specialization --out DIR` "
                              "(DIR/input_subspace.pt) or InputSubspace.save().")
-        sub = cls(state["mean"], state["basis"], state["eigenvalues"], int(state["in_channels"]),
-                  _pair(state["kernel_size"]), _pair(state["stride"]), _pair(state["padding"]),
-                  _pair(state["dilation"]))
-        sub._vectors = state["vectors"]
-        return sub
+        return cls(state["mean"], state["vectors"], state["eigenvalues"], int(state["k"]), int(state["in_channels"]),
+                   _pair(state["kernel_size"]), _pair(state["stride"]), _pair(state["padding"]),
+                   _pair(state["dilation"]))
 
     @classmethod
     def load(cls, path: str | Path) -> InputSubspace:
         return cls.from_state(load_checkpoint(path))
 
-    def __post_init__(self) -> None:
-        self._vectors = self.basis  # all principal directions when fitted (for with_k)
-
     def describe(self) -> str:
         return (f"top {self.k} of {self.dim} principal directions of the {self.in_channels}x{self.kernel_size[0]}x"
                 f"{self.kernel_size[1]} input patches ({100 * self.explained:.2f}% of their variance)")
-
-
-def _basis_from(vectors: Tensor, k: int) -> Tensor:
-    if not 1 <= k <= vectors.shape[1]:
-        raise ValueError(f"k must be between 1 and {vectors.shape[1]} (the fitted directions), got {k}")
-    return vectors[:, :k].contiguous()
 
 
 def choose_k(eigenvalues: Tensor, *, k: int | None = None, explained_variance: float = 0.99) -> int:
@@ -187,7 +182,7 @@ def fit_input_subspace(x: Tensor, conv: nn.Conv2d | None = None, *, kernel_size:
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError("only zero-padded convolutions with numeric padding are supported")
         kernel_size, stride, padding, dilation = conv.kernel_size, conv.stride, conv.padding, conv.dilation
-    probe = InputSubspace(torch.zeros(1), torch.zeros(1, 1), torch.zeros(1), int(x.shape[1]), _pair(kernel_size),
+    probe = InputSubspace(torch.zeros(1), torch.zeros(1, 1), torch.zeros(1), 1, int(x.shape[1]), _pair(kernel_size),
                           _pair(stride), _pair(padding), _pair(dilation))
     total, outer, count = None, None, 0
     for _, xb, _ in iterate_eval(x, torch.zeros(x.shape[0]), batch_size):
@@ -205,11 +200,9 @@ def fit_input_subspace(x: Tensor, conv: nn.Conv2d | None = None, *, kernel_size:
     # a fixed sign per direction (largest entry positive): the same data give the same basis
     signs = torch.sign(vectors.gather(0, vectors.abs().argmax(0, keepdim=True))).squeeze(0)
     vectors = vectors * torch.where(signs == 0, torch.ones_like(signs), signs)
-    n_keep = choose_k(eigenvalues, k=k, explained_variance=explained_variance)
-    sub = InputSubspace(mean.float(), vectors[:, :n_keep].float().contiguous(), eigenvalues.float(), probe.in_channels,
-                        probe.kernel_size, probe.stride, probe.padding, probe.dilation)
-    sub._vectors = vectors.float()
-    return sub
+    return InputSubspace(mean.float(), vectors.float().contiguous(), eigenvalues.float(),
+                         choose_k(eigenvalues, k=k, explained_variance=explained_variance), probe.in_channels,
+                         probe.kernel_size, probe.stride, probe.padding, probe.dilation)
 
 
 # -------------------------------------------------------------------------------------------------
