@@ -268,14 +268,14 @@ ORACLE_METHODS = (
 
 @hookimpl
 def rd_register_outer_losses(registry):
-    registry.register(LogitL2, name="logit_l2")
-    registry.register(TeacherLabelCE, name="label_ce")
+    registry.register(LogitL2, name="logit_l2", help="logit training: ||S(x') - T(x')||^2 (Yang et al. 2021)")
+    registry.register(TeacherLabelCE, name="label_ce", help="label training: CE(S(x'), argmax T(x')) (Yang et al.)")
 
 
 @hookimpl
 def rd_register_inner_attacks(registry):
-    registry.register(OraclePGD, name="oracle_pgd")
-    registry.register(GaussianNoise, name="gaussian_noise")
+    registry.register(OraclePGD, name="oracle_pgd", help="oracle-adversarial PGD: argmax L[S(x'), T(x')] (Eq. 3)")
+    registry.register(GaussianNoise, name="gaussian_noise", help="x + sigma N(0, I) as training inputs (Fig. 10)")
 
 
 @hookimpl

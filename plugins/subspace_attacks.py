@@ -154,7 +154,8 @@ OUTPLANE_AT = oracle_method("outplane_at", Part("subspace_pgd", {"keep": "out", 
 
 @hookimpl
 def rd_register_inner_attacks(registry):
-    registry.register(SubspacePGD, name="subspace_pgd")
+    registry.register(SubspacePGD, name="subspace_pgd",
+                      help="in-/out-of-plane oracle PGD: the restart closer to / farther from the input subspace")
 
 
 @hookimpl
