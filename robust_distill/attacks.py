@@ -132,11 +132,17 @@ class InnerPGD(InnerAttack):
     def threat(self, step: Step) -> ThreatModel:
         return step.threat
 
-    def __call__(self, step: Step) -> Tensor:
-        threat = self.threat(step)
+    @contextmanager
+    def attack_context(self, step: Step) -> Iterator[None]:
+        """The student in the attack's BN mode and every model's parameters frozen (restored after)."""
         with ExitStack() as stack:
             stack.enter_context(model_mode(step.student_module, self.bn_mode == "train"))
             stack.enter_context(frozen_parameters(step.student_module, *step.teachers.values()))
+            yield
+
+    def __call__(self, step: Step) -> Tensor:
+        threat = self.threat(step)
+        with self.attack_context(step):
             return pgd(self.make_objective(step), step.x, eps=threat.eps,
                        step_size=threat.step_size, steps=threat.steps, start=self.start,
                        clamp_start=self.clamp_start, grad_scale=step.input_grad_scale)

@@ -79,6 +79,7 @@ class OptimConfig:
     compile: Union[bool, Literal[COMPILE_MODES]] = False  # torch.compile the student and teacher forwards
     log_every: int = 50  # steps between reads of the per-step diagnostics (one host sync each) on CUDA
     amp: bool = False  # deprecated alias of precision: fp16
+    clip_grad_norm: Union[float, None] = None  # clip the student's gradient to this L2 norm before each step
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class Config:
     channels_last: bool = False  # NHWC memory format (faster convolutions on CPU and recent GPUs)
     sync_bn: bool = False  # SyncBatchNorm under torchrun
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
+    save_epochs: list[int] = field(default_factory=list)  # also keep the student of these epochs (epoch_N.pt)
 
 
 _PART_FIELDS = ("inner_attack", "outer_loss", "teacher_updater")
@@ -469,6 +471,11 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
                          ("output_dir", check_output_dir(cfg.output_dir))):
         if problem:
             problems.append(f"{key}: {problem}")
+    if cfg.optim.clip_grad_norm is not None and not cfg.optim.clip_grad_norm > 0:
+        problems.append(f"optim.clip_grad_norm must be > 0 (or null for no clipping), got {cfg.optim.clip_grad_norm}.")
+    bad = [e for e in cfg.save_epochs if not 1 <= e <= cfg.optim.epochs]
+    if bad:
+        problems.append(f"save_epochs: {bad} outside 1..{cfg.optim.epochs} (1-based epochs of this run).")
 
     # student and teachers
     source, name = split_spec(cfg.student.key)

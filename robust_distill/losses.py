@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["kl_div", "js_divergence", "Reduction", "entropy", "reduce"]
+__all__ = ["kl_div", "js_divergence", "squared_l2", "Reduction", "entropy", "reduce"]
 
 Reduction = Literal["batchmean", "mean", "sum", "none"]
 
@@ -56,6 +56,16 @@ def kl_div(student: Tensor, teacher: Tensor, *, reduction: Reduction, temperatur
         p_t = F.softmax(teacher / t_temp, dim=1)
         per_class = p_t * (torch.log(p_t + log_eps) - log_p_s)
     return reduce(per_class.sum(dim=1), reduction, student.shape[1])
+
+
+def squared_l2(student: Tensor, teacher: Tensor, *, reduction: Reduction) -> Tensor:
+    """``||S - T||^2`` between logits, per sample summed over classes, then reduced.
+
+    The logit-matching loss of oracle teacher-student training (Yang et al., AISTATS 2021, Sec. 5.1:
+    "minimize the l2 distance between the teacher and student's output logits"): ``batchmean`` is the
+    squared distance averaged over the batch, ``mean`` divides by B*C as ``nn.MSELoss()`` does.
+    """
+    return reduce((student - teacher).pow(2).sum(dim=1), reduction, student.shape[1])
 
 
 def js_divergence(a: Tensor, b: Tensor) -> Tensor:

@@ -107,6 +107,9 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("tensorboard", "robust_distill_plugins.tensorboard_logger"),
     ("wandb", "robust_distill_plugins.wandb_logger"),
     ("hf_hub", "robust_distill_plugins.hf_hub"),
+    ("specialization_models", "robust_distill_plugins.specialization_models"),
+    ("oracle", "robust_distill_plugins.oracle"),
+    ("subspace_attacks", "robust_distill_plugins.subspace_attacks"),
 )
 
 #: registry attribute -> (kind, the hook that fills it)

@@ -5,7 +5,8 @@ Per step (:func:`step_loss`): ``updater.before_step`` -> ``outer_loss.before_att
 ``updater.after_step``. Per epoch: BatchNorm statistics averaged over the torchrun
 processes, evaluation on the validation split (clean and PGD by default), the ``rd_epoch_end`` hook, then the
 files, atomically and in this order: ``best.pt``, ``train_records.pt``, the metrics row (``metrics.jsonl``,
-``metrics.csv``) and last ``last.pt``, which commits the epoch. A run holds its folder's lock for its whole
+``metrics.csv``) and last ``last.pt``, which commits the epoch (``epoch_N.pt`` too for the epochs listed in
+``save_epochs``, before it). A run holds its folder's lock for its whole
 length and resumes from ``last.pt`` only if it was written by the same config (up to
 :data:`~robust_distill.config.RESUME_MAY_DIFFER`): every epoch's randomness is a function of
 ``(seed, epoch)`` and every stateful part is checkpointed, so a resumed run equals an uninterrupted one.
@@ -288,6 +289,9 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
         check_outer_loss(loss, run.outer_loss_name, f"at epoch {epoch + 1}, step {i + 1}")
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
+        if cfg.optim.clip_grad_norm is not None:
+            run.scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(run.student.parameters(), cfg.optim.clip_grad_norm)
         run.scaler.step(run.optimizer)
         run.scaler.update()
         run.teacher_updater.after_step(step)
@@ -482,6 +486,8 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
         if dist_ctx.is_main:
             if row.get("is_best"):
                 atomic_save(run.checkpoint(full=False), best_path)
+            if run.epoch in cfg.save_epochs:
+                atomic_save(run.checkpoint(full=False), out / f"epoch_{run.epoch}.pt")
             if run.train_records:
                 records = run.data.eval_set("train", cfg.eval.train_records)
                 atomic_save({"indices": records.indices, "labels": records.labels.cpu(),

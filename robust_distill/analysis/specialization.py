@@ -6,7 +6,7 @@ Setting", Sec. 5.2): normalized correlation (NC) between teacher and student nod
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,7 @@ class LayerStats:
     mbnc: float
     unspecialized: int
     specialized: int
+    rho: Tensor | None = field(default=None, repr=False)  # (student nodes, teacher nodes) NC matrix
 
     @property
     def ratio(self) -> float:
@@ -69,8 +70,8 @@ def _capture(model: nn.Module, layers: Sequence[str], x: Tensor) -> dict[str, Te
         raise ValueError(f"no layer {missing[0]!r} in {type(model).__name__}; its layers are: "
                          f"{', '.join(names[:60])}{' ...' if len(names) > 60 else ''}")
     store: dict[str, Tensor] = {}
-    handles = [modules[name].register_forward_hook(lambda m, i, o, name=name: store.__setitem__(name, o.detach()))
-               for name in layers]
+    handles = [modules[name].register_forward_hook(
+        lambda m, i, o, name=name: store.__setitem__(name, o.detach().clone())) for name in layers]
     try:
         with torch.no_grad():
             model(x)
@@ -110,5 +111,5 @@ def specialization(teacher: nn.Module, student: nn.Module, pairs: Sequence[tuple
         rho = normalized_correlation(_nodes(s_act, size), _nodes(t_act, size))
         bnc = rho.max(dim=0).values  # best student node for each teacher node
         results.append(LayerStats(t_name, s_name, bnc.tolist(), bnc.mean().item(),
-                                  int((bnc < unspecialized_below).sum()), int((bnc > specialized_above).sum())))
+                                  int((bnc < unspecialized_below).sum()), int((bnc > specialized_above).sum()), rho))
     return results

@@ -1,4 +1,5 @@
-"""The grid and analysis commands: ``bench``, ``report``, ``unlearnable``, ``teacher-score``, ``specialization``."""
+"""The grid and analysis commands: ``bench``, ``report``, ``unlearnable``, ``teacher-score``, ``specialization``,
+``prune``."""
 
 from __future__ import annotations
 
@@ -201,23 +202,36 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--student", required=True, help="model spec or checkpoint file")
     p.add_argument("--layers", required=True,
                    help="comma-separated TEACHER_LAYER=STUDENT_LAYER pairs of module names, e.g. "
-                        "features.2=features.1,features.11=features.7")
+                        "features.2=features.1,features.11=features.7; the first pair is the lowest layer")
     p.add_argument("--dataset", default=None)
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--n-examples", type=integer(1), default=1000)
     p.add_argument("--adversarial", action="store_true", help="use PGD-20 examples crafted against the student")
     p.add_argument("--eps", type=radius, default=None,
-                   help="radius for --adversarial (default: the student's training eps)")
+                   help="radius for --adversarial and --robustness (default: the student's training eps)")
     p.add_argument("--thresholds", default="0.8,0.9", help="unspecialized below, specialized above")
-    p.add_argument("--out", default="specialization", help="output folder (JSON + sorted-BNC plot)")
+    p.add_argument("--first-conv", default=None, metavar="TEACHER_CONV=STUDENT_CONV",
+                   help="the lowest convolutions whose weights give epsilon_in/out (default: each network's first "
+                        "Conv2d)")
+    p.add_argument("--subspace", default=None, help="an input-subspace file (input_subspace.pt) instead of a new PCA")
+    p.add_argument("--pca-k", type=integer(1), default=None, help="directions of the input subspace (default: by "
+                                                           "--pca-variance)")
+    p.add_argument("--pca-variance", type=float, default=0.99,
+                   help="keep the top directions holding this fraction of the patch variance (default 0.99)")
+    p.add_argument("--pca-images", type=integer(1), default=5000, help="training images whose patches the PCA uses")
+    p.add_argument("--no-epsilon", action="store_true", help="skip the input subspace and epsilon_in/out")
+    p.add_argument("--robustness", action="store_true",
+                   help="also the student's agreement with the teacher under oracle PGD-20 (2 restarts: both, "
+                        "in-plane, out-of-plane) and data PGD-20, at --eps")
+    p.add_argument("--out", default="specialization", help="output folder (JSON, input_subspace.pt, plots)")
     p.add_argument("--device", default="auto")
 
 
-@command("specialization", "teacher-student node alignment: NC, BNC per teacher node, MBNC per layer, ratio",
+@command("specialization", "teacher-student node alignment: NC, BNC, MBNC, ratio; epsilon_in/out of the lowest layer",
          _spec_args)
 def cmd_specialization(ns: argparse.Namespace) -> int:
-    from ..analysis.plots import plot_sorted_bnc
-    from ..analysis.specialization import specialization
+    from ..analysis.specialization_report import specialization_report, write_report
+    from ..analysis.subspace import InputSubspace, first_layer, fit_input_subspace
     from ..data import split_images
     from ..distributed import resolve_device
     from ..evaluation import make_eval_attacks
@@ -232,31 +246,90 @@ def cmd_specialization(ns: argparse.Namespace) -> int:
     data_cfg = s_ckpt.get("config", {}).get("data", {}) if s_ckpt else {}
     bundle = regs.datasets.get(dataset).load(root=data_cfg.get("root"), **data_cfg.get("options", {}))
     x, y = split_images(bundle, ns.split, n=ns.n_examples)
+    trained_eps = s_ckpt.get("config", {}).get("threat", {}).get("eps", 8 / 255)
+    eps = ns.eps if ns.eps is not None else parse_fraction(trained_eps)
     if ns.adversarial:
         from ..data import to_float
-        trained_eps = s_ckpt.get("config", {}).get("threat", {}).get("eps", 8 / 255)
-        eps = ns.eps if ns.eps is not None else parse_fraction(trained_eps)
         attack = make_eval_attacks(["pgd20"], regs, eps=eps, num_classes=bundle.info.num_classes)["pgd20"]
         student = student.to(device).eval()
         x = attack(student, to_float(x, device), y.to(device)).cpu()
     low, high = thresholds
-    stats = specialization(teacher, student, pairs, x, device=device, unspecialized_below=low,  # type: ignore[arg-type]
-                           specialized_above=high)
+    convs = tuple(ns.first_conv.split("=", 1)) if ns.first_conv else (None, None)
     out = Path(ns.out)
-    rows: list[dict[str, Any]] = []
-    for s in stats:
-        rows.append({"layer": f"{s.teacher_layer} ~ {s.student_layer}", "nodes": len(s.bnc), "mbnc": f"{s.mbnc:.3f}",
-                     "unspec": s.unspecialized, "spec": s.specialized, "ratio": f"{s.ratio:.3f}"})
-    atomic_write_json({"teacher": ns.teacher, "student": ns.student, "adversarial": ns.adversarial,
-                       "n_examples": int(x.shape[0]), "thresholds": [low, high],
-                       "layers": [{**s.__dict__, "ratio": s.ratio} for s in stats]}, out / "specialization.json")
-    plot = plot_sorted_bnc({f"{s.teacher_layer} ~ {s.student_layer}": s.bnc for s in stats},
-                           out / "sorted_bnc.png", title=f"{ns.student} vs {ns.teacher}"
-                           + (" (adversarial inputs)" if ns.adversarial else ""))
+    subspace = None
+    if not ns.no_epsilon:
+        if ns.subspace:
+            subspace = InputSubspace.load(ns.subspace)
+            subspace = subspace.with_k(ns.pca_k) if ns.pca_k else subspace
+        else:
+            subspace = fit_input_subspace(bundle.train_x[:ns.pca_images], first_layer(teacher, convs[0])[1],
+                                          k=ns.pca_k, explained_variance=ns.pca_variance)
+        subspace.save(out / "input_subspace.pt")
+    robustness = {"eps": eps, "step_size": eps / 4, "steps": 20} if ns.robustness else None
+    report = specialization_report(teacher, student, pairs, x, subspace=subspace, first_conv=convs,  # type: ignore[arg-type]
+                                   robustness=robustness, device=device, thresholds=(low, high))
+    report.update(teacher=ns.teacher, student=ns.student, adversarial=ns.adversarial)
+    files = write_report(report, out, title=f"{ns.student} vs {ns.teacher}" + (" (adversarial inputs)"
+                                                                             if ns.adversarial else ""))
+    rows: list[dict[str, Any]] = [
+        {"layer": f"{s['teacher_layer']} ~ {s['student_layer']}", "nodes": s["nodes"], "mbnc": f"{s['mbnc']:.3f}",
+         "unspec": s["unspecialized"], "spec": s["specialized"],
+         "ratio": "inf" if s["ratio"] is None else f"{s['ratio']:.3f}"} for s in report["layers"]]
     print(markdown_table(rows, [("layer", "teacher layer ~ student layer"), ("nodes", "teacher nodes"),
                                 ("mbnc", "MBNC"), ("unspec", f"BNC < {low}"), ("spec", f"BNC > {high}"),
                                 ("ratio", "unspecialized / specialized")]))
-    print(f"\n-> {out / 'specialization.json'}, {plot}")
+    if subspace is not None:
+        e = report["epsilon"]
+        print(f"\nInput subspace: {subspace.describe()}.\nLowest layer ({e['layer']}), each teacher node with its "
+              f"best-NC student node: mean epsilon_in {e['mean_eps_in']:.3f}, mean epsilon_out {e['mean_eps_out']:.3f};"
+              f" Pearson(NC, epsilon_in) over all pairs {e['pearson_nc_eps_in']:.3f}, Pearson(NC, epsilon_out) "
+              f"{e['pearson_nc_eps_out']:.3f}.")
+    if robustness:
+        r = report["robustness"]
+        print("\nAgreement with the teacher (%): " + ", ".join(f"{k} {100 * v:.2f}" for k, v in r.items())
+              + f" (eps {eps:g}, PGD-20)")
+    print("\n-> " + ", ".join(str(f) for f in files))
+    return 0
+
+
+# -- prune ----------------------------------------------------------------------------------------
+
+
+def _prune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a robust-distill checkpoint of a prunable network (timm:tsconv4_*)")
+    p.add_argument("--out", required=True, help="the pruned checkpoint")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--threshold", type=float, help="inactive: fan-out norm below this fraction of the layer's "
+                                                       "largest")
+    group.add_argument("--widths", help="channels to keep per layer, largest fan-out norms first, e.g. 45,32,32,20")
+    p.add_argument("--student-scale", type=float, default=1.1, help="student widths to print: this x the pruned ones")
+    p.add_argument("--n-check", type=integer(0), default=1000, help="test images on which the logit change is measured")
+
+
+@command("prune", "remove the inactive channels of a trained teacher by fan-out norm (specialization paper)",
+         _prune_args)
+def cmd_prune(ns: argparse.Namespace) -> int:
+    from ..checkpoint import load_checkpoint
+    from ..plugin import get_registries
+    from ..pruning import prune_checkpoint
+
+    regs = get_registries()
+    ckpt = load_checkpoint(ns.checkpoint)
+    data_cfg = ckpt.get("config", {}).get("data", {})
+    check_x = None
+    if ns.n_check and data_cfg.get("dataset"):
+        bundle = regs.datasets.get(data_cfg["dataset"]).load(root=data_cfg.get("root"), **data_cfg.get("options", {}))
+        check_x = bundle.test_x[:ns.n_check]
+    widths = [int(w) for w in ns.widths.split(",")] if ns.widths else None
+    report = prune_checkpoint(ns.checkpoint, ns.out, regs, threshold=ns.threshold, widths=widths, check_x=check_x,
+                              student_scale=ns.student_scale)
+    atomic_write_json(report, Path(ns.out).with_suffix(".json"))
+    print(f"widths {'-'.join(map(str, report['widths_before']))} -> {'-'.join(map(str, report['widths_after']))}; "
+          f"a student {ns.student_scale:g}x: {'-'.join(map(str, report['student_widths']))}")
+    if check_x is not None:
+        print(f"on {report['check_images']} test images: largest logit change {report['max_abs_logit_change']:.3g}, "
+              f"predictions changed {100 * report['prediction_changes']:.2f}%")
+    print(f"-> {ns.out}, {Path(ns.out).with_suffix('.json')}")
     return 0
 
 
@@ -265,5 +338,6 @@ def rd_register_commands(commands):
     commands.register(cmd_bench)
     commands.register(cmd_report)
     commands.register(cmd_unlearnable)
+    commands.register(cmd_prune)
     commands.register(cmd_teacher_score)
     commands.register(cmd_specialization)
