@@ -1,9 +1,11 @@
-"""The grid and analysis commands: ``bench``, ``report``, ``unlearnable``, ``teacher-score``, ``specialization``."""
+"""The grid and analysis commands: ``bench``, ``report``, ``unlearnable``, ``teacher-score``, ``specialization``,
+``select-teacher``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -199,4 +201,61 @@ def cmd_specialization(ns: argparse.Namespace) -> int:
                                 ("mbnc", "MBNC"), ("unspec", f"BNC < {low}"), ("spec", f"BNC > {high}"),
                                 ("ratio", "unspecialized / specialized")]))
     print(f"\n-> {out / 'specialization.json'}, {plot}")
+    return 0
+
+
+# -- select-teacher --------------------------------------------------------------------------------
+
+
+def _select_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--student", required=True, help="the student to distil, e.g. timm:convnet_s")
+    p.add_argument("--teachers", nargs="+", required=True,
+                   help="candidate teachers: model specs (checkpoint:..., robustbench:..., timm:...), checkpoint "
+                        "files or run folders (their best.pt)")
+    p.add_argument("--dataset", default=None, help="default: the dataset a teacher checkpoint was trained on")
+    p.add_argument("--eps", default=None, help="L-inf radius of the identification runs, e.g. 8/255 (default: a "
+                                               "teacher checkpoint's training radius, else the config's)")
+    p.add_argument("--methods", nargs="+", default=["pgd_at", "trades"], help="adversarial training methods of "
+                                                                               "the identification runs")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--epochs", type=int, default=None, help="epochs of each identification run (default 3)")
+    p.add_argument("--train-subset", type=int, default=None, help="training images per run (default 5000; 0: all)")
+    p.add_argument("--records", type=int, default=None,
+                   help="first N training images whose per-sample robustness defines S_U (default 2000)")
+    p.add_argument("--config", default=None, help="YAML config for the identification runs (under the flags)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the identification runs' config, e.g. --set data.val_size=2000")
+    p.add_argument("--cache", default="runs/select-teacher",
+                   help="folder of the identification runs; finished runs are reused, interrupted ones resumed")
+    p.add_argument("--parallel", type=int, default=1, help="identification runs at a time")
+    p.add_argument("--min-learnable-confidence", type=float, default=0.5,
+                   help="a teacher whose mean true-class confidence on S_L is lower is not recommended")
+    p.add_argument("--out", default="teacher_selection.json")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=500)
+
+
+@command("select-teacher", "pick a teacher for a student: identification runs (cached), S_U and S_L, teachers "
+                           "ranked by entropy on S_U", _select_args)
+def cmd_select_teacher(ns: argparse.Namespace) -> int:
+    import yaml
+
+    from .plugin import get_registries
+    from .select_teacher import Identification, SelectionError, format_selection, select_teacher
+    from .threat import parse_fraction
+
+    base = yaml.safe_load(Path(ns.config).read_text()) or {} if ns.config else {}
+    ident = Identification(methods=tuple(ns.methods), seeds=tuple(ns.seeds), epochs=ns.epochs,
+                           train_subset=ns.train_subset, records=ns.records,
+                           eps=parse_fraction(ns.eps) if ns.eps else None, base=base, overrides=tuple(ns.overrides))
+    try:
+        result = select_teacher(ns.student, [_spec(t) for t in ns.teachers], get_registries(), dataset=ns.dataset,
+                                ident=ident, cache=ns.cache, device=ns.device, parallel=ns.parallel,
+                                batch_size=ns.batch_size, min_learnable_confidence=ns.min_learnable_confidence)
+    except SelectionError as exc:
+        print(f"robust-distill select-teacher: {exc}", file=sys.stderr)
+        return 1
+    atomic_write_json(result, ns.out)
+    print(format_selection(result))
+    print(f"-> {ns.out}")
     return 0
