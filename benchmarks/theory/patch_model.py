@@ -298,6 +298,9 @@ def train(s: Setting, method: str, seed: int) -> list[dict[str, Any]]:
                              **errors(w.detach(), test_data, s)})
             if t == s.steps:
                 break
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{method}, seed {seed}: the loss is {loss.item()} at step {t}; lower eta "
+                                     "or sigma_0, or lengthen eps_warmup.")
         (grad,) = torch.autograd.grad(loss, w)
         with torch.no_grad():
             w = w - s.eta * grad  # the loss is the mean over N: (eta / N) sum grad
@@ -413,7 +416,8 @@ def _markdown(summary: dict[str, Any], s: Setting) -> str:
     lines += ["", f"At initialisation the noise response is {_fmt(init['noise_su'], '{:.3f}')} on S_U and "
               f"{_fmt(init['noise_sl'], '{:.3f}')} on S_L (same initialisations for every setting)."]
     if summary["sweep"]:
-        lines += ["", f"## Sweep over |S_U| (seeds {summary['sweep_seeds']}, after {s.steps} steps)", "",
+        lines += ["", f"## Sweep over |S_U| (after {s.steps} steps; seeds {summary['sweep_seeds']}, and "
+                  f"{summary['seeds']} at |S_U| = 0 and {s.n_unlearnable}, the settings above)", "",
                   "| method | |S_U| | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
                   "|---|---|" + "---|" * len(COLUMNS)]
         for key, stats in summary["sweep"].items():
@@ -443,6 +447,13 @@ def run(s: Setting, seeds: list[int], sweep: list[int], sweep_seeds: list[int], 
                 final = train(setting, method, seed)[-1]
                 sweep_rows.append({"method": method, "n_unlearnable": n_un, "seed": seed, **final})
         print(f"sweep |S_U| = {n_un} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    for name, (method, n_un) in SETTINGS.items():  # the main settings are points of the sweep too
+        n_un = s.n_unlearnable if n_un is None else n_un
+        if sweep and not (method != "at" and n_un == 0):
+            sweep_rows += [{"method": method, "n_unlearnable": n_un, "seed": r["seed"],
+                            **{k: v for k, v in r.items() if k not in ("setting", "method", "n_unlearnable", "seed")}}
+                           for r in history if r["setting"] == name and r["step"] == s.steps]
+    sweep = sorted({r["n_unlearnable"] for r in sweep_rows})
     metrics = [k for k, _, _ in COLUMNS] + ["train_loss"]
     summary: dict[str, Any] = {"setting": dataclasses.asdict(s), "seeds": seeds, "sweep_seeds": sweep_seeds,
                                "minutes": round((time.perf_counter() - t0) / 60, 1),
@@ -455,7 +466,8 @@ def run(s: Setting, seeds: list[int], sweep: list[int], sweep_seeds: list[int], 
     for n_un in sweep:
         for method in SWEEP_METHODS:
             rows = [r for r in sweep_rows if r["method"] == method and r["n_unlearnable"] == n_un]
-            summary["sweep"][f"{method}|{n_un}"] = {k: _mean_std([r[k] for r in rows]) for k in metrics}
+            if rows:
+                summary["sweep"][f"{method}|{n_un}"] = {k: _mean_std([r[k] for r in rows]) for k in metrics}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(_csv(history), out / "history.csv")
     if sweep_rows:
@@ -470,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "theory"))
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--sweep", default="0,2,6,16", help="numbers of S_U samples of the sweep ('' for none)")
+    p.add_argument("--sweep", default="2,16", help="more numbers of S_U samples (the main settings' 0 and "
+                   "n_unlearnable are points of the sweep too; '' for no sweep)")
     p.add_argument("--sweep-seeds", type=int, default=2)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a Setting field, e.g. --set steps=1000")
