@@ -17,6 +17,7 @@ Teachers Fail" (ICML 2026, Sec. 5) from a student spec and candidate teachers.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import re
@@ -25,6 +26,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .analysis import teacher_scores, unlearnable_sets
 from .bench import expand_grid, run_grid
@@ -117,8 +120,6 @@ def identify(raw: Mapping[str, Any], ident: Identification, cache: str | Path, r
     runs = expand_grid(grid)
     reused = [r.name for r in runs if r.status()["state"] == "done"]
     folder.mkdir(parents=True, exist_ok=True)
-    import yaml
-
     atomic_write_text(yaml.safe_dump({"base": dict(raw), "grid": grid["grid"]}, sort_keys=False),
                       folder / "identification.yaml")
     log(f"Identification: {len(runs)} adversarially trained {raw['student']} runs ({', '.join(ident.methods)} x "
@@ -187,9 +188,11 @@ def select_teacher(student: str, teachers: Sequence[str], regs: Any, *, dataset:
             eps_from = (float(ckpt["config"]["threat"]["eps"]), spec)
         loaded[spec] = model
     models = {spec: loaded[spec] for spec in teachers}
-    if ident.eps is None and "eps" not in given.get("threat", {}) and eps_from is not None:
-        ident = Identification(**{**ident.__dict__, "eps": eps_from[0]})
-        log(f"Radius eps = {eps_from[0]:g}, the training radius of {eps_from[1]}")
+    if ident.eps is None and "eps" not in given.get("threat", {}):
+        # one radius for every method (their paper defaults differ: TRADES 0.031, PGD-AT 8/255)
+        eps, source = eps_from or (8 / 255, "the default (no teacher checkpoint names one)")
+        ident = dataclasses.replace(ident, eps=eps)
+        log(f"Radius eps = {eps:g}: {'the training radius of ' if eps_from else ''}{source}")
     raw = identification_config(student, dataset, ident, device=device)
     found = identify(raw, ident, cache, regs, parallel=parallel, log=log)
     t1 = time.perf_counter()
