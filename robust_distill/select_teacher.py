@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import re
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -111,8 +112,12 @@ def _cache_folder(cache: Path, raw: Mapping[str, Any], ident: Identification) ->
     return cache / f"{raw['data']['dataset']}-{student}-{digest}"
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def identify(raw: Mapping[str, Any], ident: Identification, cache: str | Path, regs: Any, *,
-             parallel: int = 1, log: Callable[[str], None] = print) -> dict[str, Any]:
+             parallel: int = 1, log: Callable[[str], None] = _stderr) -> dict[str, Any]:
     """Run (or reuse) the identification runs in the cache and compute S_U and S_L from them."""
     folder = _cache_folder(Path(cache), raw, ident)
     grid = {"output_dir": str(folder), "base": dict(raw), "grid": {"method": list(ident.methods),
@@ -162,7 +167,7 @@ def rank_teachers(rows: Sequence[Mapping[str, Any]], min_learnable_confidence: f
 def select_teacher(student: str, teachers: Sequence[str], regs: Any, *, dataset: str | None = None,
                    ident: Identification = Identification(), cache: str | Path = "runs/select-teacher",
                    device: str = "auto", parallel: int = 1, batch_size: int = 500,
-                   min_learnable_confidence: float = 0.5, log: Callable[[str], None] = print) -> dict[str, Any]:
+                   min_learnable_confidence: float = 0.5, log: Callable[[str], None] = _stderr) -> dict[str, Any]:
     """Identify S_U for ``student`` (reusing cached runs), score ``teachers`` (model specs) on it, rank them.
 
     The dataset and the radius default to those a teacher checkpoint was trained with. Teachers are loaded
