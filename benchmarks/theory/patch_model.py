@@ -16,8 +16,10 @@ Model (the paper's definitions as its summary gives them; ``CHOSEN`` marks what 
 * AT: ``L_AT = l(y f_W(X~))``; AD: ``L_AD = s(y f_T(X)) l(y f_W(X~)) + s(-y f_T(X)) l(-y f_W(X~))``, ``l`` the
   logistic loss, ``s`` the sigmoid; full-batch gradient descent ``W <- W - (eta / N) sum grad L``.
   CHOSEN: ``X~`` is the student's worst case for the true label (``max l(y f_W(X + delta))``, PGD, ``||delta_p||_2 <=
-  eps`` on every patch, 5 steps of ``2.5 eps / 5`` from ``delta = 0``) for AT and AD alike, so that AT and AD differ
-  only in their outer target.
+  eps`` on every patch, 5 steps of ``2.5 eps / 5`` from ``delta = 0`` and from a random point, each patch keeping
+  its best) for AT and AD alike, so that AT and AD differ only in their outer target; eps grows linearly from 0
+  over the first ``eps_warmup`` steps (with the full radius at once, the adversary of a random network in high
+  dimension cancels every signal patch and nothing is learned; both theorems start from "u is learned first").
 * Teachers, margins exactly as defined: on S_L both have ``y f_T(X) = Gamma``; the good teacher is orthogonal to v
   (``y f_G(X) = 0`` on S_U), the bad one is as confident on S_U (``y f_B(X) = Gamma``). CHOSEN: they are networks of
   the student's form with fixed neurons ``+-c u`` (good) and ``+-c u, +-c v`` (bad), c set so that the margins are
