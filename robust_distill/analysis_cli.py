@@ -217,7 +217,7 @@ def _select_args(p: argparse.ArgumentParser) -> None:
                                                "teacher checkpoint's training radius, else the config's)")
     p.add_argument("--methods", nargs="+", default=["pgd_at", "trades"], help="adversarial training methods of "
                                                                                "the identification runs")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seeds of each method's runs")
     p.add_argument("--epochs", type=int, default=None, help="epochs of each identification run (default 3)")
     p.add_argument("--train-subset", type=int, default=None, help="training images per run (default 5000; 0: all)")
     p.add_argument("--records", type=int, default=None,
@@ -230,9 +230,9 @@ def _select_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parallel", type=int, default=1, help="identification runs at a time")
     p.add_argument("--min-learnable-confidence", type=float, default=0.5,
                    help="a teacher whose mean true-class confidence on S_L is lower is not recommended")
-    p.add_argument("--out", default="teacher_selection.json")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--out", default="teacher_selection.json", help="the ranking and its evidence (JSON)")
+    p.add_argument("--device", default="auto", help="for the identification runs and the teachers' forward passes")
+    p.add_argument("--batch-size", type=int, default=500, help="batch size of the teachers' forward passes")
 
 
 @command("select-teacher", "pick a teacher for a student: identification runs (cached), S_U and S_L, teachers "
