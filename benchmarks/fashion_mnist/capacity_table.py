@@ -40,22 +40,25 @@ def _params(student: str, dataset: str) -> int:
 
 def capacity_table(results: Path, seeds: list[int] | None = None) -> dict[str, Any]:
     groups: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
-    pending: dict[str, int] = defaultdict(int)
+    seen: dict[str, set[int]] = defaultdict(set)  # method -> seeds of any size: every size needs them all
     dataset = "fashion_mnist"
     for run in sorted(p for p in results.iterdir() if (p / "run.yaml").is_file()):
         raw = yaml.safe_load((run / "run.yaml").read_text())
-        if seeds is not None and raw.get("seed", 0) not in seeds:
+        seed = raw.get("seed", 0)
+        if seeds is not None and seed not in seeds:
             continue
         student = raw["student"] if isinstance(raw["student"], str) else raw["student"]["key"]
         dataset = raw["data"]["dataset"]
+        seen[raw["method"]].add(seed)
+        groups.setdefault(student, defaultdict(list))
         if (run / "summary.json").is_file():
             groups[student][raw["method"]].append(run)
-        else:
-            pending[student] += 1
+    expected = sum(len(seen[m]) for m in METHODS)
     rows, skipped = [], {}
     for student, by_method in groups.items():
-        if pending.get(student) or any(not by_method.get(m) for m in METHODS):
-            skipped[student] = f"{sum(map(len, by_method.values()))} runs finished, {pending.get(student, 0)} not"
+        finished = sum(len(by_method.get(m, [])) for m in METHODS)
+        if finished < expected:
+            skipped[student] = f"{finished} of {expected} runs finished"
             continue
         every = [r for m in METHODS for r in by_method[m]]
         all_sets = unlearnable_sets(every)
