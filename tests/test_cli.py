@@ -28,7 +28,8 @@ def test_plugins_lists_every_kind_with_its_provider(capsys: pytest.CaptureFixtur
     assert "robust_distill.cli.train" in out and "(core)" in out
     commands = out.split("\ncommands:\n")[1].split("\n\n")[0].splitlines()
     assert [line.split()[0] for line in commands] == ["bench", "demo", "eval", "export", "plugins", "prune", "report",
-                                                      "specialization", "teacher-score", "train", "unlearnable"]
+                                                      "select-teacher", "specialization", "teacher-score", "train",
+                                                      "unlearnable"]
     assert commands[-2].endswith("[cli.train; robust-distill 0.1.0]")
 
 

@@ -43,3 +43,11 @@ for spec in natural:500 pgd_at:200 trades:200; do
 done
 $RD eval "$ASSETS/fmnist_teacher_trades.pt" --attacks clean,pgd20,autoattack_apgd --n-examples 500 \
     --out "$T/trades_apgd.json" > "$T/trades_apgd.md"
+# 7. |S_U| against student capacity (convnet_xs/s/m/l x PGD-AT/TRADES x 3 seeds; about 1.5 h of one core)
+$RD bench benchmarks/fashion_mnist/capacity_grid.yaml
+.venv/bin/python benchmarks/fashion_mnist/capacity_table.py "$R/capacity"
+# 8. teacher selection in one command, on the shipped teachers (4 identification runs of convnet_s, cached)
+mkdir -p "$R/select_teacher"
+$RD select-teacher --student timm:convnet_s --teachers "$ASSETS/fmnist_teacher_pgd_at.pt" \
+    "$ASSETS/fmnist_teacher_trades.pt" "$ASSETS/fmnist_teacher_natural.pt" --device cpu \
+    --cache "$R/select_teacher" --out "$R/select_teacher/selection.json" > "$R/select_teacher/selection.md"

@@ -1,10 +1,11 @@
 """The grid and analysis commands: ``bench``, ``report``, ``unlearnable``, ``teacher-score``, ``specialization``,
-``prune``."""
+``prune``, ``select-teacher``."""
 
 from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -333,11 +334,82 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     return 0
 
 
+# -- select-teacher --------------------------------------------------------------------------------
+
+
+def _select_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--student", required=True, help="the student to distil, e.g. timm:convnet_s")
+    p.add_argument("--teachers", nargs="+", required=True,
+                   help="candidate teachers: model specs (checkpoint:..., robustbench:..., timm:...), checkpoint "
+                        "files or run folders (their best.pt)")
+    p.add_argument("--dataset", default=None, help="default: the dataset a teacher checkpoint was trained on")
+    p.add_argument("--eps", type=radius, default=None,
+                   help="L-inf radius of the identification runs, e.g. 8/255 (default: a teacher checkpoint's "
+                        "training radius, else the config's)")
+    p.add_argument("--methods", nargs="+", default=["pgd_at", "trades"], help="adversarial training methods of "
+                                                                               "the identification runs")
+    p.add_argument("--seeds", nargs="+", type=integer(0), default=[0, 1], help="seeds of each method's runs")
+    p.add_argument("--epochs", type=integer(1), default=None, help="epochs of each identification run (default 3)")
+    p.add_argument("--train-subset", type=integer(0), default=None,
+                   help="training images per run (default 5000; 0: all)")
+    p.add_argument("--records", type=integer(1), default=None,
+                   help="first N training images whose per-sample robustness defines S_U (default 2000)")
+    p.add_argument("--config", default=None, help="YAML config for the identification runs (under the flags)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the identification runs' config, e.g. --set data.val_size=2000")
+    p.add_argument("--cache", default="runs/select-teacher",
+                   help="folder of the identification runs; finished runs are reused, interrupted ones resumed")
+    p.add_argument("--parallel", type=integer(1), default=1, help="identification runs at a time")
+    p.add_argument("--min-learnable-confidence", type=float, default=0.5,
+                   help="a teacher whose mean true-class confidence on S_L is lower is not recommended")
+    p.add_argument("--out", default="teacher_selection.json", help="the ranking and its evidence (JSON)")
+    p.add_argument("--device", default="auto", help="for the identification runs and the teachers' forward passes")
+    p.add_argument("--batch-size", type=integer(1), default=500, help="batch size of the teachers' forward passes")
+
+
+@command("select-teacher", "pick a teacher for a student: identification runs (cached), S_U and S_L, teachers "
+                           "ranked by entropy on S_U", _select_args)
+def cmd_select_teacher(ns: argparse.Namespace) -> int:
+    from ..analysis.select_teacher import Identification, SelectionError, format_selection, select_teacher
+    from ..config import read_yaml
+    from ..plugin import get_registries
+
+    regs = get_registries()
+    problems = [f"--methods: {UnknownNameError('method', m, regs.methods.names())}"
+                for m in ns.methods if m not in regs.methods]
+    if ns.dataset is not None and ns.dataset not in regs.datasets:
+        problems.append(f"--dataset: {UnknownNameError('dataset', ns.dataset, regs.datasets.names())}")
+    if ns.config is not None and not Path(ns.config).is_file():
+        problems.append(f"--config: file {ns.config!r} does not exist.")
+    if problem := check_device(ns.device):
+        problems.append(f"--device: {problem}")
+    if problem := check_output_file(ns.out):
+        problems.append(f"--out: {problem}")
+    if problems:
+        raise ConfigError(problems, "select-teacher arguments")
+    base = (read_yaml(ns.config) or {}) if ns.config else {}
+    ident = Identification(methods=tuple(ns.methods), seeds=tuple(ns.seeds), epochs=ns.epochs,
+                           train_subset=ns.train_subset, records=ns.records, eps=ns.eps, base=base,
+                           overrides=tuple(ns.overrides))
+    try:
+        result = select_teacher(ns.student, [_spec(t) for t in ns.teachers], regs, dataset=ns.dataset,
+                                ident=ident, cache=ns.cache, device=ns.device, parallel=ns.parallel,
+                                batch_size=ns.batch_size, min_learnable_confidence=ns.min_learnable_confidence)
+    except SelectionError as exc:
+        print(f"robust-distill select-teacher: {exc}", file=sys.stderr)
+        return 1
+    atomic_write_json(result, ns.out)
+    print(format_selection(result))
+    print(f"-> {ns.out}")
+    return 0
+
+
 @hookimpl
 def rd_register_commands(commands):
     commands.register(cmd_bench)
     commands.register(cmd_report)
     commands.register(cmd_unlearnable)
     commands.register(cmd_prune)
+    commands.register(cmd_select_teacher)
     commands.register(cmd_teacher_score)
     commands.register(cmd_specialization)
