@@ -685,15 +685,43 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any],
     """``key: old -> new`` for every key whose value differs between two plain config dicts, except
     ``may_differ`` (dotted keys; ``"eval.*"`` covers a whole section)."""
     a, b = _flat(old), _flat(new)
+    defaults = _flat(_plain_data(_field_defaults(Config)))
 
     def free(key: str) -> bool:
         return any(key == p or (p.endswith(".*") and key.startswith(p[:-1])) for p in may_differ)
+
+    def added_at_default(key: str) -> bool:
+        """A key the stored config predates (a newer version added it), set to its default: the old behaviour."""
+        return key not in a and key in defaults and _plain_data(b.get(key)) == defaults[key]
 
     def show(v: Any) -> str:
         return "(unset)" if v is _UNSET else repr(v)
 
     return [f"{k}: {show(a.get(k, _UNSET))} -> {show(b.get(k, _UNSET))}" for k in sorted(a.keys() | b.keys())
-            if not free(k) and a.get(k, _UNSET) != b.get(k, _UNSET)]
+            if not free(k) and not added_at_default(k) and a.get(k, _UNSET) != b.get(k, _UNSET)]
+
+
+def _field_defaults(cls: type) -> dict[str, Any]:
+    """The default of every field of a config dataclass that has one, nested sections as dicts."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def _plain_data(value: Any) -> Any:
+    """Tuples as lists, as a config reads back from YAML or a checkpoint."""
+    if isinstance(value, Mapping):
+        return {k: _plain_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_data(v) for v in value]
+    return value
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

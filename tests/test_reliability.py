@@ -94,8 +94,6 @@ import sys
 from robust_distill.config import load_config
 from robust_distill.plugin import get_registries
 from robust_distill.trainer import train
-
-from .conftest import write_teacher_checkpoint
 train(load_config(sys.argv[1], get_registries()), stop_after_epochs=int(sys.argv[2]))
 """
 
@@ -296,6 +294,18 @@ def test_resume_refuses_a_checkpoint_of_another_config(tiny_raw, tmp_path: Path,
     assert main(["train", str(config), "--set", "optim.epochs=3", "--set", "eval.n_examples=16",
                  "--set", "device=auto"]) == 0
     assert [r["epoch"] for r in rows(Path(raw["output_dir"]))] == [0, 1, 2]
+
+
+def test_resume_accepts_keys_a_newer_version_added_at_their_default() -> None:
+    """A run started before a key existed resumes when the key has its default (the behaviour it trained with)."""
+    from robust_distill.config import config_differences
+
+    old = {"seed": 0, "optim": {"lr": 0.1}}
+    assert config_differences(old, {"seed": 0, "optim": {"lr": 0.1, "precision": "fp32"}, "swa": {"start": None},
+                                    "save_epochs": []}) == []
+    assert config_differences(old, {"seed": 0, "optim": {"lr": 0.1, "precision": "bf16"}}) == [
+        "optim.precision: (unset) -> 'bf16'"]
+    assert config_differences(old, {"seed": 0, "optim": {"lr": 0.2}}) == ["optim.lr: 0.1 -> 0.2"]
 
 
 # -- item 10: no orphaned children ----------------------------------------------------------------------
