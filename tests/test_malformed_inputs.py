@@ -348,6 +348,29 @@ CASES = [
     Case("demo --epochs abc", argv("demo", "--epochs", "abc"), ["--epochs", "integer"]),
     Case("demo --n-test -1", argv("demo", "--n-test", "-1"), ["--n-test", ">= 1"]),
     Case("plugins unknown flag", argv("plugins", "--nmes"), ["unrecognized arguments: --nmes"]),
+    # -- export, prune, select-teacher ------------------------------------------------------------------------
+    Case("export missing run", argv("export", "{d}/no_run", "{d}/hub_out"), ["no_run"], 3),
+    Case("export --batch-size 0", argv("export", "{d}/results/good/a", "{d}/hub_out", "--batch-size", "0"),
+         ["--batch-size", ">= 1"]),
+    Case("export --n-examples abc", argv("export", "{d}/results/good/a", "{d}/hub_out", "--n-examples", "abc"),
+         ["--n-examples", "integer"]),
+    Case("prune missing checkpoint", argv("prune", "{d}/nope.pt", "--out", "{d}/p.pt", "--widths", "4"),
+         ["nope.pt"], 3),
+    Case("prune without --widths or --threshold", argv("prune", "{d}/teachers/good.pt", "--out", "{d}/p.pt"),
+         ["--threshold", "--widths"]),
+    Case("prune --n-check -1", argv("prune", "{d}/teachers/good.pt", "--out", "{d}/p.pt", "--widths", "4",
+                                    "--n-check", "-1"), ["--n-check", ">= 0"]),
+    Case("select-teacher unknown method", argv("select-teacher", "--student", "timm:convnet_xs", "--teachers",
+                                               "{d}/teachers/good.pt", "--methods", "pgd_att"),
+         ["--methods", "pgd_at"]),
+    Case("select-teacher --eps 8", argv("select-teacher", "--student", "timm:convnet_xs", "--teachers",
+                                        "{d}/teachers/good.pt", "--eps", "8"), ["--eps", "(0, 1]"]),
+    Case("select-teacher --seeds abc", argv("select-teacher", "--student", "timm:convnet_xs", "--teachers",
+                                            "{d}/teachers/good.pt", "--seeds", "abc"), ["--seeds", "integer"]),
+    Case("select-teacher --device", argv("select-teacher", "--student", "timm:convnet_xs", "--teachers",
+                                         "{d}/teachers/good.pt", "--device", "cuda:7"), ["--device", "cuda:7"]),
+    Case("select-teacher --out is a folder", argv("select-teacher", "--student", "timm:convnet_xs", "--teachers",
+                                                  "{d}/teachers/good.pt", "--out", "{d}/teachers"), ["--out"]),
 ]
 
 
@@ -408,7 +431,7 @@ def test_there_are_more_than_100_cases() -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_malformed_input_is_a_clear_error_and_writes_nothing(case: Case, folder: Path, monkeypatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    if case.id in ("eval cuda:7", "cuda:7", "specialization --device") and torch.cuda.device_count() > 7:
+    if case.id in ("eval cuda:7", "cuda:7", "specialization --device", "select-teacher --device") and torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
     if case.id == "sync_bn on CPU" and not NO_CUDA:
         pytest.skip("the case needs a machine without CUDA")

@@ -61,7 +61,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evaluate", default=None, metavar="ATTACKS",
                    help="measure these attacks now for the card (e.g. clean,pgd20,autoattack) instead of what "
                         "the run recorded")
-    p.add_argument("--n-examples", type=int, default=1000, help="test images for --evaluate (0: all)")
+    p.add_argument("--n-examples", type=integer(0), default=1000, help="test images for --evaluate (0: all)")
     p.add_argument("--batch-size", type=integer(1), default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--repo-id", default=None, help="the Hub repo it will live in (user/name), for the card's usage")
