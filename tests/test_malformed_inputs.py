@@ -431,7 +431,8 @@ def test_there_are_more_than_100_cases() -> None:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_malformed_input_is_a_clear_error_and_writes_nothing(case: Case, folder: Path, monkeypatch,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    if case.id in ("eval cuda:7", "cuda:7", "specialization --device", "select-teacher --device") and torch.cuda.device_count() > 7:
+    if (case.id in ("eval cuda:7", "cuda:7", "specialization --device", "select-teacher --device")
+            and torch.cuda.device_count() > 7):
         pytest.skip("this machine has a cuda:7")
     if case.id == "sync_bn on CPU" and not NO_CUDA:
         pytest.skip("the case needs a machine without CUDA")
