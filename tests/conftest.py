@@ -20,9 +20,15 @@ from robust_distill.plugin import PluginManager, Registries, get_registries  # n
 
 torch.set_num_threads(1)
 
+def _installed(name: str) -> bool:
+    """A real module, not a namespace package made by a folder of that name on ``sys.path``."""
+    spec = importlib.util.find_spec(name)
+    return spec is not None and spec.origin not in (None, "namespace")
+
+
 #: tests of the ``robustbench`` extra (not installed in tox's lowest/highest envs: it pins timm 1.0.9)
 needs_robustbench = pytest.mark.skipif(
-    importlib.util.find_spec("robustbench") is None,
+    not _installed("robustbench"),
     reason="the robustbench extra is not installed (tox's default env py311-torch214 runs these)")
 
 
