@@ -1,0 +1,11 @@
+"""Experiments on top of the engine: what a researcher runs after (or around) training.
+
+- :mod:`.bench`: the grid runner (methods x teachers x students x seeds x any key, resumable, parallel);
+- :mod:`.report`, :mod:`.plots`: tables (Markdown, CSV) and figures of finished runs;
+- :mod:`.unlearnable`, :mod:`.select_teacher`: the robustly unlearnable set S_U, teacher scores on it, and
+  teacher selection in one call ("Why robust teachers fail", ICML 2026);
+- :mod:`.specialization`, :mod:`.subspace`, :mod:`.specialization_report`: teacher-student node alignment
+  (NC, BNC, MBNC), the input subspace and epsilon_in/out, oracle robustness (Yang et al., AISTATS 2021).
+
+Nothing is imported here: each command imports the module it needs.
+"""
