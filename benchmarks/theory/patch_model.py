@@ -484,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "theory"))
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--sweep", default="2,16", help="more numbers of S_U samples (the main settings' 0 and "
+    p.add_argument("--sweep", default="2", help="more numbers of S_U samples (the main settings' 0 and "
                    "n_unlearnable are points of the sweep too; '' for no sweep)")
     p.add_argument("--sweep-seeds", type=int, default=2)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
