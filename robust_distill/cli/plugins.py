@@ -22,10 +22,12 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
     pm, regs = get_plugin_manager(), get_registries()
     commands = getattr(ns, "commands_", None)  # the parser's, when run through main()
     print("Plugins (in load order):")
+    w_name = max([16, *(len(n) for n in pm.info)])
+    w_module = max([44, *(len(i.module) for i in pm.info.values())])
     for name, info in pm.info.items():
-        print(f"  {name:<16} {info.module:<44} {info.distribution} ({info.kind})")
+        print(f"  {name:<{w_name}} {info.module:<{w_module}} {info.distribution} ({info.kind})")
     for where, why in pm.skipped.items():
-        print(f"  {where:<61} not loaded: {why}")
+        print(f"  {where:<{w_name + w_module + 1}} not loaded: {why}")
     print("\ncommands:")
     for e in (commands if commands is not None else build_commands(pm)).entries():
         print(f"  {e.name:<22} {e.help[:70]:<72} [{e.plugin}; {e.distribution}]")
