@@ -39,7 +39,7 @@ from robust_distill.analysis.specialization_report import (
 from robust_distill.analysis.subspace import InputSubspace, first_layer, fit_input_subspace
 from robust_distill.checkpoint import build_from_checkpoint
 from robust_distill.plugin import get_registries
-from robust_distill.report import spearman
+from robust_distill.analysis.report import spearman
 
 N_EXAMPLES = 500
 PCA_IMAGES = 5000
