@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from robust_distill._io import atomic_write_json, atomic_write_text
+from robust_distill.analysis.report import spearman
 from robust_distill.analysis.specialization_report import (
     plot_bnc_layers,
     plot_epsilon_curves,
@@ -39,7 +40,6 @@ from robust_distill.analysis.specialization_report import (
 from robust_distill.analysis.subspace import InputSubspace, first_layer, fit_input_subspace
 from robust_distill.checkpoint import build_from_checkpoint
 from robust_distill.plugin import get_registries
-from robust_distill.analysis.report import spearman
 
 N_EXAMPLES = 500
 PCA_IMAGES = 5000
@@ -414,8 +414,10 @@ def main(root: Path) -> int:
              "`benchmarks/specialization/run_all.sh`; single seed; test numbers on the first "
              f"{N_EXAMPLES} test images, robustness at eps {EPS} with PGD-{STEPS} (step {STEP}).", "",
              f"Teacher: widths {'-'.join(map(str, pruning['widths_before']))}, best validation accuracy "
-             f"{pct(teacher['best_value'])}%, pruned (fan-out norm below {pruning['threshold']} x its layer's largest) "
-             "to "
+             f"{pct(teacher['best_value'])}%, pruned ("
+             + (f"fan-out norm below {pruning['threshold']} x its layer's largest"
+                if pruning.get("threshold") is not None else "the channels of largest fan-out norm kept")
+             + ") to "
              f"{'-'.join(map(str, pruning['widths_after']))} (largest logit change "
              f"{pruning.get('max_abs_logit_change', float('nan')):.3g}, predictions changed on "
              f"{pct(pruning.get('prediction_changes', float('nan')))}% of {pruning.get('check_images', 0)} test "
