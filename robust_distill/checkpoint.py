@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import pickle
 import re
@@ -51,7 +52,8 @@ TRUST_HINT = ("Loading it would unpickle arbitrary Python objects, which can run
 
 
 def _safe_globals() -> list[Any]:
-    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 / 1
+    core = importlib.import_module("numpy._core.multiarray" if int(np.__version__.split(".")[0]) >= 2
+                                   else "numpy.core.multiarray")  # numpy 1.26 has a `_core` without it
     out: list[Any] = [np.dtype, np.ndarray, argparse.Namespace]
     for fn in ("scalar", "_reconstruct"):  # pickled under numpy 1's and numpy 2's module names
         f = getattr(core, fn)
