@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job, on a fresh machine: set up, then distil a robust Fashion-MNIST student with AdaAD.
+# The main job, on a fresh machine: set up, then distil a robust Fashion-MNIST student (IAD-I) and compare it with PGD-AT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
