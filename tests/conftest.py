@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("RD_DISABLE_PLUGIN_AUTOLOAD", "1")
 
 import copy  # noqa: E402
+import importlib.metadata  # noqa: E402
 import importlib.util  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -20,10 +21,14 @@ from robust_distill.plugin import PluginManager, Registries, get_registries  # n
 
 torch.set_num_threads(1)
 
-def _installed(name: str) -> bool:
-    """A real module, not a namespace package made by a folder of that name on ``sys.path``."""
-    spec = importlib.util.find_spec(name)
-    return spec is not None and spec.origin not in (None, "namespace")
+def _installed(dist: str) -> bool:
+    """The distribution itself is installed: pyautoattack 0.1.0 ships a partial ``robustbench`` package of its
+    own, and a folder of that name on ``sys.path`` imports as a namespace package."""
+    try:
+        importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 #: tests of the ``robustbench`` extra (not installed in tox's lowest/highest envs: it pins timm 1.0.9)

@@ -35,7 +35,14 @@ from robust_distill.streaming import (
 )
 from robust_distill.trainer import train
 
-from .conftest import image_color, write_image, write_image_folder, write_teacher_checkpoint, write_tiny_imagenet
+from .conftest import (
+    image_color,
+    needs_robustbench,
+    write_image,
+    write_image_folder,
+    write_teacher_checkpoint,
+    write_tiny_imagenet,
+)
 
 
 def ids(x: Tensor) -> list[int]:
@@ -402,6 +409,7 @@ def test_timm_students_at_64_and_224_and_the_cifar_stem(regs, tmp_path: Path) ->
         timm_src.check("resnet18", stem="cifra")
 
 
+@needs_robustbench
 def test_robustbench_imagenet_teachers_check_classes_and_preprocessing() -> None:
     from robust_distill import DatasetInfo
     from robust_distill_plugins.robustbench_teachers import RobustBenchTeachers
