@@ -30,7 +30,7 @@ from .registry import RegistryError, UnknownNameError
 from .threat import ThreatModel, parse_fraction
 
 __all__ = ["Config", "ConfigError", "load_config", "resolve_config", "apply_overrides", "config_to_dict", "read_yaml",
-           "StrictLoader", "config_differences", "RESUME_MAY_DIFFER", "ResumeMismatchError"]
+           "StrictLoader", "config_differences", "RESUME_MAY_DIFFER", "ResumeMismatchError", "plain_data"]
 
 SCHEMA_VERSION = 1
 #: ``optim.compile`` values besides true/false: ``torch.compile`` modes
@@ -685,14 +685,14 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any],
     """``key: old -> new`` for every key whose value differs between two plain config dicts, except
     ``may_differ`` (dotted keys; ``"eval.*"`` covers a whole section)."""
     a, b = _flat(old), _flat(new)
-    defaults = _flat(_plain_data(_field_defaults(Config)))
+    defaults = _flat(plain_data(_field_defaults(Config)))
 
     def free(key: str) -> bool:
         return any(key == p or (p.endswith(".*") and key.startswith(p[:-1])) for p in may_differ)
 
     def added_at_default(key: str) -> bool:
         """A key the stored config predates (a newer version added it), set to its default: the old behaviour."""
-        return key not in a and key in defaults and _plain_data(b.get(key)) == defaults[key]
+        return key not in a and key in defaults and plain_data(b.get(key)) == defaults[key]
 
     def show(v: Any) -> str:
         return "(unset)" if v is _UNSET else repr(v)
@@ -711,17 +711,20 @@ def _field_defaults(cls: type) -> dict[str, Any]:
             value = f.default_factory()
         else:
             continue
-        out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        out[f.name] = value
     return out
 
 
-def _plain_data(value: Any) -> Any:
-    """Tuples as lists, as a config reads back from YAML or a checkpoint."""
-    if isinstance(value, Mapping):
-        return {k: _plain_data(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_data(v) for v in value]
-    return value
+def plain_data(obj: Any) -> Any:
+    """Containers of str/int/float/bool/None only, tuples as lists: a config as it reads back from YAML or a
+    checkpoint (safe for ``weights_only`` loading and YAML)."""
+    if dataclasses.is_dataclass(obj):
+        return plain_data(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): plain_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain_data(v) for v in obj]
+    return obj
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -15,7 +15,6 @@ length and resumes from ``last.pt`` only if it was written by the same config (u
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -36,7 +35,7 @@ from ._lock import FolderLock, FolderLockedError
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint
 from .compilation import check_compile, compile_mode, compile_module
 from .components import InnerAttack, Method, OuterLoss, Part, Stateful, TeacherUpdater, split_spec
-from .config import Config, ResumeMismatchError, config_differences, config_to_dict
+from .config import Config, ResumeMismatchError, config_differences, config_to_dict, plain_data
 from .data import DataSplits, make_splits, place_data
 from .distributed import DistContext, all_reduce_sum, average_buffers, clone_state, init_distributed, resolve_device
 from .evaluation import EvalResult, evaluate_set, make_eval_attacks
@@ -175,7 +174,7 @@ class Run:
 
     def checkpoint(self, *, full: bool) -> dict[str, Any]:
         ckpt: dict[str, Any] = {"format": FORMAT, "model": self.student_spec, "state_dict": self.student.state_dict(),
-                                "epoch": self.epoch, "config": _plain(config_to_dict(self.config))}
+                                "epoch": self.epoch, "config": plain_data(config_to_dict(self.config))}
         if full:
             ckpt.update(optimizer=self.optimizer.state_dict(), scaler=self.scaler.state_dict(),
                         best=dict(self.best), parts={k: p.state_dict() for k, p in self.parts().items()})
@@ -207,17 +206,6 @@ class Run:
                             batch_size=self.config.data.eval_batch_size, device=self.device,
                             seed=self.config.seed, progress=self.dist.is_main, desc=desc,
                             precision=self.config.eval.precision)
-
-
-def _plain(obj: Any) -> Any:
-    """Containers of str/int/float/bool/None only (safe for ``weights_only`` loading and YAML)."""
-    if dataclasses.is_dataclass(obj):
-        return _plain(dataclasses.asdict(obj))
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 class _MetricsLog:
@@ -420,7 +408,7 @@ def _check_resumable(cfg: Config, last_path: Path) -> None:
     if not isinstance(stored, Mapping):
         raise CheckpointError(f"{str(last_path)!r} holds no config, so it cannot be resumed safely. Start over with "
                               "--no-resume (the run's files are overwritten) or use another output_dir.")
-    diffs = config_differences(stored, _plain(config_to_dict(cfg)))
+    diffs = config_differences(stored, plain_data(config_to_dict(cfg)))
     if diffs:
         raise ResumeMismatchError(last_path, diffs)
 
@@ -451,7 +439,7 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
             run.student, device_ids=[run.device.index] if run.device.type == "cuda" else None)
     if dist_ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(yaml.safe_dump(_plain(config_to_dict(cfg)), sort_keys=False), out / "config.yaml")
+        atomic_write_text(yaml.safe_dump(plain_data(config_to_dict(cfg)), sort_keys=False), out / "config.yaml")
         log.load(before_epoch=run.epoch)
     pm.call_lifecycle("rd_run_start", run=run)
     loggers.start(run, run.epoch * run.steps_per_epoch)

@@ -21,13 +21,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(ns: argparse.Namespace) -> int:
     import yaml
 
-    from ..config import config_to_dict, load_config
+    from ..config import config_to_dict, load_config, plain_data
     from ..plugin import get_registries
-    from ..trainer import _plain, train
+    from ..trainer import train
 
     cfg = load_config(ns.config, get_registries(), ns.overrides)
     if ns.check:
-        print(yaml.safe_dump(_plain(config_to_dict(cfg)), sort_keys=False))
+        print(yaml.safe_dump(plain_data(config_to_dict(cfg)), sort_keys=False))
         return 0
     summary = train(cfg, resume=not ns.no_resume)
     print(json.dumps(summary, indent=2, default=str))
