@@ -44,12 +44,14 @@ from ..config import ConfigError
 from ..hub import HubError
 from ..monitor import DivergenceError
 from ..plugin import PluginError
-from ..registry import Registry, RegistryError
+from ..preflight import check_device, check_output_file
+from ..registry import Registry, RegistryError, UnknownNameError
 
 if TYPE_CHECKING:
     from ..plugin import PluginManager
 
-__all__ = ["main", "build_parser", "command", "Command", "CommandRegistry", "build_commands", "integer", "radius"]
+__all__ = ["main", "build_parser", "command", "Command", "CommandRegistry", "build_commands", "integer", "radius",
+           "common_problems"]
 
 Setup = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -118,6 +120,19 @@ def radius(text: str) -> float:
                                          f"got {text!r}")
     return value
 
+
+
+def common_problems(ns: argparse.Namespace, regs: Any = None,
+                    out: Callable[[str], str | None] = check_output_file) -> list[str]:
+    """``--dataset`` (when ``regs`` is given), ``--device`` and ``--out`` (checked by ``out``): what is wrong."""
+    problems = []
+    if regs is not None and getattr(ns, "dataset", None) is not None and ns.dataset not in regs.datasets:
+        problems.append(f"--dataset: {UnknownNameError('dataset', ns.dataset, regs.datasets.names())}")
+    if problem := check_device(ns.device):
+        problems.append(f"--device: {problem}")
+    if getattr(ns, "out", None) is not None and (problem := out(ns.out)):
+        problems.append(f"--out: {problem}")
+    return problems
 
 
 class CommandRegistry(Registry[Command]):

@@ -12,9 +12,9 @@ from typing import Any
 from .. import hookimpl
 from .._io import InputError, atomic_write_json, read_json
 from ..config import ConfigError
-from ..preflight import check_device, check_output_dir, check_output_file
+from ..preflight import check_output_dir, check_output_file
 from ..registry import UnknownNameError
-from . import command, integer, radius
+from . import command, common_problems, integer, radius
 from .eval import markdown_table, resolve_model
 
 __all__: list[str] = []
@@ -160,20 +160,8 @@ def cmd_teacher_score(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _common_problems(ns: argparse.Namespace, regs: Any = None, out: Any = check_output_file) -> list[str]:
-    """``--dataset`` (when ``regs`` is given), ``--device`` and ``--out`` (checked by ``out``): what is wrong."""
-    problems = []
-    if regs is not None and getattr(ns, "dataset", None) is not None and ns.dataset not in regs.datasets:
-        problems.append(f"--dataset: {UnknownNameError('dataset', ns.dataset, regs.datasets.names())}")
-    if problem := check_device(ns.device):
-        problems.append(f"--device: {problem}")
-    if getattr(ns, "out", None) is not None and (problem := out(ns.out)):
-        problems.append(f"--out: {problem}")
-    return problems
-
-
 def _check_common(ns: argparse.Namespace, command: str) -> None:
-    problems = _common_problems(ns)
+    problems = common_problems(ns)
     if problems:
         raise ConfigError(problems, f"{command} arguments")
 
@@ -195,7 +183,7 @@ def _check_specialization_args(ns: argparse.Namespace, regs: Any) -> tuple[list[
             raise ValueError
     except ValueError:
         problems.append(f"--thresholds {ns.thresholds!r}: expected LOW,HIGH with -1 <= LOW <= HIGH <= 1, e.g. 0.8,0.9.")
-    problems += _common_problems(ns, regs, out=check_output_dir)
+    problems += common_problems(ns, regs, out=check_output_dir)
     if problems:
         raise ConfigError(problems, "specialization arguments")
     return pairs, thresholds  # type: ignore[return-value]
@@ -382,7 +370,7 @@ def cmd_select_teacher(ns: argparse.Namespace) -> int:
                 for m in ns.methods if m not in regs.methods]
     if ns.config is not None and not Path(ns.config).is_file():
         problems.append(f"--config: file {ns.config!r} does not exist.")
-    problems += _common_problems(ns, regs)
+    problems += common_problems(ns, regs)
     if problems:
         raise ConfigError(problems, "select-teacher arguments")
     base = (read_yaml(ns.config) or {}) if ns.config else {}

@@ -17,11 +17,10 @@ from ..data import dataset_info, make_splits
 from ..distributed import init_distributed, rank_and_world, resolve_device
 from ..evaluation import TransferAttack, evaluate_set, make_eval_attacks
 from ..plugin import Registries, get_registries
-from ..preflight import check_device, check_output_file
 from ..registry import UnknownNameError
 from ..streaming import default_workers
 from ..threat import format_eps, parse_fraction
-from . import command, integer, radius
+from . import command, common_problems, integer, radius
 
 __all__ = ["run_eval", "resolve_model", "markdown_table"]
 
@@ -43,18 +42,12 @@ def check_eval_args(ns: argparse.Namespace, regs: Registries) -> list[str]:
     for name in names:
         if name not in regs.eval_attacks:
             problems.append(f"--attacks: {UnknownNameError('eval attack', name, regs.eval_attacks.names())}")
-    if ns.dataset is not None and ns.dataset not in regs.datasets:
-        problems.append(f"--dataset: {UnknownNameError('dataset', ns.dataset, regs.datasets.names())}")
     for item in ns.model_option:
         if "=" not in item or not item.partition("=")[0].strip():
             problems.append(f"--model-option {item!r}: expected KEY=VALUE, e.g. --model-option model_dir=./models.")
     if ns.data_root is not None and not Path(ns.data_root).expanduser().is_dir():
         problems.append(f"--data-root: folder {ns.data_root!r} does not exist.")
-    for flag, problem in (("--device", check_device(ns.device)),
-                          ("--out", check_output_file(ns.out) if ns.out is not None else None)):
-        if problem:
-            problems.append(f"{flag}: {problem}")
-    return problems
+    return problems + common_problems(ns, regs)
 
 
 def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs: Registries,
