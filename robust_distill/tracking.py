@@ -191,27 +191,37 @@ class TrainMonitor:
         self.loggers = loggers if enabled else Loggers()
         self.every, self.step_count = max(1, every), step
         self.progress = Progress(total, desc, enabled=enabled)
-        self._loss, self._lr = math.nan, math.nan
+        self._lr = math.nan
+        self._loss: float | None = None  # the epoch's running mean loss at its last read, None before the first
+        self._loss_step = 0  # the step of this epoch (1-based) at which it was read
         self._sums: dict[str, float] = {}  # the epoch's running sums at the last interval log
         self._count = 0
 
     def _stats(self) -> dict[str, float]:
-        return {"loss": self._loss, "lr": self._lr}
+        """What the progress shows: the loss only once read, marked with its step when older than this one."""
+        if self._loss is None:
+            return {"lr": self._lr}
+        key = "loss" if self._loss_step == self.progress.n else f"loss(step {self._loss_step})"
+        return {key: self._loss, "lr": self._lr}
 
     def step(self, images: int, lr: float, *, means: Mapping[str, float] | None = None, count: int = 0) -> None:
         """One optimizer step on ``images`` images (all processes); ``means``: the running means of the epoch's
-        step values over its first ``count`` steps, when the engine has just read them."""
+        step values over its first ``count`` steps, when the engine has just read them.
+
+        Between reads (every ``optim.log_every`` steps on CUDA) the progress shows the last read loss labelled
+        with the step it was read at (``loss(step 16)=0.52``), and no loss before the first read: never a value
+        that was not read."""
         self.step_count += 1
         self._lr = lr
-        if means is not None:
-            self._loss = means.get("loss", math.nan)
-            if self.loggers and self.step_count % self.every == 0 and count > self._count:
-                sums = {k: v * count for k, v in means.items()}
-                n = count - self._count
-                self.loggers.log_interval(self.step_count, {
-                    **{f"train_step/{k}": (v - self._sums.get(k, 0.0)) / n for k, v in sums.items()},
-                    "train_step/lr": lr})
-                self._sums, self._count = sums, count
+        if means is not None and "loss" in means:
+            self._loss, self._loss_step = means["loss"], self.progress.n + 1
+        if means is not None and self.loggers and self.step_count % self.every == 0 and count > self._count:
+            sums = {k: v * count for k, v in means.items()}
+            n = count - self._count
+            self.loggers.log_interval(self.step_count, {
+                **{f"train_step/{k}": (v - self._sums.get(k, 0.0)) / n for k, v in sums.items()},
+                "train_step/lr": lr})
+            self._sums, self._count = sums, count
         self.progress.update(1, items=images, stats=self._stats)
 
     def close(self) -> None:

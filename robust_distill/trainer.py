@@ -246,6 +246,12 @@ def step_loss(step: Step, *, inner_attack: InnerAttack, outer_loss: OuterLoss, t
         return outer_loss(step)
 
 
+def read_interval(device: torch.device, log_every: int) -> int:
+    """Steps between two reads of the step diagnostics: every step on CPU (a host sync costs nothing there),
+    every ``optim.log_every`` steps on an accelerator (each read stops the GPU until it has caught up)."""
+    return 1 if device.type == "cpu" else log_every
+
+
 def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
     cfg, data, device = run.config, run.data, run.device
     _seed_everything(cfg.seed * 1_000_003 + epoch)
@@ -255,7 +261,7 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
     grad_teachers = frozenset(getattr(run.teacher_updater, "grad_teachers", frozenset()))
     monitor = StepMonitor(device)
     every = cfg.optim.log_every
-    read_every = 1 if device.type == "cpu" else every  # host syncs cost nothing on CPU
+    read_every = read_interval(device, every)
     batches = data.train_batches(epoch, batch_size=cfg.data.batch_size, seed=cfg.seed, device=device,
                                  augment=cfg.data.augment, rank=run.dist.rank, world_size=run.dist.world_size)
     tracker = TrainMonitor(run.loggers, total=iters, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",

@@ -37,8 +37,17 @@ needs_robustbench = pytest.mark.skipif(
     reason="the robustbench extra is not installed (tox's default env py311-torch214 runs these)")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--reverse-order", action="store_true",
+                     help="run the collected tests in reverse order (shows that no test depends on an earlier "
+                          "one's process-wide state; benchmarks/gpu/device_run.sh runs the cuda tests both ways)")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``cuda`` are skipped where no CUDA GPU is visible (CI never has one)."""
+    """``--reverse-order`` reverses the run; tests marked ``cuda`` are skipped where no CUDA GPU is visible (CI
+    never has one)."""
+    if config.getoption("reverse_order"):
+        items.reverse()
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -1,14 +1,18 @@
 """The CUDA path (marker ``cuda``: skipped where no GPU is visible, so CI only collects these).
 
-Run on a GPU machine with ``pytest -m cuda tests`` (``benchmarks/gpu/device_run.sh`` does it on a bare one).
+Run on a GPU machine with ``pytest -m cuda tests`` (``benchmarks/gpu/device_run.sh`` does it on a bare one, in
+the collected order and then reversed with ``--reverse-order``: every test here restores whatever process-wide
+CUDA state it changes, so the order does not matter).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
 import subprocess
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,19 +24,61 @@ from robust_distill.evaluation import evaluate
 from robust_distill.trainer import train
 
 from . import sharded_eval_worker as worker
+from .subproc import child_env
 from .test_precision import _fixed_batch_run
 
 pytestmark = pytest.mark.cuda
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@contextlib.contextmanager
+def sync_debug_mode(mode: str | int) -> Iterator[None]:
+    """``torch.cuda.set_sync_debug_mode(mode)`` for the block, restored whatever is raised.
+
+    torch warns that the mode is a prototype feature each time it is turned on; the suite turns warnings into
+    errors, so that expected warning is silenced here (it used to escape after the mode was set, leaving
+    "error" on for every later CUDA test).
+    """
+    before = torch.cuda.get_sync_debug_mode()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Synchronization debug mode is a prototype feature")
+            torch.cuda.set_sync_debug_mode(mode)
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+
+
 @pytest.fixture(autouse=True)
-def _fp32_matmuls():
-    """Exact comparisons need float32 convolutions and products (PyTorch allows TF32 in convolutions)."""
-    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+def _cuda_state():
+    """Every test starts from the same process-wide CUDA state and leaves it so: float32 convolutions and
+    products (exact comparisons; PyTorch allows TF32 in convolutions by default), no sync debug mode, no
+    compiled graphs, cuDNN's flags as found."""
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark,
+         torch.backends.cudnn.deterministic) = flags[:4]
+        torch.use_deterministic_algorithms(flags[4])
+        torch._dynamo.reset()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def _differences(a: torch.Tensor, b: torch.Tensor) -> str:
+    """The compared numbers, for a failure message."""
+    a, b = a.detach().double().cpu().flatten(), b.detach().double().cpu().flatten()
+    diff = (a - b).abs()
+    rel = diff / b.abs().clamp_min(1e-12)
+    i = int(diff.argmax())
+    return (f"max |a-b| = {diff.max().item():.3e} at index {i} (a={a[i].item():.8g}, b={b[i].item():.8g}), "
+            f"max relative {rel.max().item():.3e}, |a-b|/|b| = {(diff.norm() / b.norm().clamp_min(1e-12)).item():.3e}, "
+            f"{int((diff > 1e-5 + 1e-4 * b.abs()).sum())} of {a.numel()} outside rtol 1e-4/atol 1e-5")
 
 
 @pytest.mark.parametrize("method", ["pgd_at", "adaad"])
@@ -60,38 +106,63 @@ def test_the_training_loop_never_waits_for_the_gpu_between_reads(regs, monkeypat
     read = monitor.StepMonitor.read
 
     def read_allowed(self):
-        torch.cuda.set_sync_debug_mode(0)
-        try:
+        with sync_debug_mode(0):
             return read(self)
-        finally:
-            torch.cuda.set_sync_debug_mode("error")
 
     monkeypatch.setattr(monitor.StepMonitor, "read", read_allowed)
 
     torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+    with sync_debug_mode("error"):
         row = _train_epoch(run, 1)
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
     assert math.isfinite(row["train_loss"])
 
 
+def test_compiled_forward_and_input_gradient_match_eager_on_cuda(regs) -> None:
+    """One compiled forward and input gradient (what every PGD iteration computes) equal the eager ones up to
+    float32 rounding, in train and in eval mode: a real difference between inductor and eager fails here."""
+    torch.manual_seed(0)
+    eager, compiled = (regs.student_sources.get("timm").build("convnet_xs", input_shape=(3, 16, 16),
+                                                              num_classes=4).cuda() for _ in range(2))
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile()
+    x, y = torch.rand(32, 3, 16, 16, device="cuda"), torch.randint(0, 4, (32,), device="cuda")
+    for training in (False, True):
+        outs = []
+        for model in (eager, compiled):
+            model.train(training)
+            xi = x.clone().requires_grad_(True)
+            logits = model(xi)
+            grad, = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, y), xi)
+            outs.append((logits.detach(), grad))
+        (le, ge), (lc, gc) = outs
+        mode = "train" if training else "eval"
+        assert torch.allclose(lc, le, rtol=1e-4, atol=1e-5), f"{mode} logits: {_differences(lc, le)}"
+        assert torch.allclose(gc, ge, rtol=1e-4, atol=1e-6), f"{mode} input gradient: {_differences(gc, ge)}"
+
+
 def test_compiled_step_matches_eager_on_cuda(regs) -> None:
+    """Three AdaAD steps, compiled against eager, with deterministic cuDNN and TF32 off in both.
+
+    Each step runs a 10-iteration sign-gradient PGD: a rounding difference in an input gradient that is nearly
+    zero flips its sign and moves that pixel by 2 step sizes, so trajectories agree to about 1e-3, not to the
+    1e-4 of one forward (the previous tolerance; CPU inductor meets it, this test failed on an H200 with it).
+    The message shows the compared numbers.
+    """
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     eager_losses, eager_w, _ = _fixed_batch_run(regs, "fp32", "adaad", device="cuda")
     torch._dynamo.reset()
     losses, w, _ = _fixed_batch_run(regs, "fp32", "adaad", device="cuda", compile=True)
-    assert losses == pytest.approx(eager_losses, rel=1e-4)
-    assert torch.allclose(w, eager_w, rtol=1e-4, atol=1e-5)
+    shown = f"compiled losses {losses} vs eager {eager_losses}; weights: {_differences(w, eager_w)}"
+    assert losses == pytest.approx(eager_losses, rel=1e-3), shown
+    assert ((w - eager_w).norm() / eager_w.norm()).item() < 1e-3, shown
     torch._dynamo.reset()
     losses_bf16, w_bf16, _ = _fixed_batch_run(regs, "bf16", "adaad", device="cuda", compile=True)
-    assert all(math.isfinite(v) for v in losses_bf16) and torch.isfinite(w_bf16).all()
+    assert all(math.isfinite(v) for v in losses_bf16) and torch.isfinite(w_bf16).all(), losses_bf16
 
 
 def test_sharded_evaluation_on_cuda_equals_unsharded(tmp_path: Path) -> None:
     """Two processes on the GPU (gloo, as NCCL needs one GPU per process) against one."""
-    env = {**os.environ, "RD_DISABLE_PLUGIN_AUTOLOAD": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
-           "RD_DIST_BACKEND": "gloo"}
+    env = child_env({"RD_DIST_BACKEND": "gloo"})  # the workers import what this process imports
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "tests" / "sharded_eval_worker.py"), str(tmp_path / "two.pt"), "cuda"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)

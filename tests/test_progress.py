@@ -129,3 +129,45 @@ def test_autoattack_reports_its_stages(regs, every_step, capsys: pytest.CaptureF
         assert t[0].split("run ")[1].split()[0].endswith("/3")
     assert f"robust={100 * accuracy:.2f}%" in (t or ce)[-1]  # the stage that ran last states the result
 
+
+
+def test_between_reads_progress_shows_the_last_read_loss_marked_with_its_step(
+        tiny_config, every_step, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """On CUDA the step diagnostics are read every ``optim.log_every`` steps: the lines in between show the
+    last read loss labelled with its step, and no loss at all before the first read - never ``loss=nan``."""
+    from robust_distill import trainer
+
+    monkeypatch.setattr(trainer, "read_interval", lambda device, log_every: log_every)  # CUDA's schedule on CPU
+    cfg = tiny_config("pgd_at", overrides=["optim.epochs=2", "optim.log_every=3", "data.options.n_train=128"])
+    summary = train(cfg)
+    err = capsys.readouterr().err
+    steps = {int(line.split("% step ")[1].split("/")[0]) + 100 * (line.startswith("epoch 2/2")): line
+             for line in err.splitlines() if line.startswith(("epoch 1/2 ", "epoch 2/2 ")) and "% step" in line}
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6, 101, 102, 103, 104, 105, 106]  # 96 images / 16 per epoch
+    assert not any("nan" in line for line in steps.values())
+
+    def loss_field(line: str) -> str | None:
+        return next((f.split("=")[0] for f in line.replace("  ", " ").split(" ") if f.startswith("loss")), None)
+
+    # reads: global steps 3 and 6 in epoch 1 (3, 6), 9 and 12 in epoch 2 (its steps 3 and 6); epoch 2 starts
+    # with no value of its own
+    assert [loss_field(steps[s]) for s in (1, 2, 3, 4, 5, 6)] == [None, None, "loss", "loss(step", "loss(step",
+                                                                  "loss"]
+    assert "loss(step 3)=" in steps[4] and "loss(step 3)=" in steps[5]
+    assert [loss_field(steps[s]) for s in (101, 102, 103, 104)] == [None, None, "loss", "loss(step"]
+    assert "loss(step 3)=" in steps[104] and math.isfinite(summary["best_value"])
+
+
+def test_train_monitor_never_shows_an_unread_value(clock: Clock) -> None:
+    from robust_distill.tracking import Loggers, TrainMonitor
+
+    monitor = TrainMonitor(Loggers(), total=5, desc="epoch 1/1", enabled=True, every=2, step=0)
+    monitor.progress = Progress(5, "epoch 1/1", mode="lines", stream=io.StringIO(), every_s=0, every_pct=0,
+                                delay_s=0)
+    reads = {2: {"loss": 0.75}, 4: {"loss": 0.5}}
+    for i in range(1, 6):
+        clock.t += 1
+        monitor.step(16, 0.1, means=reads.get(i), count=i)
+    shown = [line.split("  ")[2] for line in monitor.progress.lines]
+    assert shown == ["lr=0.1", "loss=0.75 lr=0.1", "loss(step 2)=0.75 lr=0.1", "loss=0.5 lr=0.1",
+                     "loss(step 4)=0.5 lr=0.1"]
