@@ -31,22 +31,26 @@ pytestmark = pytest.mark.cuda
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def set_sync_debug_mode(mode: str | int) -> None:
+    """``torch.cuda.set_sync_debug_mode(mode)`` with torch's expected warning silenced.
+
+    torch warns that the mode is a prototype feature when it sets it; the suite turns warnings into errors, and
+    that error used to escape *after* the mode was set, leaving "error" on for every later CUDA test.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Synchronization debug mode is a prototype feature")
+        torch.cuda.set_sync_debug_mode(mode)
+
+
 @contextlib.contextmanager
 def sync_debug_mode(mode: str | int) -> Iterator[None]:
-    """``torch.cuda.set_sync_debug_mode(mode)`` for the block, restored whatever is raised.
-
-    torch warns that the mode is a prototype feature each time it is turned on; the suite turns warnings into
-    errors, so that expected warning is silenced here (it used to escape after the mode was set, leaving
-    "error" on for every later CUDA test).
-    """
+    """The sync debug mode ``mode`` for the block, the previous one restored whatever is raised."""
     before = torch.cuda.get_sync_debug_mode()
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Synchronization debug mode is a prototype feature")
-            torch.cuda.set_sync_debug_mode(mode)
+        set_sync_debug_mode(mode)
         yield
     finally:
-        torch.cuda.set_sync_debug_mode(before)
+        set_sync_debug_mode(before)
 
 
 @pytest.fixture(autouse=True)
@@ -57,11 +61,11 @@ def _cuda_state():
     flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark,
              torch.backends.cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    torch.cuda.set_sync_debug_mode(0)
+    set_sync_debug_mode(0)
     try:
         yield
     finally:
-        torch.cuda.set_sync_debug_mode(0)
+        set_sync_debug_mode(0)
         (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark,
          torch.backends.cudnn.deterministic) = flags[:4]
         torch.use_deterministic_algorithms(flags[4])
