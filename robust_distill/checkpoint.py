@@ -135,8 +135,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *, 
         if cut is not None:
             raise CheckpointError(f"Could not read checkpoint {str(p)!r}: {cut}. A copy or download that did not "
                                   "finish leaves such a file: copy or download it again.") from exc
+        why = str(exc) or type(exc).__name__
         raise CheckpointError(
-            f"Could not read checkpoint {str(p)!r} with torch.load(weights_only=True): {exc}. "
+            f"Could not read checkpoint {str(p)!r} with torch.load(weights_only=True): {why}. "
             "If it is a truncated or HTML file from a failed download, delete it and download it again."
         ) from exc
 
