@@ -7,8 +7,9 @@ reports, plots), and the one place that reads the JSON files it wrote back with 
   renamed over the target (``os.replace``): a reader sees the old file or the new one, never a mix.
 - The new file gets the mode a plain ``open(path, "w")`` would give it, ``0o666 & ~umask``
   (``tempfile.mkstemp`` creates ``0o600``, which would hide results from the group on a shared cluster).
-- A full disk (``ENOSPC``, ``EDQUOT``) is a :class:`DiskFullError` naming the file, whatever layer saw it
-  first (``torch.save`` turns it into "unexpected pos ..."); the old file stays as it was.
+- A write that fails (a read-only file system, a permission, an I/O error) is a :class:`WriteError` naming
+  the file, not its temp file; a full disk (``ENOSPC``, ``EDQUOT``) is a :class:`DiskFullError`, whatever layer
+  saw it first (``torch.save`` turns it into "unexpected pos ..."). The old file stays as it was.
 - A temp file left by a process that was killed mid-write is removed by :func:`remove_stale_temp_files`,
   which the owner of a folder (the holder of its lock) calls on start.
 """
@@ -28,18 +29,22 @@ from typing import IO, Any
 import torch
 
 __all__ = ["atomic_write", "atomic_save", "atomic_write_text", "atomic_write_json", "read_json", "read_jsonl",
-           "remove_stale_temp_files", "DiskFullError", "InputError", "CorruptFileError"]
+           "remove_stale_temp_files", "WriteError", "DiskFullError", "InputError", "CorruptFileError"]
 
 #: what :func:`atomic_write` names its temp files (``tempfile.mkstemp``'s 8 random characters)
 TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class DiskFullError(OSError):
-    """No space left (or the quota is exhausted) while writing a file; the previous version is intact."""
+class WriteError(OSError):
+    """Writing a file failed; the message names it (``filename``) and says that its previous version is intact."""
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class DiskFullError(WriteError):
+    """No space left (or the quota is exhausted) while writing a file; the previous version is intact."""
 
 
 class InputError(ValueError):
@@ -79,7 +84,12 @@ class _Recording:
         return getattr(self._f, name)
 
 
-def _disk_full(path: Path, exc: BaseException) -> DiskFullError:
+def _write_error(path: Path, exc: OSError) -> WriteError:
+    """The error for a write of ``path`` that failed with ``exc`` (raised on its temp file, or inside torch)."""
+    if exc.errno not in _FULL:
+        return WriteError(exc.errno, f"Could not write {str(path)!r}: {exc.strerror or exc}. The previous version "
+                          "of the file, if any, is intact: run the same command again once it can be written.",
+                          str(path))
     try:
         free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free"
     except OSError:
@@ -87,16 +97,16 @@ def _disk_full(path: Path, exc: BaseException) -> DiskFullError:
     return DiskFullError(
         errno.ENOSPC, f"No space left on device while writing {str(path)!r} ({free} on its file system; "
         f"{type(exc).__name__}: {exc}). The previous version of the file, if any, is intact. Free some space "
-        "(or point output_dir elsewhere) and run the same command again: training resumes from last.pt.")
+        "(or write elsewhere) and run the same command again.", str(path))
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
     """Call ``write(f)`` on a temp file beside ``path``, then rename it to ``path`` (see the module doc)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    recording = None
+    tmp = recording = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             recording = _Recording(f)
@@ -105,13 +115,14 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:  # gone, or the file system is read-only by now: the next owner removes it
+                pass
         cause = recording.error if recording is not None and recording.error is not None else exc
-        if isinstance(cause, OSError) and cause.errno in _FULL and not isinstance(exc, DiskFullError):
-            raise _disk_full(path, cause) from exc
+        if isinstance(cause, OSError) and not isinstance(exc, WriteError):
+            raise _write_error(path, cause) from exc
         raise
 
 

@@ -4,7 +4,8 @@ Private. ``train`` (rank 0 under torchrun) holds its run folder's lock for the w
 its grid folder's, so two runs never mix their checkpoints and metrics in one folder. The lock file holds the
 holder's PID, host and command, which the refusal names. The kernel drops the lock when the holder dies,
 however it dies (``kill -9`` included): a stale ``.lock`` file is never a problem, the next process simply
-takes it. The holder removes the file when it is done (and the folder, if it created it and left it empty).
+takes it. The holder removes the file when it is done (and the folder, if it created it and left it empty),
+and leaves it where it cannot (a file system remounted read-only).
 
 ``flock`` locks are per host on most network file systems (NFS emulates them with ``fcntl`` locks, which it
 does forward to the server): two hosts writing one folder on a file system without lock support are not
@@ -103,6 +104,8 @@ class FolderLock:
             return
         try:
             self.path.unlink(missing_ok=True)  # while still locked: nobody else can be using this file
+        except OSError:  # read-only by now: the file stays (harmless); the error in flight is the one to report
+            pass
         finally:
             os.close(self._fd)
             self._fd = None

@@ -131,10 +131,32 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *, 
     except UnsafeCheckpointError:
         raise
     except Exception as exc:
+        cut = _cut_short(p)
+        if cut is not None:
+            raise CheckpointError(f"Could not read checkpoint {str(p)!r}: {cut}. A copy or download that did not "
+                                  "finish leaves such a file: copy or download it again.") from exc
+        why = str(exc) or type(exc).__name__
         raise CheckpointError(
-            f"Could not read checkpoint {str(p)!r} with torch.load(weights_only=True): {exc}. "
+            f"Could not read checkpoint {str(p)!r} with torch.load(weights_only=True): {why}. "
             "If it is a truncated or HTML file from a failed download, delete it and download it again."
         ) from exc
+
+
+def _cut_short(path: Path) -> str | None:
+    """Why an unreadable file is incomplete: ``"it is empty (0 bytes)"``, or ``"it is truncated at N bytes
+    (...)"`` for the start of a zip archive (``torch.save``'s format) without the index that ends every archive;
+    None otherwise. The total size is unknowable: only that index records it."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "it is empty (0 bytes)"
+        with path.open("rb") as f:
+            if not b"PK\x03\x04".startswith(f.read(4)) or zipfile.is_zipfile(f):  # the zip format's first bytes
+                return None
+    except OSError:
+        return None
+    return (f"it is truncated at {size} bytes (it begins as a torch.save zip archive but lacks the archive's end, "
+            "its index)")
 
 
 #: Where research checkpoints keep the weights, in timm's order of preference (EMA weights first).

@@ -30,12 +30,12 @@ import torch
 import yaml
 from torch import nn
 
-from ._io import atomic_save, atomic_write_json, atomic_write_text, remove_stale_temp_files
+from ._io import WriteError, atomic_save, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from ._lock import FolderLock, FolderLockedError
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint
 from .compilation import check_compile, compile_mode, compile_module
 from .components import InnerAttack, Method, OuterLoss, Part, Stateful, TeacherUpdater, split_spec
-from .config import Config, ResumeMismatchError, config_differences, config_to_dict, plain_data
+from .config import Config, ConfigError, ResumeMismatchError, config_differences, config_to_dict, plain_data
 from .data import DataSplits, make_splits, place_data
 from .distributed import DistContext, all_reduce_sum, average_buffers, clone_state, init_distributed, resolve_device
 from .evaluation import EvalResult, evaluate_set, make_eval_attacks
@@ -46,7 +46,7 @@ from .step import Step
 from .tracking import Loggers, TrainMonitor, error_in_flight
 from .trained import StudentSWA
 
-__all__ = ["Run", "train", "step_loss", "build_student", "load_teacher", "load_data", "model_spec"]
+__all__ = ["Run", "train", "check_resumable", "step_loss", "build_student", "load_teacher", "load_data", "model_spec"]
 
 
 def _seed_everything(seed: int) -> None:
@@ -385,7 +385,8 @@ def train(cfg: Config, *, regs: Registries | None = None, pm: PluginManager | No
 @contextmanager
 def _own_output_dir(out: Path, dist_ctx: DistContext) -> Iterator[None]:
     """Rank 0 holds the folder's lock for the whole run (every rank fails together when another process holds
-    it), then removes the temp files that writes interrupted by a kill left behind."""
+    it), then removes the temp files that writes interrupted by a kill left behind. A write that fails says
+    what the same command will do next (:func:`_resumes_from`)."""
     lock = FolderLock(out, "output_dir")
     holder = None
     if dist_ctx.is_main:
@@ -403,20 +404,54 @@ def _own_output_dir(out: Path, dist_ctx: DistContext) -> Iterator[None]:
                 print(f"robust-distill: removed {len(removed)} temp file(s) that interrupted writes left in {out}: "
                       f"{', '.join(removed)}", file=sys.stderr, flush=True)
         yield
+    except WriteError as exc:
+        raise type(exc)(exc.errno, f"{exc} {_resumes_from(out)}.", exc.filename) from exc
     finally:
         lock.release()
 
 
-def _check_resumable(cfg: Config, last_path: Path) -> None:
-    """Refuse a ``last.pt`` written by another configuration (see :data:`~robust_distill.config.RESUME_MAY_DIFFER`)."""
-    stored = load_checkpoint(last_path, mmap=True)
-    stored = stored.get("config") if isinstance(stored, Mapping) else None
+def _resumes_from(out: Path) -> str:
+    """What ``train`` does after a failure, from what ``out/last.pt`` holds (it commits each epoch)."""
+    last = out / "last.pt"
+    try:
+        epoch = int(load_checkpoint(last, mmap=True)["epoch"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return "No epoch was finished: `train` starts over"
+    return f"`train` resumes from the last finished epoch (epoch {epoch}, in {str(last)!r})"
+
+
+_NO_RESUME = ("start over with --no-resume (the folder's checkpoints and metrics are overwritten) or use another "
+              "output_dir")
+
+
+def check_resumable(cfg: Config) -> None:
+    """What ``train(cfg)`` checks before resuming ``output_dir/last.pt`` (nothing when there is none).
+
+    Refused: a ``last.pt`` written by another configuration (up to
+    :data:`~robust_distill.config.RESUME_MAY_DIFFER`), or one holding more epochs than ``optim.epochs``: its
+    weights cannot lose epochs, and the run's files would state a budget other than the one that produced them.
+    """
+    last = Path(cfg.output_dir) / "last.pt"
+    if not last.is_file():
+        return
+    try:
+        ckpt = load_checkpoint(last, mmap=True)
+    except CheckpointError as exc:
+        raise type(exc)(f"{exc} To train in this folder anyway, {_NO_RESUME}.") from exc
+    stored = ckpt.get("config") if isinstance(ckpt, Mapping) else None
     if not isinstance(stored, Mapping):
-        raise CheckpointError(f"{str(last_path)!r} holds no config, so it cannot be resumed safely. Start over with "
-                              "--no-resume (the run's files are overwritten) or use another output_dir.")
+        raise CheckpointError(f"{str(last)!r} holds no config, so it cannot be resumed safely: {_NO_RESUME}.")
     diffs = config_differences(stored, plain_data(config_to_dict(cfg)))
     if diffs:
-        raise ResumeMismatchError(last_path, diffs)
+        raise ResumeMismatchError(last, diffs)
+    done, epochs = ckpt.get("epoch"), cfg.optim.epochs
+    if isinstance(done, int) and epochs < done:
+        budget = stored.get("optim", {}).get("epochs", done)
+        of = f" (of the {budget} its run was set to)" if budget != done else ""
+        raise ConfigError([f"optim.epochs: {epochs} is fewer than the {done} epochs {str(last)!r} holds{of}. Its "
+                           f"weights cannot lose epochs, and resuming would record a budget of {epochs} for them. "
+                           f"Set optim.epochs to {done} or more ({done}: the finished run is evaluated again), or "
+                           f"{_NO_RESUME}."], f"resume from {str(last)!r}")
 
 
 def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistContext, loggers: Loggers,
@@ -426,8 +461,8 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic  # autotuned convolutions: every batch has one shape
     last_path = Path(cfg.output_dir) / "last.pt"
-    if resume and last_path.is_file():
-        _check_resumable(cfg, last_path)  # before any work
+    if resume:
+        check_resumable(cfg)  # before any work
     run = Run(cfg, regs, pm, dist_ctx)
     run.loggers = loggers
     out = run.output_dir

@@ -23,10 +23,12 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     from ..config import config_to_dict, load_config, plain_data
     from ..plugin import get_registries
-    from ..trainer import train
+    from ..trainer import check_resumable, train
 
     cfg = load_config(ns.config, get_registries(), ns.overrides)
     if ns.check:
+        if not ns.no_resume:
+            check_resumable(cfg)  # what train checks next, before any work
         print(yaml.safe_dump(plain_data(config_to_dict(cfg)), sort_keys=False))
         return 0
     summary = train(cfg, resume=not ns.no_resume)
