@@ -493,7 +493,8 @@ def _check_schedule(schedule: Any, cfg: Config, problems: list[str]) -> None:
     for epoch in (e / 2 for e in range(2 * cfg.optim.epochs)):
         try:
             value = schedule(epoch)
-            bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+            bad = (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                   or value < 0)
         except Exception as exc:
             problems.append(f"optim.schedule: {cfg.optim.schedule.key!r} fails at epoch {epoch:g}: "
                             f"{type(exc).__name__}: {exc}")
