@@ -31,7 +31,8 @@ from .registry import RegistryError, UnknownNameError
 from .threat import ThreatModel, parse_fraction
 
 __all__ = ["Config", "ConfigError", "load_config", "resolve_config", "apply_overrides", "config_to_dict", "read_yaml",
-           "StrictLoader", "config_differences", "RESUME_MAY_DIFFER", "ResumeMismatchError", "plain_data"]
+           "StrictLoader", "config_differences", "RESUME_MAY_DIFFER", "ResumeMismatchError", "plain_data",
+           "effective_config"]
 
 SCHEMA_VERSION = 1
 #: ``optim.compile`` values besides true/false: ``torch.compile`` modes
@@ -837,6 +838,38 @@ def plain_data(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [plain_data(v) for v in obj]
     return obj
+
+
+#: constructor arguments the engine passes itself (``Registry.build``'s ``provided``): not user options
+ENGINE_ARGUMENTS = frozenset({"epochs", "num_classes", "registries", "batch_size", "output_dir", "eps"})
+
+
+def effective_config(cfg: Config, regs: Any) -> dict[str, Any]:
+    """The config as plain data, each part's ``kwargs`` completed with its constructor's defaults: every value
+    the run uses (what ``train --check`` prints)."""
+    out = plain_data(config_to_dict(cfg))
+    parts = [(regs.inner_attacks, out["inner_attack"]), (regs.outer_losses, out["outer_loss"]),
+             (regs.teacher_updaters, out["teacher_updater"]), (regs.lr_schedules, out["optim"]["schedule"]),
+             *((regs.loggers, part) for part in out["logging"])]
+    for registry, part in parts:
+        try:
+            params = inspect.signature(registry.get(part["key"])).parameters.values()
+        except (TypeError, ValueError, UnknownNameError):
+            continue
+        defaults = {p.name: p.default for p in params if p.default is not p.empty
+                    and p.name not in part["kwargs"] and p.name not in ENGINE_ARGUMENTS}
+        part["kwargs"] = {**part["kwargs"], **{k: _plain_value(v) for k, v in defaults.items()}}
+    return out
+
+
+def _plain_value(value: Any) -> Any:
+    """``value`` as YAML can write it safely (an object that is not plain data as its repr)."""
+    plain = plain_data(value)
+    try:
+        yaml.safe_dump(plain)
+    except yaml.YAMLError:
+        return repr(value)
+    return plain
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -14,20 +14,26 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set optim.epochs=5 --set threat.eps=16/255")
     p.add_argument("--no-resume", action="store_true", help="start over even if output_dir has last.pt")
-    p.add_argument("--check", action="store_true", help="validate the config, print it resolved, and exit")
+    p.add_argument("--check", action="store_true",
+                   help="build the run without training it (every part, teacher and student, on the meta device) "
+                        "and print the effective config, constructor defaults included; writes nothing")
 
 
-@command("train", "train a student from a YAML config (resumes from output_dir/last.pt)", _train_args)
+@command("train", "train a student from a YAML config (resumes from output_dir/last.pt)", _train_args,
+         interrupted="the same `robust-distill train` command resumes from the last finished epoch.")
 def cmd_train(ns: argparse.Namespace) -> int:
     import yaml
 
-    from ..config import config_to_dict, load_config, plain_data
+    from ..config import effective_config, load_config
     from ..plugin import get_registries
     from ..trainer import train
 
-    cfg = load_config(ns.config, get_registries(), ns.overrides)
+    regs = get_registries()
+    cfg = load_config(ns.config, regs, ns.overrides)  # validates by building the run on `meta` (config.validate)
     if ns.check:
-        print(yaml.safe_dump(plain_data(config_to_dict(cfg)), sort_keys=False))
+        print("# the effective config: defaults < the method's < the file < --set; parts' constructor defaults "
+              "included")
+        print(yaml.safe_dump(effective_config(cfg, regs), sort_keys=False))
         return 0
     summary = train(cfg, resume=not ns.no_resume)
     print(json.dumps(summary, indent=2, default=str))
