@@ -171,18 +171,19 @@ class StrictLoader(yaml.SafeLoader):
     (``<<: *defaults``) work as in YAML 1.1: the mapping's own keys override the merged ones."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
+        seen: dict[Any, yaml.Node] = {}
         for key_node, _ in node.value:
             if key_node.tag == MERGE_TAG:  # `<<: *anchor`: its keys are defaults the mapping's own keys override
                 continue
             key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
             try:
-                first = seen.setdefault(key, key_node.start_mark.line)
+                first = seen.setdefault(key, key_node)
             except TypeError:  # an unhashable key: SafeLoader reports it below
                 continue
-            if first != key_node.start_mark.line:
+            if first is not key_node:
                 raise DuplicateKeyError(
-                    None, None, f"duplicate key {key!r} (first at line {first + 1}): YAML would keep only the "
+                    None, None, f"duplicate key {key!r} (first at line {first.start_mark.line + 1}): YAML would keep "
+                    "only the "
                     "last value, so robust-distill refuses; remove one of them", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
 

@@ -108,7 +108,12 @@ def _writable(folder: Path) -> str | None:
 
 def _existing_ancestor(path: Path) -> Path:
     path = path.absolute()
-    while not path.exists() and path != path.parent:
+    while path != path.parent:
+        try:
+            if path.exists():
+                break
+        except OSError:  # a name or path too long to look up
+            pass
         path = path.parent
     return path
 
