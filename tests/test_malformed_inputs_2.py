@@ -24,8 +24,9 @@ import yaml
 
 from robust_distill._io import atomic_save
 from robust_distill.cli import main
+from robust_distill.config import config_to_dict, plain_data, resolve_config
 
-from .test_malformed_inputs import BASE, Case, _fixtures, argv, check_case, config, text
+from .test_malformed_inputs import BASE, Case, _fixtures, _snapshot, argv, check_case, config, text
 
 CHECK = ("--check",)
 RSLAD = "rslad"
@@ -144,6 +145,9 @@ CASES = [
          ["optim.lrr", "Did you mean 'lr'"]),
     Case("--set mapping replaced by a list", override("optim=[1]"), ["optim", "mapping"]),
     Case("--set infinite lr", override("optim.lr=.inf"), ["optim.lr", "finite"]),
+    # -- a run to resume -------------------------------------------------------------------------------------
+    Case("last.pt of another config", check({"output_dir": "{d}/resume"}),
+         ["resume/last.pt", "seed: 5 -> 0", "--no-resume"]),
     # -- hf-hub: teachers and students ------------------------------------------------------------------
     Case("hub teacher truncated", check(hub("truncated"), RSLAD),
          ["teachers.robust.key", "incomplete metadata", "download it again"]),
@@ -245,6 +249,9 @@ def _special_files(special: Path) -> Iterator[socket.socket]:
 def folder(tmp_path_factory: pytest.TempPathFactory, regs: Any) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("malformed2")
     _fixtures(path, regs)
+    (path / "resume").mkdir()
+    resume = resolve_config({**BASE, "seed": 5, "output_dir": str(path / "resume")}, regs)
+    atomic_save({"config": plain_data(config_to_dict(resume))}, path / "resume" / "last.pt")
     (path / "hubs").mkdir()
     _hub_fixtures(path / "hubs", regs)
     for sock in _special_files(path / "special"):
@@ -283,3 +290,25 @@ def test_an_interrupt_message_fits_its_command(argv_: list[str], advice: str | N
     assert main(argv_) == 130
     err = capsys.readouterr().err
     assert err == (f"robust-distill: interrupted; {advice}\n" if advice else "robust-distill: interrupted.\n")
+
+
+def test_check_prints_the_effective_config_which_resolves_to_the_same_run(folder: Path, regs: Any, monkeypatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``--check`` on a folder with a ``last.pt`` of another config passes with ``--no-resume``; what it prints is
+    the config with every part's constructor defaults, and read back it is the same run. Nothing is written."""
+    from robust_distill.config import effective_config
+
+    monkeypatch.chdir(folder)
+    args = check({"output_dir": "{d}/resume"}, "trades")(folder)
+    before = _snapshot(folder)
+    capsys.readouterr()
+    assert main([*args, "--no-resume"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert _snapshot(folder) == before
+    assert printed["inner_attack"] == {"key": "kl_pgd", "kwargs": {
+        "target": "student_clean", "start": "gaussian", "clamp_start": False, "role": "robust", "temperature": 1.0,
+        "bn_mode": "eval"}}  # TRADES' own target and start, then KLPGD's defaults
+    assert printed["outer_loss"] == {"key": "trades", "kwargs": {"beta": 6.0, "reproduce_forwards": True}}
+    assert printed["optim"]["schedule"]["kwargs"] == {"milestones": [1], "gamma": 0.1, "reproduce_reset_bug": False}
+    again = resolve_config(printed, regs)
+    assert effective_config(again, regs) == printed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from .. import hookimpl
 from . import command
@@ -26,11 +27,15 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     from ..config import effective_config, load_config
     from ..plugin import get_registries
-    from ..trainer import train
+    from ..trainer import _check_resumable, train
 
     regs = get_registries()
     cfg = load_config(ns.config, regs, ns.overrides)  # validates by building the run on `meta` (config.validate)
     if ns.check:
+        last = Path(cfg.output_dir) / "last.pt"
+        if not ns.no_resume and last.is_file():
+            _check_resumable(cfg, last)  # train's own check: a last.pt of another config is refused
+            print(f"# {str(last)!r} exists: train resumes from it (--no-resume starts over)")
         print("# the effective config: defaults < the method's < the file < --set; parts' constructor defaults "
               "included")
         print(yaml.safe_dump(effective_config(cfg, regs), sort_keys=False))
