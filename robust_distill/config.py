@@ -248,7 +248,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, A
 def _override(node: dict[str, Any], key: str, value: Any) -> None:
     """``node[key] = value``; a mapping merges into the mapping already there (see :func:`apply_overrides`)."""
     if isinstance(value, Mapping) and isinstance(node.get(key), Mapping):
-        value = _deep_merge(node[key], value)
+        value = _deep_merge({key: node[key]}, {key: value})[key]  # (a part with another key replaces the old one)
     node[key] = value
 
 

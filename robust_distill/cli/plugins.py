@@ -20,8 +20,8 @@ def one_line(text: str, width: int = 70) -> str:
     text = " ".join(re.sub(r"`+([^`]*)`+", r"\1", text).split())
     if len(text) <= width:
         return text
-    cut = text[:width - 3]
-    cut = cut.rsplit(" ", 1)[0] if " " in cut else cut
+    cut = text[:width - 2]  # a word that ends at width - 3 is kept whole
+    cut = cut.rsplit(" ", 1)[0] if " " in cut else cut[:width - 3]
     return cut.rstrip(" ,;:(-") + "..."
 
 
