@@ -26,7 +26,15 @@ import yaml
 
 from .components import DatasetInfo, Method, Part, split_spec
 from .data import dataset_info
-from .preflight import check_device, check_input_file, check_input_shape, check_output_dir, check_sync_bn, on_meta
+from .preflight import (
+    check_device,
+    check_input_file,
+    check_input_shape,
+    check_output_dir,
+    check_sync_bn,
+    on_meta,
+    path_kind,
+)
 from .registry import RegistryError, UnknownNameError
 from .threat import ThreatModel, parse_fraction
 
@@ -520,10 +528,12 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         n_problems = len(problems)
         _check_kwargs(dataset.load, {**cfg.data.options}, "data.options", problems, provided=("root",))
         downloads = getattr(dataset, "downloads", False) and cfg.data.options.get("download", True)
-        root_missing = (cfg.data.root is not None and not downloads
-                        and not Path(cfg.data.root).expanduser().exists())
+        root_kind = None if cfg.data.root is None else path_kind(Path(cfg.data.root).expanduser())
+        root_missing = root_kind is not None and not downloads and root_kind == "nothing"
         if root_missing:
             problems.append(f"data.root: folder {cfg.data.root!r} does not exist.")
+        elif root_kind not in (None, "nothing", "a folder"):
+            problems.append(f"data.root: {cfg.data.root!r} is {root_kind}, not a folder.")
         if len(problems) == n_problems + root_missing:  # image datasets read their folders: bad files fail now
             try:
                 info = dataset_info(dataset, cfg.data.root, cfg.data.options)

@@ -143,9 +143,14 @@ def check_output_file(path: str) -> str | None:
     """A file path whose folder exists (or can be created) and is writable; not an existing folder."""
     if not str(path).strip():
         return "is empty; give a file name, e.g. results.json."
+    if "\0" in str(path):
+        return f"{str(path)!r} contains a NUL character, which no file name can."
     p = Path(path).expanduser()
     if p.is_dir():
         return f"{str(path)!r} is a folder; give a file name, e.g. {str(p / 'results.json')!r}."
+    kind = path_kind(p)
+    if kind not in ("nothing", "a file"):  # writing into a named pipe would wait for a reader forever
+        return f"{str(path)!r} is {kind}, not a file."
     problem = check_output_dir(str(p.parent))
     return f"{str(path)!r}: its folder {problem}" if problem else None
 
