@@ -623,7 +623,10 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
                 problems.append(f"teachers.{role}: method {method.name!r} needs a {role!r} teacher, e.g. "
                                 f"teachers: {{{role}: robustbench:Chen2021LTD_WRN34_10}}.")
         for role in cfg.teachers:
-            if role not in method.teachers:
+            if role in updater_roles:
+                problems.append(f"teachers.{role}: teacher_updater {cfg.teacher_updater.key!r} creates the {role!r} "
+                                f"teacher itself; remove teachers.{role} (or choose another teacher_updater).")
+            elif role not in method.teachers:
                 problems.append(f"teachers.{role}: method {method.name!r} does not use a {role!r} teacher "
                                 f"(it uses: {', '.join(method.teachers) or 'none'}).")
     for role, teacher in cfg.teachers.items():

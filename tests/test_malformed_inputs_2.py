@@ -100,6 +100,8 @@ CASES = [
     Case("self_best init missing", check({"teacher_updater": {"key": "self_best",
                                                               "kwargs": {"init": "{d}/nope.pt"}}}, RSLAD),
          ["teacher_updater", "'self_best'", "does not exist"]),
+    Case("a teacher the updater creates", check({"teachers.robust": "timm:convnet_xs", "teacher_updater": "self_ema"},
+                                                RSLAD), ["teachers.robust", "'self_ema' creates the 'robust' teacher"]),
     Case("KL-PGD target", check({"inner_attack": {"key": "kl_pgd", "kwargs": {"target": "teacher"}}}),
          ["inner_attack.kwargs.target", "'teacher_clean'"]),
     Case("peer schedule not a mapping", check({"teacher_updater": {"key": "peer", "kwargs": {"schedule": 3}}}),
