@@ -517,6 +517,9 @@ def _check_schedule(schedule: Any, cfg: Config, problems: list[str]) -> None:
 
 def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
     """Check plugin names, component options and files against the registries."""
+    for path, options in (("data.options", cfg.data.options), ("student.kwargs", cfg.student.kwargs),
+                          *((f"teachers.{role}.kwargs", t.kwargs) for role, t in cfg.teachers.items())):
+        _nonfinite(options, path, problems)
     method = None
     try:
         method = regs.methods.get(cfg.method)

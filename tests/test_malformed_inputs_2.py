@@ -67,6 +67,8 @@ CASES = [
          ["optim.schedule.kwargs.gamma", "finite"]),
     Case("infinite TRADES beta", check({"outer_loss": {"key": "trades", "kwargs": {"beta": float("inf")}}}, "trades"),
          ["outer_loss.kwargs.beta", "finite"]),
+    Case("infinite student option", check({"student.kwargs.drop_rate": float("inf")}),
+         ["student.kwargs.drop_rate", "finite"]),
     Case("NaN dataset noise", check({"data.options.noise": float("nan")}), ["data.options.noise", "finite"]),
     Case("infinite warm-up", check({"optim.schedule": {"key": "cosine", "kwargs": {"warmup_epochs": float("inf")}}}),
          ["optim.schedule.kwargs.warmup_epochs", "finite"]),
