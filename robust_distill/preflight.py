@@ -1,10 +1,11 @@
 """Checks that need the machine rather than the config alone, run before any work starts.
 
 Each returns ``None`` when all is well, else the problem as one sentence (``config.validate`` and the
-commands prefix it with the key or flag): the device exists, the output folder can be created and written,
-a model accepts the data's input shape. Nothing here writes anything visible: writability is probed with an
-anonymous temp file (``O_TMPFILE`` on Linux), and shapes with tensors on the ``meta`` device (no memory, no
-compute).
+commands prefix it with the key or flag): the device exists, the output folder can be created and written (its
+names and length fit the file system), an input path is a file (not a named pipe, a socket or a symbolic link
+loop: :func:`path_kind` names what is there), a model accepts the data's input shape. Nothing here writes
+anything visible: writability is probed with an anonymous temp file (``O_TMPFILE`` on Linux), and shapes with
+tensors on the ``meta`` device (no memory, no compute).
 """
 
 from __future__ import annotations
@@ -73,12 +74,17 @@ def path_kind(path: str | os.PathLike[str]) -> str:
 def check_input_file(path: str | os.PathLike[str], what: str = "file") -> str | None:
     """``path`` is a file that can be read: else the problem, naming what is there instead (reading a named pipe
     would wait forever; a symbolic link loop is not "missing")."""
-    if "\0" in str(path):
-        return f"{what} {str(path)!r} contains a NUL character, which no file name can."
+    if problem := _nul(path):
+        return f"{what} {problem}"
     kind = path_kind(path)
     if kind == "a file":
         return None
     return f"{what} {str(path)!r} " + ("does not exist." if kind == "nothing" else f"is {kind}, not a file.")
+
+
+def _nul(path: str | os.PathLike[str]) -> str | None:
+    """A NUL character in ``path`` (the OS refuses it in any name; Python raises ``ValueError``)."""
+    return f"{str(path)!r} contains a NUL character, which no file or folder name can." if "\0" in str(path) else None
 
 
 def _name_problem(path: str, ancestor: Path) -> str | None:
@@ -123,8 +129,8 @@ def check_output_dir(path: str) -> str | None:
     if not str(path).strip():
         return ("is empty; give the run's folder, e.g. output_dir: runs/my-run (an empty value would write into "
                 "the current folder).")
-    if "\0" in str(path):
-        return f"{str(path)!r} contains a NUL character, which no file or folder name can."
+    if problem := _nul(path):
+        return problem
     p = Path(path).expanduser()
     kind = path_kind(p)
     if kind not in ("nothing", "a folder"):
@@ -143,8 +149,8 @@ def check_output_file(path: str) -> str | None:
     """A file path whose folder exists (or can be created) and is writable; not an existing folder."""
     if not str(path).strip():
         return "is empty; give a file name, e.g. results.json."
-    if "\0" in str(path):
-        return f"{str(path)!r} contains a NUL character, which no file name can."
+    if problem := _nul(path):
+        return problem
     p = Path(path).expanduser()
     if p.is_dir():
         return f"{str(path)!r} is a folder; give a file name, e.g. {str(p / 'results.json')!r}."
