@@ -2,7 +2,10 @@
 
 Layers, later wins key by key: the defaults below < the method's paper defaults < the YAML file <
 ``--set key=value`` overrides. The resolved configuration is validated as a whole (unknown keys, wrong
-types, unknown plugin names, epsilon outside (0, 1], missing files) and every problem is reported at once.
+types, unknown plugin names, epsilon outside (0, 1], non-finite floats, integers beyond 64 bits, missing files)
+and every problem is reported at once. Validation builds the run without training it: every part is constructed
+with its options, the lr schedule evaluated at every epoch, the student and teachers built on the ``meta``
+device (:func:`validate`), so whatever ``train`` would refuse in its first second is refused here.
 """
 
 from __future__ import annotations
