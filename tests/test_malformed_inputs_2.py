@@ -324,3 +324,12 @@ def test_check_prints_the_effective_config_which_resolves_to_the_same_run(folder
     assert printed["optim"]["schedule"]["kwargs"] == {"milestones": [1], "gamma": 0.1, "reproduce_reset_bug": False}
     again = resolve_config(printed, regs)
     assert effective_config(again, regs) == printed
+
+
+def test_check_refuses_a_folder_another_process_trains_in(folder: Path, monkeypatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from robust_distill._lock import FolderLock
+
+    with FolderLock(folder / "busy", "output_dir"):
+        check_case(Case("busy output_dir", check({"output_dir": "{d}/busy"}),
+                        ["output_dir", "busy", "is in use by another process", "PID"], 3), folder, monkeypatch, capsys)

@@ -25,6 +25,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(ns: argparse.Namespace) -> int:
     import yaml
 
+    from .._lock import FolderLockedError, lock_holder
     from ..config import effective_config, load_config
     from ..plugin import get_registries
     from ..trainer import _check_resumable, train
@@ -32,6 +33,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
     regs = get_registries()
     cfg = load_config(ns.config, regs, ns.overrides)  # validates by building the run on `meta` (config.validate)
     if ns.check:
+        holder = lock_holder(cfg.output_dir)
+        if holder is not None:  # train's own refusal: another process trains in this folder
+            raise FolderLockedError(Path(cfg.output_dir), holder, "output_dir")
         last = Path(cfg.output_dir) / "last.pt"
         if not ns.no_resume and last.is_file():
             _check_resumable(cfg, last)  # train's own check: a last.pt of another config is refused
