@@ -10,7 +10,7 @@ from torch import nn
 from robust_distill import DatasetInfo, TeacherSource, hookimpl
 from robust_distill.checkpoint import build_from_checkpoint
 from robust_distill.plugin import get_registries
-from robust_distill.preflight import check_input_shape
+from robust_distill.preflight import check_input_file, check_input_shape
 
 
 def _arch(arch: Any) -> dict[str, Any] | None:
@@ -36,9 +36,9 @@ class CheckpointTeachers(TeacherSource):
         """Reads the file (memory-mapped, weights only), checks its weights against the architecture and a
         forward pass on the dataset's input shape, all on the ``meta`` device (nothing is copied)."""
         path = Path(name).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"teacher checkpoint {name!r} " + ("is a folder, not a file." if path.is_dir()
-                                                                       else "does not exist."))
+        problem = check_input_file(path, "teacher checkpoint")
+        if problem:
+            raise FileNotFoundError(problem)
         model, ckpt = build_from_checkpoint(path, get_registries(), arch=_arch(arch), dataset=dataset,
                                             trust=trust_checkpoint, meta=True)
         _check_classes(name, ckpt, dataset)

@@ -11,41 +11,89 @@ they were trained with, other timm models get their ``pretrained_cfg`` mean/std 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from robust_distill import DatasetInfo, StudentSource, TeacherSource, hookimpl
 from robust_distill.checkpoint import CheckpointError, load_file
-from robust_distill.hub import LEGACY_WEIGHTS, WEIGHTS, HubError, hub_file, read_hub_config
+from robust_distill.hub import CONFIG, LEGACY_WEIGHTS, WEIGHTS, HubError, hub_file, read_hub_config
+from robust_distill.preflight import check_input_shape, load_state_dict_checked, on_meta
 
 from .timm_students import _normalize, _timm
 
 
 def load_hub_model(name: str, *, num_classes: int | None = None, in_chans: int | None = None,
-                   trust_checkpoint: bool = False) -> nn.Module:
+                   trust_checkpoint: bool = False, meta: bool = False) -> nn.Module | None:
     """The model of a timm / Hub folder or repo, in eval mode, inputs in [0, 1]; ``num_classes`` and
-    ``in_chans`` (the dataset's) are checked against the folder's."""
+    ``in_chans`` (the dataset's) are checked against the folder's.
+
+    ``meta=True`` is the check before any work: the weights' names and shapes are read from the file's header
+    (memory-mapped), the network is built on the ``meta`` device and they are compared, nothing is copied; None
+    when the architecture cannot be built there. Every problem of the folder is a :class:`HubError` or
+    :class:`CheckpointError` naming it.
+    """
     cfg = read_hub_config(name)
-    rd, pretrained = cfg.get("robust_distill") or {}, cfg["pretrained_cfg"]
-    model_args = dict(cfg.get("model_args", {}))
-    classes = int(cfg.get("num_classes") or pretrained["num_classes"])
-    channels = int(model_args.setdefault("in_chans", pretrained.get("input_size", [3])[0]))
+    try:
+        rd, pretrained = cfg.get("robust_distill") or {}, cfg.get("pretrained_cfg") or {}
+        arch = cfg["architecture"]
+        model_args = dict(cfg.get("model_args") or {})
+        classes = int(cfg.get("num_classes") or pretrained["num_classes"])
+        channels = int(model_args.setdefault("in_chans", (pretrained.get("input_size") or [3])[0]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise HubError(f"hf-hub:{name}: its {CONFIG} lacks or garbles {exc} (a timm / Hub config names "
+                       "'architecture', 'num_classes' and 'pretrained_cfg').") from None
     for what, want, have in (("classes", num_classes, classes), ("input channels", in_chans, channels)):
         if want is not None and want != have:
             raise HubError(f"hf-hub:{name} has {have} {what}; the dataset has {want}.")
-    model = _timm().create_model(cfg["architecture"], pretrained=False, num_classes=classes, **model_args)
+
+    def build() -> nn.Module:
+        timm = _timm()
+        if not timm.is_model(arch):
+            raise HubError(f"hf-hub:{name}: its {CONFIG} names the architecture {arch!r}, which timm does not know "
+                           "(a folder of another timm version, or of a model registered by a package not imported).")
+        try:
+            return timm.create_model(arch, pretrained=False, num_classes=classes, **model_args)
+        except (TypeError, ValueError) as exc:
+            raise HubError(f"hf-hub:{name}: {arch} refuses the model_args of its {CONFIG} "
+                           f"({model_args}): {exc}") from None
+
+    model = on_meta(build) if meta else build()
     weights = hub_file(name, WEIGHTS, required=False) or hub_file(name, LEGACY_WEIGHTS)
+    assert weights is not None
+    state = _read_weights(name, weights, trust_checkpoint, meta)
+    if model is None:
+        return None
     try:
-        model.load_state_dict(load_file(weights, trust=trust_checkpoint))
+        load_state_dict_checked(model, state) if meta else model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"The weights of hf-hub:{name} do not fit {cfg['architecture']}: {exc}") from exc
+        raise CheckpointError(f"The weights of hf-hub:{name} do not fit {arch}: {exc}") from exc
     if rd:  # robust-distill's export: the normalisation it was trained with
         normalize = (rd.get("kwargs") or {}).get("normalize")
     else:  # a timm model: its preprocessing, unless it is the identity
         identity = all(m == 0 for m in pretrained.get("mean", [0])) and all(s == 1 for s in pretrained.get("std", [1]))
         normalize = None if identity else [pretrained["mean"], pretrained["std"]]
-    return _normalize(model, normalize).eval()
+    wrapped = on_meta(lambda: _normalize(model, normalize)) if meta else _normalize(model, normalize)
+    return wrapped.eval() if wrapped is not None else None
+
+
+def _read_weights(name: str, path: Path, trust: bool, meta: bool) -> dict[str, Any]:
+    """The state dict of ``path``; with ``meta``, ``.safetensors`` tensors from the header alone (as ``meta``
+    tensors) and other files memory-mapped. A file that cannot be read is a :class:`CheckpointError`."""
+    try:
+        if meta and path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:  # checks the header against the file's size
+                return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118
+        return load_file(path, trust=trust, mmap=meta or None)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # safetensors' SafetensorError, a corrupt zip, a truncated pickle
+        raise CheckpointError(f"Could not read the weights of hf-hub:{name} ({str(path)!r}): {type(exc).__name__}: "
+                              f"{exc}. If it is a truncated download, delete it and download it again.") from None
 
 
 class HubModels(TeacherSource, StudentSource):
@@ -65,10 +113,15 @@ class HubModels(TeacherSource, StudentSource):
                               trust_checkpoint=trust_checkpoint).train()
 
     def check(self, name: str, *, dataset: DatasetInfo | None = None, trust_checkpoint: bool = False) -> None:
-        cfg = read_hub_config(name)  # the folder exists (or the repo is reachable / cached)
-        if dataset is not None and cfg.get("num_classes") not in (None, dataset.num_classes):
-            raise HubError(f"hf-hub:{name} has {cfg['num_classes']} classes; dataset {dataset.name} has "
-                           f"{dataset.num_classes}.")
+        """The folder's config, its architecture built on ``meta``, its weights' names and shapes (read from the
+        file's header) and a forward pass on the dataset's input shape: nothing is copied."""
+        model = load_hub_model(name, num_classes=None if dataset is None else dataset.num_classes,
+                               in_chans=None if dataset is None else dataset.input_shape[0],
+                               trust_checkpoint=trust_checkpoint, meta=True)
+        problem = None if model is None or dataset is None else check_input_shape(
+            model, tuple(dataset.input_shape), dataset.num_classes)
+        if problem:
+            raise HubError(f"hf-hub:{name} {problem}")
 
     def names(self) -> list[str]:
         return ["<folder written by `robust-distill export`>", "<user>/<repo>[@revision] on the Hugging Face Hub"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,7 +26,7 @@ from torch import nn
 
 from robust_distill import DatasetInfo, StudentSource, TeacherSource, hookimpl
 from robust_distill.checkpoint import CheckpointError, load_state_dict_file, weights_only_loads
-from robust_distill.preflight import check_input_shape, load_state_dict_checked, on_meta
+from robust_distill.preflight import check_input_file, check_input_shape, load_state_dict_checked, on_meta
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -119,8 +118,9 @@ def create(name: str, *, input_shape: tuple[int, int, int], num_classes: int, pr
     _check_stem(stem)
     overlay = None
     for key, path in (("pretrained_file", pretrained_file), ("checkpoint_path", checkpoint_path)):
-        if path is not None and not Path(path).is_file():
-            raise FileNotFoundError(f"{key} {path!r} does not exist.")
+        problem = None if path is None else check_input_file(path, key)
+        if problem:
+            raise FileNotFoundError(problem)
     if pretrained_file is not None:
         pretrained, overlay = True, {"state_dict": load_state_dict_file(pretrained_file, trust=trust_checkpoint)}
     with weights_only_loads(trust=trust_checkpoint):  # pretrained=True: timm's own hub/url loading
@@ -170,8 +170,9 @@ class TimmTeachers(TeacherSource):
         _check_timm_name(name)
         _check_stem(options.get("stem", "imagenet"))
         for key in ("checkpoint_path", "pretrained_file"):
-            if options.get(key) and not Path(options[key]).is_file():
-                raise FileNotFoundError(f"teacher timm:{name}: {key} {options[key]!r} does not exist.")
+            problem = check_input_file(options[key], key) if options.get(key) else None
+            if problem:
+                raise FileNotFoundError(f"teacher timm:{name}: {problem}")
         trust = bool(options.get("trust_checkpoint", False))
         if options.get("pretrained_file"):  # timm adapts it to the model: only check that it is readable
             load_state_dict_file(options["pretrained_file"], trust=trust, mmap=True)

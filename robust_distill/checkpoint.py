@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .components import split_spec
-from .preflight import load_state_dict_checked, on_meta
+from .preflight import check_input_file, load_state_dict_checked, on_meta
 
 __all__ = ["FORMAT", "load_checkpoint", "load_file", "load_state_dict_file", "weights_only_loads", "CheckpointError",
            "UnsafeCheckpointError", "SAFE_GLOBALS", "TRUST_HINT", "build_from_checkpoint"]
@@ -124,8 +124,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *, 
     ``mmap=True`` maps the tensors' storage instead of reading it (cheap checks of large files).
     """
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"Checkpoint {str(p)!r} does not exist" + (" (it is a folder)." if p.is_dir() else "."))
+    problem = check_input_file(p, "Checkpoint")
+    if problem:
+        raise CheckpointError(problem)
     try:
         return load_file(p, map_location=map_location, trust=trust, mmap=mmap)
     except UnsafeCheckpointError:

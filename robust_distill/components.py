@@ -182,7 +182,8 @@ class TeacherUpdater(Stateful):
     provides: tuple[str, ...] = ()  # teacher roles this updater creates itself (self-distillation)
 
     def setup(self, run: RunContext) -> None:
-        """Once, before the first epoch (and after resuming): may create or wrap teachers."""
+        """Once per run, before the first epoch; on resume before :meth:`load_state_dict` (which restores the
+        state of what ``setup`` created): may create or wrap teachers."""
 
     def before_step(self, step: Step) -> None:
         """Before the inner attack of every step (e.g. set a teacher's mode)."""

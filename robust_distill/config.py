@@ -2,7 +2,10 @@
 
 Layers, later wins key by key: the defaults below < the method's paper defaults < the YAML file <
 ``--set key=value`` overrides. The resolved configuration is validated as a whole (unknown keys, wrong
-types, unknown plugin names, epsilon outside (0, 1], missing files) and every problem is reported at once.
+types, unknown plugin names, epsilon outside (0, 1], non-finite floats, integers beyond 64 bits, missing files)
+and every problem is reported at once. Validation builds the run without training it: every part is constructed
+with its options, the lr schedule evaluated at every epoch, the student and teachers built on the ``meta``
+device (:func:`validate`), so whatever ``train`` would refuse in its first second is refused here.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import math
 import os
 import types
 import typing
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -25,12 +29,21 @@ import yaml
 
 from .components import DatasetInfo, Method, Part, split_spec
 from .data import dataset_info
-from .preflight import check_device, check_input_shape, check_output_dir, check_sync_bn, on_meta
+from .preflight import (
+    check_device,
+    check_input_file,
+    check_input_shape,
+    check_output_dir,
+    check_sync_bn,
+    on_meta,
+    path_kind,
+)
 from .registry import RegistryError, UnknownNameError
 from .threat import ThreatModel, parse_fraction
 
 __all__ = ["Config", "ConfigError", "load_config", "resolve_config", "apply_overrides", "config_to_dict", "read_yaml",
-           "StrictLoader", "config_differences", "RESUME_MAY_DIFFER", "ResumeMismatchError", "plain_data"]
+           "StrictLoader", "config_differences", "RESUME_MAY_DIFFER", "ResumeMismatchError", "plain_data",
+           "effective_config"]
 
 SCHEMA_VERSION = 1
 #: ``optim.compile`` values besides true/false: ``torch.compile`` modes
@@ -131,6 +144,10 @@ _PART_FIELDS = ("inner_attack", "outer_loss", "teacher_updater")
 _BASE_LAYER: dict[str, Any] = {"optim": {"schedule": {"key": "multistep", "kwargs": {"milestones": [100, 150],
                                                                                    "gamma": 0.1}}}}
 _EPS_FIELDS = {"eps", "step_size", "eps_end"}
+#: integers are 64-bit in torch: every integer of a config fits one
+INT_LIMIT = 2**63
+#: seeds seed Python's, numpy's (32-bit) and torch's generators
+SEED_RANGE = (0, 2**32 - 1)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -157,20 +174,27 @@ class DuplicateKeyError(yaml.constructor.ConstructorError):
     """A YAML mapping with the same key twice (plain YAML keeps the last one silently)."""
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses duplicate mapping keys, naming the key and both lines."""
+    """``yaml.SafeLoader`` that refuses duplicate mapping keys, naming the key and both lines. Merge keys
+    (``<<: *defaults``) work as in YAML 1.1: the mapping's own keys override the merged ones."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
+        seen: dict[Any, yaml.Node] = {}
         for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:  # `<<: *anchor`: its keys are defaults the mapping's own keys override
+                continue
             key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
             try:
-                first = seen.setdefault(key, key_node.start_mark.line)
+                first = seen.setdefault(key, key_node)
             except TypeError:  # an unhashable key: SafeLoader reports it below
                 continue
-            if first != key_node.start_mark.line:
+            if first is not key_node:
                 raise DuplicateKeyError(
-                    None, None, f"duplicate key {key!r} (first at line {first + 1}): YAML would keep only the "
+                    None, None, f"duplicate key {key!r} (first at line {first.start_mark.line + 1}): YAML would keep "
+                    "only the "
                     "last value, so robust-distill refuses; remove one of them", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
 
@@ -180,8 +204,9 @@ def read_yaml(path: str | os.PathLike[str], what: str = "config file") -> Any:
     p = Path(path)
     if p.is_dir():
         raise ConfigError([f"{what} {str(p)!r} is a folder, not a YAML file."], str(p))
-    if not p.is_file():
-        raise ConfigError([f"{what} {str(p)!r} does not exist."], str(p))
+    problem = check_input_file(p, what)
+    if problem:
+        raise ConfigError([problem], str(p))
     try:
         return yaml.load(p.read_text(), Loader=StrictLoader)  # noqa: S506  (a SafeLoader)
     except yaml.YAMLError as exc:
@@ -198,7 +223,12 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping, in order.
+
+    A mapping value merges into the mapping already there, key by key (``--set optim.lr=0.5 --set
+    'optim={epochs: 1}'`` keeps both; a component with another ``key`` replaces the old one, as in layering);
+    any other value replaces what was there.
+    """
     out = copy.deepcopy(dict(raw))
     problems = []
     for item in overrides:
@@ -207,15 +237,30 @@ def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, A
             continue
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
+        if not all(parts):
+            problems.append(f"--set {item!r}: {key.strip()!r} is not a dotted key, e.g. --set optim.epochs=5")
+            continue
         node = out
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             if not isinstance(node.get(p), dict):
                 node[p] = _normalise_shorthand(p, node.get(p))
+            if not isinstance(node[p], dict):
+                where = ".".join(parts[:i + 1])
+                problems.append(f"--set {item!r}: {where} is {node[p]!r}, not a mapping with keys below it.")
+                break
             node = node[p]
-        node[parts[-1]] = _parse_value(value)
+        else:
+            _override(node, parts[-1], _parse_value(value))
     if problems:
         raise ConfigError(problems, "--set override")
     return out
+
+
+def _override(node: dict[str, Any], key: str, value: Any) -> None:
+    """``node[key] = value``; a mapping merges into the mapping already there (see :func:`apply_overrides`)."""
+    if isinstance(value, Mapping) and isinstance(node.get(key), Mapping):
+        value = _deep_merge({key: node[key]}, {key: value})[key]  # (a part with another key replaces the old one)
+    node[key] = value
 
 
 def _normalise_shorthand(name: str, value: Any) -> Any:
@@ -283,7 +328,11 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
             if not sub:
                 return out
             errors.extend(sub)
-        problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        choices = [a for a in args if a is not type(None)]
+        if len(choices) == 1 and errors:  # `float | None`: the number's own problem, which names its range
+            problems.extend(errors)
+        else:
+            problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
         return None
     if origin is Literal:
         if value not in args:
@@ -291,7 +340,7 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         return value
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path, problems)
-    if origin is list:
+    if origin in (list, Sequence):
         if not isinstance(value, (list, tuple)):
             problems.append(f"{path}: expected a list, got {value!r}")
             return []
@@ -308,18 +357,41 @@ def _convert(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             problems.append(f"{path}: expected an integer, got {value!r}")
+        elif not -INT_LIMIT <= value < INT_LIMIT:
+            problems.append(f"{path}: {value} does not fit a 64-bit integer (valid: {-INT_LIMIT} to {INT_LIMIT - 1}).")
         return value
     if tp is float:
-        try:
-            return parse_fraction(value, what=path)
-        except ValueError as exc:
-            problems.append(str(exc))
-            return None
+        return _number(value, path, problems)
     if tp is str:
         if not isinstance(value, str):
             problems.append(f"{path}: expected a string, got {value!r}")
         return value
     return value
+
+
+def _number(value: Any, path: str, problems: list[str]) -> float | None:
+    """A finite float from ``0.1``, ``8/255`` or ``"1e-3"``; else a problem naming ``path`` (None)."""
+    try:
+        number = parse_fraction(value, what=path)
+    except ValueError as exc:
+        problems.append(str(exc))
+        return None
+    if not math.isfinite(number):
+        problems.append(f"{path}: must be a finite number, got {value!r}.")
+        return None
+    return number
+
+
+def _nonfinite(value: Any, path: str, problems: list[str]) -> None:
+    """A problem for every NaN or infinite float inside ``value`` (options without a declared type)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        problems.append(f"{path}: must be a finite number, got {value!r}.")
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            _nonfinite(v, f"{path}.{k}", problems)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _nonfinite(v, f"{path}[{i}]", problems)
 
 
 def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
@@ -339,10 +411,9 @@ def _build(cls: type, raw: Any, path: str, problems: list[str]) -> Any:
             problems.append(f"{where}: unknown key.{hint} Valid keys here: {', '.join(fields)}.")
             continue
         if cls is ThreatModel and key in _EPS_FIELDS and value is not None:
-            try:
-                kwargs[key] = parse_fraction(value, what=where)
-            except ValueError as exc:
-                problems.append(str(exc))
+            number = _number(value, where, problems)
+            if number is not None:
+                kwargs[key] = number
             continue
         kwargs[key] = _convert(value, hints[key], where, problems)
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
@@ -398,11 +469,60 @@ def _check_part(registry: Any, part: Part, path: str, problems: list[str],
     except UnknownNameError as exc:
         problems.append(f"{path}.key: {exc}")
         return
+    _nonfinite(part.kwargs, f"{path}.kwargs", problems)
     _check_kwargs(factory, part.kwargs, f"{path}.kwargs", problems, provided)
+
+
+def _construct(registry: Any, part: Part, path: str, problems: list[str], **provided: Any) -> Any:
+    """``registry.build(part.key, part.kwargs, **provided)`` as the engine calls it; a constructor that refuses
+    its options is a problem naming the key, the part and the plugin and distribution that provide it."""
+    try:
+        return registry.build(part.key, part.kwargs, **provided)
+    except Exception as exc:  # whatever it raises, train would raise the same in its first second
+        entry = registry.entry(part.key)
+        problems.append(f"{path}: the {registry.kind} {part.key!r} of {entry.describe_source()} refuses its "
+                        f"options {dict(part.kwargs)}: {type(exc).__name__}: {exc}")
+        return None
+
+
+def _construct_parts(cfg: Config, regs: Any, info: DatasetInfo, problems: list[str]) -> None:
+    """Build every part with its arguments as the run does (nothing is trained) and evaluate the learning-rate
+    schedule at every epoch: what a constructor or the schedule would refuse in ``train``, is refused now."""
+    _construct(regs.inner_attacks, cfg.inner_attack, "inner_attack", problems)
+    _construct(regs.outer_losses, cfg.outer_loss, "outer_loss", problems, num_classes=info.num_classes,
+               registries=regs, batch_size=cfg.data.batch_size)
+    _construct(regs.teacher_updaters, cfg.teacher_updater, "teacher_updater", problems)
+    schedule = _construct(regs.lr_schedules, cfg.optim.schedule, "optim.schedule", problems, epochs=cfg.optim.epochs)
+    if schedule is not None:
+        _check_schedule(schedule, cfg, problems)
+    eps = cfg.eval.eps if cfg.eval.eps is not None else cfg.threat.eps
+    for name in dict.fromkeys(n for n in (*cfg.eval.attacks, *cfg.eval.final_attacks) if n in regs.eval_attacks):
+        _construct(regs.eval_attacks, Part(name), f"eval attack {name!r}", problems, eps=eps,
+                   num_classes=info.num_classes)
+
+
+def _check_schedule(schedule: Any, cfg: Config, problems: list[str]) -> None:
+    """The schedule's multiplier at the start and middle of every epoch: a finite number >= 0."""
+    for epoch in (e / 2 for e in range(2 * cfg.optim.epochs)):
+        try:
+            value = schedule(epoch)
+            bad = (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                   or value < 0)
+        except Exception as exc:
+            problems.append(f"optim.schedule: {cfg.optim.schedule.key!r} fails at epoch {epoch:g}: "
+                            f"{type(exc).__name__}: {exc}")
+            return
+        if bad:
+            problems.append(f"optim.schedule: {cfg.optim.schedule.key!r} gives the lr multiplier {value!r} at epoch "
+                            f"{epoch:g}; it must be a finite number >= 0.")
+            return
 
 
 def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
     """Check plugin names, component options and files against the registries."""
+    for path, options in (("data.options", cfg.data.options), ("student.kwargs", cfg.student.kwargs),
+                          *((f"teachers.{role}.kwargs", t.kwargs) for role, t in cfg.teachers.items())):
+        _nonfinite(options, path, problems)
     method = None
     try:
         method = regs.methods.get(cfg.method)
@@ -414,10 +534,12 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         n_problems = len(problems)
         _check_kwargs(dataset.load, {**cfg.data.options}, "data.options", problems, provided=("root",))
         downloads = getattr(dataset, "downloads", False) and cfg.data.options.get("download", True)
-        root_missing = (cfg.data.root is not None and not downloads
-                        and not Path(cfg.data.root).expanduser().exists())
+        root_kind = None if cfg.data.root is None else path_kind(Path(cfg.data.root).expanduser())
+        root_missing = root_kind is not None and not downloads and root_kind == "nothing"
         if root_missing:
             problems.append(f"data.root: folder {cfg.data.root!r} does not exist.")
+        elif root_kind not in (None, "nothing", "a folder"):
+            problems.append(f"data.root: {cfg.data.root!r} is {root_kind}, not a folder.")
         if len(problems) == n_problems + root_missing:  # image datasets read their folders: bad files fail now
             try:
                 info = dataset_info(dataset, cfg.data.root, cfg.data.options)
@@ -433,10 +555,12 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
     if cfg.data.prefetch_factor < 1:
         problems.append(f"data.prefetch_factor must be >= 1, got {cfg.data.prefetch_factor}.")
 
+    parts_ok = len(problems)
     _check_part(regs.inner_attacks, cfg.inner_attack, "inner_attack", problems)
     _check_part(regs.outer_losses, cfg.outer_loss, "outer_loss", problems)
     _check_part(regs.teacher_updaters, cfg.teacher_updater, "teacher_updater", problems)
     _check_part(regs.lr_schedules, cfg.optim.schedule, "optim.schedule", problems, provided=("epochs",))
+    parts_ok = len(problems) == parts_ok
 
     for i, part in enumerate(cfg.logging):
         _check_part(regs.loggers, part, f"logging[{i}]", problems, provided=("output_dir",))
@@ -466,6 +590,8 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         problems.append("eval.attacks: empty; list at least the attack eval.select names, e.g. [clean, pgd20]. "
                         f"Registered eval attacks: {', '.join(regs.eval_attacks.names())}.")
     _check_ranges(cfg, info, problems)
+    if parts_ok and info is not None and not any(p.startswith(("optim.epochs", "data.batch_size")) for p in problems):
+        _construct_parts(cfg, regs, info, problems)
     for key, problem in (("device", check_device(cfg.device)),
                          ("sync_bn", check_sync_bn(cfg.device) if cfg.sync_bn else None),
                          ("output_dir", check_output_dir(cfg.output_dir))):
@@ -503,7 +629,10 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
                 problems.append(f"teachers.{role}: method {method.name!r} needs a {role!r} teacher, e.g. "
                                 f"teachers: {{{role}: robustbench:Chen2021LTD_WRN34_10}}.")
         for role in cfg.teachers:
-            if role not in method.teachers:
+            if role in updater_roles:
+                problems.append(f"teachers.{role}: teacher_updater {cfg.teacher_updater.key!r} creates the {role!r} "
+                                f"teacher itself; remove teachers.{role} (or choose another teacher_updater).")
+            elif role not in method.teachers:
                 problems.append(f"teachers.{role}: method {method.name!r} does not use a {role!r} teacher "
                                 f"(it uses: {', '.join(method.teachers) or 'none'}).")
     for role, teacher in cfg.teachers.items():
@@ -560,6 +689,10 @@ def _check_ranges(cfg: Config, info: DatasetInfo | None, problems: list[str]) ->
         problems.append(f"{key} must be {'null or ' if none_ok else ''}an integer >= {low}, got {value!r}.")
 
     o, d, e = cfg.optim, cfg.data, cfg.eval
+    for key, seed in (("seed", cfg.seed), ("data.split_seed", d.split_seed)):
+        if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+            problems.append(f"{key} must be an integer from {SEED_RANGE[0]} to {SEED_RANGE[1]} (numpy's seed range), "
+                            f"got {seed}.")
     at_least("optim.epochs", o.epochs, 1)
     if not o.lr > 0:
         problems.append(f"optim.lr must be > 0, got {o.lr:g}.")
@@ -622,7 +755,7 @@ def resolve_config(raw: Mapping[str, Any], regs: Any, *, overrides: list[str] = 
     if cfg is not None and check and not problems:  # names and files are checked once types are right
         validate(cfg, regs, problems)
     if problems:
-        raise ConfigError(problems, source)
+        raise ConfigError(list(dict.fromkeys(problems)), source)
     return cfg
 
 
@@ -725,6 +858,38 @@ def plain_data(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [plain_data(v) for v in obj]
     return obj
+
+
+#: constructor arguments the engine passes itself (``Registry.build``'s ``provided``): not user options
+ENGINE_ARGUMENTS = frozenset({"epochs", "num_classes", "registries", "batch_size", "output_dir", "eps"})
+
+
+def effective_config(cfg: Config, regs: Any) -> dict[str, Any]:
+    """The config as plain data, each part's ``kwargs`` completed with its constructor's defaults: every value
+    the run uses (what ``train --check`` prints)."""
+    out = plain_data(config_to_dict(cfg))
+    parts = [(regs.inner_attacks, out["inner_attack"]), (regs.outer_losses, out["outer_loss"]),
+             (regs.teacher_updaters, out["teacher_updater"]), (regs.lr_schedules, out["optim"]["schedule"]),
+             *((regs.loggers, part) for part in out["logging"])]
+    for registry, part in parts:
+        try:
+            params = inspect.signature(registry.get(part["key"])).parameters.values()
+        except (TypeError, ValueError, UnknownNameError):
+            continue
+        defaults = {p.name: p.default for p in params if p.default is not p.empty
+                    and p.name not in part["kwargs"] and p.name not in ENGINE_ARGUMENTS}
+        part["kwargs"] = {**part["kwargs"], **{k: _plain_value(v) for k, v in defaults.items()}}
+    return out
+
+
+def _plain_value(value: Any) -> Any:
+    """``value`` as YAML can write it safely (an object that is not plain data as its repr)."""
+    plain = plain_data(value)
+    try:
+        yaml.safe_dump(plain)
+    except yaml.YAMLError:
+        return repr(value)
+    return plain
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

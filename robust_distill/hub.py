@@ -256,7 +256,12 @@ def read_hub_config(name: str) -> dict[str, Any]:
     """``config.json`` of a folder or Hub repo, in timm's current form (old flat configs are converted)."""
     path = hub_file(name, CONFIG)
     assert path is not None
-    cfg = json.loads(path.read_text())
-    if "pretrained_cfg" not in cfg:  # timm's old form: the pretrained cfg at the top level
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise HubError(f"hf-hub:{name}: {str(path)!r} is not valid JSON ({exc}); it was cut short or edited.") from None
+    if not isinstance(cfg, dict):
+        raise HubError(f"hf-hub:{name}: {str(path)!r} holds a {type(cfg).__name__}, not a timm / Hub config mapping.")
+    if "pretrained_cfg" not in cfg and "architecture" in cfg:  # timm's old form: the pretrained cfg at the top level
         cfg = {"architecture": cfg.pop("architecture"), "num_classes": cfg.get("num_classes"), "pretrained_cfg": cfg}
     return cfg

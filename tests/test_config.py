@@ -157,3 +157,62 @@ def test_parse_fraction() -> None:
     assert ThreatModel(eps=8 / 255, step_size=2 / 255, eps_end=16 / 255).at(1.0).step_size == pytest.approx(4 / 255)
 
 
+
+
+def test_yaml_merge_keys_work_and_the_mappings_own_keys_win(tmp_path: Path, tiny_raw, regs) -> None:
+    raw = tiny_raw()
+    body = yaml.safe_dump({k: v for k, v in raw.items() if k != "optim"}, sort_keys=False)
+    (tmp_path / "c.yaml").write_text(body + "optim: {<<: {epochs: 3, lr: 0.2}, lr: 0.05}\n")
+    cfg = load_config(tmp_path / "c.yaml", regs)
+    assert (cfg.optim.epochs, cfg.optim.lr) == (3, 0.05)
+
+
+def test_a_duplicate_key_on_one_line_is_refused(tmp_path: Path) -> None:
+    from robust_distill.config import read_yaml
+
+    (tmp_path / "c.yaml").write_text("optim: {lr: 0.1, lr: 0.2}\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'lr' \(first at line 1\)"):
+        read_yaml(tmp_path / "c.yaml")
+
+
+def test_a_mapping_override_merges_into_the_mapping_there(tiny_raw, regs) -> None:
+    cfg = resolve_config(tiny_raw(), regs, overrides=["optim.lr=0.5", "optim={epochs: 1}"])
+    assert (cfg.optim.lr, cfg.optim.epochs, cfg.optim.schedule.kwargs["milestones"]) == (0.5, 1, [1])
+    cfg = resolve_config(tiny_raw(), regs, overrides=["optim.schedule={kwargs: {gamma: 0.5}}"])
+    assert cfg.optim.schedule.kwargs == {"milestones": [1], "gamma": 0.5}
+    cfg = resolve_config(tiny_raw(), regs, overrides=["optim.schedule={key: cosine}"])  # another part: replaced
+    assert (cfg.optim.schedule.key, cfg.optim.schedule.kwargs) == ("cosine", {})
+    cfg = resolve_config(tiny_raw(), regs, overrides=["eval.attacks=[clean]", "eval.select=clean"])
+    assert cfg.eval.attacks == ["clean"]  # a list replaces
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("optim.lr=.inf", "optim.lr: must be a finite number, got inf."),
+    ("threat.eps=.nan", "threat.eps: must be a finite number, got nan."),
+    ("eval.eps=-.inf", "eval.eps: must be a finite number, got -inf."),
+    ("seed=4294967296", "seed must be an integer from 0 to 4294967295 (numpy's seed range), got 4294967296."),
+    ("data.batch_size=9223372036854775808", "data.batch_size: 9223372036854775808 does not fit a 64-bit integer"),
+    ("optim.schedule.kwargs.gamma=-2", "optim.schedule: 'multistep' gives the lr multiplier -2 at epoch 1; it must "
+                                       "be a finite number >= 0."),
+])
+def test_numbers_are_range_checked_where_read(tiny_raw, regs, override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        resolve_config(tiny_raw(), regs, overrides=[override])
+    assert message in problems(exc)
+
+
+def test_a_constructor_error_names_the_part_plugin_and_distribution(tiny_raw, regs) -> None:
+    with pytest.raises(ConfigError) as exc:
+        resolve_config(tiny_raw("rslad"), regs, overrides=["teacher_updater={key: self_ema, kwargs: {decay: 1.5}}"])
+    assert problems(exc) == ("teacher_updater: the teacher updater 'self_ema' of plugin 'self_distill' (distribution "
+                             f"{regs.teacher_updaters.entry('self_ema').distribution}) refuses its options "
+                             "{'decay': 1.5}: ValueError: decay must be in [0, 1], got 1.5")
+
+
+def test_plugins_summaries_are_one_plain_line() -> None:
+    from robust_distill.cli.plugins import one_line
+
+    assert one_line("``CE(S(x'), y)``, mean over the batch.") == "CE(S(x'), y), mean over the batch."
+    assert one_line("Wraps :class:`~robust_distill.step.Step` and :func:`torch.compile`.") == (
+        "Wraps Step and torch.compile.")
+    assert one_line("word " * 20, width=22) == "word word word word..."

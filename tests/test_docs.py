@@ -107,3 +107,49 @@ def test_every_test_the_readme_names_exists() -> None:
     assert len(named) >= 15
     for module, name in sorted(named):
         assert re.search(rf"^def {name}\(", (ROOT / "tests" / module).read_text(), re.M), f"{module}::{name}"
+
+
+def test_the_guides_teacher_updater_is_an_ema_of_the_student_that_resumes_exactly(tmp_path: Path, tiny_raw) -> None:
+    """The guide's ``student_ema`` updater, from its code block: the EMA by hand, a frozen teacher, setup before
+    load_state_dict on resume (a resumed run equals an uninterrupted one), its constructor error at --check."""
+    import torch
+
+    from robust_distill.config import ConfigError, resolve_config
+    from robust_distill.trainer import train
+
+    (code,) = guide_blocks("guide-updater", "python")
+    plugin = types.ModuleType("rd_ema_plugin")
+    exec(compile(code, "docs/plugins.md", "exec"), plugin.__dict__)  # noqa: S102
+    pm = PluginManager().load_plugins(autoload=False)
+    pm.add_plugin(plugin, "ema_kd")
+    regs = pm.build_registries()
+
+    # after_step by hand: t <- 0.75 t + 0.25 s, buffers copied; the teacher is a frozen target
+    student = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    run = types.SimpleNamespace(student=student, teachers={})
+    updater = regs.teacher_updaters.build("student_ema", {"decay": 0.75})
+    updater.setup(run)
+    teacher = run.teachers["ema"]
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        student[0].weight.fill_(4.0)
+        student[1].running_mean.fill_(3.0)
+    before = teacher[0].weight.clone()
+    updater.after_step(None)
+    assert torch.allclose(teacher[0].weight, 0.75 * before + 0.25 * 4.0)
+    assert teacher[1].running_mean.item() == 3.0
+
+    def config(name: str, **kwargs):
+        raw = {**tiny_raw(), "method": "ema_kd", "output_dir": str(tmp_path / name)}
+        return resolve_config(raw, regs, overrides=[f"{k}={v}" for k, v in kwargs.items()])
+
+    whole = train(config("whole"), regs=regs, pm=pm)
+    assert train(config("resumed"), regs=regs, pm=pm, stop_after_epochs=1) == {"interrupted": True, "epoch": 1}
+    resumed = train(config("resumed"), regs=regs, pm=pm)
+    assert resumed["best_value"] == whole["best_value"]
+    a, b = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("whole", "resumed"))
+    for key, value in a["parts"]["teacher_updater"]["teacher"].items():
+        assert torch.equal(value, b["parts"]["teacher_updater"]["teacher"][key]), key
+    with pytest.raises(ConfigError, match=r"teacher_updater: the teacher updater 'student_ema' of plugin 'ema_kd' "
+                                          r".*decay must be in \[0, 1\], got 2"):
+        config("bad", **{"teacher_updater.kwargs.decay": 2})

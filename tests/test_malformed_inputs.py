@@ -414,7 +414,7 @@ def _fixtures(folder: Path, regs: Any) -> None:
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+    return {str(p.relative_to(folder)): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
 
 
 @pytest.fixture(scope="module")
@@ -438,6 +438,12 @@ def test_malformed_input_is_a_clear_error_and_writes_nothing(case: Case, folder:
         pytest.skip("the case needs a machine without CUDA")
     if case.id == "output_dir not writable" and (os.name != "posix" or not Path("/proc/self").is_dir()):
         pytest.skip("needs /proc")
+    check_case(case, folder, monkeypatch, capsys)
+
+
+def check_case(case: Case, folder: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Run ``case`` in ``folder`` (the current folder): its exit code, no traceback, the expected words in the
+    message, and the folder unchanged."""
     monkeypatch.chdir(folder)
     args = case.setup(folder)
     capsys.readouterr()

@@ -69,22 +69,26 @@ class Command:
     :param help: one line for ``robust-distill --help``.
     :param setup: adds the command's arguments to its ``argparse`` parser.
     :param run: receives the parsed arguments, returns the exit code.
+    :param interrupted: what a user should know after Ctrl-C or SIGTERM (e.g. how to resume), or "".
     """
 
     name: str
     help: str
     setup: Setup
     run: Run
+    interrupted: str = ""
 
 
-def command(name: str, help: str, setup: Setup = _no_arguments) -> Callable[[Run], Run]:
+def command(name: str, help: str, setup: Setup = _no_arguments, *, interrupted: str = "") -> Callable[[Run], Run]:
     """Declare ``fn`` as the sub-command ``name``: ``@command("train", "help", add_arguments)``.
+
+    ``interrupted`` completes the message printed when the command is stopped by Ctrl-C or SIGTERM.
 
     Only marks the function (it stays callable as before); a ``rd_register_commands`` implementation makes it a
     command with ``commands.register(fn)``.
     """
     def mark(fn: Run) -> Run:
-        fn.__rd_command__ = Command(name, help, setup, fn)  # type: ignore[attr-defined]
+        fn.__rd_command__ = Command(name, help, setup, fn, interrupted)  # type: ignore[attr-defined]
         return fn
     return mark
 
@@ -193,7 +197,14 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _after_interrupt(ns: argparse.Namespace | None) -> str:
+    """The end of the message for an interrupted command: its own advice, if it has some."""
+    cmd = getattr(ns, "command_", None)
+    return f"; {cmd.interrupted}" if getattr(cmd, "interrupted", "") else "."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    ns = None
     try:
         ns = build_parser().parse_args(argv)
         code = ns.command_.run(ns)
@@ -214,10 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"robust-distill: error: {exc}", file=sys.stderr)
         return 4
     except KeyboardInterrupt:
-        print("robust-distill: interrupted; `train` resumes from the last finished epoch.", file=sys.stderr)
+        print(f"robust-distill: interrupted{_after_interrupt(ns)}", file=sys.stderr)
         return 130
     except Terminated as exc:
-        print(f"robust-distill: stopped ({exc}); `train` resumes from the last finished epoch.", file=sys.stderr)
+        print(f"robust-distill: stopped ({exc}){_after_interrupt(ns)}", file=sys.stderr)
         return 128 + exc.signum
 
 

@@ -29,7 +29,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="validate every run and list their states")
 
 
-@command("bench", "run a grid of training runs (methods x teachers x students x seeds x ...), resumably", _bench_args)
+@command("bench", "run a grid of training runs (methods x teachers x students x seeds x ...), resumably", _bench_args,
+         interrupted="the same `robust-distill bench` command skips finished runs and resumes the others.")
 def cmd_bench(ns: argparse.Namespace) -> int:
     from ..analysis.bench import load_grid, run_grid
     from ..plugin import get_registries

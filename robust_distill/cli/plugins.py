@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from .. import hookimpl
 from . import command
+
+__all__ = ["one_line"]
+
+_ROLE = re.compile(r":[\w:]+:`(~?)([^`]*)`")  # :class:`~robust_distill.step.Step` -> Step
+
+
+def one_line(text: str, width: int = 70) -> str:
+    """``text`` as a plain one-line summary of at most ``width`` characters: reStructuredText roles and literals
+    unwrapped (``:class:`~a.B``` -> ``B``, double backquotes dropped), cut at a word with ``...``."""
+    text = _ROLE.sub(lambda m: m.group(2).rsplit(".", 1)[-1] if m.group(1) else m.group(2), text)
+    text = " ".join(re.sub(r"`+([^`]*)`+", r"\1", text).split())
+    if len(text) <= width:
+        return text
+    cut = text[:width - 2]  # a word that ends at width - 3 is kept whole
+    cut = cut.rsplit(" ", 1)[0] if " " in cut else cut[:width - 3]
+    return cut.rstrip(" ,;:(-") + "..."
 
 
 def _plugins_args(p: argparse.ArgumentParser) -> None:
@@ -30,11 +47,11 @@ def cmd_plugins(ns: argparse.Namespace) -> int:
         print(f"  {where:<{w_name + w_module + 1}} not loaded: {why}")
     print("\ncommands:")
     for e in (commands if commands is not None else build_commands(pm)).entries():
-        print(f"  {e.name:<22} {e.help[:70]:<72} [{e.plugin}; {e.distribution}]")
+        print(f"  {e.name:<22} {one_line(e.help):<72} [{e.plugin}; {e.distribution}]")
     for attr, registry in vars(regs).items():
         print(f"\n{attr.replace('_', ' ')}:")
         for e in registry.entries():
-            print(f"  {e.name:<22} {e.help[:70]:<72} [{e.plugin}; {e.distribution}]")
+            print(f"  {e.name:<22} {one_line(e.help):<72} [{e.plugin}; {e.distribution}]")
             if ns.names and hasattr(e.obj, "names"):
                 try:
                     names = e.obj.names()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from .. import hookimpl
 from . import command
@@ -14,22 +15,35 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set optim.epochs=5 --set threat.eps=16/255")
     p.add_argument("--no-resume", action="store_true", help="start over even if output_dir has last.pt")
-    p.add_argument("--check", action="store_true", help="validate the config, print it resolved, and exit")
+    p.add_argument("--check", action="store_true",
+                   help="build the run without training it (every part, teacher and student, on the meta device) "
+                        "and print the effective config, constructor defaults included; writes nothing")
 
 
-@command("train", "train a student from a YAML config (resumes from output_dir/last.pt)", _train_args)
+@command("train", "train a student from a YAML config (resumes from output_dir/last.pt)", _train_args,
+         interrupted="the same `robust-distill train` command resumes from the last finished epoch.")
 def cmd_train(ns: argparse.Namespace) -> int:
     import yaml
 
-    from ..config import config_to_dict, load_config, plain_data
+    from .._lock import FolderLockedError, lock_holder
+    from ..config import effective_config, load_config
     from ..plugin import get_registries
     from ..trainer import check_resumable, train
 
-    cfg = load_config(ns.config, get_registries(), ns.overrides)
+    regs = get_registries()
+    cfg = load_config(ns.config, regs, ns.overrides)  # validates by building the run on `meta` (config.validate)
     if ns.check:
+        holder = lock_holder(cfg.output_dir)
+        if holder is not None:  # train's own refusal: another process trains in this folder
+            raise FolderLockedError(Path(cfg.output_dir), holder, "output_dir")
+        last = Path(cfg.output_dir) / "last.pt"
         if not ns.no_resume:
-            check_resumable(cfg)  # what train checks next, before any work
-        print(yaml.safe_dump(plain_data(config_to_dict(cfg)), sort_keys=False))
+            check_resumable(cfg)  # train's own check: a last.pt of another config or of more epochs is refused
+            if last.is_file():
+                print(f"# {str(last)!r} exists: train resumes from it (--no-resume starts over)")
+        print("# the effective config: defaults < the method's < the file < --set; parts' constructor defaults "
+              "included")
+        print(yaml.safe_dump(effective_config(cfg, regs), sort_keys=False))
         return 0
     summary = train(cfg, resume=not ns.no_resume)
     print(json.dumps(summary, indent=2, default=str))
