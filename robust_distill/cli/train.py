@@ -21,9 +21,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(ns: argparse.Namespace) -> int:
     import yaml
 
+    from ..api import train
     from ..config import config_to_dict, load_config, plain_data
     from ..plugin import get_registries
-    from ..trainer import train
 
     cfg = load_config(ns.config, get_registries(), ns.overrides)
     if ns.check:
