@@ -51,7 +51,7 @@ CARD_COLUMNS = (("clean", "Clean"), ("pgd20", "PGD-20"), ("autoattack", "AutoAtt
 #: the keys of RobustBench's model-info files, in their order (RobustBench/robustbench,
 #: model_info/cifar10/Linf/Wang2023Better_WRN-28-10.json; a copy is tests/fixtures/robustbench/)
 ROBUSTBENCH_KEYS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
-                    "architecture", "eps", "clean_acc", "reported", "footnote", "autoattack_acc", "unreliable")
+                    "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "footnote", "unreliable")
 #: RobustBench's L-inf leaderboards an export can enter: dataset -> their radius (ImageNet's is ranked on its
 #: own 5,000-image subset of the validation set, which robust-distill's evaluation does not reproduce)
 ROBUSTBENCH_LINF = {"cifar10": 8 / 255, "cifar100": 8 / 255}
