@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["train", "evaluate", "load_model", "Evaluation", "registries", "list_methods", "list_attacks",
            "resolve_model"]
 
-#: what :func:`load_model` and :func:`evaluate` accept as a model: a module, or where to find one
 ModelSource = Union[nn.Module, str, "os.PathLike[str]"]
+"""What :func:`evaluate` takes as a model: a module, or where :func:`load_model` finds one."""
 
 
 def registries() -> Registries:
@@ -194,9 +194,15 @@ def load_model(source: str | os.PathLike[str], *, which: str = "best", dataset: 
 class Evaluation:
     """What :func:`evaluate` measured: per-example correctness under each attack, and the accuracies.
 
-    ``correct[attack]`` is a bool tensor in the order of ``indices`` (positions of the examples in the
-    dataset's split) and ``labels``; ``protocols`` gives each attack's protocol (``"PGD-20 (step
-    eps/4 = 2/255)"``).
+    :param model: what was evaluated (the spec or path given, or the module's class name).
+    :param dataset: the dataset's name (``""`` for ``data=`` tensors without ``dataset=``).
+    :param split: ``test``, ``val``, or ``given`` (``data=``).
+    :param eps: the L-inf radius of the attacks.
+    :param seed: the evaluation seed (every chunk of examples is seeded from it and its index).
+    :param indices: positions of the examples in the split; ``correct`` and ``labels`` follow this order.
+    :param labels: the examples' labels.
+    :param result: the per-example correctness (:class:`~robust_distill.evaluation.EvalResult`).
+    :param protocols: each attack's protocol, e.g. ``{"pgd20": "PGD-20 (step eps/4 = 2/255)"}``.
     """
 
     model: str
@@ -254,7 +260,8 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
     :param attacks: registered evaluation attacks (:func:`list_attacks`), e.g. ``["clean", "pgd20",
         "autoattack"]`` or ``"clean,pgd20"``.
     :param dataset: the dataset to evaluate on (default: the checkpoint's or export's; required for a module).
-    :param data: instead of a dataset's split, these ``(images, labels)`` tensors (uint8 or float in [0, 1]).
+    :param data: instead of a dataset's split, these ``(images, labels)`` tensors (uint8 or float in [0, 1]; the
+        first ``n_examples``) or an :class:`~robust_distill.data.EvalSet`.
     :param split: ``test``, or ``val`` (the training run's held-out split: its ``val_size`` and ``split_seed``).
     :param n_examples: the first N examples of the split (``None`` or 0: all; streamed datasets: N spread over
         the split).
@@ -315,7 +322,8 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
     names = [a.strip() for a in attacks.split(",")] if isinstance(attacks, str) else list(attacks)
     built = make_eval_attacks([a for a in names if a], regs, eps=eps, num_classes=num_classes)
     if surrogate:
-        other, _, _ = resolve_model(surrogate, {}, dataset, regs, data_cfg.get("options", {}), root)
+        other, _, _ = resolve_model(_model_spec(surrogate, "best"), {}, dataset, regs, data_cfg.get("options", {}),
+                                    root)
         other = other.to(dev)
         for base in make_eval_attacks(["pgd20", "cw_inf"], regs, eps=eps, num_classes=num_classes).values():
             transfer = TransferAttack(base, other, surrogate)

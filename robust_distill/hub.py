@@ -75,8 +75,8 @@ def locate_checkpoint(run_or_checkpoint: str | os.PathLike[str], which: str = "b
         ckpt = path / f"{which}.pt"
         if not ckpt.is_file():
             found = ", ".join(sorted(p.name for p in path.glob("*.pt"))) or "none"
-            raise HubError(f"{str(path)!r} has no {which}.pt (checkpoints there: {found}); give a checkpoint file "
-                           "or choose --checkpoint best|last.")
+            raise HubError(f"{str(path)!r} has no {which}.pt (checkpoints there: {found}); give a checkpoint file, "
+                           "or the run's other checkpoint (best or last).")
         return ckpt, path
     if not path.is_file():
         raise HubError(f"{str(path)!r} is neither a run folder nor a checkpoint file.")

@@ -16,7 +16,7 @@ from robust_distill.checkpoint import build_from_checkpoint, load_checkpoint
 from robust_distill.cli import main
 from robust_distill.config import ConfigError, resolve_config
 from robust_distill.evaluation import EvalResult
-from robust_distill.hub import HubError
+from robust_distill.hub import HubError, export_model
 from robust_distill.registry import UnknownNameError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +36,9 @@ def test_train_evaluate_and_load_model_give_the_runs_own_numbers(regs, tiny_raw,
     x = torch.rand(4, 3, 8, 8)
     assert not model.training and torch.equal(model(x), original(x))
     assert torch.equal(rd.load_model(run / "last.pt")(x), rd.load_model(run, which="last")(x))
+    export_model(run, tmp_path / "hub", regs)  # an exported folder, with or without hf-hub:
+    assert torch.equal(rd.load_model(tmp_path / "hub")(x), model(x))
+    assert torch.equal(rd.load_model(f"hf-hub:{tmp_path / 'hub'}")(x), model(x))
 
     # evaluate: the final test evaluation's numbers exactly, per example too (same attacks, seed, chunks)
     ev = rd.evaluate(run, attacks="clean,pgd20", n_examples=32, batch_size=64)
@@ -61,8 +64,8 @@ def test_train_evaluate_and_load_model_give_the_runs_own_numbers(regs, tiny_raw,
 
 
 def test_overrides_as_a_dict_are_the_command_lines_set(regs, tiny_raw) -> None:
-    overrides = {"optim.epochs": 3, "threat.eps": "4/255", "eval.attacks": ["clean", "pgd20", "fgsm"], "output_dir": "runs/x",
-                 "data.train_subset": None, "channels_last": True}
+    overrides = {"optim.epochs": 3, "threat.eps": "4/255", "eval.attacks": ["clean", "pgd20", "fgsm"],
+                 "output_dir": "runs/x", "data.train_subset": None, "channels_last": True}
     sets = ["optim.epochs=3", "threat.eps=4/255", "eval.attacks=[clean, pgd20, fgsm]", "output_dir=runs/x",
             "data.train_subset=null", "channels_last=true"]
     assert resolve_config(tiny_raw(), regs, overrides=_override_list(overrides)) == \
