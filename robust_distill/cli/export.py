@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import hookimpl
 from . import command, integer
+from .eval import _options
 
 __all__ = ["run_export"]
 
@@ -24,11 +25,11 @@ def run_export(ns: argparse.Namespace) -> Path:
     """Export ``ns.run`` to ``ns.out_dir`` (with the evaluation ``--evaluate`` asks for); returns the folder."""
     from ..api import evaluate
     from ..checkpoint import load_checkpoint
-    from ..config import ConfigError, _parse_value
+    from ..config import ConfigError
     from ..hub import check_robustbench, export_model, locate_checkpoint
     from ..plugin import get_registries
 
-    info = {key: _parse_value(value) for key, _, value in (item.partition("=") for item in ns.model_info)}
+    info = _options(ns.model_info)  # values read as YAML: additional_data=true is a boolean
     attacks = [a.strip() for a in (ns.evaluate or "").split(",") if a.strip()]
     if ns.robustbench and ns.evaluate and not ({"clean", "autoattack"} <= set(attacks) and ns.n_examples == 0):
         raise ConfigError(["--robustbench needs clean and AutoAttack accuracy on the whole test set: "
