@@ -281,6 +281,9 @@ def test_a_dataset_without_a_robustbench_leaderboard_is_refused_before_any_evalu
     assert main(["export", str(tmp_path / "c.pt"), str(tmp_path / "hub"), "--robustbench", "X",
                  "--evaluate", "clean,pgd20"]) == 2
     assert "--robustbench needs clean and AutoAttack accuracy on the whole test set" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "c.pt"), str(tmp_path / "hub"), "--model-info", "venue"]) == 2
+    err = capsys.readouterr().err
+    assert "--model-info 'venue': expected KEY=VALUE" in err and "give --robustbench MODEL_NAME too" in err
     assert not (tmp_path / "hub").exists()
 
 

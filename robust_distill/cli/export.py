@@ -29,12 +29,17 @@ def run_export(ns: argparse.Namespace) -> Path:
     from ..hub import check_robustbench, export_model, locate_checkpoint
     from ..plugin import get_registries
 
-    info = _options(ns.model_info)  # values read as YAML: additional_data=true is a boolean
     attacks = [a.strip() for a in (ns.evaluate or "").split(",") if a.strip()]
+    problems = [f"--model-info {item!r}: expected KEY=VALUE, e.g. --model-info venue='ICML 2026'."
+                for item in ns.model_info if "=" not in item]
+    if ns.model_info and not ns.robustbench:
+        problems.append("--model-info fills RobustBench's model-info file: give --robustbench MODEL_NAME too.")
     if ns.robustbench and ns.evaluate and not ({"clean", "autoattack"} <= set(attacks) and ns.n_examples == 0):
-        raise ConfigError(["--robustbench needs clean and AutoAttack accuracy on the whole test set: "
-                           "--evaluate clean,autoattack --n-examples 0 (or no --evaluate: the run's own final "
-                           "evaluation)."], "export arguments")
+        problems.append("--robustbench needs clean and AutoAttack accuracy on the whole test set: --evaluate "
+                        "clean,autoattack --n-examples 0 (or no --evaluate: the run's own final evaluation).")
+    if problems:
+        raise ConfigError(problems, "export arguments")
+    info = _options(ns.model_info)  # values read as YAML: additional_data=true is a boolean
     ckpt_path, _ = locate_checkpoint(ns.run, ns.checkpoint)
     ckpt = load_checkpoint(ckpt_path, mmap=True)
     ckpt = ckpt if isinstance(ckpt, dict) else {}  # not a robust-distill checkpoint: export_model says so
