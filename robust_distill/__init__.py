@@ -22,6 +22,14 @@ and declare it in your distribution's ``setup.cfg``::
 
 After ``pip install``, ``robust-distill plugins`` lists it and ``method: rslad_t2`` works in a config.
 ``docs/plugins.md`` is the plugin author's guide; ``robust_distill.hookspecs`` specifies every hook.
+
+From Python (a notebook, a script): :func:`train`, :func:`evaluate`, :func:`load_model`, :func:`list_methods`,
+:func:`list_attacks` and :func:`registries` (:mod:`robust_distill.api`)::
+
+    import robust_distill as rd
+
+    summary = rd.train("configs/rslad.yaml", overrides={"optim.epochs": 5})
+    ev = rd.evaluate(rd.load_model(summary["checkpoints"]["best"]), attacks=["clean", "pgd20"])
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("robust_distill")
 """Marker for hook implementations: ``@hookimpl def rd_register_methods(registry): ...``."""
 
+from .api import Evaluation, evaluate, list_attacks, list_methods, load_model, registries, train  # noqa: E402
 from .components import (  # noqa: E402
     DataBundle,
     DatasetInfo,
@@ -58,4 +67,5 @@ __all__ = [
     "__version__", "hookimpl", "Registry", "Step", "ThreatModel", "Method", "Part", "Stateful",
     "DataBundle", "StreamedBundle", "DatasetInfo", "TeacherSource", "StudentSource", "InnerAttack", "OuterLoss",
     "TeacherUpdater", "EvalAttack", "training_defaults", "RunContext", "Logger",
+    "train", "evaluate", "load_model", "Evaluation", "registries", "list_methods", "list_attacks",
 ]

@@ -10,7 +10,10 @@ The folder is what ``timm.models.push_to_hf_hub`` / ``save_for_hf`` write (``tim
   normalisation inside), the dataset, the threat model, the training config and the evaluation results;
 * ``README.md``: the model card (Hugging Face front matter, timm tags) with the robustness table as
   RobustBench reports models (clean, PGD-20, AutoAttack; dataset, threat model, eps, examples), the plots,
-  the training method and config, and how to load it.
+  the training method and config, and how to load it;
+* with ``robustbench=NAME``, ``model_info/<dataset>/Linf/NAME.json``: the model-info file a RobustBench
+  model-zoo submission adds to its repository (:func:`robustbench_model_info`), only for an AutoAttack
+  evaluation on the whole test set.
 
 :func:`hub_file` finds a file of such a folder, local or on the Hub (``huggingface_hub.hf_hub_download`` and its
 cache; ``HF_HUB_OFFLINE=1`` works from a populated cache). The ``hf-hub:`` teacher and student source
@@ -21,7 +24,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +34,11 @@ import yaml
 from ._io import atomic_write, atomic_write_text
 from .checkpoint import build_from_checkpoint, load_checkpoint
 from .components import split_spec
-from .threat import format_eps
+from .threat import format_eps, parse_fraction
 
-__all__ = ["export_model", "read_hub_config", "hub_file", "model_card", "HubError", "WEIGHTS", "LEGACY_WEIGHTS",
-           "CONFIG", "CARD_COLUMNS"]
+__all__ = ["export_model", "read_hub_config", "hub_file", "model_card", "robustbench_model_info", "check_robustbench",
+           "HubError",
+           "WEIGHTS", "LEGACY_WEIGHTS", "CONFIG", "CARD_COLUMNS", "ROBUSTBENCH_KEYS", "ROBUSTBENCH_LINF"]
 
 WEIGHTS = "model.safetensors"
 LEGACY_WEIGHTS = "pytorch_model.bin"
@@ -43,6 +48,15 @@ SOURCE_OPTIONS = frozenset({"pretrained", "pretrained_file", "checkpoint_path", 
 #: the robustness columns of a model card, (attack, title), in RobustBench's order; others follow
 CARD_COLUMNS = (("clean", "Clean"), ("pgd20", "PGD-20"), ("autoattack", "AutoAttack"),
                 ("autoattack_apgd", "AutoAttack APGD-CE+T"))
+#: the keys of RobustBench's model-info files, in their order (RobustBench/robustbench,
+#: model_info/cifar10/Linf/Wang2023Better_WRN-28-10.json; a copy is tests/fixtures/robustbench/)
+ROBUSTBENCH_KEYS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
+                    "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "footnote", "unreliable")
+#: RobustBench's L-inf leaderboards an export can enter: dataset -> their radius (ImageNet's is ranked on its
+#: own 5,000-image subset of the validation set, which robust-distill's evaluation does not reproduce)
+ROBUSTBENCH_LINF = {"cifar10": 8 / 255, "cifar100": 8 / 255}
+#: model-info keys the evaluation fills: ``model_info=`` cannot set them
+ROBUSTBENCH_MEASURED = ("dataset", "eps", "clean_acc", "autoattack_acc")
 
 
 class HubError(ValueError):
@@ -61,8 +75,8 @@ def locate_checkpoint(run_or_checkpoint: str | os.PathLike[str], which: str = "b
         ckpt = path / f"{which}.pt"
         if not ckpt.is_file():
             found = ", ".join(sorted(p.name for p in path.glob("*.pt"))) or "none"
-            raise HubError(f"{str(path)!r} has no {which}.pt (checkpoints there: {found}); give a checkpoint file "
-                           "or choose --checkpoint best|last.")
+            raise HubError(f"{str(path)!r} has no {which}.pt (checkpoints there: {found}); give a checkpoint file, "
+                           "or the run's other checkpoint (best or last).")
         return ckpt, path
     if not path.is_file():
         raise HubError(f"{str(path)!r} is neither a run folder nor a checkpoint file.")
@@ -76,8 +90,10 @@ def recorded_results(run_dir: Path | None, which: str, config: Mapping[str, Any]
     summary = json.loads((run_dir / "summary.json").read_text())
     ev = config.get("eval", {})
     final = (summary.get("final") or {}).get(which)
-    if final:
-        return {"split": "test", "n_examples": ev.get("final_n_examples"), "accuracy": dict(final)}
+    if final:  # the per-example file counts the test images (final_n_examples may exceed the split)
+        records = run_dir / f"test_correct_{which}.pt"
+        n = int(load_checkpoint(records)["indices"].numel()) if records.is_file() else ev.get("final_n_examples")
+        return {"split": "test", "n_examples": n, "accuracy": dict(final)}
     split = ev.get("split", "val")
     accuracy = {k[len(split) + 1:]: v for k, v in (summary.get(which) or {}).items() if k.startswith(f"{split}_")}
     return {"split": split, "n_examples": ev.get("n_examples"), "accuracy": accuracy} if accuracy else {}
@@ -85,12 +101,16 @@ def recorded_results(run_dir: Path | None, which: str, config: Mapping[str, Any]
 
 def export_model(run_or_checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], regs: Any, *,
                  which: str = "best", results: Mapping[str, Any] | None = None, repo_id: str | None = None,
-                 overwrite: bool = False) -> Path:
+                 overwrite: bool = False, robustbench: str | None = None,
+                 model_info: Mapping[str, Any] | None = None) -> Path:
     """Write the student of a run (its ``which`` = ``best``/``last`` checkpoint) or of a checkpoint file as a
     timm / Hub folder: ``model.safetensors``, ``config.json``, ``README.md`` and the run's curves. Returns it.
 
     ``results`` (``{"split", "n_examples", "accuracy": {attack: value}}``) replaces what the run recorded (an
     evaluation made for the export); ``repo_id`` names the Hub repo in the card's usage section.
+    ``robustbench`` (a RobustBench model name, ``Lee2026Robust_convnet_m``) adds
+    ``model_info/<dataset>/Linf/<robustbench>.json`` (:func:`robustbench_model_info`, with ``model_info``'s
+    descriptive keys); a run it cannot describe is refused before anything is written.
     """
     from safetensors.torch import save
 
@@ -141,13 +161,111 @@ def export_model(run_or_checkpoint: str | os.PathLike[str], out_dir: str | os.Pa
             "config": config,
         },
     }
+    info_file = None
+    if robustbench is not None:  # every refusal before the first file is written
+        rd = hub_config["robust_distill"]
+        method = regs.methods.entry(rd["method"]).obj if rd.get("method") in regs.methods else None
+        _robustbench_name(robustbench)
+        info = robustbench_model_info(
+            rd["evaluation"], dataset=rd["dataset"], eps=rd["eps"], architecture=arch, model_info=model_info,
+            test_size=lambda: _test_size(regs, rd["dataset"], config),
+            footnote=_footnote(rd.get("method"), getattr(method, "reference", ""), rd["teachers"]))
+        info_file = out / "model_info" / rd["dataset"] / "Linf" / f"{robustbench}.json"
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
     atomic_write(out / WEIGHTS, lambda f: f.write(save(state)))
     atomic_write_text(json.dumps(hub_config, indent=2) + "\n", out / CONFIG)
     plots = _copy_plots(run_dir, out)
     atomic_write_text(model_card(hub_config, plots=plots, repo_id=repo_id), out / "README.md")
+    if info_file is not None:
+        info_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json.dumps(info, indent=2) + "\n", info_file)
     return out
+
+
+# -------------------------------------------------------------------------------------------------
+# RobustBench's model-info file
+# -------------------------------------------------------------------------------------------------
+
+
+def robustbench_model_info(evaluation: Mapping[str, Any], *, dataset: str, eps: Any, architecture: str,
+                           test_size: Callable[[], int], footnote: str = "",
+                           model_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The model-info JSON of a RobustBench model-zoo submission (keys :data:`ROBUSTBENCH_KEYS`, values as
+    RobustBench writes them: accuracies as percent strings with two decimals, ``"eps": "8/255"``).
+
+    ``clean_acc`` and ``autoattack_acc`` come from ``evaluation`` (``{"split", "n_examples", "accuracy"}``),
+    which must hold ``clean`` and ``autoattack`` (AutoAttack standard) on all ``test_size()`` test images, at
+    the leaderboard's radius (:data:`ROBUSTBENCH_LINF`); otherwise :class:`HubError` says what is missing and
+    how to measure it. ``reported`` is the AutoAttack accuracy too (RobustBench's column for the paper's own
+    number); ``model_info`` sets the descriptive keys (``link``, ``name``, ``authors``, ``venue``,
+    ``additional_data``: true when training used data beyond the training split, ...).
+    """
+    radius = check_robustbench(dataset, eps, model_info)
+    info = dict(model_info or {})
+    accuracy = evaluation.get("accuracy") or {}
+    measure = ("Measure it with `robust-distill export RUN OUT --evaluate clean,autoattack --n-examples 0` (or "
+               "train with eval.final_attacks: [clean, autoattack] and eval.final_n_examples: null).")
+    if evaluation.get("split") != "test" or not {"clean", "autoattack"} <= set(accuracy):
+        found = f"{', '.join(accuracy)} on the {evaluation.get('split')} split" if accuracy else "no evaluation"
+        raise HubError(f"A RobustBench model-info file needs clean and AutoAttack (standard) accuracy on the test "
+                       f"set; the run recorded {found}. {measure}")
+    n, total = evaluation.get("n_examples"), test_size()
+    if n != total:
+        raise HubError(f"AutoAttack ran on {n if n is not None else 'an unknown number of'} of the {total} test "
+                       f"images; RobustBench reports the whole test set. {measure}")
+    robust = f"{100 * accuracy['autoattack']:.2f}"
+    filled = {"link": "", "name": f"{architecture} trained with robust-distill", "authors": "",
+              "additional_data": False, "number_forward_passes": 1, "dataset": dataset, "venue": "",
+              "architecture": architecture, "eps": format_eps(radius), "clean_acc": f"{100 * accuracy['clean']:.2f}",
+              "reported": robust, "footnote": footnote, "autoattack_acc": robust, "unreliable": False}
+    return {key: info.get(key, filled[key]) for key in ROBUSTBENCH_KEYS}
+
+
+def check_robustbench(dataset: str, eps: Any, model_info: Mapping[str, Any] | None = None,
+                      name: str | None = None) -> float:
+    """What can be refused before any evaluation: a dataset or radius RobustBench does not rank
+    (:data:`ROBUSTBENCH_LINF`), ``model_info`` keys that do not exist or are measured, a bad model ``name``.
+    Returns the radius."""
+    if name is not None:
+        _robustbench_name(name)
+    keys = list(model_info or {})
+    problems = ([f"{k!r} is not a key of RobustBench's files" for k in keys if k not in ROBUSTBENCH_KEYS]
+                + [f"{k!r} comes from the evaluation" for k in keys if k in ROBUSTBENCH_MEASURED])
+    if problems:
+        raise HubError(f"RobustBench model info: {'; '.join(problems)}. Keys you can set: "
+                       f"{', '.join(k for k in ROBUSTBENCH_KEYS if k not in ROBUSTBENCH_MEASURED)}.")
+    if dataset not in ROBUSTBENCH_LINF:
+        raise HubError(f"RobustBench has no L-inf leaderboard for {dataset!r} that this export can enter: its "
+                       f"L-inf leaderboards here are {', '.join(ROBUSTBENCH_LINF)} (ImageNet is ranked on "
+                       "RobustBench's own 5,000-image subset).")
+    radius = parse_fraction(eps) if eps is not None else None
+    if radius is None or abs(radius - ROBUSTBENCH_LINF[dataset]) > 1e-6:
+        raise HubError(f"RobustBench ranks {dataset} at eps {format_eps(ROBUSTBENCH_LINF[dataset])}; this run was "
+                       f"evaluated at {format_eps(radius) if radius is not None else 'an unknown eps'}.")
+    return radius
+
+
+def _robustbench_name(name: str) -> str:
+    """A RobustBench model name is a file name: letters, digits, ``_``, ``-``, ``.``."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise HubError(f"RobustBench model name {name!r}: use letters, digits, '_', '-' and '.' only, as in "
+                       "'Lee2026Robust_convnet_m' (it names the model-info file).")
+    return name
+
+
+def _test_size(regs: Any, dataset: str, config: Mapping[str, Any]) -> int:
+    """How many images the run's dataset has in its test split (its data root and options)."""
+    data = config.get("data") or {}
+    bundle = regs.datasets.get(dataset).load(root=data.get("root"), **(data.get("options") or {}))
+    return int(bundle.test_y.shape[0]) if hasattr(bundle, "test_y") else len(bundle.test)
+
+
+def _footnote(method: str | None, reference: str, teachers: Mapping[str, str]) -> str:
+    """Where the model comes from: robust-distill's method (its paper) and teachers."""
+    paper = f" ({reference})" if reference else ""
+    taught = f", teachers {', '.join(f'{role} {key}' for role, key in teachers.items())}" if teachers else ""
+    return f"Trained with robust-distill: method {method}{paper}{taught}."
 
 
 def _copy_plots(run_dir: Path | None, out: Path) -> list[str]:

@@ -169,3 +169,139 @@ def test_only_robust_distill_checkpoints_of_timm_models_export(regs, tmp_path: P
         export_model(tmp_path, tmp_path / "b", regs)
     with pytest.raises(HubError, match="hf-hub:nowhere: not a folder here, nor a Hub repo id"):
         regs.teacher_sources.get("hf-hub").load("nowhere", dataset=INFO)
+
+
+# -- RobustBench's model-info file (issue 22, item 4) ------------------------------------------------------
+
+#: a real model-info file of RobustBench's CIFAR-10 L-inf leaderboard (tests/fixtures/robustbench/README.md)
+ROBUSTBENCH_FILE = json.loads((Path(__file__).parent / "fixtures" / "robustbench"
+                               / "Wang2023Better_WRN-28-10.json").read_text())
+
+
+def test_the_model_info_has_robustbenchs_keys_in_its_order_and_its_value_types() -> None:
+    from robust_distill.hub import robustbench_model_info
+
+    evaluation = {"split": "test", "n_examples": 10_000, "accuracy": {"clean": 0.625, "autoattack": 0.375,
+                                                                      "pgd20": 0.5}}
+    info = robustbench_model_info(evaluation, dataset="cifar10", eps=8 / 255, architecture="convnet_xs",
+                                  test_size=lambda: 10_000, footnote="Trained with robust-distill.",
+                                  model_info={"venue": "ICML 2026", "additional_data": True})
+    assert list(info) == list(ROBUSTBENCH_FILE)
+    assert {k: type(v) for k, v in info.items()} == {k: type(v) for k, v in ROBUSTBENCH_FILE.items()}
+    assert (info["clean_acc"], info["autoattack_acc"], info["reported"]) == ("62.50", "37.50", "37.50")
+    assert (info["eps"], info["dataset"], info["architecture"], info["number_forward_passes"]) == (
+        "8/255", "cifar10", "convnet_xs", 1)
+    assert (info["venue"], info["additional_data"], info["unreliable"]) == ("ICML 2026", True, False)
+
+
+def _cifar_run(run: Path, regs, root: Path, *, final: dict[str, float] | None, n: int = 8,
+               eps: float = 8 / 255) -> Path:
+    """A run folder as training leaves it (best.pt, config.yaml, summary.json, test_correct_best.pt) on the
+    tiny CIFAR-10 folder ``root``, whose final test evaluation measured ``final`` on ``n`` images."""
+    import yaml
+
+    torch.manual_seed(0)
+    model = regs.student_sources.get("timm").build("convnet_xs", input_shape=(3, 32, 32), num_classes=10)
+    config = {"method": "rslad", "teachers": {"robust": {"key": "timm:convnet_xs"}}, "seed": 0,
+              "data": {"dataset": "cifar10", "root": str(root)}, "threat": {"eps": eps},
+              "eval": {"final_attacks": list(final or []), "final_n_examples": n}}
+    spec = {"key": "timm:convnet_xs", "kwargs": {}, "num_classes": 10, "input_shape": [3, 32, 32],
+            "dataset": "cifar10"}
+    run.mkdir()
+    atomic_save({"format": FORMAT, "model": spec, "state_dict": model.state_dict(), "epoch": 1, "config": config},
+                run / "best.pt")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "summary.json").write_text(json.dumps({"final": {"best": final}} if final else {}))
+    if final:
+        atomic_save({"correct": {k: torch.zeros(n, dtype=torch.bool) for k in final}, "indices": torch.arange(n)},
+                    run / "test_correct_best.pt")
+    return run
+
+
+def test_export_writes_robustbenchs_model_info_from_the_runs_autoattack_on_the_whole_test_set(
+        regs, tiny_cifar: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _cifar_run(tmp_path / "run", regs, tiny_cifar, final={"clean": 0.625, "pgd20": 0.5, "autoattack": 0.375})
+    out = tmp_path / "hub"
+    assert main(["export", str(run), str(out), "--robustbench", "Lee2026Tiny_convnet_xs",
+                 "--model-info", "link=https://arxiv.org/abs/2601.00001", "--model-info", "authors=A. Lee, B. Kim",
+                 "--model-info", "additional_data=true"]) == 0
+    path = out / "model_info" / "cifar10" / "Linf" / "Lee2026Tiny_convnet_xs.json"
+    assert f"RobustBench model info: {path}" in capsys.readouterr().out
+    info = json.loads(path.read_text())
+    assert list(info) == list(ROBUSTBENCH_FILE)
+    assert info == {
+        "link": "https://arxiv.org/abs/2601.00001", "name": "convnet_xs trained with robust-distill",
+        "authors": "A. Lee, B. Kim", "additional_data": True, "number_forward_passes": 1, "dataset": "cifar10",
+        "venue": "", "architecture": "convnet_xs", "eps": "8/255", "clean_acc": "62.50", "reported": "37.50",
+        "autoattack_acc": "37.50", "unreliable": False,
+        "footnote": "Trained with robust-distill: method rslad (Zi et al., ICCV 2021, Eq. 6-7; "
+                    "zibojia/RSLAD/rslad_loss.py), teachers robust timm:convnet_xs."}
+    # the card counts the examples from the per-example file: all 8 test images
+    assert "| cifar10 | Linf | 8/255 | 62.50 | 50.00 | 37.50 | 8 (test split) |" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize(("final", "n", "eps", "args", "message"), [
+    ({"clean": 0.5, "pgd20": 0.25}, 8, 8 / 255, [],
+     "needs clean and AutoAttack (standard) accuracy on the test set; the run recorded clean, pgd20 on the test "
+     "split. Measure it with `robust-distill export RUN OUT --evaluate clean,autoattack --n-examples 0`"),
+    ({"clean": 0.5, "autoattack_apgd": 0.25}, 8, 8 / 255, [], "the run recorded clean, autoattack_apgd"),
+    (None, 8, 8 / 255, [], "the run recorded no evaluation"),
+    ({"clean": 0.5, "autoattack": 0.25}, 4, 8 / 255, [],
+     "AutoAttack ran on 4 of the 8 test images; RobustBench reports the whole test set."),
+    ({"clean": 0.5, "autoattack": 0.25}, 8, 4 / 255, [],
+     "RobustBench ranks cifar10 at eps 8/255; this run was evaluated at 4/255."),
+    ({"clean": 0.5, "autoattack": 0.25}, 8, 8 / 255, ["--model-info", "clean_acc=99", "--model-info", "paper=x"],
+     "RobustBench model info: 'paper' is not a key of RobustBench's files; 'clean_acc' comes from the "
+     "evaluation. Keys you can set: link, name, authors, additional_data, number_forward_passes, venue, "
+     "architecture, reported, footnote, unreliable."),
+    ({"clean": 0.5, "autoattack": 0.25}, 8, 8 / 255, ["--robustbench", "../x"],
+     "RobustBench model name '../x': use letters, digits"),
+], ids=["no autoattack", "apgd only", "no final evaluation", "part of the test set", "eps 4/255", "keys", "name"])
+def test_export_refuses_a_model_info_it_cannot_fill_and_writes_nothing(
+        regs, tiny_cifar: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], final: dict[str, float] | None,
+        n: int, eps: float, args: list[str], message: str) -> None:
+    run = _cifar_run(tmp_path / "run", regs, tiny_cifar, final=final, n=n, eps=eps)
+    out = tmp_path / "hub"
+    assert main(["export", str(run), str(out), "--robustbench", "Lee2026Tiny", *args]) == 3
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1  # one paragraph, no traceback
+    assert not out.exists()
+
+
+def test_a_dataset_without_a_robustbench_leaderboard_is_refused_before_any_evaluation(
+        regs, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import robust_distill.api
+
+    _checkpoint(tmp_path / "c.pt", regs, {})  # synthetic
+    monkeypatch.setattr(robust_distill.api, "evaluate", lambda *a, **k: pytest.fail("evaluated before refusing"))
+    assert main(["export", str(tmp_path / "c.pt"), str(tmp_path / "hub"), "--robustbench", "X",
+                 "--evaluate", "clean,autoattack", "--n-examples", "0"]) == 3
+    assert ("RobustBench has no L-inf leaderboard for 'synthetic' that this export can enter: its L-inf "
+            "leaderboards here are cifar10, cifar100") in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "c.pt"), str(tmp_path / "hub"), "--robustbench", "X",
+                 "--evaluate", "clean,pgd20"]) == 2
+    assert "--robustbench needs clean and AutoAttack accuracy on the whole test set" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "c.pt"), str(tmp_path / "hub"), "--model-info", "venue"]) == 2
+    err = capsys.readouterr().err
+    assert "--model-info 'venue': expected KEY=VALUE" in err and "give --robustbench MODEL_NAME too" in err
+    assert not (tmp_path / "hub").exists()
+
+
+@pytest.mark.slow
+def test_a_trained_runs_final_autoattack_becomes_its_model_info(regs, tiny_raw, tiny_cifar: Path,
+                                                                 tmp_path: Path) -> None:
+    """End to end: a run with eval.final_attacks [clean, autoattack] on the whole (tiny) CIFAR-10 test set."""
+    raw = tiny_raw("pgd_at")
+    raw["data"] = {"dataset": "cifar10", "root": str(tiny_cifar), "val_size": 8, "batch_size": 16,
+                   "eval_batch_size": 64}
+    raw["optim"]["epochs"] = 1
+    raw["eval"].update(n_examples=8, final_attacks=["clean", "autoattack"], final_n_examples=None)
+    summary = train(resolve_config(raw, regs))
+    out = tmp_path / "hub"
+    assert main(["export", raw["output_dir"], str(out), "--robustbench", "Tiny_convnet_xs"]) == 0
+    info = json.loads((out / "model_info" / "cifar10" / "Linf" / "Tiny_convnet_xs.json").read_text())
+    best = summary["final"]["best"]
+    assert (info["clean_acc"], info["autoattack_acc"]) == (f"{100 * best['clean']:.2f}",
+                                                          f"{100 * best['autoattack']:.2f}")
+    assert info["footnote"] == "Trained with robust-distill: method pgd_at (Madry et al., ICLR 2018, Eq. 2.1; " \
+                               "MadryLab/cifar10_challenge)."

@@ -6,20 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from .. import hookimpl
-from .._io import InputError, atomic_save, atomic_write_json
-from ..checkpoint import load_checkpoint
-from ..components import split_spec
+from .._io import atomic_save, atomic_write_json
+from ..api import evaluate, resolve_model
 from ..config import ConfigError, _parse_value
-from ..data import dataset_info, make_splits
 from ..distributed import init_distributed, rank_and_world, resolve_device
-from ..evaluation import TransferAttack, evaluate_set, make_eval_attacks
 from ..plugin import Registries, get_registries
 from ..registry import UnknownNameError
-from ..streaming import default_workers
-from ..threat import format_eps, parse_fraction
+from ..threat import format_eps
 from . import command, common_problems, integer, radius
 
 __all__ = ["run_eval", "resolve_model", "markdown_table"]
@@ -50,45 +44,6 @@ def check_eval_args(ns: argparse.Namespace, regs: Registries) -> list[str]:
     return problems + common_problems(ns, regs)
 
 
-def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs: Registries,
-                  data_options: dict[str, Any] | None = None,
-                  data_root: str | None = None) -> tuple[nn.Module, str, dict[str, Any]]:
-    """A model spec (or a bare checkpoint path) -> (model in eval mode, dataset name, checkpoint or {}).
-
-    A robust-distill checkpoint knows its dataset (and the dataset root and options it was trained with).
-    ``options["trust_checkpoint"]`` is the explicit opt-in to unpickling (see :mod:`..checkpoint`).
-    """
-    source, name = split_spec(spec)
-    if not source or (source not in regs.teacher_sources and Path(spec).is_file()):
-        source, name = "checkpoint", spec
-    ckpt: dict[str, Any] = {}
-    if source == "checkpoint" and Path(name).is_file():
-        ckpt = load_checkpoint(name, trust=bool(options.get("trust_checkpoint", False)))
-        if not isinstance(ckpt, dict):
-            ckpt = {}
-        dataset = dataset or ckpt.get("model", {}).get("dataset")
-    elif source == "hf-hub":  # robust-distill's exports carry their dataset and training config
-        from ..hub import read_hub_config
-
-        exported = read_hub_config(name).get("robust_distill") or {}
-        ckpt = {"config": exported.get("config") or {}}
-        dataset = dataset or exported.get("dataset")
-    dataset = dataset or "cifar10"
-    ckpt_data = ckpt.get("config", {}).get("data", {})
-    if data_options is None:
-        data_options = ckpt_data.get("options", {})
-    if data_root is None and ckpt_data.get("dataset") == dataset:
-        data_root = ckpt_data.get("root")
-    info = dataset_info(regs.datasets.get(dataset), data_root, data_options)
-    src = regs.teacher_sources.get(source)
-    try:  # a wrong name, option or file: a message before anything is loaded
-        src.check(name, dataset=info, **options)
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"model {spec!r}: {exc}") from None
-    model = src.load(name, dataset=info, **options)
-    return model.eval(), dataset, ckpt
-
-
 def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
     """``columns`` = [(key, header)]; floats in [0, 1] are printed as percentages."""
     def fmt(v: Any) -> str:
@@ -115,53 +70,26 @@ def run_eval(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_eval(ns: argparse.Namespace, device: Any) -> dict[str, Any]:
-    regs = get_registries()
     rank, _ = rank_and_world()
-    options = _options(ns.model_option)
-    if ns.trust_checkpoint:
-        options["trust_checkpoint"] = True
-    model, dataset, ckpt = resolve_model(ns.model, options, ns.dataset, regs, data_root=ns.data_root)
-    model = model.to(device)
-    cfg = ckpt.get("config", {})
-    data_cfg = cfg.get("data", {}) if cfg.get("data", {}).get("dataset") == dataset else {}
-    root = ns.data_root or data_cfg.get("root")
-    bundle = regs.datasets.get(dataset).load(root=root, **data_cfg.get("options", {}))
-    workers = ns.workers if ns.workers is not None else data_cfg.get("workers")
     try:
-        splits = make_splits(bundle, val_size=data_cfg.get("val_size", 5000) if ns.split == "val" else 0,
-                             split_seed=data_cfg.get("split_seed", 0),
-                             workers=default_workers() if workers is None else workers,
-                             pin_memory=device.type == "cuda")
-    except ValueError as exc:
-        raise ConfigError([f"--split val: {exc} Use --split test."], "eval arguments") from None
-    data = splits.eval_set(ns.split, ns.n_examples or None)
-    eps = ns.eps if ns.eps is not None else parse_fraction(cfg.get("threat", {}).get("eps", 8 / 255))
-    names = [a.strip() for a in ns.attacks.split(",") if a.strip()]
-    attacks = make_eval_attacks(names, regs, eps=eps, num_classes=splits.info.num_classes)
-    if ns.surrogate:
-        surrogate, _, _ = resolve_model(ns.surrogate, {}, dataset, regs, data_cfg.get("options", {}), root)
-        surrogate = surrogate.to(device)
-        for base in make_eval_attacks(["pgd20", "cw_inf"], regs, eps=eps, num_classes=splits.info.num_classes).values():
-            t = TransferAttack(base, surrogate, ns.surrogate)
-            attacks[t.name] = t
-    result = evaluate_set(model, data, attacks, batch_size=ns.batch_size, device=device, seed=ns.seed,
-                          progress=rank == 0, precision=getattr(ns, "precision", "fp32"))
-    rows = [{"attack": name, "label": getattr(a, "label", name) or name, "accuracy": result.accuracy[name]}
-            for name, a in attacks.items()]
-    robust = [n for n in attacks if n != "clean"]
-    if len(robust) > 1:
-        rows.append({"attack": "worst_case", "label": "Worst case over the attacks above",
-                     "accuracy": result.worst_case(robust).float().mean().item()})
-    summary = {"model": ns.model, "dataset": dataset, "split": ns.split, "n_examples": data.n,
-               "eps": eps, "eps_label": format_eps(eps), "seed": ns.seed, "results": rows}
-    summary["table"] = (f"{ns.model} on {dataset} {ns.split} (n={data.n}, eps={format_eps(eps)})\n\n"
+        ev = evaluate(ns.model, attacks=ns.attacks, dataset=ns.dataset, split=ns.split, n_examples=ns.n_examples,
+                      eps=ns.eps, batch_size=ns.batch_size, device=device, seed=ns.seed,
+                      precision=getattr(ns, "precision", "fp32"), data_root=ns.data_root, workers=ns.workers,
+                      model_options=_options(ns.model_option), trust_checkpoint=ns.trust_checkpoint,
+                      surrogate=ns.surrogate, progress=rank == 0)
+    except ConfigError as exc:  # a val split larger than the data: the API's argument names are our flags
+        raise ConfigError([p.replace("split='val'", "--split val").replace("split='test'", "--split test")
+                           for p in exc.problems], "eval arguments") from None
+    rows = ev.rows()
+    summary = {"model": ns.model, "dataset": ev.dataset, "split": ns.split, "n_examples": ev.n,
+               "eps": ev.eps, "eps_label": format_eps(ev.eps), "seed": ns.seed, "results": rows}
+    summary["table"] = (f"{ns.model} on {ev.dataset} {ns.split} (n={ev.n}, eps={format_eps(ev.eps)})\n\n"
                         + markdown_table(rows, [("attack", "attack"), ("label", "protocol"),
                                                 ("accuracy", "accuracy (%)")]))
     if ns.out and rank == 0:
         out = Path(ns.out)
         atomic_write_json({k: v for k, v in summary.items() if k != "table"}, out)
-        atomic_save({"correct": result.correct, "labels": data.labels, "indices": data.indices},
-                    out.with_suffix(".pt"))
+        atomic_save({"correct": ev.correct, "labels": ev.labels, "indices": ev.indices}, out.with_suffix(".pt"))
     return summary
 
 

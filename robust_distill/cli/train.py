@@ -26,9 +26,10 @@ def cmd_train(ns: argparse.Namespace) -> int:
     import yaml
 
     from .._lock import FolderLockedError, lock_holder
+    from ..api import train
     from ..config import effective_config, load_config
     from ..plugin import get_registries
-    from ..trainer import check_resumable, train
+    from ..trainer import check_resumable
 
     regs = get_registries()
     cfg = load_config(ns.config, regs, ns.overrides)  # validates by building the run on `meta` (config.validate)
