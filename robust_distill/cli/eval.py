@@ -25,6 +25,16 @@ from . import command, common_problems, integer, radius
 __all__ = ["run_eval", "resolve_model", "markdown_table"]
 
 
+def concurrency(text: str) -> int | str:
+    """``--concurrency``: ``auto`` or an integer >= 1."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return integer(1)(text)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {text!r}") from exc
+
+
 def _options(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
@@ -145,7 +155,8 @@ def _run_eval(ns: argparse.Namespace, device: Any) -> dict[str, Any]:
             t = TransferAttack(base, surrogate, ns.surrogate)
             attacks[t.name] = t
     result = evaluate_set(model, data, attacks, batch_size=ns.batch_size, device=device, seed=ns.seed,
-                          progress=rank == 0, precision=getattr(ns, "precision", "fp32"))
+                          progress=rank == 0, precision=getattr(ns, "precision", "fp32"),
+                          concurrency=getattr(ns, "concurrency", "auto"))
     rows = [{"attack": name, "label": getattr(a, "label", name) or name, "accuracy": result.accuracy[name]}
             for name, a in attacks.items()]
     robust = [n for n in attacks if n != "clean"]
@@ -192,6 +203,10 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="attack and model precision (fp32: comparable with the papers; bf16: autocast, faster)")
+    p.add_argument("--concurrency", type=concurrency, default="auto",
+                   help="AutoAttack chunks (of 500) attacked at once, each by its own process on the device; the "
+                        "results are the same (auto: as many as GPU memory and CPU cores allow, up to 8, on "
+                        "CUDA; 1 on CPU)")
 
 
 @command("eval", "evaluate a checkpoint or a RobustBench/timm model against chosen attacks (under torchrun: "
