@@ -1,0 +1,164 @@
+"""Concurrent evaluation chunks (``evaluate_set(concurrency=K)``, ``eval.concurrency``, ``--concurrency``):
+AutoAttack's chunks attacked by K worker processes give, bit for bit, the per-example results of attacking
+them one after the other in one process, each right after ``torch.manual_seed(chunk_seed(seed, k))``."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import torch
+from torch import nn
+
+from robust_distill import EvalAttack, evaluation
+from robust_distill.cli.eval import concurrency
+from robust_distill.data import to_float
+from robust_distill.evaluation import AttackContractError, check_concurrency, chunk_seed, evaluate, worker_bytes
+
+from . import sharded_eval_worker as worker
+
+SEED = 3
+
+
+class SpyWorkers(evaluation.ChunkWorkers):
+    """The real workers, recording how many there were and which chunks came back from them."""
+
+    started: list[SpyWorkers] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.done: list[tuple[str, int]] = []
+        self.processes: list = []
+        SpyWorkers.started.append(self)
+
+    def close(self, failed: bool = False) -> None:
+        self.processes = list(self.pool._processes.values())
+        super().close(failed)
+
+    def chunks(self, name, data, size, mine):
+        for k, chunk in super().chunks(name, data, size, mine):
+            self.done.append((name, k))
+            yield k, chunk
+
+
+@pytest.fixture
+def spy(monkeypatch) -> type[SpyWorkers]:
+    SpyWorkers.started = []
+    monkeypatch.setattr(evaluation, "ChunkWorkers", SpyWorkers)
+    return SpyWorkers
+
+
+def one_chunk_at_a_time(model: nn.Module, attack: EvalAttack, x: torch.Tensor, y: torch.Tensor,
+                        size: int) -> torch.Tensor:
+    """Today's definition written out: chunk k attacked alone after seeding from its index."""
+    out = []
+    for k, start in enumerate(range(0, len(x), size)):
+        torch.manual_seed(chunk_seed(SEED, k))
+        x_adv = attack(model, to_float(x[start:start + size], "cpu"), y[start:start + size])
+        with torch.no_grad():
+            out.append(model(x_adv).argmax(1) == y[start:start + size])
+    return torch.cat(out)
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_bits_of_one_chunk_at_a_time(regs, spy) -> None:
+    """20 examples in AutoAttack chunks of 5: 4 chunks for 2 workers, so a worker attacks several chunks
+    one after the other (its previous chunk must not leak into the next: each is seeded from its index)."""
+    model, x, y, attacks = worker.setup()
+    attacks = {"autoattack": regs.eval_attacks.build("autoattack", {"batch_size": 5}, eps=worker.EPS, num_classes=4),
+               "pgd20": attacks["pgd20"]}  # batch chunks: attacked in this process, after AutoAttack's
+    alone = evaluate(model, x, y, attacks, batch_size=6, seed=SEED, concurrency=1)
+    assert spy.started == []
+    concurrent = evaluate(model, x, y, attacks, batch_size=6, seed=SEED, concurrency=2)
+    (workers,) = spy.started
+    assert workers.n == 2 and sorted(workers.done) == [("autoattack", k) for k in range(4)]
+    assert len(workers.processes) == 2 and all(not p.is_alive() for p in workers.processes)
+    for name in attacks:
+        assert torch.equal(concurrent.correct[name], alone.correct[name]), name
+        assert concurrent.accuracy[name] == alone.accuracy[name]
+    with torch.random.fork_rng():
+        by_hand = one_chunk_at_a_time(model, attacks["autoattack"], x, y, 5)
+    assert torch.equal(concurrent.correct["autoattack"], by_hand)
+    assert 0 < alone.accuracy["autoattack"] < alone.accuracy["pgd20"] < 1  # AutoAttack breaks some points, not all
+
+
+class OutOfBall(EvalAttack):
+    """Breaks the evaluation contract: steps 2 eps away."""
+
+    name, eps, chunk_size = "out_of_ball", 0.1, 2
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return (x + 2 * self.eps).clamp(0, 1)
+
+
+@pytest.mark.slow
+def test_an_error_in_a_worker_reaches_the_caller_and_stops_the_workers(spy) -> None:
+    model, x, y, _ = worker.setup()
+    with pytest.raises(AttackContractError, match="left the eps=0.1 ball"):
+        evaluate(model, x[:4], y[:4], {"out_of_ball": OutOfBall()}, concurrency=2)
+    (workers,) = spy.started
+    assert all(not p.is_alive() for p in workers.processes)
+
+
+class Unpicklable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(48, 4)
+        self.scale = lambda t: 2 * t  # a lambda: pickle cannot copy this model into a worker
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale(self.linear(x.flatten(1)))
+
+
+def test_a_model_workers_cannot_load_is_refused_with_the_reason_or_under_auto_evaluated_here(
+        regs, monkeypatch) -> None:
+    _, x, y, _ = worker.setup()
+    model = Unpicklable()
+    attacks = {"autoattack_apgd": regs.eval_attacks.build("autoattack_apgd", {"batch_size": 10}, eps=worker.EPS,
+                                                          num_classes=4)}
+    with pytest.raises(ValueError, match=r"concurrency 2 needs the model and the attacks \(autoattack_apgd\) to be "
+                                         r"picklable.*lambda.*Use concurrency 1"):
+        evaluate(model, x, y, attacks, concurrency=2)
+    monkeypatch.setattr(evaluation, "auto_concurrency", lambda *args: 2)  # as on a GPU
+    with pytest.warns(RuntimeWarning, match="Evaluating one chunk at a time"):
+        auto = evaluate(model, x, y, attacks, seed=SEED)
+    assert torch.equal(auto.correct["autoattack_apgd"], evaluate(model, x, y, attacks, seed=SEED,
+                                                                 concurrency=1).correct["autoattack_apgd"])
+
+
+def test_concurrency_is_auto_or_a_positive_integer_in_the_api_the_config_and_the_cli(tiny_config) -> None:
+    from robust_distill.config import ConfigError
+
+    assert check_concurrency("auto") == "auto" and check_concurrency(3) == 3
+    for bad in (0, -1, True, 2.5, "many"):
+        with pytest.raises(ValueError, match="must be 'auto' or an integer >= 1"):
+            check_concurrency(bad)
+    assert tiny_config().eval.concurrency == "auto"
+    assert tiny_config(overrides=["eval.concurrency=4"]).eval.concurrency == 4
+    with pytest.raises(ConfigError, match=r"eval.concurrency must be 'auto' or an integer >= 1 .* got 0"):
+        tiny_config(overrides=["eval.concurrency=0"])
+    assert concurrency("auto") == "auto" and concurrency("2") == 2
+    with pytest.raises(argparse.ArgumentTypeError, match="expected 'auto' or an integer >= 1, got '0'"):
+        concurrency("0")
+
+
+def test_a_worker_needs_its_overhead_the_weights_and_twice_the_saved_activations() -> None:
+    """Flatten -> Linear(12, 5) -> ReLU -> Linear(5, 3) on 4 images of 3x2x2, float32: the weights are
+    (12*5 + 5 + 5*3 + 3) * 4 = 332 bytes; the forward saves the flattened input (a view of x: 4*12*4 = 192
+    bytes) and the ReLU's output (saved by the ReLU and by the next Linear, counted once: 4*5*4 = 80)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 3))
+    assert worker_bytes(model, torch.rand(4, 3, 2, 2)) == evaluation.WORKER_OVERHEAD_BYTES + 332 + 2 * (192 + 80)
+    assert evaluation.auto_concurrency(model, torch.rand(4, 3, 2, 2), torch.device("cpu")) == 1  # CPU: one at a time
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_auto_concurrency_on_cuda_gives_the_bits_of_one_chunk_at_a_time(regs, spy) -> None:
+    model, x, y, _ = worker.setup()
+    model = model.cuda()
+    attacks = {"autoattack": regs.eval_attacks.build("autoattack", {"batch_size": 5}, eps=worker.EPS,
+                                                     num_classes=4)}
+    alone = evaluate(model, x, y, attacks, seed=SEED, device="cuda", concurrency=1).correct["autoattack"]
+    auto = evaluate(model, x, y, attacks, seed=SEED, device="cuda").correct["autoattack"]
+    (workers,) = spy.started
+    assert workers.n > 1 and torch.equal(auto, alone)
