@@ -161,7 +161,9 @@ _WORKER: dict[str, Any] = {}  # in a worker process: its model, attacks and opti
 
 def _numerics() -> dict[str, Any]:
     """The process-wide settings that change a result's bits, copied into the workers."""
-    return {"cudnn_tf32": torch.backends.cudnn.allow_tf32, "matmul": torch.get_float32_matmul_precision()}
+    return {"cudnn_tf32": torch.backends.cudnn.allow_tf32, "matmul": torch.get_float32_matmul_precision(),
+            "deterministic": (torch.are_deterministic_algorithms_enabled(),
+                              torch.is_deterministic_algorithms_warn_only_enabled())}
 
 
 def _init_worker(payload: bytes, opts: _ChunkOptions, numerics: dict[str, Any], threads: int) -> None:
@@ -169,10 +171,19 @@ def _init_worker(payload: bytes, opts: _ChunkOptions, numerics: dict[str, Any], 
     torch.set_num_threads(threads)
     torch.backends.cudnn.allow_tf32 = numerics["cudnn_tf32"]
     torch.set_float32_matmul_precision(numerics["matmul"])
+    torch.use_deterministic_algorithms(numerics["deterministic"][0], warn_only=numerics["deterministic"][1])
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True  # as _deterministic_cudnn
-    state = torch.load(io.BytesIO(payload), map_location=opts.device, weights_only=False)
+    try:  # a failure is reported by _worker_ready (a failing initializer would only break the pool)
+        state = torch.load(io.BytesIO(payload), map_location=opts.device, weights_only=False)
+    except Exception as exc:
+        _WORKER["error"] = f"{type(exc).__name__}: {exc}"
+        return
     _WORKER.update(state, opts=opts)
     _WORKER["model"].eval()
+
+
+def _worker_ready() -> str | None:
+    return _WORKER.get("error")
 
 
 def _worker_chunk(name: str, k: int, xb: Tensor, yb: Tensor) -> tuple[int, Tensor]:
@@ -193,11 +204,11 @@ class ChunkWorkers:
 
     def __init__(self, n: int, model: nn.Module, attacks: Mapping[str, EvalAttack], opts: _ChunkOptions) -> None:
         buf = io.BytesIO()
+        what = f"evaluation concurrency {n} needs the model and the attacks ({', '.join(attacks)}) in worker processes"
         try:
             torch.save({"model": model, "attacks": dict(attacks)}, buf)
         except Exception as exc:  # a lambda, a local class, an open file inside the model or an attack
-            raise ValueError(f"evaluation concurrency {n} needs the model and the attacks "
-                             f"({', '.join(attacks)}) to be picklable, since worker processes load a copy: "
+            raise ValueError(f"{what}, which load a pickled copy, but they cannot be pickled: "
                              f"{type(exc).__name__}: {exc}. Use concurrency 1.") from None
         threads = torch.get_num_threads()  # on CPU as here: a worker computes the bits this process would
         if torch.device(opts.device).type == "cuda":
@@ -207,6 +218,13 @@ class ChunkWorkers:
                                         initializer=_init_worker,
                                         initargs=(buf.getvalue(), replace(opts, progress=False), _numerics(),
                                                   threads))
+        # n questions start the n processes at once (the pool starts one per task when none is idle)
+        problem = next(filter(None, [f.result() for f in [self.pool.submit(_worker_ready) for _ in range(n)]]), None)
+        if problem:
+            self.close(failed=True)
+            raise ValueError(f"{what}, but a worker cannot load them ({problem}); a worker imports the model's "
+                             "classes by their module (a class defined in a notebook or in a function cannot be "
+                             "loaded). Use concurrency 1.")
 
     def chunks(self, name: str, data: EvalSet, size: int, mine: list[int]) -> Iterator[tuple[int, Tensor]]:
         """``(k, correctness)`` of each chunk in ``mine``, in the order they finish; chunks are read as the
@@ -231,8 +249,9 @@ class ChunkWorkers:
                 f"{self.n} concurrent evaluation chunks do not fit in the GPU's memory ({str(exc).splitlines()[0]}); "
                 f"lower the concurrency (eval.concurrency, --concurrency; 'auto' sizes it from free memory).") from None
         except BrokenProcessPool:
-            raise RuntimeError(f"an evaluation worker process died (one of {self.n}; killed for lack of host "
-                               "memory?); lower the concurrency or use 1.") from None
+            raise RuntimeError(f"an evaluation worker process (one of {self.n}) died while attacking a chunk "
+                               "(killed for lack of host memory, or a crash in native code); lower the "
+                               "concurrency (eval.concurrency, --concurrency) or use 1.") from None
 
     def close(self, failed: bool = False) -> None:
         """Stop the workers: after the last chunk, or at once (``failed``) without waiting for their chunks."""

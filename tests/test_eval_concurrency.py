@@ -5,6 +5,8 @@ them one after the other in one process, each right after ``torch.manual_seed(ch
 from __future__ import annotations
 
 import argparse
+import sys
+import types
 
 import pytest
 import torch
@@ -26,10 +28,10 @@ class SpyWorkers(evaluation.ChunkWorkers):
     started: list[SpyWorkers] = []
 
     def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
         self.done: list[tuple[str, int]] = []
         self.processes: list = []
         SpyWorkers.started.append(self)
+        super().__init__(*args, **kwargs)
 
     def close(self, failed: bool = False) -> None:
         self.processes = list(self.pool._processes.values())
@@ -48,38 +50,39 @@ def spy(monkeypatch) -> type[SpyWorkers]:
     return SpyWorkers
 
 
-def one_chunk_at_a_time(model: nn.Module, attack: EvalAttack, x: torch.Tensor, y: torch.Tensor,
-                        size: int) -> torch.Tensor:
-    """Today's definition written out: chunk k attacked alone after seeding from its index."""
-    out = []
-    for k, start in enumerate(range(0, len(x), size)):
-        torch.manual_seed(chunk_seed(SEED, k))
-        x_adv = attack(model, to_float(x[start:start + size], "cpu"), y[start:start + size])
-        with torch.no_grad():
-            out.append(model(x_adv).argmax(1) == y[start:start + size])
-    return torch.cat(out)
-
-
 @pytest.mark.slow
 def test_two_workers_give_the_bits_of_one_chunk_at_a_time(regs, spy) -> None:
-    """20 examples in AutoAttack chunks of 5: 4 chunks for 2 workers, so a worker attacks several chunks
-    one after the other (its previous chunk must not leak into the next: each is seeded from its index)."""
+    """AutoAttack standard (its four stages draw from the global RNG) on 20 examples in chunks of 7: 3 chunks
+    for 2 workers, so a worker attacks two chunks one after the other (its first chunk must not leak into
+    its second: each is seeded from its index)."""
     model, x, y, attacks = worker.setup()
-    attacks = {"autoattack": regs.eval_attacks.build("autoattack", {"batch_size": 5}, eps=worker.EPS, num_classes=4),
+    attacks = {"autoattack": regs.eval_attacks.build("autoattack", {"batch_size": 7}, eps=worker.EPS, num_classes=4),
                "pgd20": attacks["pgd20"]}  # batch chunks: attacked in this process, after AutoAttack's
     alone = evaluate(model, x, y, attacks, batch_size=6, seed=SEED, concurrency=1)
     assert spy.started == []
     concurrent = evaluate(model, x, y, attacks, batch_size=6, seed=SEED, concurrency=2)
     (workers,) = spy.started
-    assert workers.n == 2 and sorted(workers.done) == [("autoattack", k) for k in range(4)]
+    assert workers.n == 2 and sorted(workers.done) == [("autoattack", k) for k in range(3)]
     assert len(workers.processes) == 2 and all(not p.is_alive() for p in workers.processes)
     for name in attacks:
         assert torch.equal(concurrent.correct[name], alone.correct[name]), name
         assert concurrent.accuracy[name] == alone.accuracy[name]
-    with torch.random.fork_rng():
-        by_hand = one_chunk_at_a_time(model, attacks["autoattack"], x, y, 5)
-    assert torch.equal(concurrent.correct["autoattack"], by_hand)
     assert 0 < alone.accuracy["autoattack"] < alone.accuracy["pgd20"] < 1  # AutoAttack breaks some points, not all
+
+
+def test_one_chunk_at_a_time_is_each_chunk_attacked_alone_after_seeding_from_its_index(regs) -> None:
+    """What the workers must reproduce, written out (the APGD stages: seconds)."""
+    model, x, y, _ = worker.setup()
+    attack = regs.eval_attacks.build("autoattack_apgd", {"batch_size": 7}, eps=worker.EPS, num_classes=4)
+    alone = evaluate(model, x, y, {"aa": attack}, seed=SEED, concurrency=1).correct["aa"]
+    by_hand = []
+    with torch.random.fork_rng():
+        for k, start in enumerate(range(0, len(x), 7)):
+            torch.manual_seed(chunk_seed(SEED, k))
+            xb, yb = to_float(x[start:start + 7], "cpu"), y[start:start + 7]
+            with torch.no_grad():
+                by_hand.append(model(attack(model, xb, yb)).argmax(1) == yb)
+    assert torch.equal(alone, torch.cat(by_hand)) and 0 < alone.float().mean() < 1
 
 
 class OutOfBall(EvalAttack):
@@ -100,6 +103,23 @@ def test_an_error_in_a_worker_reaches_the_caller_and_stops_the_workers(spy) -> N
     assert all(not p.is_alive() for p in workers.processes)
 
 
+@pytest.mark.slow
+def test_a_model_class_the_workers_cannot_import_is_refused_before_any_chunk(regs, spy, monkeypatch) -> None:
+    """As a class defined in a notebook: picklable here, not importable in a spawned worker."""
+    _, x, y, _ = worker.setup()
+    here = types.ModuleType("rd_module_of_this_process_only")
+    here.Linear = type("Linear", (nn.Linear,), {"__module__": here.__name__})
+    monkeypatch.setitem(sys.modules, here.__name__, here)
+    model = nn.Sequential(nn.Flatten(), here.Linear(48, 4))
+    attacks = {"autoattack_apgd": regs.eval_attacks.build("autoattack_apgd", {"batch_size": 10}, eps=worker.EPS,
+                                                          num_classes=4)}
+    with pytest.raises(ValueError, match=r"but a worker cannot load them \(ModuleNotFoundError: No module named "
+                                         r"'rd_module_of_this_process_only'\).*Use concurrency 1"):
+        evaluate(model, x, y, attacks, concurrency=2)
+    (workers,) = spy.started
+    assert workers.done == [] and all(not p.is_alive() for p in workers.processes)
+
+
 class Unpicklable(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -116,8 +136,8 @@ def test_a_model_workers_cannot_load_is_refused_with_the_reason_or_under_auto_ev
     model = Unpicklable()
     attacks = {"autoattack_apgd": regs.eval_attacks.build("autoattack_apgd", {"batch_size": 10}, eps=worker.EPS,
                                                           num_classes=4)}
-    with pytest.raises(ValueError, match=r"concurrency 2 needs the model and the attacks \(autoattack_apgd\) to be "
-                                         r"picklable.*lambda.*Use concurrency 1"):
+    with pytest.raises(ValueError, match=r"concurrency 2 needs the model and the attacks \(autoattack_apgd\) in "
+                                         r"worker processes.*cannot be pickled.*lambda.*Use concurrency 1"):
         evaluate(model, x, y, attacks, concurrency=2)
     monkeypatch.setattr(evaluation, "auto_concurrency", lambda *args: 2)  # as on a GPU
     with pytest.warns(RuntimeWarning, match="Evaluating one chunk at a time"):
