@@ -30,7 +30,7 @@ from .precision import autocast
 from .progress import Progress, progress_scope
 
 __all__ = ["EvalResult", "evaluate", "evaluate_set", "make_eval_attacks", "AttackContractError", "TransferAttack",
-           "chunk_size", "chunk_seed"]
+           "chunk_size", "chunk_seed", "check_concurrency", "auto_concurrency", "worker_bytes", "ChunkWorkers"]
 
 
 class AttackContractError(RuntimeError):
@@ -233,7 +233,7 @@ class ChunkWorkers:
         batches = zip(mine, data.batches(size, mine), strict=True)
         for k, (xb, yb) in batches:
             # copies: sending a slice would move the whole data tensor's storage into shared memory
-            pending.add(self.pool.submit(_worker_chunk, name, k, xb.cpu().clone(), yb.cpu().clone()))
+            pending.add(self.pool.submit(_worker_chunk, name, k, xb.to("cpu", copy=True), yb.to("cpu", copy=True)))
             while len(pending) >= 2 * self.n:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 yield from (self._result(f) for f in done)

@@ -15,7 +15,7 @@ from ..components import split_spec
 from ..config import ConfigError, _parse_value
 from ..data import dataset_info, make_splits
 from ..distributed import init_distributed, rank_and_world, resolve_device
-from ..evaluation import TransferAttack, evaluate_set, make_eval_attacks
+from ..evaluation import TransferAttack, check_concurrency, evaluate_set, make_eval_attacks
 from ..plugin import Registries, get_registries
 from ..registry import UnknownNameError
 from ..streaming import default_workers
@@ -26,13 +26,11 @@ __all__ = ["run_eval", "resolve_model", "markdown_table"]
 
 
 def concurrency(text: str) -> int | str:
-    """``--concurrency``: ``auto`` or an integer >= 1."""
-    if text.strip().lower() == "auto":
-        return "auto"
+    """``--concurrency``: ``auto`` or an integer >= 1 (:func:`~robust_distill.evaluation.check_concurrency`)."""
     try:
-        return integer(1)(text)
-    except argparse.ArgumentTypeError as exc:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {text!r}") from exc
+        return check_concurrency("auto" if text.strip().lower() == "auto" else int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {text!r}") from None
 
 
 def _options(items: list[str]) -> dict[str, Any]:
