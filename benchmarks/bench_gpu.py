@@ -386,8 +386,7 @@ class Bench:
         auto = auto_concurrency(worst, x, self.device)
         self.results["environment"]["aa_auto_concurrency"] = auto
         one = None  # the concurrency-1 row (list it first): the time of one chunk, the speed to compare with
-        for k in self.args.aa_concurrency.split(","):
-            k = auto if k == "auto" else int(k)
+        for k in dict.fromkeys(auto if k == "auto" else int(k) for k in self.args.aa_concurrency.split(",")):
             if one is not None and self.left() < one["seconds"]:  # even perfect concurrency would not fit
                 self.results["skipped"].append(f"AutoAttack worst case, concurrency {k} (time budget)")
                 continue
