@@ -182,3 +182,26 @@ def test_auto_concurrency_on_cuda_gives_the_bits_of_one_chunk_at_a_time(regs, sp
     auto = evaluate(model, x, y, attacks, seed=SEED, device="cuda").correct["autoattack"]
     (workers,) = spy.started
     assert workers.n > 1 and torch.equal(auto, alone)
+
+
+def test_training_and_the_eval_command_pass_the_concurrency_on(tiny_config, tmp_path, monkeypatch) -> None:
+    from robust_distill import trainer
+    from robust_distill.cli import eval as cli_eval
+    from robust_distill.cli import main
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["concurrency"])
+        return evaluation.evaluate_set(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate_set", spy)
+    monkeypatch.setattr(cli_eval, "evaluate_set", spy)
+    cfg = tiny_config(overrides=["optim.epochs=1", f"output_dir={tmp_path / 'run'}", "eval.concurrency=3",
+                                 "eval.final_attacks=[clean]"])
+    trainer.train(cfg)
+    assert seen == [3, 3]  # the epoch's evaluation and the final one
+    assert main(["eval", str(tmp_path / "run" / "last.pt"), "--attacks", "clean", "--n-examples", "4",
+                 "--concurrency", "2"]) == 0
+    assert main(["eval", str(tmp_path / "run" / "last.pt"), "--attacks", "clean", "--n-examples", "4"]) == 0
+    assert seen[2:] == [2, "auto"]
