@@ -2,7 +2,9 @@
 
 Examples are attacked in fixed chunks, each after seeding the RNG from the chunk's index, so results do not
 depend on the other examples or on the process: under ``torchrun`` the chunks are shared out across the
-processes and the per-sample results gathered, equal to a single-process evaluation (see :func:`evaluate`).
+processes and the per-sample results gathered, equal to a single-process evaluation (see :func:`evaluate`);
+on one GPU, AutoAttack's chunks are attacked several at once by worker processes (:class:`ChunkWorkers`),
+with the same results.
 """
 
 from __future__ import annotations
