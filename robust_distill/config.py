@@ -581,7 +581,7 @@ def _check_ranges(cfg: Config, info: DatasetInfo | None, problems: list[str]) ->
     at_least("eval.n_examples", e.n_examples, 1, none_ok=True)
     at_least("eval.final_n_examples", e.final_n_examples, 1, none_ok=True)
     at_least("eval.train_records", e.train_records, 0)
-    if e.concurrency != "auto" and isinstance(e.concurrency, int) and e.concurrency < 1:
+    if isinstance(e.concurrency, int) and e.concurrency < 1:  # "auto" or an integer, type-checked already
         problems.append(f"eval.concurrency must be 'auto' or an integer >= 1 (AutoAttack chunks attacked at once, "
                         f"each by its own process), got {e.concurrency}.")
 
