@@ -16,9 +16,12 @@ eps 8/255 with 10 PGD steps of 2/255, per method (``pgd_at``, ``trades``, ``rsla
 Rounds are interleaved (official, engine fp32, hand fp32, ...; then again), after one warm-up round that
 also compiles; images/s is the median over rounds; peak GPU memory is ``max_memory_allocated`` over a
 variant's rounds. Then evaluation throughput on the student: PGD-20 and AutoAttack standard (reference
-code) in fp32, AutoAttack in its worst case (a wrapper that keeps the student's computation but fixes its
-prediction, so that no point is ever broken and every stage runs on every point to its end). Hours for 200
-CIFAR-10 epochs = 200 * 50000 / images per second.
+code) in fp32, and AutoAttack in its worst case (a wrapper that keeps the student's computation but fixes
+its prediction, so that no point is ever broken and every stage runs on every point to its end) on K chunks
+of ``--aa-chunk`` images (500: RobustBench's) attacked by K worker processes at once, for each K of
+``--aa-concurrency`` (``evaluate_set(concurrency=K)``; worker start-up included; ``auto``: what evaluation
+picks on this GPU): images/s, and the ratio to concurrency 1. Hours for 200 CIFAR-10 epochs = 200 * 50000 /
+images per second.
 
 Jobs run in priority order within ``--budget-s`` (the targets first: AdaAD and RSLAD with WRN-34-10), and
 the JSON and Markdown results are rewritten after each job, so a run cut short keeps what it measured.
@@ -56,7 +59,7 @@ from robust_distill.attacks import frozen_parameters, model_mode  # noqa: E402
 from robust_distill.config import resolve_config  # noqa: E402
 from robust_distill.data import augment, epoch_batches, to_device, to_float  # noqa: E402
 from robust_distill.distributed import DistContext  # noqa: E402
-from robust_distill.evaluation import evaluate, make_eval_attacks  # noqa: E402
+from robust_distill.evaluation import auto_concurrency, evaluate, make_eval_attacks  # noqa: E402
 from robust_distill.plugin import get_plugin_manager, get_registries  # noqa: E402
 from robust_distill.precision import autocast  # noqa: E402
 from robust_distill.trainer import Run, _train_epoch, build_student  # noqa: E402
@@ -363,27 +366,52 @@ class Bench:
         x = torch.rand(max(n_pgd, n_aa), 3, 32, 32, generator=gen)
         aa = "autoattack_apgd" if self.args.smoke else "autoattack"  # --smoke: the cheap stages, same code path
         attacks = make_eval_attacks(["pgd20", aa], self.regs, eps=8 / 255, num_classes=10)
-        rows = []
+        self.results["evaluation"] = rows = []
         for name, n, net, label in (("pgd20", n_pgd, model, "PGD-20, random student"),
-                                    (aa, n_aa, model, f"{attacks[aa].label}, random student"),
-                                    (aa, n_aa, AlwaysRobust(model).to(self.device),
-                                     f"{attacks[aa].label}, worst case (no point ever broken)")):
-            y = torch.zeros(n, dtype=torch.long)  # AlwaysRobust predicts 0 everywhere
-            if not isinstance(net, AlwaysRobust):  # the student's own predictions: every point is attacked
-                with torch.no_grad():
-                    y = torch.cat([net(to_device(xb, self.device)).argmax(1).cpu() for xb in x[:n].split(256)])
-            self.sync()
-            t = time.perf_counter()
-            res = evaluate(net, x[:n], y, {name: attacks[name]}, batch_size=256, device=self.device, seed=0)
-            self.sync()
-            dt = time.perf_counter() - t
-            rows.append({"attack": label, "n": n, "seconds": round(dt, 2), "images_per_s": round(n / dt, 2),
-                         "robust_accuracy": round(res.accuracy[name], 4),
-                         "hours_10k_test_images": round(10_000 / (n / dt) / 3600, 2)})
-            self.results["evaluation"] = rows
+                                    (aa, n_aa, model, f"{attacks[aa].label}, random student")):
+            with torch.no_grad():  # the student's own predictions: every point is attacked
+                y = torch.cat([net(to_device(xb, self.device)).argmax(1).cpu() for xb in x[:n].split(256)])
+            rows.append(self.time_eval(label, net, x[:n], y, name, attacks[name], concurrency=1))
             self.save()
             if self.left() < 0:
-                break
+                return
+        self.aa_worst_case(model, aa)
+
+    def aa_worst_case(self, model: nn.Module, name: str) -> None:
+        """AutoAttack's worst case (no point ever broken) on K chunks of ``--aa-chunk`` images attacked by K
+        worker processes at once, for each K of ``--aa-concurrency`` (``auto``: what evaluation picks here)."""
+        chunk, worst = self.args.aa_chunk, AlwaysRobust(model).to(self.device)
+        attack = self.regs.eval_attacks.build(name, {"batch_size": chunk}, eps=8 / 255, num_classes=10)
+        x = torch.rand(chunk, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        auto = auto_concurrency(worst, x, self.device)
+        self.results["environment"]["aa_auto_concurrency"] = auto
+        one = None  # the concurrency-1 row (list it first): the time of one chunk, the speed to compare with
+        for k in dict.fromkeys(auto if k == "auto" else int(k) for k in self.args.aa_concurrency.split(",")):
+            if one is not None and self.left() < one["seconds"]:  # even perfect concurrency would not fit
+                self.results["skipped"].append(f"AutoAttack worst case, concurrency {k} (time budget)")
+                continue
+            xs = torch.rand(k * chunk, 3, 32, 32, generator=torch.Generator().manual_seed(k))
+            label = f"{attack.label}, worst case (no point ever broken), chunks of {chunk}"
+            row = self.time_eval(label, worst, xs, torch.zeros(k * chunk, dtype=torch.long), name, attack,
+                                 concurrency=k)  # AlwaysRobust predicts 0 everywhere
+            one = row if k == 1 else one
+            if one is not None:
+                row["x_concurrency_1"] = round(row["images_per_s"] / one["images_per_s"], 2)
+            self.results["evaluation"].append(row)
+            self.save()
+
+    def time_eval(self, label: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str, attack: Any,
+                  concurrency: int) -> dict[str, Any]:
+        """One evaluation, timed from the call (worker processes' start included) to the result."""
+        self.sync()
+        t = time.perf_counter()
+        res = evaluate(net, x, y, {name: attack}, batch_size=256, device=self.device, seed=0,
+                       concurrency=concurrency)
+        self.sync()
+        dt = time.perf_counter() - t
+        return {"attack": label, "n": len(x), "concurrency": concurrency, "seconds": round(dt, 2),
+                "images_per_s": round(len(x) / dt, 2), "robust_accuracy": round(res.accuracy[name], 4),
+                "hours_10k_test_images": round(10_000 / (len(x) / dt) / 3600, 2)}
 
     def plan(self) -> list[tuple[str, Callable[[], None]]]:
         a = self.args
@@ -459,10 +487,13 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{m['speedup_vs_official']} | {m.get('time_ratio_vs_hand', '')} | {m['peak_gib']} | "
                          f"{m['hours_200_epochs']} |")
     lines += ["", "## Evaluation (student, fp32)", "",
-              "| attack | n | seconds | images/s | robust acc. | h / 10k images |", "|---|---|---|---|---|---|"]
+              "| attack | n | concurrency | seconds | images/s | x concurrency 1 | robust acc. | h / 10k images |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in results["evaluation"]:
-        lines.append(f"| {r['attack']} | {r['n']} | {r['seconds']} | {r['images_per_s']} | {r['robust_accuracy']} | "
-                     f"{r['hours_10k_test_images']} |")
+        lines.append(f"| {r['attack']} | {r['n']} | {r.get('concurrency', 1)} | {r['seconds']} | {r['images_per_s']} | "
+                     f"{r.get('x_concurrency_1', '')} | {r['robust_accuracy']} | {r['hours_10k_test_images']} |")
+    if "aa_auto_concurrency" in env:
+        lines.append(f"\nAutoAttack concurrency `auto` on this machine: {env['aa_auto_concurrency']}.")
     if results["skipped"]:
         lines += ["", "Not measured (time budget or memory): " + "; ".join(results["skipped"]) + "."]
     return "\n".join(lines) + "\n"
@@ -487,13 +518,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-eval", dest="eval", action="store_false")
     p.add_argument("--no-channels-last", action="store_true")
     p.add_argument("--eval-n", type=int, default=1000, help="images for PGD-20")
-    p.add_argument("--aa-n", type=int, default=128, help="images for AutoAttack")
+    p.add_argument("--aa-n", type=int, default=128, help="images for AutoAttack on the random student")
+    p.add_argument("--aa-chunk", type=int, default=500,
+                   help="AutoAttack's chunk in the worst-case rows (500: RobustBench's); K chunks per row")
+    p.add_argument("--aa-concurrency", default="1,4,auto",
+                   help="worst-case rows: chunks attacked at once (worker processes), 'auto': evaluation's choice")
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results/gpu; "
                                                 "--smoke: runs/bench_gpu_smoke)")
     args = p.parse_args(argv)
     if args.smoke:
         args.batch_size, args.steps, args.rounds, args.pgd_steps = 8, 1, 1, 2
-        args.student, args.eval_n, args.aa_n = "timm:convnet_xs", 16, 4
+        args.student, args.eval_n, args.aa_n, args.aa_chunk, args.aa_concurrency = "timm:convnet_xs", 16, 4, 2, "1,2"
     args.compile = args.compile == "on" or (args.compile == "auto" and not args.smoke)
     args.out = args.out or str(ROOT / ("runs/bench_gpu_smoke" if args.smoke else "benchmarks/results/gpu"))
     bench = Bench(args)

@@ -105,7 +105,8 @@ class ReferenceAutoAttack(EvalAttack):
     each example's own logits, are per example). Over more than 500 examples, ``run_standard_evaluation``
     would regroup the survivors of every stage across the whole set; in fixed chunks a result depends only
     on the chunk, which is what lets :func:`robust_distill.evaluation.evaluate` share the chunks out over
-    ``torchrun`` processes and still return the single-process numbers exactly.
+    ``torchrun`` processes, and attack several at once in worker processes on one GPU (``concurrency``; the
+    RNG it re-seeds is the process's own), and still return the single-process numbers exactly.
     """
 
     name = "autoattack"

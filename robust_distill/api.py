@@ -252,7 +252,8 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
              n_examples: int | None = 1000, eps: float | str | None = None, batch_size: int = 256,
              device: str | torch.device = "auto", seed: int = 0, precision: str = "fp32",
              data_root: str | None = None, workers: int | None = None, model_options: Mapping[str, Any] | None = None,
-             trust_checkpoint: bool = False, surrogate: str | None = None, progress: bool = False) -> Evaluation:
+             trust_checkpoint: bool = False, surrogate: str | None = None, progress: bool = False,
+             concurrency: int | str = "auto") -> Evaluation:
     """Evaluate a model against attacks, per example; every attack's result is reproducible by ``seed``.
 
     :param model: an ``nn.Module`` (inputs in [0, 1]), or what :func:`load_model` takes (run folder, checkpoint,
@@ -267,6 +268,8 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
         the split).
     :param eps: L-inf radius (``0.031`` or ``"8/255"``); default: the checkpoint's training eps, else 8/255.
     :param surrogate: a model spec: adds transfer attacks (PGD-20 and CW-inf crafted on it).
+    :param concurrency: AutoAttack chunks attacked at once, each by its own process (``auto``: several on CUDA,
+        as memory allows; 1 on CPU); the per-example results do not depend on it.
 
     The other parameters are ``robust-distill eval``'s options of the same names. The examples are attacked
     in fixed chunks, each after seeding from ``seed`` and the chunk's index
@@ -329,7 +332,7 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
             transfer = TransferAttack(base, other, surrogate)
             built[transfer.name] = transfer
     result = evaluate_set(model, eval_set, built, batch_size=batch_size, device=dev, seed=seed, progress=progress,
-                          precision=precision)
+                          precision=precision, concurrency=concurrency)
     return Evaluation(model=name, dataset=dataset or "", split=split if data is None else "given", eps=eps, seed=seed,
                       indices=eval_set.indices, labels=eval_set.labels, result=result,
                       protocols={n: getattr(a, "label", n) or n for n, a in built.items()})

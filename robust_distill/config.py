@@ -107,6 +107,7 @@ class EvalConfig:
     final_n_examples: Union[int, None] = 1000
     train_records: int = 0  # per-sample PGD correctness on the first N training images, each eval
     precision: Literal["fp32", "bf16"] = "fp32"  # evaluation attacks in fp32 unless asked (comparable numbers)
+    concurrency: Union[int, Literal["auto"]] = "auto"  # AutoAttack chunks attacked at once (auto: several on CUDA)
 
 
 @dataclass(frozen=True)
@@ -713,6 +714,9 @@ def _check_ranges(cfg: Config, info: DatasetInfo | None, problems: list[str]) ->
     at_least("eval.n_examples", e.n_examples, 1, none_ok=True)
     at_least("eval.final_n_examples", e.final_n_examples, 1, none_ok=True)
     at_least("eval.train_records", e.train_records, 0)
+    if isinstance(e.concurrency, int) and e.concurrency < 1:  # "auto" or an integer, type-checked already
+        problems.append(f"eval.concurrency must be 'auto' or an integer >= 1 (AutoAttack chunks attacked at once, "
+                        f"each by its own process), got {e.concurrency}.")
 
 
 def _student_shape_problems(source: Any, name: str, kwargs: Mapping[str, Any], info: DatasetInfo) -> list[str]:

@@ -205,7 +205,7 @@ class Run:
         return evaluate_set(self.student, self.data.eval_set(split, n), attacks,
                             batch_size=self.config.data.eval_batch_size, device=self.device,
                             seed=self.config.seed, progress=self.dist.is_main, desc=desc,
-                            precision=self.config.eval.precision)
+                            precision=self.config.eval.precision, concurrency=self.config.eval.concurrency)
 
 
 class _MetricsLog:

@@ -11,12 +11,21 @@ from .._io import atomic_save, atomic_write_json
 from ..api import evaluate, resolve_model
 from ..config import ConfigError, _parse_value
 from ..distributed import init_distributed, rank_and_world, resolve_device
+from ..evaluation import check_concurrency
 from ..plugin import Registries, get_registries
 from ..registry import UnknownNameError
 from ..threat import format_eps
 from . import command, common_problems, integer, radius
 
 __all__ = ["run_eval", "resolve_model", "markdown_table"]
+
+
+def concurrency(text: str) -> int | str:
+    """``--concurrency``: ``auto`` or an integer >= 1 (:func:`~robust_distill.evaluation.check_concurrency`)."""
+    try:
+        return check_concurrency("auto" if text.strip().lower() == "auto" else int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {text!r}") from None
 
 
 def _options(items: list[str]) -> dict[str, Any]:
@@ -76,7 +85,8 @@ def _run_eval(ns: argparse.Namespace, device: Any) -> dict[str, Any]:
                       eps=ns.eps, batch_size=ns.batch_size, device=device, seed=ns.seed,
                       precision=getattr(ns, "precision", "fp32"), data_root=ns.data_root, workers=ns.workers,
                       model_options=_options(ns.model_option), trust_checkpoint=ns.trust_checkpoint,
-                      surrogate=ns.surrogate, progress=rank == 0)
+                      surrogate=ns.surrogate, progress=rank == 0,
+                      concurrency=getattr(ns, "concurrency", "auto"))
     except ConfigError as exc:  # a val split larger than the data: the API's argument names are our flags
         raise ConfigError([p.replace("split='val'", "--split val").replace("split='test'", "--split test")
                            for p in exc.problems], "eval arguments") from None
@@ -120,6 +130,10 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="attack and model precision (fp32: comparable with the papers; bf16: autocast, faster)")
+    p.add_argument("--concurrency", type=concurrency, default="auto",
+                   help="AutoAttack chunks (of 500) attacked at once, each by its own process on the device; the "
+                        "results are the same (auto: as many as GPU memory and CPU cores allow, up to 8, on "
+                        "CUDA; 1 on CPU)")
 
 
 @command("eval", "evaluate a checkpoint or a RobustBench/timm model against chosen attacks (under torchrun: "
