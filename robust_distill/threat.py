@@ -45,6 +45,7 @@ class ThreatModel:
     :param steps: number of PGD steps (>= 1).
     :param eps_end: if set, the radius grows from ``eps`` to ``eps_end`` linearly over training
         (AdaAD, CVPR 2023, Fig. 2); the step size keeps its ratio to the radius.
+    :param norm: the norm of the ball; only ``Linf``.
     """
 
     eps: float = 8 / 255
