@@ -108,14 +108,15 @@ def field_descriptions(cls: type) -> dict[str, str]:
 def plain(value: Any) -> Any:
     """A value as a config file would write it (radii of k/255 as ``k/255``, which configs accept)."""
     from robust_distill.config import plain_data
+    from robust_distill.threat import format_eps
 
     def fractions(v: Any) -> Any:
         if isinstance(v, dict):
             return {k: fractions(x) for k, x in v.items()}
         if isinstance(v, list):
             return [fractions(x) for x in v]
-        if isinstance(v, float) and 0 < v < 1 and abs(v * 255 - round(v * 255)) < 1e-9:
-            return f"{round(v * 255)}/255"
+        if isinstance(v, float) and 0 < v < 1 and format_eps(v).endswith("/255"):
+            return format_eps(v)
         return v
 
     return fractions(plain_data(value))
