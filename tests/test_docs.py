@@ -118,6 +118,13 @@ def test_every_builtin_method_is_in_the_methods_page(regs) -> None:
             assert f"| `{entry.name}` |" in DOCS["docs/methods.md"], entry.name
 
 
+def test_the_readme_fits_on_two_screens() -> None:
+    """The README is what a newcomer needs (issue 22: under 250 lines); the rest is in the site's pages."""
+    assert len(README.splitlines()) < 250
+    for page in ("getting-started", "configuration", "methods", "plugins", "results"):
+        assert f"](docs/{page}.md)" in README, page
+
+
 def test_readme_commands_exist() -> None:
     for script in ("scripts/demo.sh", "scripts/test.sh"):
         assert script in README and (ROOT / script).is_file()
