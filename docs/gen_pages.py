@@ -17,6 +17,7 @@ their repository paths, so that the results page links and shows them.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 import io
@@ -32,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: files under benchmarks/results/ that the site carries (the reports and figures the results page links or shows)
 BENCHMARK_SUFFIXES = {".md", ".png", ".txt"}
 BENCHMARK_MAX_BYTES = 1 << 20
+#: arguments the engine passes to a part's factory itself (``Registry.build``'s ``provided``), not config options
+ENGINE_PROVIDED = {"num_classes", "batch_size", "registries", "eps", "epochs"}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -47,22 +50,28 @@ def rst_to_md(text: str) -> str:
 
 
 def split_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
-    """The text of a docstring before its fields, and its ``:param name: text`` fields (continuations joined)."""
+    """The text of a docstring before its fields, and its ``:param name: text`` fields (whitespace collapsed)."""
     doc = inspect.cleandoc(doc or "")
-    body, params, current = [], {}, None
-    for line in doc.splitlines():
-        m = re.match(r":param (\w+):\s*(.*)", line)
-        if m:
-            current = m.group(1)
-            params[current] = m.group(2).strip()
-        elif re.match(r":\w+.*:", line):  # :returns:, :raises ...:
-            current = None
-        elif current and line.startswith((" ", "\t")):
-            params[current] += " " + line.strip()
-        else:
-            current = None
-            body.append(line)
-    return "\n".join(body).strip(), params
+    fields = re.search(r"^:\w", doc, re.M)
+    body, rest = (doc[:fields.start()], doc[fields.start():]) if fields else (doc, "")
+    params = {m.group(1): " ".join(m.group(2).split())
+              for m in re.finditer(r":param (\w+):(.*?)(?=:param \w+:|^:\w|\Z)", rest, re.S | re.M)}
+    return body.strip(), params
+
+
+def option_docs(obj: Any) -> dict[str, str]:
+    """The options a part takes (its signature's keyword arguments) and their ``:param`` descriptions, from its
+    own docstring, else its base classes' (an option a subclass passes on is documented where it is defined)."""
+    try:
+        takes = [n for n, p in inspect.signature(obj).parameters.items()
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in ENGINE_PROVIDED]
+    except (TypeError, ValueError):
+        takes = []
+    docs: dict[str, str] = {}
+    for cls in inspect.getmro(obj) if inspect.isclass(obj) else (obj,):
+        for name, text in split_docstring(cls.__doc__)[1].items():
+            docs.setdefault(name, text)
+    return {name: docs.get(name, "") for name in takes}
 
 
 def first_paragraph(doc: str | None) -> str:
@@ -82,11 +91,9 @@ def field_comments(cls: type) -> dict[str, str]:
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.NAME and tok.start[1] == 4 and tok.line.strip().startswith(tok.string + ":"):
             current = tok.string
-        elif tok.type == tokenize.COMMENT and current:
+        elif tok.type == tokenize.COMMENT and current:  # trailing, or on the lines after the field (continued)
             text = tok.string.lstrip("#").strip()
             comments[current] = f"{comments[current]} {text}" if current in comments else text
-        elif tok.type == tokenize.NEWLINE and current and current in comments:
-            pass  # a comment on the following line continues the field's comment
         elif tok.type == tokenize.NAME and tok.start[1] == 4:
             current = None
     return comments
@@ -188,15 +195,15 @@ def part_section(label: str, registry: Any, part: Any) -> list[str]:
     if not part.key or part.key not in registry:
         return [f"**{label}**: `{part.key or 'none'}`", ""]
     entry = registry.entry(part.key)
-    doc = inspect.getdoc(entry.obj) or ""
-    summary, params = split_docstring(doc)
-    lines = [f"**{label}**: `{part.key}` ({entry.plugin}): {rst_to_md(summary.split(chr(10) * 2)[0])}".replace(
-        "\n", " "), ""]
+    summary, params = split_docstring(inspect.getdoc(entry.obj))[0], option_docs(entry.obj)
+    equation = rst_to_md(summary.split("\n\n")[0]).replace("\n", " ")
+    lines = [f"**{label}**: `{part.key}` ({entry.plugin}): {equation}", ""]
     if params or part.kwargs:
         lines += ["| option | this method | what it is |", "|---|---|---|"]
         for name in dict.fromkeys([*part.kwargs, *params]):
             value = f"`{yaml_inline(plain(part.kwargs[name]))}`" if name in part.kwargs else "(default)"
-            lines.append(f"| `{name}` | {value} | {rst_to_md(params.get(name, '')).replace('|', chr(92) + '|')} |")
+            what = rst_to_md(params.get(name, "")).replace("|", "\\|")
+            lines.append(f"| `{name}` | {value} | {what} |")
         lines.append("")
     return lines
 
@@ -245,8 +252,6 @@ def cli_page() -> str:
 
     os.environ["COLUMNS"] = "110"  # argparse wraps --help at the terminal's width: one width for the page
     pm = PluginManager().load_plugins(autoload=False)
-    import argparse
-
     out = ["# Command line (reference)", "",
            "The `--help` of every `robust-distill` command, generated from the argument parsers (the built-in "
            "plugins' commands; a plugin adds its own through `rd_register_commands`). The overview is "
