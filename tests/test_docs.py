@@ -211,15 +211,26 @@ def test_every_python_block_is_run() -> None:
     assert sorted(kinds) == sorted(["README.md", "docs/plugins.md", "shipped"] + ["guide"] * 7)
 
 
-def test_the_readme_plugin_registers_a_working_method(regs, tmp_path: Path) -> None:
-    """The README's 10-line plugin, run: its method resolves with the parts and options it names."""
+def package_docstring_plugin() -> str:
+    """The plugin of ``robust_distill``'s own docstring (the API page's first example)."""
+    block = robust_distill.__doc__.split("Write a plugin in a few lines::\n")[1].split("\nand declare")[0]
+    return inspect.cleandoc(block)
+
+
+@pytest.mark.parametrize("source", ["README.md", "robust_distill/__init__.py"])
+def test_the_short_plugin_example_registers_a_working_method(source: str, tmp_path: Path) -> None:
+    """The 10-line plugin of the README and of the package docstring, run: its method resolves with the parts and
+    options it names."""
     from robust_distill.config import resolve_config
 
-    (body,) = [b for name, _, b in python_blocks() if name == "README.md"]
-    plugin = types.ModuleType("readme_plugin")
-    exec(compile(body, "README.md", "exec"), plugin.__dict__)  # noqa: S102
+    if source == "README.md":
+        (body,) = [b for name, _, b in python_blocks() if name == "README.md"]
+    else:
+        body = package_docstring_plugin()
+    plugin = types.ModuleType("short_plugin")
+    exec(compile(body, source, "exec"), plugin.__dict__)  # noqa: S102
     pm = PluginManager().load_plugins(autoload=False)
-    pm.add_plugin(plugin, "readme_plugin")
+    pm.add_plugin(plugin, "short_plugin")
     cfg = resolve_config({"method": "rslad_t2", "student": "timm:convnet_xs", "teachers": {"robust": "timm:convnet_xs"},
                           "data": {"dataset": "synthetic", "val_size": 32}, "output_dir": str(tmp_path / "run")},
                          pm.build_registries())
