@@ -125,6 +125,13 @@ def test_the_readme_fits_on_two_screens() -> None:
         assert f"](docs/{page}.md)" in README, page
 
 
+def test_the_readmes_links_resolve() -> None:
+    """The README is not part of the site (whose links the strict build checks): its links are checked here."""
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", README)
+    assert len(links) >= 15
+    assert not [link for link in links if "://" not in link and not (ROOT / link).exists()]
+
+
 def test_readme_commands_exist() -> None:
     for script in ("scripts/demo.sh", "scripts/test.sh"):
         assert script in README and (ROOT / script).is_file()
