@@ -8,10 +8,9 @@ Write a plugin in a few lines::
     @hookimpl
     def rd_register_methods(registry):
         registry.register(Method(
-            name="rslad_t2",
-            inner_attack=Part("kl_pgd", {"target": "teacher_clean"}),
-            outer_loss=Part("rslad", {"temperature": 2.0}),
-            summary="RSLAD with temperature 2",
+            name="rslad_t2", summary="RSLAD with temperature 2 in the inner maximisation",
+            inner_attack=Part("kl_pgd", {"target": "teacher_clean", "temperature": 2.0}),
+            outer_loss=Part("rslad", {"alpha": 5 / 6}),
         ))
 
 and declare it in your distribution's ``setup.cfg``::

@@ -37,6 +37,7 @@ class Stateful:
     state_attributes: tuple[str, ...] = ()
 
     def state_dict(self) -> dict[str, Any]:
+        """What must survive a resume: the ``state_attributes`` (modules and optimizers as their state dicts)."""
         out: dict[str, Any] = {}
         for name in self.state_attributes:
             value = getattr(self, name)
@@ -48,6 +49,7 @@ class Stateful:
         return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; a key this part does not save is an error."""
         if not state:
             return
         unknown = sorted(set(state) - set(self.state_attributes))
@@ -129,12 +131,14 @@ class StudentSource:
 
     def build(self, name: str, *, input_shape: tuple[int, int, int], num_classes: int,
               **options: Any) -> nn.Module:
+        """A freshly initialised student for inputs of ``input_shape`` (C, H, W) and ``num_classes`` outputs."""
         raise NotImplementedError
 
     def check(self, name: str, **options: Any) -> None:
         """Raise ``ValueError`` (listing valid names) if ``name`` is unknown."""
 
     def names(self) -> list[str] | None:
+        """Known names (for ``robust-distill plugins``), or None if the space is open."""
         return None
 
 
@@ -222,6 +226,7 @@ class Part:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
+        """``{"key": ..., "kwargs": {...}}``, as a config file writes the part."""
         return {"key": self.key, "kwargs": dict(self.kwargs)}
 
 

@@ -66,6 +66,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DataConfig:
+    """``data:``, the dataset and how it is batched.
+
+    :param dataset: a registered dataset (``cifar10``, ``cifar100``, ``fashion_mnist``, ``image_folder``,
+        ``tiny_imagenet``, ``imagenet``, ``synthetic``, or a plugin's).
+    :param root: where the dataset's files are (``null``: the dataset's default).
+    :param options: keyword arguments of the dataset's ``load`` and ``info`` (``{n_train: 96}`` for ``synthetic``).
+    :param batch_size: the global training batch (divided among processes under torchrun).
+    :param eval_batch_size: the batch of evaluation attacks.
+    :param augment: the random crop and flip the dataset asks for (``false``: none).
+    """
     dataset: str = "cifar10"
     root: Union[str, None] = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -82,6 +92,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """``optim:``, the student's optimiser (SGD) and learning-rate schedule.
+
+    :param epochs: training epochs.
+    :param lr: the initial learning rate.
+    :param momentum: SGD momentum.
+    :param weight_decay: SGD weight decay.
+    :param nesterov: Nesterov momentum.
+    :param schedule: a registered lr schedule (``multistep``, ``cosine``, ``constant``, ...) with its options.
+    """
     epochs: int = 200
     lr: float = 0.1
     momentum: float = 0.9
@@ -97,6 +116,11 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """``eval:``, the evaluation after every ``every`` epochs and after training.
+
+    :param attacks: evaluation attacks run every ``every`` epochs on ``split`` (``clean``, ``pgd20``, ...).
+    :param final_n_examples: test images of the final evaluation (``null``: the whole test split).
+    """
     every: int = 1  # evaluate every N epochs (and always after the last one)
     split: Literal["val", "test"] = "val"  # model selection on a held-out split; "test" as the papers
     n_examples: Union[int, None] = 1000  # None: the whole split
@@ -112,12 +136,26 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class SWAConfig:
+    """``swa:``, stochastic weight averaging of the student (``output_dir/swa.pt``)."""
     start: Union[float, None] = None  # SWA of the student from this epoch (0-based; < 1: a fraction of the run;
     # at or after optim.epochs: never, as PeerAiD's default 214 in a short run)
 
 
 @dataclass(frozen=True)
 class Config:
+    """A resolved configuration (one YAML file per experiment).
+
+    :param method: a registered method; its parts and paper defaults come with it.
+    :param student: the student network, ``<source>:<name>`` (``timm:resnet18_cifar``) with options.
+    :param teachers: teacher role (``robust``, ``natural``, ...) -> ``<source>:<name>`` with options.
+    :param version: the config schema's version.
+    :param seed: every random draw of the run derives from it (and the epoch).
+    :param device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    :param output_dir: the run's folder (config, metrics, checkpoints; resumed from its ``last.pt``).
+    :param inner_attack: the inner maximisation (default: the method's) and its options.
+    :param outer_loss: the outer loss (default: the method's) and its options.
+    :param teacher_updater: how teachers change during training (``frozen``: never).
+    """
     method: str
     student: Part
     teachers: dict[str, Part] = field(default_factory=dict)

@@ -115,9 +115,11 @@ class Registry(Generic[T]):
 
     # -- lookups ----------------------------------------------------------------------------------
     def get(self, name: str) -> T:
+        """The component registered as ``name``; :class:`UnknownNameError` lists the valid names."""
         return self.entry(name).obj
 
     def entry(self, name: str) -> Entry[T]:
+        """The :class:`Entry` of ``name``: the component and the plugin and distribution that registered it."""
         try:
             return self._entries[name]
         except KeyError:
@@ -144,9 +146,11 @@ class Registry(Generic[T]):
         return factory(**kwargs, **extra)
 
     def names(self, pattern: str = "*") -> list[str]:
+        """The registered names matching the shell-style ``pattern``, sorted."""
         return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
 
     def entries(self) -> list[Entry[T]]:
+        """Every :class:`Entry`, sorted by name."""
         return [self._entries[n] for n in self.names()]
 
     def __contains__(self, name: object) -> bool:

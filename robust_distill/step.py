@@ -62,10 +62,12 @@ class Step:
     # -- inputs -----------------------------------------------------------------------------------
     @property
     def x(self) -> Tensor:
+        """The clean batch (input ``clean``)."""
         return self.inputs["clean"]
 
     @property
     def x_adv(self) -> Tensor:
+        """The inner attack's output (input ``adv``); an error before the attack has run."""
         try:
             return self.inputs["adv"]
         except KeyError:
@@ -73,6 +75,7 @@ class Step:
 
     @property
     def progress(self) -> float:
+        """The fraction of training done at this step, in [0, 1] (epochs and steps within the epoch)."""
         return (self.epoch + self.iteration / max(self.iterations, 1)) / max(self.epochs, 1)
 
     def add_input(self, name: str, x: Tensor) -> None:

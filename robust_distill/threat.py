@@ -45,6 +45,7 @@ class ThreatModel:
     :param steps: number of PGD steps (>= 1).
     :param eps_end: if set, the radius grows from ``eps`` to ``eps_end`` linearly over training
         (AdaAD, CVPR 2023, Fig. 2); the step size keeps its ratio to the radius.
+    :param norm: the norm of the ball; only ``Linf``.
     """
 
     eps: float = 8 / 255
@@ -80,5 +81,6 @@ class ThreatModel:
         return replace(self, eps=eps, step_size=self.step_size * eps / self.eps, eps_end=None)
 
     def describe(self) -> str:
+        """One line for logs and reports: ``Linf eps=8/255, 10 steps of 2/255``."""
         grow = f"->{format_eps(self.eps_end)}" if self.eps_end is not None else ""
         return f"Linf eps={format_eps(self.eps)}{grow}, {self.steps} steps of {format_eps(self.step_size)}"

@@ -1,5 +1,5 @@
 """The Fashion-MNIST teachers shipped in ``robust_distill/assets`` load as ``checkpoint:`` teachers and are as
-accurate and robust as the README says (first 200 test images; PGD-20 at the training radius eps 0.1)."""
+accurate and robust as docs/results.md says (first 200 test images; PGD-20 at the training radius eps 0.1)."""
 
 from __future__ import annotations
 
