@@ -3,12 +3,13 @@ resubmitted and resumed; the launcher's errors."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,9 @@ from robust_distill.cli import main
 from robust_distill.config import ConfigError
 
 from .test_reliability import rows, same_weights, wait_for
+
+needs_submitit = pytest.mark.skipif(importlib.util.find_spec("submitit") is None,
+                                    reason="the slurm extra (submitit) is not installed")
 
 # Stands in for `train`: records the GPU and threads it was given and when it ran, then "finishes" the run.
 FAKE_TRAIN = """import json, os, sys, time
@@ -112,22 +116,32 @@ def test_bad_launchers_are_reported_with_the_valid_choices(regs, tiny_raw, tmp_p
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(ConfigError, match="2 runs per GPU, but no GPU is visible"):
         run_grid({**grid, "torchrun": None, "launcher": {"slots_per_gpu": 2}}, regs, dry_run=True)
-    submitit_grid = {**grid, "torchrun": None, "launcher": {"name": "submitit", "slurm": {"partiton": "gpu"}}}
+    assert not (tmp_path / "g").exists()  # a dry run writes nothing
+
+
+@needs_submitit
+def test_bad_submitit_launchers_are_reported_before_anything_starts(regs, tiny_raw, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = grid_of(tiny_raw, tmp_path, grid={"seed": [0]})
+    submitit_grid = {**grid, "launcher": {"name": "submitit", "slurm": {"partiton": "gpu"}}}
     with pytest.raises(ConfigError) as info:
         run_grid(submitit_grid, regs, dry_run=True)
     assert info.value.problems[0].startswith("launcher.slurm.partiton: not a Slurm resource of submitit's "
                                              "SlurmExecutor; valid: account, additional_parameters, array_parallelism")
     assert "partition" in info.value.problems[0] and "time limit of each job (minutes) is required" in str(info.value)
+    if shutil.which("srun") is None:
+        assert info.value.problems[2].startswith("launcher.cluster: slurm, but Slurm's `srun` is not found")
     assert not (tmp_path / "g").exists()  # a dry run writes nothing
 
     path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump({**grid, "torchrun": None, "launcher": "submitit"}))
+    path.write_text(yaml.safe_dump({**grid, "launcher": "submitit"}))
     assert main(["bench", str(path), "--launcher", "submitit", "--slots-per-gpu", "2", "--dry-run"]) == 2
     monkeypatch.setitem(sys.modules, "submitit", None)  # not installed
     with pytest.raises(MissingDependencyError, match=r"pip install 'robust-distill\[slurm\]'"):
         run_grid(load_grid(path), regs, dry_run=True)
 
 
+@needs_submitit
 @pytest.mark.slow
 def test_submitit_local_executor_resubmits_a_killed_run_which_resumes(regs, tiny_raw, tmp_path: Path) -> None:
     """A 4-run grid through submitit's local executor; one run's train is killed mid-run, resubmitted, and
