@@ -86,7 +86,7 @@ def launcher_problems(launcher: Any, torchrun: Any = None) -> list[str]:
     if spec.get("slots_per_gpu") is not None:
         if not _count(spec["slots_per_gpu"], 1):
             problems.append(f"launcher.slots_per_gpu: must be null or an integer >= 1, got {spec['slots_per_gpu']!r}.")
-        elif torchrun is not None and torchrun > 1:
+        elif _count(torchrun, 2):
             problems.append(f"launcher.slots_per_gpu: places single-GPU runs, but torchrun: {torchrun} gives each "
                             "run several GPUs; drop one of the two.")
     if "resubmit" in spec and not _count(spec["resubmit"], 0):
