@@ -84,6 +84,40 @@ def test_slots_per_gpu_run_k_at_once_on_each_visible_gpu(regs, tiny_raw, tmp_pat
     assert max(most_at_once([(r["start"], r["end"]) for r in runs if r["gpu"] == g]) for g in "35") == 2
 
 
+# Stands in for `train`: seed=0 is killed at its first start, seed=1 fails by itself, seed=2 finishes.
+FLAKY_TRAIN = """import os, signal, sys
+from pathlib import Path
+folder = Path(sys.argv[1])
+starts = folder / "starts"
+starts.write_text(starts.read_text() + "x" if starts.exists() else "x")
+if folder.name == "seed=0" and starts.read_text() == "x":
+    os.kill(os.getpid(), signal.SIGKILL)
+if folder.name == "seed=1":
+    sys.exit(1)
+(folder / "summary.json").write_text("{}")
+"""
+
+
+@pytest.mark.parametrize("resubmit", [2, 0])
+def test_a_killed_run_is_started_again_a_failed_one_is_not(regs, tiny_raw, tmp_path: Path, resubmit: int,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(launch, "train_command", lambda folder, torchrun: [sys.executable, "-c", FLAKY_TRAIN,
+                                                                           str(folder)])
+    grid = grid_of(tiny_raw, tmp_path, grid={"seed": [0, 1, 2]}, launcher={"resubmit": resubmit})
+    lines: list[str] = []
+    states = run_grid(grid, regs, log=lines.append)
+    starts = {name: len((tmp_path / "g" / name / "starts").read_text()) for name in states}
+    status = {name: json.loads((tmp_path / "g" / name / "status.json").read_text()) for name in states}
+    assert status["seed=1"]["state"] == "failed" and status["seed=1"]["returncode"] == 1 and starts["seed=1"] == 1
+    assert status["seed=2"]["state"] == "done" and starts["seed=2"] == 1
+    if resubmit:
+        assert states["seed=0"] == "done" and starts["seed=0"] == 2 and status["seed=0"]["attempt"] == 2
+        assert "  killed  seed=0 (SIGKILL): starting it again, from its last.pt" in lines
+    else:
+        assert status["seed=0"]["state"] == "failed" and status["seed=0"]["returncode"] == -signal.SIGKILL
+        assert "  FAILED  seed=0 (SIGKILL); see " + str(tmp_path / "g" / "seed=0" / "train.log") in lines
+
+
 def test_a_run_goes_to_the_gpu_with_fewest_runs_ties_round_robin() -> None:
     launcher = LocalLauncher(parallel=0, slots_per_gpu=2, gpus=["0", "1", "2"], threads=1)
     assert launcher.capacity == 6 and [launcher._place() for _ in range(4)] == ["0", "1", "2", "0"]
