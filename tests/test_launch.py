@@ -118,7 +118,9 @@ def test_a_killed_run_is_started_again_a_failed_one_is_not(regs, tiny_raw, tmp_p
         assert "  FAILED  seed=0 (SIGKILL); see " + str(tmp_path / "g" / "seed=0" / "train.log") in lines
 
 
-def test_a_run_goes_to_the_gpu_with_fewest_runs_ties_round_robin() -> None:
+def test_a_run_goes_to_the_gpu_with_fewest_runs_ties_round_robin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-5e1f,-1,3")  # CUDA stops reading at an invalid entry
+    assert launch.visible_gpus() == ["2", "GPU-5e1f"]
     launcher = LocalLauncher(parallel=0, slots_per_gpu=2, gpus=["0", "1", "2"], threads=1)
     assert launcher.capacity == 6 and [launcher._place() for _ in range(4)] == ["0", "1", "2", "0"]
     launcher.active["1"] -= 1  # a run on GPU 1 ended: GPU 0 has 2 runs, 1 has none, 2 has 1

@@ -32,6 +32,7 @@ failed by itself (exit code 1-4: a bad config, a diverged run, ...) is not.
 
 from __future__ import annotations
 
+import abc
 import os
 import signal
 import socket
@@ -105,8 +106,10 @@ def killed(returncode: int | None) -> bool:
 def visible_gpus() -> list[str]:
     """The GPUs ``bench`` may place runs on: ``CUDA_VISIBLE_DEVICES`` (ids or UUIDs), else torch's count."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    if env is not None:  # as CUDA reads it: up to the first empty or negative entry
+        gpus = [g.strip() for g in env.split(",")]
+        ends = [i for i, g in enumerate(gpus) if not g or g.startswith("-")]
+        return gpus[:ends[0]] if ends else gpus
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
@@ -134,31 +137,35 @@ class Started:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class Launcher:
+class Launcher(abc.ABC):
     """Starts runs (:meth:`start`), says when one has ended and with which exit code (:meth:`poll`), and stops
     the runs still going when ``bench`` is interrupted (:meth:`stop`). ``bench`` does the rest."""
 
     name = ""
     resubmit = 2
 
+    @abc.abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """One line for the log: how runs are started."""
 
     def has_room(self) -> bool:
+        """Whether another run may start now."""
         return True
 
+    @abc.abstractmethod
     def start(self, folder: Path, attempt: int) -> Started:
-        raise NotImplementedError
+        """Start the run of ``folder`` (its ``run.yaml`` written) and write its ``status.json``."""
 
+    @abc.abstractmethod
     def poll(self, run: Started) -> tuple[bool, int | None]:
         """``(ended, exit code)``; the exit code is ``None`` for a job that ended without one (lost)."""
-        raise NotImplementedError
 
-    def release(self, run: Started) -> None:
+    def release(self, run: Started) -> None:  # noqa: B027  (most launchers hold nothing per run)
         """``run`` has ended: free its place."""
 
+    @abc.abstractmethod
     def stop(self, runs: list[Started]) -> None:
-        raise NotImplementedError
+        """``bench`` was interrupted: stop ``runs`` (they resume from their ``last.pt`` next time)."""
 
 
 class LocalLauncher(Launcher):
@@ -357,9 +364,9 @@ def make_launcher(grid: Mapping[str, Any], out_dir: Path, *, parallel: int | Non
     slots = slots_per_gpu or spec.get("slots_per_gpu")
     gpus = visible_gpus() if slots else []
     if slots and not gpus:
-        raise ConfigError([f"launcher.slots_per_gpu: {slots} runs per GPU, but no GPU is visible "
-                           "(CUDA_VISIBLE_DEVICES is empty or torch sees no CUDA device); drop slots_per_gpu "
-                           "to run `parallel` runs at a time."], "grid")
+        where = "--slots-per-gpu" if slots_per_gpu else "launcher.slots_per_gpu"
+        raise ConfigError([f"{where}: {slots} runs per GPU, but no GPU is visible (CUDA_VISIBLE_DEVICES is empty "
+                           f"or torch sees no CUDA device); drop {where} to run `parallel` runs at a time."], "grid")
     return LocalLauncher(parallel or grid.get("parallel") or (None if slots else 1), slots, gpus, threads,
                          torchrun, resubmit)
 
