@@ -225,7 +225,8 @@ def run_grid(grid: Mapping[str, Any], regs: Any, *, parallel: int | None = None,
         raise ConfigError(problems, "grid")
     out_dir = Path(grid["output_dir"])
     if dry_run:
-        chosen = make_launcher(grid, out_dir, parallel=parallel, launcher=launcher, slots_per_gpu=slots_per_gpu)
+        chosen = make_launcher(grid, out_dir, parallel=parallel, launcher=launcher, slots_per_gpu=slots_per_gpu,
+                               dry_run=True)
         states = {r.name: r.status()["state"] for r in runs}
         done = sum(s == "done" for s in states.values())
         log(f"grid {out_dir}: {len(runs)} runs, {done} finished, {len(runs) - done} to run; {chosen.describe()}")

@@ -276,7 +276,8 @@ class SubmititLauncher(Launcher):
     name = "submitit"
 
     def __init__(self, folder: Path, cluster: str = "slurm", slurm: Mapping[str, Any] | None = None,
-                 threads: int | None = None, torchrun: int | None = None, resubmit: int = 2) -> None:
+                 threads: int | None = None, torchrun: int | None = None, resubmit: int = 2,
+                 dry_run: bool = False) -> None:
         self.submitit = import_optional("submitit", extra="slurm", feature="the submitit launcher (launcher: submitit)")
         self.folder, self.cluster, self.slurm = folder, cluster, dict(slurm or {})
         self.torchrun, self.resubmit = torchrun, resubmit
@@ -294,6 +295,8 @@ class SubmititLauncher(Launcher):
         if problems:
             raise ConfigError(problems, "grid")
         self._executor: Any = None
+        if not dry_run:
+            self.executor  # noqa: B018  (made now: sbatch's checks of the values come before any run starts)
 
     @property
     def executor(self) -> Any:
@@ -343,9 +346,10 @@ class SubmititLauncher(Launcher):
 
 
 def make_launcher(grid: Mapping[str, Any], out_dir: Path, *, parallel: int | None = None,
-                  launcher: str | None = None, slots_per_gpu: int | None = None) -> Launcher:
+                  launcher: str | None = None, slots_per_gpu: int | None = None, dry_run: bool = False) -> Launcher:
     """The grid's launcher, with ``bench``'s ``--parallel``, ``--launcher`` and ``--slots-per-gpu`` on top;
-    raises :class:`ConfigError` for what cannot work here (no GPU for slots, no Slurm, submitit missing)."""
+    raises :class:`ConfigError` for what cannot work here (no GPU for slots, no Slurm, submitit missing).
+    ``dry_run``: checked only, nothing written."""
     spec = _spec(grid.get("launcher"))
     name = launcher or spec.get("name", "local")
     problems = launcher_problems({**spec, "name": name}, grid.get("torchrun"))
@@ -360,7 +364,7 @@ def make_launcher(grid: Mapping[str, Any], out_dir: Path, *, parallel: int | Non
     threads, torchrun = grid.get("threads_per_run"), grid.get("torchrun")
     if name == "submitit":
         return SubmititLauncher(out_dir / ".submitit", spec.get("cluster", "slurm"), spec.get("slurm"),
-                                threads, torchrun, resubmit)
+                                threads, torchrun, resubmit, dry_run)
     slots = slots_per_gpu or spec.get("slots_per_gpu")
     gpus = visible_gpus() if slots else []
     if slots and not gpus:
