@@ -17,7 +17,8 @@ Every run is the same ``robust-distill train <run folder>/run.yaml`` process (un
 
 With either launcher, a run whose process was killed (a signal, an exit code above 128, or a job lost with
 its node) is started again, up to ``resubmit`` times (default 2), and resumes from its ``last.pt``; a run that
-failed by itself (exit code 1-4: a bad config, a diverged run, ...) is not.
+failed by itself (exit code 1-4: a bad config, a diverged run, ...) is not. Each launcher ignores the other's
+keys, so one grid file can hold both (``bench --launcher submitit`` on the cluster, local runs elsewhere).
 
 ::
 
@@ -50,7 +51,7 @@ from .._proc import guarded
 from ..config import ConfigError
 
 __all__ = ["LAUNCHERS", "Launcher", "LocalLauncher", "SubmititLauncher", "Started", "TrainJob", "launcher_problems",
-           "make_launcher", "killed", "visible_gpus"]
+           "make_launcher", "killed", "signal_name", "train_command", "visible_gpus"]
 
 LAUNCHERS = ("local", "submitit")
 CLUSTERS = ("slurm", "local")
