@@ -7,7 +7,7 @@ Each K in ``--slots`` runs the whole grid in a fresh folder through ``bench``'s 
 ``--gpu``; the result is the wall time of each grid and its speed-up over K = 1 (a ratio measured in the same
 session, on the same GPU), written as JSON and Markdown to ``--out``.
 
-Usage (a GPU machine, about 5 minutes for the defaults)::
+Usage (a GPU machine; the script has not been run on one yet)::
 
     python benchmarks/bench_grid_slots.py --slots 1 4 --runs 8      # -> benchmarks/results/gpu/grid_slots.{json,md}
     python benchmarks/bench_grid_slots.py --smoke                   # CPU-sized check of this script (seconds)
