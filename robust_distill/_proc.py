@@ -2,9 +2,10 @@
 
 Private. Three mechanisms, for the two launchers the project uses:
 
-- ``bench`` starts every run through :func:`guarded`, a two-line trampoline that asks the kernel for a
-  parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG, SIGTERM)``, kept across ``exec``) and then ``exec``\\ s the
-  real command: if ``bench`` dies, even by ``kill -9``, its ``train`` (or ``torchrun``) children get SIGTERM.
+- ``bench`` (or the submitit job of a run) starts every run through :func:`guarded`, a two-line trampoline
+  that asks the kernel for a parent-death signal (Linux ``prctl(PR_SET_PDEATHSIG, SIGTERM)``, kept across
+  ``exec``) and then ``exec``\\ s the real command: if ``bench`` (the job) dies, even by ``kill -9``, its
+  ``train`` (or ``torchrun``) children get SIGTERM.
 - Under ``torchrun`` every worker arms the same signal for itself (:func:`die_with_parent`, called by
   :func:`robust_distill.distributed.init_distributed`): torchrun starts each worker in a session of its own,
   so nothing else stops them when the launcher is killed.

@@ -1,6 +1,7 @@
 """Experiments on top of the engine: what a researcher runs after (or around) training.
 
 - :mod:`.bench`: the grid runner (methods x teachers x students x seeds x any key, resumable, parallel);
+  :mod:`.launch`: how it starts runs (local processes, slots per GPU; submitit jobs on Slurm);
 - :mod:`.report`, :mod:`.plots`: tables (Markdown, CSV) and figures of finished runs;
 - :mod:`.unlearnable`, :mod:`.select_teacher`: the robustly unlearnable set S_U, teacher scores on it, and
   teacher selection in one call ("Why robust teachers fail", ICML 2026);

@@ -20,16 +20,22 @@ A grid file::
     parallel: 1                # runs at a time
     threads_per_run: null      # OMP/torch threads per run (default: cores / parallel)
     torchrun: null             # processes per run under torchrun (multi-GPU), e.g. 4
+    launcher: local            # how runs are started: local processes (slots per GPU) or submitit (Slurm);
+                               # see robust_distill/analysis/launch.py
+    report: false              # true: write report.md (robust-distill report) when the runs have ended
 
-Every run is a ``robust-distill train`` subprocess in ``<output_dir>/<run name>/`` with its layered
-config (``run.yaml``); the grid file and all configs are validated before the first run starts. Each run's
-state is in its ``status.json`` (``running``/``done``/``failed`` with the error, ``interrupted``); a
-``running`` whose process is gone reads as ``interrupted``. Re-running the same grid skips finished runs,
-resumes interrupted ones from their ``last.pt`` and retries failed ones; a failed run never stops the grid.
+Every run is a ``robust-distill train`` process in ``<output_dir>/<run name>/`` with its layered config
+(``run.yaml``), started by the grid's launcher (:mod:`.launch`); the grid file, all configs and the launcher
+are validated before the first run starts. Each run's state is in its ``status.json``
+(``submitted``/``running``/``done``/``failed`` with the error, ``interrupted``); a ``running`` whose process is
+gone reads as ``interrupted``. A run killed while the grid runs is started again (``launcher.resubmit``);
+re-running the same grid skips finished runs, resumes interrupted ones from their ``last.pt`` and retries
+failed ones; a failed run never stops the grid.
 
 One ``bench`` per grid folder (it holds the folder's lock), and none while a run folder is still being
 trained by another process. Killing ``bench`` (SIGTERM, SIGHUP, Ctrl-C, or even SIGKILL on Linux) stops
-its children, which resume from their ``last.pt`` on the next ``bench``.
+its children, which resume from their ``last.pt`` on the next ``bench``; with the submitit launcher,
+SIGTERM, SIGHUP and Ctrl-C cancel its jobs, which outlive a SIGKILL (they are the cluster's).
 """
 
 from __future__ import annotations
@@ -40,7 +46,6 @@ import json
 import os
 import re
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -52,14 +57,15 @@ import yaml
 
 from .._io import atomic_write_json, atomic_write_text, remove_stale_temp_files
 from .._lock import FolderLock, FolderLockedError, lock_holder
-from .._proc import guarded, pid_alive, signals_raise
+from .._proc import pid_alive, signals_raise
 from ..config import ConfigError, apply_overrides, read_yaml, resolve_config
 from ..progress import Progress
+from .launch import Launcher, Started, killed, launcher_problems, make_launcher, signal_name
 
 __all__ = ["GridRun", "load_grid", "check_grid", "expand_grid", "run_grid"]
 
 GRID_KEYS = {"output_dir", "base", "set", "grid", "exclude", "per_method", "parallel", "threads_per_run",
-             "torchrun", "runs"}
+             "torchrun", "runs", "launcher", "report"}
 
 
 @dataclass
@@ -142,6 +148,9 @@ def check_grid(grid: Mapping[str, Any], source: str = "grid") -> None:
                 for k in sorted(set(grid) - GRID_KEYS)]
     problems += [p for p in (_positive(grid, "parallel", True), _positive(grid, "threads_per_run", True),
                              _positive(grid, "torchrun", True)) if p]
+    problems += launcher_problems(grid.get("launcher"), grid.get("torchrun"))
+    if not isinstance(grid.get("report", False), bool):
+        problems.append(f"report: must be true or false, got {grid['report']!r}.")
     out = grid.get("output_dir")
     if not isinstance(out, str) or not out.strip():
         problems.append(f"output_dir: must be a folder name, got {out!r}.")
@@ -195,18 +204,12 @@ def expand_grid(grid: Mapping[str, Any]) -> list[GridRun]:
     return runs
 
 
-def _command(run: GridRun, nproc: int | None) -> list[str]:
-    cli = ["-m", "robust_distill", "train", str(run.folder / "run.yaml")]
-    if nproc and nproc > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *cli]
-    else:
-        command = [sys.executable, *cli]
-    return guarded(command)  # the child gets SIGTERM if bench dies, however it dies
-
-
 def run_grid(grid: Mapping[str, Any], regs: Any, *, parallel: int | None = None, dry_run: bool = False,
-             log: Any = None) -> dict[str, Any]:
-    """Run every unfinished run of ``grid``; returns ``{run name: final state}``."""
+             log: Any = None, launcher: str | None = None, slots_per_gpu: int | None = None) -> dict[str, Any]:
+    """Run every unfinished run of ``grid``; returns ``{run name: final state}``.
+
+    ``parallel``, ``launcher`` and ``slots_per_gpu`` (``bench``'s flags) override the grid file's.
+    """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     check_grid(grid)
     if parallel is not None and (isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1):
@@ -222,9 +225,11 @@ def run_grid(grid: Mapping[str, Any], regs: Any, *, parallel: int | None = None,
         raise ConfigError(problems, "grid")
     out_dir = Path(grid["output_dir"])
     if dry_run:
+        chosen = make_launcher(grid, out_dir, parallel=parallel, launcher=launcher, slots_per_gpu=slots_per_gpu,
+                               dry_run=True)
         states = {r.name: r.status()["state"] for r in runs}
         done = sum(s == "done" for s in states.values())
-        log(f"grid {out_dir}: {len(runs)} runs, {done} finished, {len(runs) - done} to run")
+        log(f"grid {out_dir}: {len(runs)} runs, {done} finished, {len(runs) - done} to run; {chosen.describe()}")
         return states
     with FolderLock(out_dir, "grid output_dir"):
         remove_stale_temp_files(out_dir)
@@ -232,68 +237,72 @@ def run_grid(grid: Mapping[str, Any], regs: Any, *, parallel: int | None = None,
             holder = lock_holder(run.folder)
             if holder is not None:
                 raise FolderLockedError(run.folder, holder, f"run {run.name} of this grid: folder")
+        chosen = make_launcher(grid, out_dir, parallel=parallel, launcher=launcher, slots_per_gpu=slots_per_gpu)
         with signals_raise():  # SIGTERM / SIGHUP: the clean-up below stops the children
-            return _run(grid, runs, out_dir, parallel, log)
+            states = _run(runs, chosen, out_dir, log)
+        if grid.get("report") and "done" in states.values():
+            from .report import build_report
+
+            build_report(out_dir)
+            log(f"grid {out_dir}: report.md written")
+        return states
 
 
-def _run(grid: Mapping[str, Any], runs: list[GridRun], out_dir: Path, parallel: int | None,
-         log: Any) -> dict[str, Any]:
+def _finish(run: GridRun, started: Started, code: int | None, log: Any) -> str:
+    """Record how ``run`` ended in its status.json; returns the state (``done`` or ``failed``)."""
+    minutes = round((time.time() - started.started) / 60, 2)
+    record = {"minutes": minutes, "attempt": started.attempt, **{k: v for k, v in started.info.items() if k != "pid"}}
+    if code == 0 and (run.folder / "summary.json").is_file():
+        atomic_write_json({"state": "done", **record}, run.status_file)
+        log(f"  done    {run.name} ({minutes:.1f} min)")
+        return "done"
+    tail = (run.folder / "train.log").read_text(errors="replace").strip().splitlines()[-12:]
+    error = "\n".join(line for line in [*tail, started.info.get("error", "")] if line.strip())
+    atomic_write_json({"state": "failed", "returncode": code, **record, "error": error}, run.status_file)
+    log(f"  FAILED  {run.name} ({signal_name(code)}); see {run.folder / 'train.log'}")
+    return "failed"
+
+
+def _run(runs: list[GridRun], launcher: Launcher, out_dir: Path, log: Any) -> dict[str, Any]:
+    """Start runs while the launcher has room, record each as it ends, start a killed one again."""
     todo = [r for r in runs if r.status()["state"] != "done"]
-    log(f"grid {out_dir}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run")
-    parallel = max(1, parallel or int(grid.get("parallel") or 1))
-    threads = grid.get("threads_per_run") or max(1, (os.cpu_count() or 1) // parallel)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    active: list[tuple[GridRun, subprocess.Popen[bytes], float, Any]] = []
-    queue = list(todo)
+    log(f"grid {out_dir}: {len(runs)} runs, {len(runs) - len(todo)} finished, {len(todo)} to run; "
+        f"{launcher.describe()}")
+    queue = [(run, 1) for run in todo]
+    active: list[tuple[GridRun, Started]] = []
     counts = {"done": 0, "failed": 0}
     progress = Progress(len(todo), f"grid {out_dir}", unit="run", items_unit="run")
     try:
         while queue or active:
-            while queue and len(active) < parallel:
-                run = queue.pop(0)
+            while queue and launcher.has_room():
+                run, attempt = queue.pop(0)
                 run.folder.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(yaml.safe_dump(run.raw, sort_keys=False), run.folder / "run.yaml")
-                started = time.time()
-                logfile = open(run.folder / "train.log", "ab")  # noqa: SIM115  (closed when the run ends)
-                proc = subprocess.Popen(_command(run, grid.get("torchrun")), env=env, stdout=logfile,
-                                        stderr=logfile)
-                active.append((run, proc, started, logfile))
-                atomic_write_json({"state": "running", "started": started, "pid": proc.pid, "bench_pid": os.getpid(),
-                                   "host": socket.gethostname()}, run.status_file)
-                log(f"  started {run.name}")
+                started = launcher.start(run.folder, attempt)
+                active.append((run, started))
+                where = "".join(f", {k} {v}" for k, v in started.info.items() if k in ("gpu", "job_id"))
+                log(f"  started {run.name}" + (f" (attempt {attempt})" if attempt > 1 else "") + where)
             time.sleep(0.5)
             progress.update(0, stats={**counts, "running": len(active)})  # a line when one is due
             for item in list(active):
-                run, proc, started, logfile = item
-                if proc.poll() is None:
+                run, started = item
+                ended, code = launcher.poll(started)
+                if not ended:
                     continue
                 active.remove(item)
-                logfile.close()
-                minutes = (time.time() - started) / 60
-                ok = proc.returncode == 0 and (run.folder / "summary.json").is_file()
-                counts["done" if ok else "failed"] += 1
+                launcher.release(started)
+                if (killed(code) and started.attempt <= launcher.resubmit
+                        and not (run.folder / "summary.json").is_file()):
+                    log(f"  killed  {run.name} ({signal_name(code)}): starting it again, from its last.pt")
+                    queue.insert(0, (run, started.attempt + 1))
+                    continue
+                counts[_finish(run, started, code, log)] += 1
                 progress.update(1, items=1, stats={**counts, "running": len(active)})
-                if ok:
-                    atomic_write_json({"state": "done", "minutes": round(minutes, 2)}, run.status_file)
-                    log(f"  done    {run.name} ({minutes:.1f} min)")
-                else:
-                    tail = (run.folder / "train.log").read_text(errors="replace").strip().splitlines()[-12:]
-                    tail = [line for line in tail if line.strip()]
-                    atomic_write_json({"state": "failed", "returncode": proc.returncode, "minutes": round(minutes, 2),
-                                       "error": "\n".join(tail)}, run.status_file)
-                    log(f"  FAILED  {run.name} (exit {proc.returncode}); see {run.folder / 'train.log'}")
     finally:
         progress.close()
-        for _, proc, _, _ in active:  # interrupted: stop the children; their last.pt lets them resume
-            proc.terminate()
-        for run, proc, _, logfile in active:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            logfile.close()
-            atomic_write_json({"state": "interrupted", "returncode": proc.returncode}, run.status_file)
+        launcher.stop([started for _, started in active])
+        for run, started in active:
+            atomic_write_json({"state": "interrupted", "attempt": started.attempt}, run.status_file)
     states = {r.name: r.status()["state"] for r in runs}
     atomic_write_json(states, out_dir / "grid_status.json")
     failed = [n for n, s in states.items() if s == "failed"]

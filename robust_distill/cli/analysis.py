@@ -24,9 +24,13 @@ __all__: list[str] = []
 
 
 def _bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("grid", help="grid YAML (see robust_distill/bench.py)")
+    p.add_argument("grid", help="grid YAML (see robust_distill/analysis/bench.py)")
     p.add_argument("--parallel", type=integer(1), default=None, help="runs at a time (default: the grid's)")
-    p.add_argument("--dry-run", action="store_true", help="validate every run and list their states")
+    p.add_argument("--launcher", choices=("local", "submitit"), default=None,
+                   help="local processes, or one submitit job per run (default: the grid's launcher, else local)")
+    p.add_argument("--slots-per-gpu", type=integer(1), default=None, metavar="K",
+                   help="local launcher: K runs at a time on each visible GPU (default: the grid's)")
+    p.add_argument("--dry-run", action="store_true", help="validate every run and the launcher, list their states")
 
 
 @command("bench", "run a grid of training runs (methods x teachers x students x seeds x ...), resumably", _bench_args,
@@ -35,7 +39,8 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     from ..analysis.bench import load_grid, run_grid
     from ..plugin import get_registries
 
-    states = run_grid(load_grid(ns.grid), get_registries(), parallel=ns.parallel, dry_run=ns.dry_run)
+    states = run_grid(load_grid(ns.grid), get_registries(), parallel=ns.parallel, dry_run=ns.dry_run,
+                      launcher=ns.launcher, slots_per_gpu=ns.slots_per_gpu)
     for name, state in states.items():
         print(f"{state:<12} {name}")
     return 1 if any(s == "failed" for s in states.values()) else 0
