@@ -331,7 +331,7 @@ def test_yaml_blocks_validate(name: str, marker: str, body: str, regs, tmp_path:
     """A config validates whole (names, files, ranges; where the robustbench extra is not installed, one naming a
     ``robustbench:`` teacher validates its keys and types only); a grid's own keys and every run it expands to
     validate; a fragment validates merged into the smallest config. The guide's config is trained by its own test."""
-    from robust_distill.analysis.bench import check_grid, expand_grid
+    from robust_distill.analysis.bench import GRID_KEYS, check_grid, expand_grid
     from robust_distill.config import resolve_config
 
     monkeypatch.chdir(ROOT)
@@ -339,6 +339,8 @@ def test_yaml_blocks_validate(name: str, marker: str, body: str, regs, tmp_path:
     assert isinstance(raw, dict) and raw
     if marker == "guide-config":
         return
+    if "grid" not in raw and set(raw) <= GRID_KEYS - {"output_dir"}:  # a grid file's fragment (a launcher)
+        raw = {"base": "fragment", "grid": {"seed": [0]}, **raw}
     if "grid" in raw:
         grid = {**raw, "output_dir": str(tmp_path / "grid")}
         grid["base"] = FRAGMENT_BASE if isinstance(raw.get("base"), str) else raw.get("base", {})
