@@ -57,6 +57,9 @@ class IterativeTeacherTraining(TrainedTeacher):
         self.trained: TrainedModel | None = None
         self._start = self._end = 0.0
 
+    def constant_teachers(self, roles: frozenset[str]) -> frozenset[str]:
+        return roles - {self.role}  # the clean teacher stays as loaded
+
     def setup(self, run: RunContext) -> None:
         if self.role not in run.teachers:
             raise ValueError(f"ciard_itt trains the {self.role!r} teacher, but the run has only "

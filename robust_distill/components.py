@@ -181,6 +181,13 @@ class TeacherUpdater(Stateful):
     grad_teachers: frozenset[str] = frozenset()
     provides: tuple[str, ...] = ()  # teacher roles this updater creates itself (self-distillation)
 
+    def constant_teachers(self, roles: frozenset[str]) -> frozenset[str]:
+        """The roles among ``roles`` (the configured teachers) whose weights and buffers never change during the
+        run: the engine may then hold them in the training precision and fold their BatchNorms
+        (:mod:`robust_distill.fastpath`), for good. Default: none (safe for any updater); an updater that
+        leaves a teacher untouched says so here."""
+        return frozenset()
+
     def setup(self, run: RunContext) -> None:
         """Once, before the first epoch (and after resuming): may create or wrap teachers."""
 

@@ -22,7 +22,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,10 @@ from .config import Config, ResumeMismatchError, config_differences, config_to_d
 from .data import DataSplits, make_splits, place_data
 from .distributed import DistContext, all_reduce_sum, average_buffers, clone_state, init_distributed, resolve_device
 from .evaluation import EvalResult, evaluate_set, make_eval_attacks
+from .fastpath import AttackWeights, constant_teachers, fold_enabled, teacher_fast_path
 from .monitor import DivergenceError, StepMonitor, check_outer_loss, describe_nonfinite, nonfinite_tensors
 from .plugin import PluginManager, Registries, get_plugin_manager, get_registries
-from .precision import InputGradScale, autocast, grad_scaler
+from .precision import InputGradScale, autocast, autocast_dtype, grad_scaler
 from .step import Step
 from .tracking import Loggers, TrainMonitor, error_in_flight
 from .trained import StudentSWA
@@ -119,6 +120,15 @@ class Run:
         self.teachers: dict[str, nn.Module] = {
             role: load_teacher(t.key, t.kwargs, info, regs).to(self.device, memory_format=self.memory_format)
             for role, t in cfg.teachers.items()}
+        self.teacher_updater = regs.teacher_updaters.build(cfg.teacher_updater.key, cfg.teacher_updater.kwargs)
+        self.precision = cfg.optim.precision
+        self.fold_bn = fold_enabled(cfg.optim.fold_bn, self.device, self.precision)
+        self.constant_teachers = constant_teachers(self.teacher_updater, self.teachers)
+        example = torch.rand(2, *info.input_shape, generator=torch.Generator().manual_seed(0))  # global RNG untouched
+        self.teacher_cast, self.folded_bn = teacher_fast_path(
+            self.teachers, self.constant_teachers, dtype=autocast_dtype(self.precision), fold=self.fold_bn,
+            example=example.to(self.device, memory_format=self.memory_format))
+        self._attack_weights: AttackWeights | None = None
         mode = compile_mode(cfg.optim.compile)
         if mode is not None:
             check_compile(self.device, mode)
@@ -131,13 +141,11 @@ class Run:
         entry = regs.outer_losses.entry(cfg.outer_loss.key)
         self.outer_loss_name = (f"outer loss {entry.name!r} (plugin {entry.plugin!r}, distribution "
                                 f"{entry.distribution})")
-        self.teacher_updater = regs.teacher_updaters.build(cfg.teacher_updater.key, cfg.teacher_updater.kwargs)
         self.lr_schedule = regs.lr_schedules.build(cfg.optim.schedule.key, cfg.optim.schedule.kwargs,
                                                    epochs=cfg.optim.epochs)
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=cfg.optim.lr,
                                          momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
                                          nesterov=cfg.optim.nesterov, fused=self.device.type == "cuda")
-        self.precision = cfg.optim.precision
         self.scaler = grad_scaler(self.device, self.precision)
         self.input_grad_scale = InputGradScale(self.device) if self.precision == "fp16" else None
         self.student_ddp: nn.Module = self.student
@@ -156,6 +164,28 @@ class Run:
         """Optimizer steps per epoch (every process takes the same number)."""
         n = self.data.n_train
         return -(-(n + (-n) % self.dist.world_size) // self.config.data.batch_size)
+
+    # -- fast paths (robust_distill.fastpath) -----------------------------------------------------
+    def step_autocast(self) -> AbstractContextManager[Any]:
+        """The context of a training step's forwards: autocast, the constant teachers' weights in its dtype."""
+        if self.teacher_cast is None:
+            return autocast(self.device, self.precision)
+        stack = ExitStack()
+        stack.enter_context(autocast(self.device, self.precision))
+        stack.enter_context(self.teacher_cast.swapped(refresh=False))
+        return stack
+
+    def attack_weights(self) -> AttackWeights | None:
+        """The inner attack's frozen models (the student and the teachers that change) folded (``fold_bn``) and
+        cast to the autocast dtype per attack; ``None`` when neither applies. Built once for a set of models
+        (teacher updaters may add teachers in ``setup``)."""
+        models = [self.student, *(m for r, m in self.teachers.items() if r not in self.constant_teachers)]
+        dtype = autocast_dtype(self.precision)
+        if dtype is None and not self.fold_bn:
+            return None
+        if self._attack_weights is None or self._attack_weights.models != models:
+            self._attack_weights = AttackWeights(models, dtype, fold=self.fold_bn)
+        return self._attack_weights
 
     # -- models from specs (RunContext) ------------------------------------------------------------
     def build_student(self, part: Part) -> nn.Module:
@@ -253,6 +283,7 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
     iters = run.steps_per_epoch
     threat = cfg.threat
     grad_teachers = frozenset(getattr(run.teacher_updater, "grad_teachers", frozenset()))
+    attack_weights = run.attack_weights()
     monitor = StepMonitor(device)
     every = cfg.optim.log_every
     read_every = 1 if device.type == "cpu" else every  # host syncs cost nothing on CPU
@@ -271,9 +302,9 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
         step = Step(x, y, student=run.student_ddp, student_module=run.student, teachers=run.teachers,
                     threat=threat.at((epoch + i / iters) / cfg.optim.epochs), epoch=epoch,
                     epochs=cfg.optim.epochs, iteration=i, iterations=iters, grad_teachers=grad_teachers,
-                    lr_factor=lr_factor, input_grad_scale=run.input_grad_scale)
+                    lr_factor=lr_factor, input_grad_scale=run.input_grad_scale, attack_weights=attack_weights)
         loss = step_loss(step, inner_attack=run.inner_attack, outer_loss=run.outer_loss,
-                         teacher_updater=run.teacher_updater, autocast=autocast(device, run.precision))
+                         teacher_updater=run.teacher_updater, autocast=run.step_autocast())
         check_outer_loss(loss, run.outer_loss_name, f"at epoch {epoch + 1}, step {i + 1}")
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
