@@ -123,7 +123,20 @@ class TrainedModel(Stateful):
             self.scaler.load_state_dict(state["scaler"])
 
     def _grads_finite(self) -> bool:
-        return all(bool(torch.isfinite(p.grad).all()) for p in self.model.parameters() if p.grad is not None)
+        """Every gradient finite: one fused check (GradScaler's, with scale 1: the gradients are unchanged) and
+        one host synchronisation, not one per parameter (a WRN-34-10 has about 100)."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return True
+        found = torch.zeros((), device=grads[0].device)
+        by_device: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for g in grads:
+            by_device.setdefault((g.device, g.dtype), []).append(g)
+        for (device, _), group in by_device.items():
+            flag = torch.zeros((), device=device)
+            torch._amp_foreach_non_finite_check_and_unscale_(group, flag, torch.ones((), device=device))
+            found = found + flag.to(found.device)
+        return not bool(found)
 
 
 class TrainedTeacher(TeacherUpdater):
