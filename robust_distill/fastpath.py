@@ -162,6 +162,7 @@ class BNFold:
         self.model = model
         self.pairs = conv_bn_pairs(model)
         self._modules = dict(model.named_modules())
+        self._held: dict[str, tuple[nn.Parameter, nn.Parameter]] = {}
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -185,8 +186,16 @@ class BNFold:
                                             None if bn.weight is None else bn.weight.detach(),
                                             None if bn.bias is None else bn.bias.detach())
             params = {"weight": conv._parameters["weight"], "bias": conv._parameters.get("bias")}
-            conv._parameters["weight"] = nn.Parameter(w.detach().contiguous(memory_format=fmt), requires_grad=False)
-            conv._parameters["bias"] = nn.Parameter(b.detach(), requires_grad=False)
+            w = w.detach().contiguous(memory_format=fmt)
+            held = self._held.get(conv_name)
+            if held is None or held[0].shape != w.shape or held[0].stride() != w.stride():
+                held = self._held[conv_name] = (nn.Parameter(w, requires_grad=False),
+                                                nn.Parameter(b.detach(), requires_grad=False))
+            else:  # the same tensors at every attack (fixed addresses for CUDA graphs)
+                with torch.no_grad():
+                    held[0].copy_(w)
+                    held[1].copy_(b)
+            conv._parameters["weight"], conv._parameters["bias"] = held
             parent, child = self._parent(bn_name)
             parent._modules[child] = nn.Identity()
             undo.append((conv, params, parent, child, bn))

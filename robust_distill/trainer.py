@@ -33,7 +33,7 @@ from torch import nn
 from ._io import atomic_save, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from ._lock import FolderLock, FolderLockedError
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint
-from .compilation import check_compile, compile_mode, compile_module
+from .compilation import CUDAGRAPH_MODES, check_compile, compile_mode, compile_module, device_mode
 from .components import InnerAttack, Method, OuterLoss, Part, Stateful, TeacherUpdater, split_spec
 from .config import Config, ResumeMismatchError, config_differences, config_to_dict, plain_data
 from .data import DataSplits, make_splits, place_data
@@ -129,7 +129,8 @@ class Run:
             self.teachers, self.constant_teachers, dtype=autocast_dtype(self.precision), fold=self.fold_bn,
             example=example.to(self.device, memory_format=self.memory_format))
         self._attack_weights: AttackWeights | None = None
-        mode = compile_mode(cfg.optim.compile)
+        mode = device_mode(compile_mode(cfg.optim.compile), self.device)
+        self.cudagraphs = mode in CUDAGRAPH_MODES
         if mode is not None:
             check_compile(self.device, mode)
             for model in (self.student, *self.teachers.values()):
@@ -293,12 +294,17 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
                            enabled=run.dist.is_main, every=every, step=epoch * iters)
     lr = cfg.optim.lr * run.lr_schedule(epoch)
     means: dict[str, float] = {}
+    set_lr = None
     for i, (x, y) in enumerate(batches):
         lr_factor = run.lr_schedule(epoch + i / iters)
         lr = cfg.optim.lr * lr_factor
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
+        if lr != set_lr:  # (a step schedule changes it a few times a run)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            set_lr = lr
         x = x.contiguous(memory_format=run.memory_format)
+        if run.cudagraphs:  # a new iteration of the CUDA graphs (robust_distill.compilation)
+            torch.compiler.cudagraph_mark_step_begin()
         step = Step(x, y, student=run.student_ddp, student_module=run.student, teachers=run.teachers,
                     threat=threat.at((epoch + i / iters) / cfg.optim.epochs), epoch=epoch,
                     epochs=cfg.optim.epochs, iteration=i, iterations=iters, grad_teachers=grad_teachers,
