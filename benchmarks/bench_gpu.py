@@ -257,6 +257,7 @@ def hand_epoch(run: Run, epoch: int) -> None:
             if t_nat is None:
                 with torch.no_grad():
                     t_adv = t(x_adv)
+                    s(x)  # the official main.py's clean forward (BN statistics), as the engine's AdaAD does
                 loss = _kl_mean(s(x_adv).float(), t_adv.float())
             else:
                 adv, nat = s(x_adv).float(), s(x).float()
