@@ -199,6 +199,16 @@ def test_fold_default_is_on_only_for_cuda_in_reduced_precision() -> None:
     assert fold_enabled(True, cpu, "fp32") and not fold_enabled(False, cuda, "bf16")
 
 
+@pytest.mark.cuda
+def test_bf16_training_with_folding_follows_the_unfolded_run_on_cuda(regs) -> None:
+    """fold_bn auto (on for CUDA bf16) against fold_bn false: the same steps up to bf16 rounding."""
+    plain, plain_w, _ = _fixed_batch_run(regs, "bf16", "adaad", device="cuda", fold_bn=False)
+    losses, w, run = _fixed_batch_run(regs, "bf16", "adaad", device="cuda")
+    assert run.fold_bn and run.folded_bn == {"robust": 2} and run.teacher_cast is not None
+    assert losses == pytest.approx(plain, rel=5e-2)
+    assert ((w - plain_w).norm() / plain_w.norm()).item() < 1e-2
+
+
 def test_fp32_training_with_folding_follows_the_plain_run(regs) -> None:
     """fold_bn: true on CPU (teacher folded for good, the student folded during each attack)."""
     plain_losses, plain_w, plain_run = _fixed_batch_run(regs, "fp32", "adaad")
