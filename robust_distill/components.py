@@ -111,7 +111,8 @@ class TeacherSource:
     """Resolves ``<source>:<name>`` teacher specs into frozen models that take [0, 1] inputs."""
 
     def load(self, name: str, *, dataset: DatasetInfo, **options: Any) -> nn.Module:
-        """Return the teacher in ``eval()`` mode, on CPU, outputting logits (or log-probabilities)."""
+        """Return the teacher in ``eval()`` mode, on CPU, outputting logits (or log-probabilities); a new module
+        at every call (the engine may fold its BatchNorms in place: :mod:`robust_distill.fastpath`)."""
         raise NotImplementedError
 
     def check(self, name: str, *, dataset: DatasetInfo, **options: Any) -> None:

@@ -32,10 +32,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 __all__ = ["CastWeights", "BNFold", "AttackWeights", "conv_bn_pairs", "constant_teachers", "fold_enabled",
-           "castable_modules", "check_fold", "teacher_fast_path"]
+           "castable_modules", "check_fold", "teacher_fast_path", "fused_conv_bn"]
 
 #: layers whose weight autocast casts (exact types: a subclass may use its weight otherwise, e.g. StdConv2d)
 CAST_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -149,6 +148,28 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
+def fused_conv_bn(pairs: list[tuple[nn.Module, nn.Module]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(w', b')`` of each (convolution, eval-mode BatchNorm): ``s = g / sqrt(v + eps)``, ``w' = w s`` (per output
+    channel, in the weight's memory format), ``b' = (b - m) s + beta``. The per-channel vectors of all pairs are
+    computed with foreach operations: a few kernel launches for a whole network, not eight per pair."""
+    if not pairs:
+        return []
+    with torch.no_grad():
+        bns = [bn for _, bn in pairs]
+        scale = torch._foreach_add([bn.running_var for bn in bns], [float(bn.eps) for bn in bns])
+        torch._foreach_rsqrt_(scale)
+        torch._foreach_mul_(scale, [bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)
+                                    for bn in bns])
+        shift = torch._foreach_sub([conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+                                    for conv, bn in pairs], [bn.running_mean for bn in bns])
+        torch._foreach_mul_(shift, scale)
+        torch._foreach_add_(shift, [bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)
+                                    for bn in bns])
+        weights = [conv.weight.detach() * s.view(-1, *[1] * (conv.weight.dim() - 1)).to(conv.weight.dtype)
+                   for (conv, _), s in zip(pairs, scale, strict=True)]
+    return list(zip(weights, [b.to(w.dtype) for w, b in zip(weights, shift, strict=True)], strict=True))
+
+
 class BNFold:
     """Eval-mode BatchNorm folded into the convolution before it (:func:`conv_bn_pairs` of ``model``).
 
@@ -172,33 +193,29 @@ class BNFold:
         return self._modules[parent], child
 
     def _fold(self) -> list[tuple[nn.Module, dict[str, Any], nn.Module, str, nn.Module]]:
-        undo = []
-        for conv_name, bn_name in self.pairs:
-            conv, bn = self._modules[conv_name], self._modules[bn_name]
-            if bn.training or bn.running_mean is None or not isinstance(bn, nn.modules.batchnorm._BatchNorm):
-                continue
-            fmt = (torch.channels_last if conv.weight.dim() == 4
-                   and conv.weight.is_contiguous(memory_format=torch.channels_last)
-                   and not conv.weight.is_contiguous() else torch.contiguous_format)
+        pairs = [(c, b) for c, b in self.pairs if not self._modules[b].training
+                 and isinstance(self._modules[b], nn.modules.batchnorm._BatchNorm)
+                 and self._modules[b].running_mean is not None]
+        fused = fused_conv_bn([(self._modules[c], self._modules[b]) for c, b in pairs])
+        new, held = [], []
+        for (conv_name, _), (w, b) in zip(pairs, fused, strict=True):
+            pair = self._held.get(conv_name)
+            if pair is None or pair[0].shape != w.shape or pair[0].stride() != w.stride():
+                self._held[conv_name] = (nn.Parameter(w, requires_grad=False), nn.Parameter(b, requires_grad=False))
+            else:  # the same tensors at every attack (fixed addresses for CUDA graphs): one foreach copy below
+                new += [w, b]
+                held += list(pair)
+        if held:
             with torch.no_grad():
-                w, b = fuse_conv_bn_weights(conv.weight.detach(), None if conv.bias is None else conv.bias.detach(),
-                                            bn.running_mean, bn.running_var, bn.eps,
-                                            None if bn.weight is None else bn.weight.detach(),
-                                            None if bn.bias is None else bn.bias.detach())
-            params = {"weight": conv._parameters["weight"], "bias": conv._parameters.get("bias")}
-            w = w.detach().contiguous(memory_format=fmt)
-            held = self._held.get(conv_name)
-            if held is None or held[0].shape != w.shape or held[0].stride() != w.stride():
-                held = self._held[conv_name] = (nn.Parameter(w, requires_grad=False),
-                                                nn.Parameter(b.detach(), requires_grad=False))
-            else:  # the same tensors at every attack (fixed addresses for CUDA graphs)
-                with torch.no_grad():
-                    held[0].copy_(w)
-                    held[1].copy_(b)
-            conv._parameters["weight"], conv._parameters["bias"] = held
+                torch._foreach_copy_(held, new)
+        undo = []
+        for conv_name, bn_name in pairs:
+            conv, bn = self._modules[conv_name], self._modules[bn_name]
+            undo.append((conv, {"weight": conv._parameters["weight"], "bias": conv._parameters.get("bias")},
+                         *self._parent(bn_name), bn))
+            conv._parameters["weight"], conv._parameters["bias"] = self._held[conv_name]
             parent, child = self._parent(bn_name)
             parent._modules[child] = nn.Identity()
-            undo.append((conv, params, parent, child, bn))
         return undo
 
     @staticmethod

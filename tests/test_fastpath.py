@@ -12,11 +12,12 @@ import pytest
 import timm
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from robust_distill.checkpoint import load_checkpoint
 from robust_distill.config import resolve_config
 from robust_distill.distributed import DistContext
-from robust_distill.fastpath import BNFold, CastWeights, constant_teachers, conv_bn_pairs, fold_enabled
+from robust_distill.fastpath import BNFold, CastWeights, constant_teachers, conv_bn_pairs, fold_enabled, fused_conv_bn
 from robust_distill.plugin import get_plugin_manager
 from robust_distill.trainer import Run, _train_epoch, train
 from robust_distill_plugins import architectures  # noqa: F401  (registers timm's resnet18_cifar, convnet_*)
@@ -147,6 +148,17 @@ def test_fold_by_hand() -> None:
     BNFold(model).apply()
     # w' = 2 * 0.5 / 2 = 0.5, b' = (1 - 3) * 0.5 / 2 + 0.25 = -0.25
     assert conv.weight.item() == 0.5 and conv.bias.item() == -0.25 and isinstance(model[1], nn.Identity)
+
+
+def test_fused_weights_equal_torchs_fusion_and_keep_the_memory_format() -> None:
+    model = _with_statistics(_models()["resnet18_cifar"]).to(memory_format=torch.channels_last)
+    modules = dict(model.named_modules())
+    pairs = [(modules[c], modules[b]) for c, b in conv_bn_pairs(model)]
+    for (conv, bn), (w, b) in zip(pairs, fused_conv_bn(pairs), strict=True):
+        ref_w, ref_b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                                            bn.weight, bn.bias)
+        assert torch.allclose(w, ref_w, rtol=1e-6, atol=0) and torch.allclose(b, ref_b, rtol=1e-6, atol=1e-7)
+        assert w.is_contiguous(memory_format=torch.channels_last)
 
 
 class _Branching(nn.Module):
