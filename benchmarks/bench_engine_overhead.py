@@ -5,9 +5,11 @@ on the same Fashion-MNIST-shaped batches; the engine adds the Step object, cache
 parts, batch augmentation and logging. Rounds are interleaved (engine, hand, engine, hand, ...). With
 ``--precision bf16`` both run under autocast with the run's fast paths (robust_distill.fastpath: the teacher
 held in bf16, the attack's weights cast once per attack); ``--profile`` prints the top operators of one step of
-each loop (torch.profiler, CPU), to see what the engine does that the hand loop does not.
+each loop (torch.profiler; with ``--device cuda`` also kernel launches and host synchronisations per step), to see
+what the engine does that the hand loop does not.
 
 Usage: python benchmarks/bench_engine_overhead.py [--batches 8] [--repeats 3] [--precision bf16] [--profile]
+[--device cuda]
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 
 from robust_distill.attacks import frozen_parameters, model_mode
 from robust_distill.config import resolve_config
-from robust_distill.data import augment, epoch_batches, to_float
+from robust_distill.data import augment, epoch_batches, to_device, to_float
 from robust_distill.distributed import DistContext
 from robust_distill.plugin import get_plugin_manager, get_registries
 from robust_distill.trainer import Run, _train_epoch
@@ -45,7 +47,7 @@ def hand_written_epoch(run: Run, epoch: int) -> None:
     eps, alpha = cfg.threat.eps, cfg.threat.step_size
     attack_weights = run.attack_weights() or nullcontext
     for idx in epoch_batches(data.train_x.shape[0], cfg.data.batch_size, seed=cfg.seed, epoch=epoch):
-        x = augment(to_float(data.train_x[idx], "cpu"), data.crop_padding, data.flip)
+        x = augment(to_float(data.train_x[to_device(idx, run.device)], run.device), data.crop_padding, data.flip)
         with run.step_autocast():
             loss = _hand_loss(student, teacher, x, eps, alpha, cfg.threat.steps, attack_weights)
         run.optimizer.zero_grad(set_to_none=True)
@@ -70,14 +72,29 @@ def _hand_loss(student, teacher, x, eps, alpha, steps, attack_weights):
     return F.kl_div(F.log_softmax(s_adv.float(), 1), F.softmax(t_adv.float(), 1), reduction="sum") / s_adv.numel()
 
 
+#: host-device synchronisations as the CUDA runtime records them
+SYNC_EVENTS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
+
+
 def _profile(run: Run) -> None:
-    """Top operators (self CPU time) of one step of each loop, and their operator counts."""
+    """Per loop, one epoch of ``--batches`` steps: operator calls, kernel launches and host synchronisations per
+    step (CUDA), and the top operators by self time."""
+    cuda = run.device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    steps = run.steps_per_epoch
     for name, fn in (("engine", _train_epoch), ("hand-written", hand_written_epoch)):
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn(run, 98)  # warm-up (cuDNN autotuning, compilation)
+        with torch.profiler.profile(activities=activities) as prof:
             fn(run, 99)
+            if cuda:
+                torch.cuda.synchronize()
         ops = prof.key_averages()
-        print(f"== {name}: {sum(e.count for e in ops)} operator calls")
-        print(ops.table(sort_by="self_cpu_time_total", row_limit=15))
+        count = {e.key: e.count for e in ops}
+        launches = sum(n for k, n in count.items() if k.startswith(("cudaLaunchKernel", "cuLaunchKernel")))
+        syncs = sum(count.get(k, 0) for k in SYNC_EVENTS)
+        print(f"== {name}: per step {sum(e.count for e in ops) / steps:.0f} profiler events, "
+              f"{launches / steps:.0f} kernel launches, {syncs / steps:.1f} host syncs")
+        print(ops.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=15))
 
 
 def main() -> None:
@@ -85,20 +102,25 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--profile", action="store_true", help="profile one step of each loop and stop")
+    parser.add_argument("--profile", action="store_true", help="profile an epoch of each loop and stop")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (then with --profile: kernels and syncs)")
     args = parser.parse_args()
     RAW["data"]["options"]["n_train"] = 128 * args.batches + 16
     RAW["optim"] = {"precision": args.precision}
+    RAW["device"] = args.device
     regs = get_registries()
     run = Run(resolve_config(RAW, regs), regs, get_plugin_manager(), DistContext())
     if args.profile:
         _profile(run)
         return
+    sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {"engine": [], "hand-written": []}
     for r in range(args.repeats + 1):
         for name, fn in (("engine", _train_epoch), ("hand-written", hand_written_epoch)):
+            sync()
             t0 = time.perf_counter()
             fn(run, r)
+            sync()
             if r:
                 times[name].append((time.perf_counter() - t0) / args.batches)
     base = statistics.median(times["hand-written"])
