@@ -22,7 +22,7 @@ import random
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -167,14 +167,12 @@ class Run:
         return -(-(n + (-n) % self.dist.world_size) // self.config.data.batch_size)
 
     # -- fast paths (robust_distill.fastpath) -----------------------------------------------------
-    def step_autocast(self) -> AbstractContextManager[Any]:
+    @contextmanager
+    def step_autocast(self) -> Iterator[None]:
         """The context of a training step's forwards: autocast, the constant teachers' weights in its dtype."""
-        if self.teacher_cast is None:
-            return autocast(self.device, self.precision)
-        stack = ExitStack()
-        stack.enter_context(autocast(self.device, self.precision))
-        stack.enter_context(self.teacher_cast.swapped(refresh=False))
-        return stack
+        with autocast(self.device, self.precision), (
+                self.teacher_cast.swapped(refresh=False) if self.teacher_cast is not None else nullcontext()):
+            yield
 
     def attack_weights(self) -> AttackWeights | None:
         """The inner attack's frozen models (the student and the teachers that change) folded (``fold_bn``) and

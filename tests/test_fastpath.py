@@ -264,11 +264,23 @@ def test_checkpoints_are_those_of_the_plain_path(regs, tmp_path: Path) -> None:
     assert "natural" not in str(list(ckpt["parts"]["teacher_updater"]))
 
 
-def test_run_reports_the_fast_path(regs) -> None:
+def test_teacher_updaters_see_fp32_teachers_outside_autocast(regs) -> None:
+    """The cast teachers are swapped in with the step's autocast only: ``before_step``/``after_step`` (outside it,
+    as :func:`robust_distill.trainer.step_loss` documents) see the fp32 weights; nothing stays cast after."""
+    seen = []
+
+    class Spy(Frozen):
+        def before_step(self, step) -> None:
+            seen.append((torch.is_autocast_enabled("cpu"), step.teachers["robust"].classifier.weight.dtype))
+
+        after_step = before_step
+
     raw = copy.deepcopy(TINY)
     raw.update(method="adaad", output_dir="unused", teachers={"robust": "timm:convnet_xs"})
     raw["optim"].update(precision="bf16")
     run = Run(resolve_config(raw, regs), regs, get_plugin_manager(), DistContext())
     assert run.fold_bn is False and run.teacher_cast is not None
+    run.teacher_updater = Spy()
     _train_epoch(run, 0)
+    assert seen and set(seen) == {(False, torch.float32)}
     assert all(p.dtype == torch.float32 for p in run.teachers["robust"].parameters())
