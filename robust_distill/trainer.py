@@ -102,7 +102,10 @@ class Run:
     ``loggers`` (the configured experiment trackers, :mod:`robust_distill.tracking`),
     ``optimizer`` (the student's SGD, fused on CUDA), ``scaler`` (its ``GradScaler``, enabled with
     ``optim.precision: fp16``; updaters that step their own optimizer on the joint loss unscale with
-    ``scaler.get_scale()``), ``input_grad_scale`` (the inner attack's objective scale under fp16), the parts.
+    ``scaler.get_scale()``), ``input_grad_scale`` (the inner attack's objective scale under fp16), the parts;
+    the fast paths (:mod:`robust_distill.fastpath`): ``constant_teachers`` (roles the updater never changes),
+    ``teacher_cast`` (their weights in the autocast dtype), ``fold_bn`` and ``folded_bn`` (BatchNorms folded per
+    constant teacher), ``cudagraphs`` (a CUDA-graph compile mode is in use).
     """
 
     def __init__(self, cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistContext) -> None:
