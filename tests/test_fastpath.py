@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from robust_distill.checkpoint import load_checkpoint
-from robust_distill.config import resolve_config
+from robust_distill.config import ConfigError, resolve_config
 from robust_distill.distributed import DistContext
 from robust_distill.fastpath import BNFold, CastWeights, constant_teachers, conv_bn_pairs, fold_enabled, fused_conv_bn
 from robust_distill.plugin import get_plugin_manager
@@ -202,6 +202,13 @@ def test_models_that_cannot_be_folded_are_left_untouched(cls: type[nn.Module]) -
     assert conv_bn_pairs(model) == [] and BNFold(model).apply() == 0
     assert isinstance(model.bn, nn.BatchNorm2d)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_fold_bn_option_values(tiny_config) -> None:
+    assert tiny_config().optim.fold_bn == "auto"
+    assert tiny_config(overrides=["optim.fold_bn=true"]).optim.fold_bn is True
+    with pytest.raises(ConfigError, match="optim.fold_bn: expected bool | 'auto', got 'sometimes'"):
+        tiny_config(overrides=["optim.fold_bn=sometimes"])
 
 
 def test_fold_default_is_on_only_for_cuda_in_reduced_precision() -> None:
