@@ -518,8 +518,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--student", default="timm:resnet18_cifar")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="the compiled engine rows (+compile, +cudagraphs; auto: on CUDA, off with --smoke)")
-    p.add_argument("--compile-methods", default="adaad,rslad,pgd_at,trades,ciard",
-                   help="methods with compiled engine rows (each row compiles its models: ~1 min on an H100)")
+    p.add_argument("--compile-methods", default="adaad,rslad",
+                   help="methods with compiled engine rows (each row compiles its models: ~1 min on an H100; "
+                        "add pgd_at,trades,ciard when the budget allows)")
     p.add_argument("--rows", default="", help=f"engine rows to measure, comma-separated (default: all of "
                                                f"{', '.join(ENGINE_ROWS)})")
     p.add_argument("--no-eval", dest="eval", action="store_false")
