@@ -6,7 +6,9 @@ eps 8/255 with 10 PGD steps of 2/255, per method (``pgd_at``, ``trades``, ``rsla
 
 * ``official``: the method's official training step written out here as its code does it: fp32, parameters
   left trainable during the attack, the extra clean forwards of the official code, no compile, contiguous
-  tensors (PyTorch's default TF32 setting for convolutions, as the official scripts get);
+  tensors (PyTorch's default TF32 setting for convolutions, as the official scripts get); CIARD's includes
+  its per-step host work (B-MTARD's entropy temperatures and loss weights, the push scale from the KL values,
+  all read with ``.item()``) and computes ``T_nat(x)`` once, as ``CIARD.py`` does;
 * ``engine ...``: robust-distill's training loop (``trainer._train_epoch``: data on the GPU, batch augmentation,
   ``Step``, registry parts, device-side diagnostics), channels-last on CUDA, in the settings of
   :data:`ENGINE_ROWS`: ``fp32``; ``bf16`` (constant teachers and the attack's frozen models held in bf16:
@@ -66,6 +68,8 @@ from robust_distill.distributed import DistContext  # noqa: E402
 from robust_distill.evaluation import evaluate, make_eval_attacks  # noqa: E402
 from robust_distill.plugin import get_plugin_manager, get_registries  # noqa: E402
 from robust_distill.trainer import Run, _train_epoch, build_student  # noqa: E402
+from robust_distill_plugins.ciard import magnitude_scale  # noqa: E402
+from robust_distill_plugins.two_teacher import entropy_temperatures, neg_entropy, normalised_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCH_IMAGES, EPOCHS = 50_000, 200
@@ -142,6 +146,7 @@ class Official:
         self.opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
         if method == "ciard":  # ITT: the robust teacher is trained with its own SGD (lr 1e-4, momentum 0.1)
             self.t_opt = torch.optim.SGD(teachers["robust"].parameters(), lr=1e-4, momentum=0.1, weight_decay=2e-4)
+            self.tau, self.w, self.l0 = (1.0, 1.0), (0.5, 0.5), None  # B-MTARD's state
         self.eps, self.alpha = 8 / 255, 2 / 255
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -207,7 +212,7 @@ class Official:
         t_adv.train()  # the official robust teacher stays in train mode
         nat_logits = s(x)
         with torch.no_grad():
-            t_nat(x)
+            tn_nat = t_nat(x)
             t_adv(x)  # unused, moves BN statistics (official)
         s.eval()
         x_adv = self._pgd(lambda xa: F.cross_entropy(s(xa), y), x, "gaussian")
@@ -215,11 +220,18 @@ class Official:
         adv_logits = s(x_adv)
         ta = t_adv(x_adv)  # with grad: ITT reuses it
         with torch.no_grad():
-            tn_nat, tn_adv = t_nat(x), t_nat(x_adv)
-        kl1, kl2 = _rslad_kl(adv_logits, ta.detach()), _rslad_kl(nat_logits, tn_nat)
+            tn_adv = t_nat(x_adv)
+        kl1 = _rslad_kl(adv_logits, ta.detach() / self.tau[0])
+        kl2 = _rslad_kl(nat_logits, tn_nat / self.tau[1])
         mask = tn_adv.argmax(1) != y
         kl3 = _rslad_kl(adv_logits[mask] / 5, tn_adv[mask]) if mask.any() else kl1 * 0
-        self._update(kl1 + kl2 - 0.1 * kl3)
+        # B-MTARD's temperatures and weights (computed, unused at HEAD) and the push scale: numbers on the host
+        h = (neg_entropy(ta, self.tau[0]).item(), neg_entropy(tn_nat, self.tau[1]).item())
+        self.tau = entropy_temperatures(*self.tau, *h, rate=0.001)
+        l1, l2, l3 = kl1.item(), kl2.item(), kl3.item()
+        self.l0 = self.l0 or (l1, l2)
+        self.w = normalised_weights(*self.w, l1 / self.l0[0], l2 / self.l0[1], rate=0.025)
+        self._update(kl1 + kl2 - magnitude_scale(l1, l2, l3) * kl3)
         self.t_opt.zero_grad()
         F.cross_entropy(ta, y).backward()
         self.t_opt.step()
