@@ -12,7 +12,8 @@ statistics every step, also while its lr is 0). Here the teacher stays in ``eval
 teacher's targets are its eval-mode outputs, as in MTARD/B-MTARD) and ITT fine-tunes it with a separate
 train-mode forward on ``x'``, so before ITT starts the teacher is exactly the pretrained one (one extra
 teacher forward per ITT step). ``teacher_train_mode: true`` reproduces the official behaviour. Under
-``torchrun``, fp16 AMP and resume the teacher is a :class:`~robust_distill.trained.TrainedModel`.
+``torchrun``, fp16 AMP and resume the teacher is a :class:`~robust_distill.trained.TrainedModel`; its own
+forward runs in the run's ``optim.precision`` (a bf16 run fine-tunes it under bf16 autocast).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class IterativeTeacherTraining(TrainedTeacher):
         self.trained: TrainedModel | None = None
         self._start = self._end = 0.0
 
+    def constant_teachers(self, roles: frozenset[str]) -> frozenset[str]:
+        return roles - {self.role}  # the clean teacher stays as loaded
+
     def setup(self, run: RunContext) -> None:
         if self.role not in run.teachers:
             raise ValueError(f"ciard_itt trains the {self.role!r} teacher, but the run has only "
@@ -66,7 +70,8 @@ class IterativeTeacherTraining(TrainedTeacher):
         self._end = float(epochs) if self.end_option is None else epochs_of(self.end_option, epochs)
         teacher = run.teachers[self.role].requires_grad_(self.teacher_train_mode).train(self.teacher_train_mode)
         self.trained = TrainedModel(teacher, name="teacher", lr=self.lr, momentum=self.momentum,
-                                    weight_decay=self.weight_decay, scaler=getattr(run, "scaler", None))
+                                    weight_decay=self.weight_decay, scaler=getattr(run, "scaler", None),
+                                    precision=getattr(run.config.optim, "precision", "fp32"))
 
     def active(self, epoch: int) -> bool:
         """ITT runs in this 0-based epoch (official: 1-based ``epoch > 50``)."""

@@ -8,6 +8,9 @@ from robust_distill import TeacherUpdater, hookimpl
 class Frozen(TeacherUpdater):
     """Teachers stay as loaded: ``eval()`` (BN running statistics frozen) and ``requires_grad=False``."""
 
+    def constant_teachers(self, roles: frozenset[str]) -> frozenset[str]:
+        return roles
+
     def setup(self, run) -> None:
         for role, teacher in run.teachers.items():
             if teacher.training or any(p.requires_grad for p in teacher.parameters()):

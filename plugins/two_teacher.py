@@ -43,10 +43,11 @@ def _sign(v: float) -> float:
     return float((v > 0) - (v < 0))
 
 
-def neg_entropy(logits: Tensor, temperature: float) -> float:
-    """``mean_el p log(p + 1e-5)`` of ``softmax(logits / tau)`` (B-MTARD's ``entropy_value``, mean over B*C)."""
+def neg_entropy(logits: Tensor, temperature: float) -> Tensor:
+    """``mean_el p log(p + 1e-5)`` of ``softmax(logits / tau)`` (B-MTARD's ``entropy_value``, mean over B*C), a
+    0-d float32 tensor (read with the step's other statistics in one host synchronisation)."""
     p = torch.softmax(logits.detach().float() / temperature, dim=1)
-    return (p * torch.log(p + KL_EPS)).mean().item()
+    return (p * torch.log(p + KL_EPS)).mean()
 
 
 def entropy_temperatures(tau_adv: float, tau_nat: float, h_adv: float, h_nat: float, rate: float,
@@ -144,11 +145,11 @@ class TwoTeacherLoss(OuterLoss):
     def update(self, step: Step, kl_adv: Tensor, kl_nat: Tensor) -> float:
         """Update the temperatures (for the next step), then the weights (for this step). Returns the rate factor."""
         factor = self.rate_factor(step)
-        stats = [kl_adv.item(), kl_nat.item()]
+        stats = [kl_adv.detach().float(), kl_nat.detach().float()]
         if self.temperatures == "entropy":
             stats += [neg_entropy(step.teacher_logits("adv", "robust"), self.tau_adv),
                       neg_entropy(step.teacher_logits("clean", "natural"), self.tau_nat)]
-        stats = list(all_reduce_mean(*stats))
+        stats = list(all_reduce_mean(*torch.stack(stats).tolist()))  # one host synchronisation
         l_adv, l_nat = stats[0], stats[1]
         if self.temperatures == "entropy":
             self.tau_adv, self.tau_nat = entropy_temperatures(self.tau_adv, self.tau_nat, stats[2], stats[3],

@@ -134,10 +134,13 @@ class InnerPGD(InnerAttack):
 
     @contextmanager
     def attack_context(self, step: Step) -> Iterator[None]:
-        """The student in the attack's BN mode and every model's parameters frozen (restored after)."""
+        """The student in the attack's BN mode and every model's parameters frozen (restored after), then the
+        engine's fast path (``step.attack_weights``: BatchNorm folded, weights in the autocast dtype)."""
         with ExitStack() as stack:
             stack.enter_context(model_mode(step.student_module, self.bn_mode == "train"))
             stack.enter_context(frozen_parameters(step.student_module, *step.teachers.values()))
+            if step.attack_weights is not None:
+                stack.enter_context(step.attack_weights())
             yield
 
     def __call__(self, step: Step) -> Tensor:

@@ -8,6 +8,16 @@ evaluation attacks) runs the compiled forward. A compiled forward is specialised
 (train/eval), on whether its parameters require grad (frozen during the attack) and on grad mode, so a
 run compiles a few graphs per model once and then reuses them.
 
+CUDA graphs (``reduce-overhead``, ``max-autotune``) replay a recorded forward with fixed addresses: the
+fixed-shape inner attack (10 forwards and input gradients per step) then costs one launch per graph instead of
+one per kernel. A graph's outputs live in memory that its next replay overwrites, and the engine keeps outputs
+across calls (cached teacher targets, an attack's fixed target), so :func:`compile_module` clones every output
+of a module compiled in such a mode (a copy of the logits: B x C values); the engine also marks the start of
+each training step (``torch.compiler.cudagraph_mark_step_begin``), and the weights it swaps in
+(:mod:`robust_distill.fastpath`) keep their addresses. CUDA graphs exist on CUDA only: elsewhere
+(:func:`device_mode`) ``reduce-overhead`` compiles as ``default`` and ``max-autotune`` as
+``max-autotune-no-cudagraphs``, the same numbers without graphs.
+
 Before a run compiles anything, :func:`check_compile` compiles and runs a tiny module on the run's device
 and turns a platform that cannot compile (no C++ compiler for inductor on CPU, no Triton on the GPU, an
 unsupported Python) into a :class:`CompileUnavailableError` saying why and that ``optim.compile: false``
@@ -16,10 +26,17 @@ works everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
-__all__ = ["compile_mode", "check_compile", "compile_module", "CompileUnavailableError"]
+__all__ = ["compile_mode", "device_mode", "check_compile", "compile_module", "CompileUnavailableError",
+           "CUDAGRAPH_MODES"]
+
+#: modes that capture CUDA graphs, and their equivalent without graphs (off CUDA, where there are none)
+CUDAGRAPH_MODES = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
 
 
 class CompileUnavailableError(RuntimeError):
@@ -31,6 +48,13 @@ def compile_mode(value: bool | str) -> str | None:
     if value is False or value is None:
         return None
     return "default" if value is True else str(value)
+
+
+def device_mode(mode: str | None, device: torch.device | str) -> str | None:
+    """``mode`` as it applies on ``device``: off CUDA a CUDA-graph mode is its equivalent without graphs."""
+    if mode is None or torch.device(device).type == "cuda":
+        return mode
+    return CUDAGRAPH_MODES.get(mode, mode)
 
 
 def check_compile(device: torch.device | str, mode: str) -> None:
@@ -63,4 +87,23 @@ def compile_module(module: nn.Module, mode: str) -> nn.Module:
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
     module.compile(mode=None if mode == "default" else mode)
+    if mode in CUDAGRAPH_MODES:
+        module._compiled_call_impl = _cloning(module._compiled_call_impl)
     return module
+
+
+def _clone(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_clone(v) for v in out)
+    if isinstance(out, dict):
+        return {k: _clone(v) for k, v in out.items()}
+    return out
+
+
+def _cloning(graphed: Callable[..., Any]) -> Callable[..., Any]:
+    """``graphed`` with its outputs copied out of the CUDA graph's memory (its next replay overwrites them)."""
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return _clone(graphed(*args, **kwargs))
+    return call

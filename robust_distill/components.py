@@ -113,7 +113,8 @@ class TeacherSource:
     """Resolves ``<source>:<name>`` teacher specs into frozen models that take [0, 1] inputs."""
 
     def load(self, name: str, *, dataset: DatasetInfo, **options: Any) -> nn.Module:
-        """Return the teacher in ``eval()`` mode, on CPU, outputting logits (or log-probabilities)."""
+        """Return the teacher in ``eval()`` mode, on CPU, outputting logits (or log-probabilities); a new module
+        at every call (the engine may fold its BatchNorms in place: :mod:`robust_distill.fastpath`)."""
         raise NotImplementedError
 
     def check(self, name: str, *, dataset: DatasetInfo, **options: Any) -> None:
@@ -184,6 +185,13 @@ class TeacherUpdater(Stateful):
 
     grad_teachers: frozenset[str] = frozenset()
     provides: tuple[str, ...] = ()  # teacher roles this updater creates itself (self-distillation)
+
+    def constant_teachers(self, roles: frozenset[str]) -> frozenset[str]:
+        """The roles among ``roles`` (the configured teachers) whose weights and buffers never change during the
+        run: the engine may then hold them in the training precision and fold their BatchNorms
+        (:mod:`robust_distill.fastpath`), for good. Default: none (safe for any updater); an updater that
+        leaves a teacher untouched says so here."""
+        return frozenset()
 
     def setup(self, run: RunContext) -> None:
         """Once per run, before the first epoch; on resume before :meth:`load_state_dict` (which restores the

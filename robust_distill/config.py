@@ -109,6 +109,7 @@ class OptimConfig:
     schedule: Part = Part("multistep", {"milestones": [100, 150], "gamma": 0.1})
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype of training (robust_distill.precision)
     compile: Union[bool, Literal[COMPILE_MODES]] = False  # torch.compile the student and teacher forwards
+    fold_bn: Union[bool, Literal["auto"]] = "auto"  # fold BatchNorm into convolutions (robust_distill.fastpath)
     log_every: int = 50  # steps between reads of the per-step diagnostics (one host sync each) on CUDA
     amp: bool = False  # deprecated alias of precision: fp16
     clip_grad_norm: Union[float, None] = None  # clip the student's gradient to this L2 norm before each step

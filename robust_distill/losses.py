@@ -33,6 +33,11 @@ def reduce(per_sample: Tensor, reduction: Reduction, num_classes: int) -> Tensor
     raise ValueError(f"reduction must be batchmean, mean, sum or none, got {reduction!r}")
 
 
+def _scaled(logits: Tensor, temperature: float) -> Tensor:
+    """``logits / temperature``; no kernel for tau = 1 (x / 1 is x exactly: the PGD objective runs 10x a step)."""
+    return logits if temperature == 1.0 else logits / temperature
+
+
 def kl_div(student: Tensor, teacher: Tensor, *, reduction: Reduction, temperature: float = 1.0,
            teacher_temperature: float | None = None, log_eps: float | None = None) -> Tensor:
     """``KL(S^tau || T^tau)`` between logits ``student`` and target logits ``teacher``.
@@ -48,12 +53,12 @@ def kl_div(student: Tensor, teacher: Tensor, *, reduction: Reduction, temperatur
     (IAD's introspection term and PeerAiD's peer loss deliberately let them through).
     """
     t_temp = temperature if teacher_temperature is None else teacher_temperature
-    log_p_s = F.log_softmax(student / temperature, dim=1)
+    log_p_s = F.log_softmax(_scaled(student, temperature), dim=1)
     if log_eps is None:
-        log_p_t = F.log_softmax(teacher / t_temp, dim=1)
+        log_p_t = F.log_softmax(_scaled(teacher, t_temp), dim=1)
         per_class = log_p_t.exp() * (log_p_t - log_p_s)
     else:
-        p_t = F.softmax(teacher / t_temp, dim=1)
+        p_t = F.softmax(_scaled(teacher, t_temp), dim=1)
         per_class = p_t * (torch.log(p_t + log_eps) - log_p_s)
     return reduce(per_class.sum(dim=1), reduction, student.shape[1])
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-__all__ = ["Precision", "PRECISIONS", "autocast", "grad_scaler", "InputGradScale"]
+__all__ = ["Precision", "PRECISIONS", "autocast", "autocast_dtype", "grad_scaler", "InputGradScale"]
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
@@ -36,6 +36,11 @@ def autocast(device: torch.device | str, precision: str) -> AbstractContextManag
     if precision not in _DTYPES:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     return torch.autocast(torch.device(device).type, dtype=_DTYPES[precision])
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype autocast computes in for ``precision``; ``None`` for ``fp32``."""
+    return _DTYPES.get(precision)
 
 
 def grad_scaler(device: torch.device | str, precision: str) -> torch.amp.GradScaler:

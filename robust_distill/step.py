@@ -9,7 +9,8 @@ need ``T(x)``, the teacher runs once.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 import torch
@@ -38,13 +39,16 @@ class Step:
         once per logging interval, while ``.item()`` stops the GPU at every step.
     :ivar input_grad_scale: under ``optim.precision: fp16``, the inner attack's objective scale
         (:class:`~robust_distill.precision.InputGradScale`); ``None`` otherwise.
+    :ivar attack_weights: the engine's fast path for the inner attack's frozen models
+        (:class:`~robust_distill.fastpath.AttackWeights`: a context), entered by ``InnerPGD``; ``None``: none.
     """
 
     def __init__(self, x: Tensor, y: Tensor, *, student: nn.Module, teachers: Mapping[str, nn.Module],
                  threat: ThreatModel, epoch: int = 0, epochs: int = 1, iteration: int = 0,
                  iterations: int = 1, student_module: nn.Module | None = None,
                  grad_teachers: frozenset[str] = frozenset(), lr_factor: float = 1.0,
-                 input_grad_scale: InputGradScale | None = None) -> None:
+                 input_grad_scale: InputGradScale | None = None,
+                 attack_weights: Callable[[], AbstractContextManager[None]] | None = None) -> None:
         self.y = y
         self.student = student
         self.student_module = student_module if student_module is not None else student
@@ -55,6 +59,7 @@ class Step:
         self.grad_teachers = grad_teachers
         self.lr_factor = lr_factor
         self.input_grad_scale = input_grad_scale
+        self.attack_weights = attack_weights
         self.inputs: dict[str, Tensor] = {"clean": x}
         self.logs: dict[str, float | Tensor] = {}
         self._cache: dict[tuple[str, str], Tensor] = {}

@@ -33,15 +33,16 @@ from torch import nn
 from ._io import WriteError, atomic_save, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from ._lock import FolderLock, FolderLockedError
 from .checkpoint import FORMAT, CheckpointError, load_checkpoint
-from .compilation import check_compile, compile_mode, compile_module
+from .compilation import CUDAGRAPH_MODES, check_compile, compile_mode, compile_module, device_mode
 from .components import InnerAttack, Method, OuterLoss, Part, Stateful, TeacherUpdater, split_spec
 from .config import Config, ConfigError, ResumeMismatchError, config_differences, config_to_dict, plain_data
 from .data import DataSplits, make_splits, place_data
 from .distributed import DistContext, all_reduce_sum, average_buffers, clone_state, init_distributed, resolve_device
 from .evaluation import EvalResult, evaluate_set, make_eval_attacks
+from .fastpath import AttackWeights, constant_teachers, fold_enabled, teacher_fast_path
 from .monitor import DivergenceError, StepMonitor, check_outer_loss, describe_nonfinite, nonfinite_tensors
 from .plugin import PluginManager, Registries, get_plugin_manager, get_registries
-from .precision import InputGradScale, autocast, grad_scaler
+from .precision import InputGradScale, autocast, autocast_dtype, grad_scaler
 from .step import Step
 from .tracking import Loggers, TrainMonitor, error_in_flight
 from .trained import StudentSWA
@@ -101,7 +102,10 @@ class Run:
     ``loggers`` (the configured experiment trackers, :mod:`robust_distill.tracking`),
     ``optimizer`` (the student's SGD, fused on CUDA), ``scaler`` (its ``GradScaler``, enabled with
     ``optim.precision: fp16``; updaters that step their own optimizer on the joint loss unscale with
-    ``scaler.get_scale()``), ``input_grad_scale`` (the inner attack's objective scale under fp16), the parts.
+    ``scaler.get_scale()``), ``input_grad_scale`` (the inner attack's objective scale under fp16), the parts;
+    the fast paths (:mod:`robust_distill.fastpath`): ``constant_teachers`` (roles the updater never changes),
+    ``teacher_cast`` (their weights in the autocast dtype), ``fold_bn`` and ``folded_bn`` (BatchNorms folded per
+    constant teacher), ``cudagraphs`` (a CUDA-graph compile mode is in use).
     """
 
     def __init__(self, cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistContext) -> None:
@@ -119,7 +123,17 @@ class Run:
         self.teachers: dict[str, nn.Module] = {
             role: load_teacher(t.key, t.kwargs, info, regs).to(self.device, memory_format=self.memory_format)
             for role, t in cfg.teachers.items()}
-        mode = compile_mode(cfg.optim.compile)
+        self.teacher_updater = regs.teacher_updaters.build(cfg.teacher_updater.key, cfg.teacher_updater.kwargs)
+        self.precision = cfg.optim.precision
+        self.fold_bn = fold_enabled(cfg.optim.fold_bn, self.device, self.precision)
+        self.constant_teachers = constant_teachers(self.teacher_updater, self.teachers)
+        example = torch.rand(2, *info.input_shape, generator=torch.Generator().manual_seed(0))  # global RNG untouched
+        self.teacher_cast, self.folded_bn = teacher_fast_path(
+            self.teachers, self.constant_teachers, dtype=autocast_dtype(self.precision), fold=self.fold_bn,
+            example=example.to(self.device, memory_format=self.memory_format))
+        self._attack_weights: AttackWeights | None = None
+        mode = device_mode(compile_mode(cfg.optim.compile), self.device)
+        self.cudagraphs = mode in CUDAGRAPH_MODES
         if mode is not None:
             check_compile(self.device, mode)
             for model in (self.student, *self.teachers.values()):
@@ -131,13 +145,11 @@ class Run:
         entry = regs.outer_losses.entry(cfg.outer_loss.key)
         self.outer_loss_name = (f"outer loss {entry.name!r} (plugin {entry.plugin!r}, distribution "
                                 f"{entry.distribution})")
-        self.teacher_updater = regs.teacher_updaters.build(cfg.teacher_updater.key, cfg.teacher_updater.kwargs)
         self.lr_schedule = regs.lr_schedules.build(cfg.optim.schedule.key, cfg.optim.schedule.kwargs,
                                                    epochs=cfg.optim.epochs)
         self.optimizer = torch.optim.SGD(self.student.parameters(), lr=cfg.optim.lr,
                                          momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
                                          nesterov=cfg.optim.nesterov, fused=self.device.type == "cuda")
-        self.precision = cfg.optim.precision
         self.scaler = grad_scaler(self.device, self.precision)
         self.input_grad_scale = InputGradScale(self.device) if self.precision == "fp16" else None
         self.student_ddp: nn.Module = self.student
@@ -156,6 +168,26 @@ class Run:
         """Optimizer steps per epoch (every process takes the same number)."""
         n = self.data.n_train
         return -(-(n + (-n) % self.dist.world_size) // self.config.data.batch_size)
+
+    # -- fast paths (robust_distill.fastpath) -----------------------------------------------------
+    @contextmanager
+    def step_autocast(self) -> Iterator[None]:
+        """The context of a training step's forwards: autocast, the constant teachers' weights in its dtype."""
+        with autocast(self.device, self.precision), (
+                self.teacher_cast.swapped(refresh=False) if self.teacher_cast is not None else nullcontext()):
+            yield
+
+    def attack_weights(self) -> AttackWeights | None:
+        """The inner attack's frozen models (the student and the teachers that change) folded (``fold_bn``) and
+        cast to the autocast dtype per attack; ``None`` when neither applies. Built once for a set of models
+        (teacher updaters may add teachers in ``setup``)."""
+        models = [self.student, *(m for r, m in self.teachers.items() if r not in self.constant_teachers)]
+        dtype = autocast_dtype(self.precision)
+        if dtype is None and not self.fold_bn:
+            return None
+        if self._attack_weights is None or self._attack_weights.models != models:
+            self._attack_weights = AttackWeights(models, dtype, fold=self.fold_bn)
+        return self._attack_weights
 
     # -- models from specs (RunContext) ------------------------------------------------------------
     def build_student(self, part: Part) -> nn.Module:
@@ -259,6 +291,7 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
     iters = run.steps_per_epoch
     threat = cfg.threat
     grad_teachers = frozenset(getattr(run.teacher_updater, "grad_teachers", frozenset()))
+    attack_weights = run.attack_weights()
     monitor = StepMonitor(device)
     every = cfg.optim.log_every
     read_every = read_interval(device, every)
@@ -268,18 +301,23 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, float]:
                            enabled=run.dist.is_main, every=every, step=epoch * iters)
     lr = cfg.optim.lr * run.lr_schedule(epoch)
     means: dict[str, float] = {}
+    set_lr = None
     for i, (x, y) in enumerate(batches):
         lr_factor = run.lr_schedule(epoch + i / iters)
         lr = cfg.optim.lr * lr_factor
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
+        if lr != set_lr:  # (a step schedule changes it a few times a run)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            set_lr = lr
         x = x.contiguous(memory_format=run.memory_format)
+        if run.cudagraphs:  # a new iteration of the CUDA graphs (robust_distill.compilation)
+            torch.compiler.cudagraph_mark_step_begin()
         step = Step(x, y, student=run.student_ddp, student_module=run.student, teachers=run.teachers,
                     threat=threat.at((epoch + i / iters) / cfg.optim.epochs), epoch=epoch,
                     epochs=cfg.optim.epochs, iteration=i, iterations=iters, grad_teachers=grad_teachers,
-                    lr_factor=lr_factor, input_grad_scale=run.input_grad_scale)
+                    lr_factor=lr_factor, input_grad_scale=run.input_grad_scale, attack_weights=attack_weights)
         loss = step_loss(step, inner_attack=run.inner_attack, outer_loss=run.outer_loss,
-                         teacher_updater=run.teacher_updater, autocast=autocast(device, run.precision))
+                         teacher_updater=run.teacher_updater, autocast=run.step_autocast())
         check_outer_loss(loss, run.outer_loss_name, f"at epoch {epoch + 1}, step {i + 1}")
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()

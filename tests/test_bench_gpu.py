@@ -26,13 +26,18 @@ def test_bench_gpu_smoke_measures_every_loop_and_writes_its_tables(tmp_path: Pat
     results = bench.main(["--smoke", "--methods", "adaad,pgd_at", "--no-eval", "--out", str(tmp_path)])
     jobs = {(j["method"], j["teacher"]): j["variants"] for j in results["training"]}
     assert set(jobs) == {("adaad", "wrn10_1"), ("pgd_at", None)}
-    assert set(jobs["adaad", "wrn10_1"]) == {"official", "engine fp32", "hand fp32", "engine bf16", "hand bf16"}
+    assert set(jobs["adaad", "wrn10_1"]) == {"official", "engine fp32", "hand fp32", "engine bf16", "hand bf16",
+                                              "engine bf16+fold", "hand bf16+fold"}  # compiled rows: CUDA only
+    adaad = next(j for j in results["training"] if j["method"] == "adaad")
+    assert adaad["best"] in jobs["adaad", "wrn10_1"] and adaad["best"].startswith("engine")
+    assert adaad["teacher_bn_folded"] == {"engine fp32": 0, "engine bf16": 0, "engine bf16+fold": 3}  # WRN-10-1
     for variants in jobs.values():
         assert variants["official"]["speedup_vs_official"] == 1.0
         assert all(v["images_per_s"] > 0 and v["hours_200_epochs"] > 0 for v in variants.values())
     assert jobs["adaad", "wrn10_1"]["engine bf16"]["time_ratio_vs_hand"] > 0
     assert json.loads((tmp_path / "bench_gpu.json").read_text())["environment"]["smoke"] is True
-    assert "SMOKE: tiny CPU-sized models, not a measurement" in (tmp_path / "bench_gpu.md").read_text()
+    table = (tmp_path / "bench_gpu.md").read_text()
+    assert "SMOKE: tiny CPU-sized models, not a measurement" in table and "## Best engine setting per method" in table
 
 
 def test_official_style_steps_train_and_the_worst_case_wrapper_is_never_broken() -> None:

@@ -90,3 +90,29 @@ def test_state_round_trip_under_the_roles_name() -> None:
     a.own_step(loss_of(a.model, 2))
     b.own_step(loss_of(b.model, 2))  # the momentum buffers were restored too
     assert all(torch.equal(pa, pb) for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_on_computes_the_objective_in_the_runs_precision(precision: str) -> None:
+    autocast_on = []
+
+    def objective(m: nn.Module) -> torch.Tensor:
+        autocast_on.append(torch.is_autocast_enabled("cpu"))
+        return loss_of(m)
+
+    TrainedModel(net(), lr=0.5, precision=precision).train_on(objective)
+    assert autocast_on == [precision == "bf16"]
+
+
+def test_one_non_finite_gradient_among_many_skips_the_step() -> None:
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 2))
+    trained = TrainedModel(model, lr=0.5)
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    model[1].bias.grad[1] = float("inf")
+    assert trained._grads_finite() is False
+    model[1].bias.grad[1] = 1.0
+    assert trained._grads_finite() is True
+    assert all(torch.equal(p.grad, torch.ones_like(p)) for p in model.parameters())  # the check leaves them as they are
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
