@@ -259,10 +259,66 @@ def python_blocks() -> list[tuple[str, str, str]]:
 
 def test_every_python_block_is_run() -> None:
     """Each Python block is run by a test: the guide's plugin (and its shipped example), its teacher updater
-    (test_the_guides_teacher_updater_is_an_ema_of_the_student_that_resumes_exactly), and those below."""
+    (test_the_guides_teacher_updater_is_an_ema_of_the_student_that_resumes_exactly), and those below (the API
+    page's example: its calls checked against the API, its cheap lines run)."""
     named = {"guide-plugin": "guide", "example-plugin:start": "shipped", "guide-updater": "updater"}
     kinds = [named.get(marker, name) for name, marker, body in python_blocks()]
-    assert sorted(kinds) == sorted(["README.md", "docs/plugins.md", "shipped", "updater"] + ["guide"] * 7)
+    assert sorted(kinds) == sorted(["README.md", "docs/plugins.md", "docs/api.md", "shipped", "updater"]
+                                   + ["guide"] * 7)
+
+
+def test_the_api_pages_example_calls_the_api_as_it_is(regs) -> None:
+    """The API page's example trains, then attacks CIFAR-10 with AutoAttack: too long for the suite, and
+    ``tests/test_api.py`` runs these calls on tiny data. Here every ``rd.<name>(...)`` is a public function its
+    arguments bind to, the overrides are config keys, the dataset and attacks are registered, and the two lines
+    that cost nothing run: the results line on an ``Evaluation`` of known correctness (values by hand), and the
+    listings line."""
+    import ast
+    import dataclasses
+
+    import torch
+
+    from robust_distill.api import Evaluation, _override_list
+    from robust_distill.config import resolve_config
+    from robust_distill.evaluation import EvalResult
+
+    (body,) = [b for name, _, b in python_blocks() if name == "docs/api.md"]
+    tree = ast.parse(body)
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and getattr(node.func.value, "id", None) == "rd"]
+    assert sorted(c.func.attr for c in calls) == sorted(  # type: ignore[attr-defined]
+        ["train", "load_model", "evaluate", "list_methods", "list_attacks", "registries"])
+
+    def value(node: ast.expr) -> Any:
+        try:
+            return ast.literal_eval(node)
+        except ValueError:
+            return object()  # a name the block defines (the model)
+
+    kwargs = {}
+    for call in calls:
+        name = call.func.attr  # type: ignore[attr-defined]
+        assert name in robust_distill.__all__, name
+        kwargs[name] = {k.arg: value(k.value) for k in call.keywords}
+        inspect.signature(getattr(robust_distill, name)).bind(*map(value, call.args), **kwargs[name])
+    resolve_config(FRAGMENT_BASE, regs, overrides=_override_list(kwargs["train"]["overrides"]), check=False)
+    attacks = kwargs["evaluate"]["attacks"]
+    assert kwargs["evaluate"]["dataset"] in regs.datasets and all(a in regs.eval_attacks for a in attacks)
+
+    # the results line: example 0 survives every attack, 1 only clean, 2 none, 3 all but autoattack
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and getattr(n.value, "id", "") == "ev"}
+    assert used <= {f.name for f in dataclasses.fields(Evaluation)} | set(dir(Evaluation))
+    correct = dict(zip(attacks, ([1, 1, 0, 1], [1, 0, 0, 1], [1, 0, 0, 0]), strict=True))
+    ev = Evaluation("m", "cifar10", "test", 8 / 255, 0, torch.arange(4), torch.zeros(4),
+                    EvalResult(4, {k: torch.tensor(v, dtype=torch.bool) for k, v in correct.items()}), {})
+    results, listings = (compile(ast.Expression(stmt.value), "docs/api.md", "eval") for stmt in tree.body[-2:])
+    accuracy, survivors, worst = eval(results, {"ev": ev})  # noqa: S307
+    assert accuracy == {"clean": 0.75, "pgd20": 0.5, "autoattack": 0.25} and worst == 0.25
+    assert survivors.tolist() == [True, False, False, False]
+    methods, attack_names, reference = eval(listings, {"rd": robust_distill})  # noqa: S307
+    assert methods == regs.methods.names("*ard*") and "rslad" not in methods and "ard" in methods
+    assert set(attacks) <= set(attack_names) and reference.startswith("Zi et al., ICCV 2021")
+
 
 
 def package_docstring_plugin() -> str:
