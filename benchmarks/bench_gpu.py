@@ -370,7 +370,8 @@ class Bench:
                          "hours_200_epochs": round(EPOCHS * EPOCH_IMAGES / ips / 3600, 2)}
         return out
 
-    def training_job(self, method: str, teacher: str | None) -> None:
+    def training_job(self, method: str, teacher: str | None, batch: int) -> None:
+        self.batch = batch
         variants: dict[str, Callable[[int], None]] = {}
         runs = {}
         rows = self.args.rows.split(",") if self.args.rows else list(ENGINE_ROWS)
@@ -393,7 +394,7 @@ class Bench:
                 m["time_ratio_vs_hand"] = round(hand["images_per_s"] / m["images_per_s"], 3)
         best = max((n for n in measured if n.startswith("engine")), key=lambda n: measured[n]["images_per_s"])
         folded = {n: sum(run.folded_bn.values()) for n, run in runs.items()}
-        self.results["training"].append({"method": method, "teacher": teacher, "variants": measured,
+        self.results["training"].append({"method": method, "teacher": teacher, "batch_size": batch, "variants": measured,
                                          "best": best, "teacher_bn_folded": folded})
 
     def eval_job(self) -> None:
@@ -452,24 +453,32 @@ class Bench:
                 "hours_10k_test_images": round(10_000 / (len(x) / dt) / 3600, 2)}
 
     def plan(self) -> list[tuple[str, Callable[[], None]]]:
+        """The jobs in priority order: the targets first (AdaAD and RSLAD with WRN-34-10), then the other
+        methods, evaluation, and (``full``) WRN-70-16. ``device``: AdaAD and RSLAD at the batch size and at 4x it
+        (128 and 512) first, then the other methods, no evaluation; ``eval``: the evaluation job alone."""
         a = self.args
         t34, t70 = ("wrn10_1", "dm10_1") if a.smoke else ("wrn34_10", "wrn70_16")
         jobs: list[tuple[str, Callable[[], None]]] = []
         methods = a.methods.split(",")
-        for m in ("adaad", "rslad"):  # the targets first
-            if m in methods:
-                jobs.append((f"{m} {t34}", lambda m=m: self.training_job(m, t34)))
+        b = a.batch_size
+        if a.plan == "eval":
+            return [("evaluation", self.eval_job)]
+        big = [4 * b] if a.plan == "device" else []
+        for batch in (b, *big):
+            for m in ("adaad", "rslad"):  # the targets first
+                if m in methods:
+                    jobs.append((f"{m} {t34} batch {batch}", lambda m=m, batch=batch: self.training_job(m, t34, batch)))
         for m in ("pgd_at", "trades"):
             if m in methods:
-                jobs.append((m, lambda m=m: self.training_job(m, None)))
+                jobs.append((f"{m} batch {b}", lambda m=m: self.training_job(m, None, b)))
         if "ciard" in methods:
-            jobs.append((f"ciard {t34}", lambda: self.training_job("ciard", t34)))
-        if a.eval:
+            jobs.append((f"ciard {t34} batch {b}", lambda: self.training_job("ciard", t34, b)))
+        if a.eval and a.plan != "device":
             jobs.append(("evaluation", self.eval_job))
         if a.plan == "full":
             for m in ("adaad", "rslad", "ciard"):
                 if m in methods:
-                    jobs.append((f"{m} {t70}", lambda m=m: self.training_job(m, t70)))
+                    jobs.append((f"{m} {t70} batch {b}", lambda m=m: self.training_job(m, t70, b)))
         return jobs
 
     def run(self) -> None:
@@ -514,25 +523,25 @@ def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
     smoke = ", SMOKE: tiny CPU-sized models, not a measurement" if env["smoke"] else ""
     lines = [f"# GPU benchmark ({env.get('gpu', env['device'])}{smoke})",
-             "", f"torch {env['torch']}, CUDA {env.get('cuda')}, batch {env['batch_size']}, {env['pgd_steps']} PGD "
+             "", f"torch {env['torch']}, CUDA {env.get('cuda')}, batch {env['batch_size']} (unless a row says another), {env['pgd_steps']} PGD "
              f"steps, median of {env['rounds']} rounds x {env['steps_per_round']} steps; `{env['command']}` "
              f"({env['date']}).", "", "## Training", "",
-             "| method | teacher | loop | images/s | x official | engine / hand time | peak GiB | h / 200 epochs |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | teacher | batch | loop | images/s | x official | engine / hand time | peak GiB | h / 200 epochs |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for job in results["training"]:
         for name, m in job["variants"].items():
-            lines.append(f"| {job['method']} | {job['teacher'] or '-'} | {name} | {m['images_per_s']} | "
+            lines.append(f"| {job['method']} | {job['teacher'] or '-'} | {job['batch_size']} | {name} | {m['images_per_s']} | "
                          f"{m['speedup_vs_official']} | {m.get('time_ratio_vs_hand', '')} | {m['peak_gib']} | "
                          f"{m['hours_200_epochs']} |")
     lines += ["", "## Best engine setting per method", "",
-              "| method | teacher | best engine loop | images/s | x official | target | engine / hand time (max) |",
-              "|---|---|---|---|---|---|---|"]
+              "| method | teacher | batch | best engine loop | images/s | x official | target | engine / hand time (max) |",
+              "|---|---|---|---|---|---|---|---|"]
     for job in results["training"]:
         m = job["variants"][job["best"]]
         target = TARGETS.get(job["method"])
         met = "" if target is None else f">= {target} ({'met' if m['speedup_vs_official'] >= target else 'not met'})"
         ratios = [v["time_ratio_vs_hand"] for v in job["variants"].values() if "time_ratio_vs_hand" in v]
-        lines.append(f"| {job['method']} | {job['teacher'] or '-'} | {job['best']} | {m['images_per_s']} | "
+        lines.append(f"| {job['method']} | {job['teacher'] or '-'} | {job['batch_size']} | {job['best']} | {m['images_per_s']} | "
                      f"{m['speedup_vs_official']} | {met} | {max(ratios) if ratios else ''} |")
     lines += ["", "## Evaluation (student, fp32)", "",
               "| attack | n | concurrency | seconds | images/s | x concurrency 1 | robust acc. | h / 10k images |",
@@ -550,7 +559,10 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="CPU-sized: tiny models, batch 8, 1 step, 1 round")
-    p.add_argument("--plan", choices=["core", "full"], default="core", help="full adds the WRN-70-16 teacher")
+    p.add_argument("--plan", choices=["core", "full", "device", "eval"], default="core",
+                   help="core: every method, then evaluation; full: adds the WRN-70-16 teacher; device: AdaAD and "
+                        "RSLAD at --batch-size and 4x it first, then the other methods (no evaluation); eval: the "
+                        "evaluation job alone")
     p.add_argument("--methods", default="pgd_at,trades,rslad,adaad,ciard")
     p.add_argument("--budget-s", type=float, default=420.0, help="stop starting jobs after this many seconds")
     p.add_argument("--min-job-s", type=float, default=30.0, help="do not start a job with less time left")

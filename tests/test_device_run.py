@@ -30,6 +30,8 @@ def test_device_run_dry_mode_runs_tests_benchmark_and_autoattack_steps(tmp_path:
     training = json.loads((tmp_path / "out" / "gpu" / "bench_gpu.json").read_text())
     aa = json.loads((tmp_path / "out" / "gpu" / "aa" / "bench_gpu.json").read_text())
     assert training["environment"]["smoke"] and aa["environment"]["smoke"]
+    # the targets first: AdaAD and RSLAD at the batch and at 4x it (128 and 512 on a GPU; --smoke's 8 and 32)
     first = [(j["method"], j["batch_size"]) for j in training["training"]][:4]
-    assert first == [("adaad", 128), ("rslad", 128), ("adaad", 512), ("rslad", 512)]
+    assert first == [("adaad", 8), ("rslad", 8), ("adaad", 32), ("rslad", 32)]
+    assert {j["method"] for j in training["training"]} == {"adaad", "rslad", "pgd_at", "trades", "ciard"}
     assert aa["evaluation"] and not aa["training"]
