@@ -394,8 +394,8 @@ class Bench:
                 m["time_ratio_vs_hand"] = round(hand["images_per_s"] / m["images_per_s"], 3)
         best = max((n for n in measured if n.startswith("engine")), key=lambda n: measured[n]["images_per_s"])
         folded = {n: sum(run.folded_bn.values()) for n, run in runs.items()}
-        self.results["training"].append({"method": method, "teacher": teacher, "batch_size": batch, "variants": measured,
-                                         "best": best, "teacher_bn_folded": folded})
+        self.results["training"].append({"method": method, "teacher": teacher, "batch_size": batch,
+                                         "variants": measured, "best": best, "teacher_bn_folded": folded})
 
     def eval_job(self) -> None:
         run = self.engine_run("pgd_at", None, "fp32", False)
@@ -523,26 +523,29 @@ def markdown(results: dict[str, Any]) -> str:
     env = results["environment"]
     smoke = ", SMOKE: tiny CPU-sized models, not a measurement" if env["smoke"] else ""
     lines = [f"# GPU benchmark ({env.get('gpu', env['device'])}{smoke})",
-             "", f"torch {env['torch']}, CUDA {env.get('cuda')}, batch {env['batch_size']} (unless a row says another), {env['pgd_steps']} PGD "
+             "", f"torch {env['torch']}, CUDA {env.get('cuda')}, batch {env['batch_size']} (unless a row says "
+             f"another), {env['pgd_steps']} PGD "
              f"steps, median of {env['rounds']} rounds x {env['steps_per_round']} steps; `{env['command']}` "
              f"({env['date']}).", "", "## Training", "",
-             "| method | teacher | batch | loop | images/s | x official | engine / hand time | peak GiB | h / 200 epochs |",
+             "| method | teacher | batch | loop | images/s | x official | engine / hand time | peak GiB "
+             "| h / 200 epochs |",
              "|---|---|---|---|---|---|---|---|---|"]
     for job in results["training"]:
         for name, m in job["variants"].items():
-            lines.append(f"| {job['method']} | {job['teacher'] or '-'} | {job['batch_size']} | {name} | {m['images_per_s']} | "
-                         f"{m['speedup_vs_official']} | {m.get('time_ratio_vs_hand', '')} | {m['peak_gib']} | "
-                         f"{m['hours_200_epochs']} |")
+            lines.append(f"| {job['method']} | {job['teacher'] or '-'} | {job['batch_size']} | {name} | "
+                         f"{m['images_per_s']} | {m['speedup_vs_official']} | {m.get('time_ratio_vs_hand', '')} | "
+                         f"{m['peak_gib']} | {m['hours_200_epochs']} |")
     lines += ["", "## Best engine setting per method", "",
-              "| method | teacher | batch | best engine loop | images/s | x official | target | engine / hand time (max) |",
+              "| method | teacher | batch | best engine loop | images/s | x official | target "
+              "| engine / hand time (max) |",
               "|---|---|---|---|---|---|---|---|"]
     for job in results["training"]:
         m = job["variants"][job["best"]]
         target = TARGETS.get(job["method"])
         met = "" if target is None else f">= {target} ({'met' if m['speedup_vs_official'] >= target else 'not met'})"
         ratios = [v["time_ratio_vs_hand"] for v in job["variants"].values() if "time_ratio_vs_hand" in v]
-        lines.append(f"| {job['method']} | {job['teacher'] or '-'} | {job['batch_size']} | {job['best']} | {m['images_per_s']} | "
-                     f"{m['speedup_vs_official']} | {met} | {max(ratios) if ratios else ''} |")
+        lines.append(f"| {job['method']} | {job['teacher'] or '-'} | {job['batch_size']} | {job['best']} | "
+                     f"{m['images_per_s']} | {m['speedup_vs_official']} | {met} | {max(ratios) if ratios else ''} |")
     lines += ["", "## Evaluation (student, fp32)", "",
               "| attack | n | concurrency | seconds | images/s | x concurrency 1 | robust acc. | h / 10k images |",
               "|---|---|---|---|---|---|---|---|"]
