@@ -8,14 +8,18 @@ valid choices, and which losses have the option at all.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import Tensor, nn
 
 from robust_distill import Step, ThreatModel
+from robust_distill.analysis.bench import expand_grid, load_grid, run_grid
 from robust_distill.config import ConfigError, resolve_config
 from robust_distill.losses import divisor, kl_div
 from robust_distill_plugins.ciard import magnitude_scale
@@ -27,6 +31,7 @@ from .handcalc import linear as _linear
 KL_LOSSES = {"ard": ["ard"], "rslad": ["rslad"], "adaad": ["adaad"], "mtard": ["mtard", "bmtard"],
              "ciard": ["ciard", "ciard_no_push"], "peeraid": ["peeraid"]}
 EPS = 1e-5  # RSLAD's kl_loss: log(p_T + 1e-5)
+GRIDS = Path(__file__).resolve().parent.parent / "benchmarks" / "fashion_mnist"
 
 
 def make_step(seed: int = 0, *, classes: int = C, y: Tensor | None = None, peer: bool = False) -> Step:
@@ -249,3 +254,32 @@ def test_rslad_igdm_passes_it_to_its_base(regs) -> None:
     mean, batchmean = (build(regs, "igdm", base="rslad", base_kwargs={"kl_reduction": r}, alpha=0.0)(make_step())
                        for r in ("mean", "batchmean"))
     assert batchmean.item() == pytest.approx(C * mean.item(), rel=1e-6)
+
+
+# -- the zoo rerun with batchmean (benchmarks/fashion_mnist/zoo_batchmean_grid.yaml) ------------------
+
+
+def pruned(d: Any) -> Any:
+    """``d`` without empty mappings (what remains of ``outer_loss.kwargs`` once ``kl_reduction`` is taken out)."""
+    if not isinstance(d, dict):
+        return d
+    out = {k: pruned(v) for k, v in d.items()}
+    return {k: v for k, v in out.items() if v != {}}
+
+
+def test_the_batchmean_zoo_grid_is_the_zoo_with_the_papers_reduction(regs, monkeypatch) -> None:
+    monkeypatch.chdir(GRIDS.parent.parent)  # the grids' teacher paths are relative to the repository
+    grid = load_grid(GRIDS / "zoo_batchmean_grid.yaml")
+    states = run_grid(grid, regs, dry_run=True, log=lambda msg: None)  # validates every run as train --check
+    runs = expand_grid(grid)
+    assert len(states) == len(runs) == 18 and {r.raw["seed"] for r in runs} == {0, 1}
+    assert {r.raw["method"] for r in runs} == {m for ms in KL_LOSSES.values() for m in ms} | {"rslad_igdm"}
+    zoo = {r.raw["method"]: r.raw for r in expand_grid(load_grid(GRIDS / "zoo_grid.yaml")) if r.raw["seed"] == 0}
+    for run in runs:
+        raw = copy.deepcopy(run.raw)
+        kwargs = raw["outer_loss"]["kwargs"]
+        assert (kwargs["base_kwargs"] if raw["method"] == "rslad_igdm" else kwargs).pop("kl_reduction") == "batchmean"
+        same = copy.deepcopy(zoo[raw["method"]])
+        for r in (raw, same):
+            del r["seed"], r["output_dir"]
+        assert pruned(raw) == pruned(same), run.name  # otherwise the zoo's run of the method, option for option
