@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from robust_distill import Step, ThreatModel
 from robust_distill.analysis.bench import expand_grid, load_grid, run_grid
@@ -24,8 +24,7 @@ from robust_distill.config import ConfigError, resolve_config
 from robust_distill.losses import divisor, kl_div
 from robust_distill_plugins.ciard import magnitude_scale
 
-from .handcalc import B, C, D, kl_by_hand, softmax
-from .handcalc import linear as _linear
+from .handcalc import B, C, D, kl_by_hand, linear, softmax
 
 # outer loss -> the methods that use it; their official codes average the KLs over B*C
 KL_LOSSES = {"ard": ["ard"], "rslad": ["rslad"], "adaad": ["adaad"], "mtard": ["mtard", "bmtard"],
@@ -40,26 +39,13 @@ def make_step(seed: int = 0, *, classes: int = C, y: Tensor | None = None, peer:
     x = torch.rand(B, D, generator=g)
     drawn = torch.randint(0, classes, (B,), generator=g)  # drawn either way: x' is the same with a given y
     y = drawn if y is None else y
-    nets = {name: linear(s, classes, scale) for name, s, scale in (("student", 1, 1.0), ("robust", 2, 3.0),
+    nets = {name: linear(s, scale, classes) for name, s, scale in (("student", 1, 1.0), ("robust", 2, 3.0),
                                                                       ("natural", 3, 0.5))}
     teachers = {"peer": nets["robust"]} if peer else {"robust": nets["robust"], "natural": nets["natural"]}
     step = Step(x, y, student=nets["student"], teachers=teachers, threat=ThreatModel(),
                 grad_teachers=frozenset({"peer"}) if peer else frozenset())
     step.add_input("adv", (x + 0.1 * torch.randn(B, D, generator=g)).clamp(0, 1))
     return step
-
-
-def linear(seed: int, classes: int, scale: float) -> nn.Module:
-    return _linear(seed, scale) if classes == C else _wide(seed, classes, scale)
-
-
-def _wide(seed: int, classes: int, scale: float) -> nn.Linear:
-    g = torch.Generator().manual_seed(seed)
-    m = nn.Linear(D, classes)
-    with torch.no_grad():
-        m.weight.copy_(scale * torch.randn(classes, D, generator=g))
-        m.bias.copy_(scale * torch.randn(classes, generator=g))
-    return m
 
 
 def kl_sum(s: Tensor, t: Tensor, *, eps: float = 0.0, tau_s: float = 1.0, tau_t: float = 1.0) -> float:

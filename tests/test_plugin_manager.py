@@ -143,7 +143,7 @@ def test_unknown_names_in_the_selection_variables_are_errors(installed, monkeypa
     with pytest.raises(PluginSelectionError) as e:
         PluginManager().load_plugins()
     assert message in str(e.value)
-    assert "Plugins: adaad, ard," in str(e.value) and "Distributions with plugins: rd-extra, robust-distill." in str(
+    assert "Plugins: adaad, akd, ard," in str(e.value) and "Distributions with plugins: rd-extra, robust-distill." in str(
         e.value)
 
 
