@@ -5,12 +5,15 @@ method's parts and defaults."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor, nn
 
 from robust_distill import Step, ThreatModel
+from robust_distill.checkpoint import load_checkpoint
+from robust_distill.trainer import train
 
 from .handcalc import B, D, kl_by_hand, softmax
 from .handcalc import linear as _linear
@@ -96,3 +99,19 @@ def test_akd_parts_and_defaults(regs, tiny_config) -> None:
     assert m.defaults["threat"] == pytest.approx({"eps": 8 / 255, "step_size": 2 / 255, "steps": 10})
     cfg = tiny_config("akd", teacher=True, overrides=["outer_loss.kwargs.beta=0.25"])  # validated: builds the run
     assert cfg.outer_loss.key == "akd" and cfg.outer_loss.kwargs["beta"] == 0.25
+
+
+def test_a_run_with_beta_zero_trains_as_pgd_at_with_the_same_attack(tiny_config, tmp_path: Path) -> None:
+    """The whole path (attack, loss, optimiser): beta = 0 drops the teacher, AKD is then PGD-AT with Eq. 3's PGD."""
+    fast = ["optim.epochs=1", "optim.weight_decay=5e-4", "eval.attacks=[clean]", "eval.select=clean"]
+    akd = tiny_config("akd", teacher=True,
+                      overrides=[*fast, "outer_loss.kwargs.beta=0", f"output_dir={tmp_path / 'a'}"])
+    pgd_at = tiny_config("pgd_at",
+                         overrides=[*fast, "inner_attack.kwargs.start=gaussian", f"output_dir={tmp_path / 'p'}"])
+    assert dict(pgd_at.inner_attack.kwargs) == dict(akd.inner_attack.kwargs)
+    train(akd)
+    train(pgd_at)
+    a, p = (load_checkpoint(tmp_path / d / "last.pt")["state_dict"] for d in ("a", "p"))
+    assert a.keys() == p.keys()
+    for k in a:  # CE to a one-hot probability target and CE to the class index: equal up to float rounding
+        assert torch.allclose(a[k].float(), p[k].float(), rtol=1e-4, atol=1e-5), k
