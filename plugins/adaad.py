@@ -16,8 +16,8 @@ Defaults follow the official README command for Table 2: eps 8/255, step 2/255 (
 16/255 and 4/255, are the paper's "larger search radius" variant, Sec. 3.4: set ``threat.eps: 16/255``,
 ``threat.step_size: 4/255``); 200 epochs, lr 0.1, **wd 5e-4**, x0.1 at 100 and 150. The KL reduction is
 ``mean`` (sum/(B*C), ``nn.KLDivLoss()`` in the CIFAR-10 code); the CIFAR-100 code uses ``batchmean``
-(``outer_loss.kwargs.reduction``). The paper's best numbers use an epsilon that grows over training
-(Fig. 2), which the released code lacks: ``threat.eps_end`` provides it.
+(``outer_loss.kwargs.kl_reduction``; both terms, and so the loss, x C). The paper's best numbers use an
+epsilon that grows over training (Fig. 2), which the released code lacks: ``threat.eps_end`` provides it.
 
 AdaIAD (``adaiad``; Sec. 3.2 of the same paper, ``main.py --method AdaAD_with_IAD1``): IAD-I's loss on AdaAD's
 inner maximisation, with the teacher on x' (the introspection is the one implementation in ``iad.py``):
@@ -44,7 +44,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
-from robust_distill.losses import Reduction, kl_div
+from robust_distill.losses import KLReduction, check_kl_reduction, kl_div
 from robust_distill_plugins.iad import IAD1Loss
 
 
@@ -53,26 +53,27 @@ class AdaADLoss(OuterLoss):
 
     :param alpha: weight of the adversarial term (1.0: the clean term is skipped).
     :param temperature: tau of the adversarial term (1 in the official AdaAD loss).
-    :param reduction: ``mean`` (CIFAR-10 code, sum/(B*C)) or ``batchmean`` (CIFAR-100 code).
+    :param kl_reduction: ``mean`` (CIFAR-10 code, sum/(B*C)) or ``batchmean`` (CIFAR-100 code, x C).
     :param reproduce_forwards: run ``S(x)`` in train mode before ``S(x')`` even when alpha = 1, as the
         official ``main.py`` does (``ori_outputs = net(inputs)``): same loss and gradient, the BN running
         statistics of the official code. ``false`` skips that forward when no term needs it.
     """
 
-    def __init__(self, alpha: float = 1.0, temperature: float = 1.0, reduction: Reduction = "mean",
+    def __init__(self, alpha: float = 1.0, temperature: float = 1.0, kl_reduction: KLReduction = "mean",
                  reproduce_forwards: bool = True) -> None:
-        self.alpha, self.temperature, self.reduction = alpha, temperature, reduction
+        self.alpha, self.temperature = alpha, temperature
+        self.kl_reduction = check_kl_reduction(kl_reduction, type(self).__name__)
         self.reproduce_forwards = reproduce_forwards
 
     def __call__(self, step: Step) -> Tensor:
         if self.reproduce_forwards:  # main.py: ori_outputs = net(inputs); adv_outputs = net(adv_inputs)
             step.student_forwards(("clean", "adv"), needed=("adv", "clean") if self.alpha != 1.0 else ("adv",))
-        kl_adv = kl_div(step.student_logits("adv"), step.teacher_logits("adv"), reduction=self.reduction,
+        kl_adv = kl_div(step.student_logits("adv"), step.teacher_logits("adv"), reduction=self.kl_reduction,
                         temperature=self.temperature)
         step.logs["kl_adv"] = kl_adv.detach()
         if self.alpha == 1.0:
             return kl_adv
-        kl_nat = kl_div(step.student_logits("clean"), step.teacher_logits("clean"), reduction=self.reduction)
+        kl_nat = kl_div(step.student_logits("clean"), step.teacher_logits("clean"), reduction=self.kl_reduction)
         return self.alpha * kl_adv + (1 - self.alpha) * kl_nat
 
 
@@ -101,7 +102,7 @@ class AdaIADLoss(IAD1Loss):
 ADAAD = Method(
     name="adaad",
     inner_attack=Part("kl_pgd", {"target": "teacher_adv", "start": "gaussian", "clamp_start": False}),
-    outer_loss=Part("adaad", {"alpha": 1.0, "reduction": "mean"}),
+    outer_loss=Part("adaad", {"alpha": 1.0, "kl_reduction": "mean"}),
     defaults=training_defaults(epochs=200, weight_decay=5e-4, milestones=[100, 150]),
     summary="AdaAD (Huang et al. 2023): match S and T at the point where they disagree most, T(x') inside",
     reference="Huang et al., CVPR 2023, Eq. 9-11; boyellow/AdaAD/AT_helper.py adaad_inner_loss",

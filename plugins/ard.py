@@ -6,8 +6,9 @@ Inner: student-only CE PGD, uniform start *not* clipped to [0, 1], 10 steps of 2
 student in **train** mode during the attack (BN batch statistics; running statistics move at every step).
 Outer (paper Eq. 3):
 ``L = alpha tau^2 KL(S(x')/tau || T(x)/tau) + (1 - alpha) CE(S(x), y)``, teacher on the *clean* input, KL
-reduction ``mean`` = sum/(B*C) (``nn.KLDivLoss()``'s default in the code). Defaults tau = 30, alpha = 1
-(the CE term is off). Training: 200 epochs, lr 0.1, wd 2e-4, x0.1 at 100 and 150.
+reduction ``mean`` = sum/(B*C) (``nn.KLDivLoss()``'s default in the code; ``outer_loss.kwargs.kl_reduction:
+batchmean`` is the paper's per-sample KL and multiplies the KD term by C, the CE term unchanged). Defaults
+tau = 30, alpha = 1 (the CE term is off). Training: 200 epochs, lr 0.1, wd 2e-4, x0.1 at 100 and 150.
 
 Student forwards in train mode, as the official ``train``: the attack's steps, ``S(x')`` (the return value of
 ``AttackPGD``), then ``S(x)`` (``basic_outputs = basic_net(inputs)``), which the code computes at every step
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
-from robust_distill.losses import Reduction, kl_div
+from robust_distill.losses import KLReduction, check_kl_reduction, kl_div
 
 
 class ARDLoss(OuterLoss):
@@ -34,15 +35,16 @@ class ARDLoss(OuterLoss):
 
     :param alpha: weight of the distillation term (1.0: no CE term, no clean forward).
     :param temperature: tau (30 in the official code).
-    :param reduction: KL reduction; ``mean`` = sum/(B*C) as the official ``nn.KLDivLoss()``.
+    :param kl_reduction: ``mean`` = sum/(B*C) as the official ``nn.KLDivLoss()``, or ``batchmean`` (x C).
     :param teacher_input: ``clean`` (ARD) or ``adv``.
     :param reproduce_forwards: run ``S(x)`` in train mode after ``S(x')`` even at alpha = 1, as the
         official code does (its BN running statistics); ``false`` skips it when the CE term is off.
     """
 
-    def __init__(self, alpha: float = 1.0, temperature: float = 30.0, reduction: Reduction = "mean",
+    def __init__(self, alpha: float = 1.0, temperature: float = 30.0, kl_reduction: KLReduction = "mean",
                  teacher_input: str = "clean", reproduce_forwards: bool = True) -> None:
-        self.alpha, self.temperature, self.reduction, self.teacher_input = alpha, temperature, reduction, teacher_input
+        self.alpha, self.temperature, self.teacher_input = alpha, temperature, teacher_input
+        self.kl_reduction = check_kl_reduction(kl_reduction, type(self).__name__)
         self.reproduce_forwards = reproduce_forwards
 
     def __call__(self, step: Step) -> Tensor:
@@ -50,7 +52,7 @@ class ARDLoss(OuterLoss):
         if self.reproduce_forwards:  # main.py: outputs (S(x'), from AttackPGD), then basic_net(inputs)
             step.student_forwards(("adv", "clean"), needed=("adv", "clean") if self.alpha != 1.0 else ("adv",))
         kd = kl_div(step.student_logits("adv"), step.teacher_logits(self.teacher_input), temperature=tau,
-                    reduction=self.reduction)
+                    reduction=self.kl_reduction)
         loss = self.alpha * tau * tau * kd
         if self.alpha != 1.0:
             loss = loss + (1 - self.alpha) * F.cross_entropy(step.student_logits("clean"), step.y)
@@ -61,7 +63,7 @@ class ARDLoss(OuterLoss):
 ARD = Method(
     name="ard",
     inner_attack=Part("pgd_ce", {"start": "uniform", "clamp_start": False, "bn_mode": "train"}),
-    outer_loss=Part("ard", {"alpha": 1.0, "temperature": 30.0, "reduction": "mean"}),
+    outer_loss=Part("ard", {"alpha": 1.0, "temperature": 30.0, "kl_reduction": "mean"}),
     defaults=training_defaults(epochs=200, weight_decay=2e-4, milestones=[100, 150]),
     summary="ARD (Goldblum et al. 2020): KD at tau=30 from T(x) on student CE-PGD examples",
     reference="Goldblum et al., AAAI 2020, Eq. 3; goldblum/AdversariallyRobustDistillation/main.py",

@@ -26,6 +26,10 @@ Outer (RSLAD's ``kl_loss``, mean over B*C; B-MTARD's entropy-balanced temperatur
   ``w_adv KL1 + w_nat KL2 - s KL3`` with B-MTARD's normalised weights (computed, unused, at HEAD);
   ``push: false`` drops the push term (the ablation ``ciard_no_push``).
   An empty mask (or a non-finite KL3) gives ``KL3 = 0``.
+* ``outer_loss.kwargs.kl_reduction: batchmean`` (the paper's per-sample KLs) divides KL1 and KL2 by B and KL3
+  by ``n_mask`` instead of ``B*C`` and ``n_mask * C``: each term x C. ``s`` is unchanged when C is a power of
+  10 (every ``floor log10`` moves by ``log10 C``), so on CIFAR-10/100 the whole loss is x C; with another C,
+  ``s`` may move by a factor 10.
 
 Iterative Teacher Training (``ciard_itt``, in ``ciard_itt.py``): from epoch 51 (1-based, ``epoch > 50``) on,
 after the student's step, ``CE(T_adv(x'), y)`` on the student's adversarial examples trains the robust teacher with
@@ -66,7 +70,7 @@ from torch import Tensor
 from robust_distill import Method, Part, Step, hookimpl, training_defaults
 from robust_distill.components import epochs_of
 from robust_distill.distributed import global_mean
-from robust_distill.losses import kl_div
+from robust_distill.losses import KLReduction, divisor, kl_div
 from robust_distill_plugins.schedules import ciard_schedule, cos_exp
 from robust_distill_plugins.two_teacher import KL_EPS, TwoTeacherLoss
 
@@ -99,6 +103,8 @@ class CIARDLoss(TwoTeacherLoss):
         official code does (rates ~0 after the first milestone); default: once per milestone.
     :param eta_milestones: epochs (1-based in the official code: ``epoch in [215, 260, 285]``; the decay
         then acts from the 0-based epoch 215 on) where eta and eta_tau decay x ``eta_gamma``.
+    :param kl_reduction: ``mean`` (the official ``kl_loss(...).mean()``: KL1, KL2 over B*C, KL3 over
+        ``n_mask * C``) or ``batchmean`` (over B and ``n_mask``: each term x C).
 
     The remaining options are B-MTARD's (``mtard.MTARDLoss``): ``eta`` 0.025, ``eta_tau`` 0.001,
     ``tau_init`` 1, ``tau_min`` 1, ``tau_max`` 10, ``w_init`` 1/2.
@@ -108,11 +114,12 @@ class CIARDLoss(TwoTeacherLoss):
                  eta: float = 0.025, eta_tau: float = 0.001, tau_init: float = 1.0, tau_min: float = 1.0,
                  tau_max: float = 10.0, w_init: float = 0.5,
                  eta_milestones: list[float] | None = (215, 260, 285),  # type: ignore[assignment]
-                 eta_gamma: float = 0.1, reproduce_in_batch_decay: bool = False) -> None:
+                 eta_gamma: float = 0.1, reproduce_in_batch_decay: bool = False,
+                 kl_reduction: KLReduction = "mean") -> None:
         super().__init__(balance="bmtard", temperatures="entropy", eta=eta, eta_tau=eta_tau, tau_init=tau_init,
                          tau_min=tau_min, tau_max=tau_max, w_init=w_init,
                          eta_milestones=None if eta_milestones is None else list(eta_milestones),
-                         eta_gamma=eta_gamma)
+                         eta_gamma=eta_gamma, kl_reduction=kl_reduction)
         self.push, self.push_temperature, self.weighted = push, push_temperature, weighted
         self.reproduce_in_batch_decay = reproduce_in_batch_decay
 
@@ -132,14 +139,15 @@ class CIARDLoss(TwoTeacherLoss):
         step.student_logits("clean")
 
     def push_term(self, step: Step, kl_adv: float, kl_nat: float) -> tuple[Tensor | None, float, float]:
-        """``(s * KL3 to subtract or None, KL3 value, s)``; KL3 averaged over the (global) masked rows."""
+        """``(s * KL3 to subtract or None, KL3 value, s)``; KL3 reduced over the (global) masked rows."""
         t_nat_adv = step.teacher_logits("adv", "natural")
         mask = t_nat_adv.argmax(dim=1) != step.y
         s_adv = step.student_logits("adv")
         rows = kl_div(s_adv[mask], t_nat_adv[mask], reduction="none", temperature=self.push_temperature,
                       teacher_temperature=1.0, log_eps=KL_EPS)
         n_local = int(mask.sum().item())
-        share, kl3, _ = global_mean(rows.sum(), n_local * s_adv.shape[1])  # mean over n_mask * C elements
+        # kl_reduction over the masked rows: mean over n_mask * C elements, or batchmean over n_mask rows
+        share, kl3, _ = global_mean(rows.sum(), divisor(self.kl_reduction, n_local, s_adv.shape[1]))
         step.logs["push_frac"] = n_local / max(step.y.shape[0], 1)
         if not math.isfinite(kl3):  # no masked row on any process, or a non-finite KL3
             return None, 0.0, 0.0

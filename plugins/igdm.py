@@ -26,7 +26,7 @@ The wrapper builds its base loss through the outer-loss registry (``base``, ``ba
 added to any registered loss, third-party ones included; the built base is ``IGDMLoss.base_loss`` (its state,
 if any, is checkpointed through the wrapper). ``base_kwargs`` is *one* option: the config merges a part's
 kwargs key by key, so a config or ``--set outer_loss.kwargs.base_kwargs.x=...`` that sets it replaces the
-method's whole ``base_kwargs`` (restate ``reduction: batchmean`` when changing ``adaad_igdm``'s), and a new
+method's whole ``base_kwargs`` (restate ``kl_reduction: batchmean`` when changing ``adaad_igdm``'s), and a new
 ``base`` needs its own ``base_kwargs``.
 
 Methods (parts and defaults of the official scripts):
@@ -40,7 +40,8 @@ Methods (parts and defaults of the official scripts):
   ``rslad_IGDM_cifar100.py`` divides by 300 and decays the lr x0.1 after 1-based epochs
   ``int(0.7 E), int(0.86 E), int(0.95 E)``: 300 epochs, milestones 210, 258, 285 (not RSLAD's 215, 260, 285),
   wd 2e-4. That script is the CIFAR-100 one and multiplies RSLAD's terms by 10 (RSLAD's CIFAR-100 convention);
-  the default here is RSLAD's CIFAR-10 scale, ``outer_loss.kwargs.base_kwargs.scale: 10`` gives the former.
+  the default here is RSLAD's CIFAR-10 scale, ``outer_loss.kwargs.base_kwargs.scale: 10`` gives the former
+  (``base_kwargs: {kl_reduction: batchmean}`` gives RSLAD's terms the paper's per-sample KL: x C).
 
 Deliberate differences from the official code:
 
@@ -145,7 +146,7 @@ IGDM_KWARGS = {"alpha": 20.0, "beta": 1.0, "gamma": 1.0}
 ADAAD_IGDM = Method(
     name="adaad_igdm",
     inner_attack=Part("kl_pgd", {"target": "teacher_adv", "start": "gaussian", "clamp_start": False}),
-    outer_loss=Part("igdm", {"base": "adaad", "base_kwargs": {"alpha": 1.0, "reduction": "batchmean"},
+    outer_loss=Part("igdm", {"base": "adaad", "base_kwargs": {"alpha": 1.0, "kl_reduction": "batchmean"},
                              **IGDM_KWARGS}),
     defaults=training_defaults(epochs=200, weight_decay=2e-4, milestones=[100, 150]),
     summary="AdaAD + IGDM (Lee et al. 2025): also match the logit change S(x+d) - S(x-d) to the teacher's",

@@ -12,6 +12,8 @@ student in eval mode (``pgd_ce`` with ``start: gaussian``).
 
 Outer, with RSLAD's ``kl_loss`` (``p_T (log(p_T + 1e-5) - log p_S)`` averaged over B*C):
 ``L = w_adv KL(S(x') || T_adv(x')/tau_adv) + w_nat KL(S(x) || T_nat(x)/tau_nat)`` (student temperature 1).
+``outer_loss.kwargs.kl_reduction: batchmean`` averages over the batch only (the papers' per-sample KL): both
+terms x C; the weights (ratios ``L_k / L_k0``) and the temperatures (entropies) are unchanged, so the loss x C.
 
 * MTARD (``balance: mtard``, tau = 1): ``L_k0`` = the two KL values at the very first iteration,
   ``r_k = (L_k / L_k0)^bert`` (bert = 1), ``w_nat <- w_nat - eta (w_nat - r_nat / (r_adv + r_nat))``,
@@ -50,6 +52,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from robust_distill import Method, Part, Step, hookimpl, training_defaults
+from robust_distill.losses import KLReduction
 from robust_distill_plugins.two_teacher import Balance, Temperatures, TwoTeacherLoss
 
 __all__ = ["MTARDLoss", "MTARD", "BMTARD"]
@@ -67,15 +70,16 @@ class MTARDLoss(TwoTeacherLoss):
     :param eta_milestones: ``null`` (default): eta and eta_tau follow the lr schedule's factor; a list:
         x ``eta_gamma`` at each of these epochs (fractions of the run if < 1).
     :param scale: overall factor (10 in the official CIFAR-100 scripts).
+    :param kl_reduction: ``mean`` (sum/(B*C), the official ``kl_loss(...).mean()``) or ``batchmean`` (x C).
     """
 
     def __init__(self, balance: Balance = "mtard", temperatures: Temperatures = "fixed", eta: float = 0.025,
                  bert: float = 1.0, eta_tau: float = 0.001, tau_init: float = 1.0, tau_min: float = 1.0,
                  tau_max: float = 10.0, w_init: float = 0.5, eta_milestones: list[float] | None = None,
-                 eta_gamma: float = 0.1, scale: float = 1.0) -> None:
+                 eta_gamma: float = 0.1, scale: float = 1.0, kl_reduction: KLReduction = "mean") -> None:
         super().__init__(balance=balance, temperatures=temperatures, eta=eta, bert=bert, eta_tau=eta_tau,
                          tau_init=tau_init, tau_min=tau_min, tau_max=tau_max, w_init=w_init,
-                         eta_milestones=eta_milestones, eta_gamma=eta_gamma)
+                         eta_milestones=eta_milestones, eta_gamma=eta_gamma, kl_reduction=kl_reduction)
         self.scale = scale
 
     def __call__(self, step: Step) -> Tensor:

@@ -12,7 +12,9 @@ Inner: ``x' = argmax KL(S(x') || P(x))`` (sum over the batch), ``P(x)`` the peer
 computed once, student in eval mode, start ``x + 0.001 N(0,1)`` (not clipped), 10 steps of 2/255, eps 8/255
 (``kl_pgd`` with ``target: teacher_clean, role: peer``).
 
-Outer, ``nn.KLDivLoss()`` = KL ``mean`` (sum/(B*C)) everywhere, student and peer in train mode:
+Outer, ``nn.KLDivLoss()`` = KL ``mean`` (sum/(B*C)) everywhere (``outer_loss.kwargs.kl_reduction:
+batchmean``, the paper's per-sample KL, multiplies the three KL terms by C, not the CE terms), student and
+peer in train mode:
 
 * student: ``l1 CE(S(x'), y) + l2 T^2 KL(S(x')/T || P(x')/T) + l3 T^2 KL(S(x')/T || S(x)/T)`` with ``P(x')``
   detached and ``S(x)`` **not** detached;
@@ -61,7 +63,7 @@ from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, RunContext, Step, hookimpl, training_defaults
 from robust_distill.attacks import model_mode
-from robust_distill.losses import kl_div
+from robust_distill.losses import KLReduction, check_kl_reduction, kl_div
 from robust_distill.trained import TrainedModel, TrainedTeacher
 
 __all__ = ["PeerAiDLoss", "PeerUpdater", "PEERAID"]
@@ -79,15 +81,17 @@ class PeerAiDLoss(OuterLoss):
     :param reproduce_forwards: run the student twice on ``x'`` and then on ``x``, as the official code does
         (the repeated forward only changes its BN running statistics); ``false``: once on each input.
     :param role: the peer's teacher role (``peer``).
+    :param kl_reduction: ``mean`` (sum/(B*C), the official ``nn.KLDivLoss()``) or ``batchmean`` (KL terms x C).
     """
 
     def __init__(self, temperature: float = 5.0, lambda1: float = 0.0, lambda2: float = 1.0,
                  lambda3: float = 1.0, gamma1: float = 1.0, gamma2: float = 0.1, re_temperature: float = 1.0,
-                 reproduce_forwards: bool = True, role: str = "peer") -> None:
+                 reproduce_forwards: bool = True, role: str = "peer", kl_reduction: KLReduction = "mean") -> None:
         self.temperature, self.re_temperature = temperature, re_temperature
         self.lambda1, self.lambda2, self.lambda3 = lambda1, lambda2, lambda3
         self.gamma1, self.gamma2 = gamma1, gamma2
         self.reproduce_forwards, self.role = reproduce_forwards, role
+        self.kl_reduction = check_kl_reduction(kl_reduction, type(self).__name__)
 
     def __call__(self, step: Step) -> Tensor:
         peer = step.teachers[self.role]
@@ -97,15 +101,15 @@ class PeerAiDLoss(OuterLoss):
             step.student_forwards(("adv", "adv", "clean"), needed=("adv", "clean"))
         s_adv = step.student_logits("adv")
         s_nat = step.student_logits("clean")
-        t, t_re = self.temperature, self.re_temperature
+        t, t_re, red = self.temperature, self.re_temperature, self.kl_reduction
 
         peer_ce = F.cross_entropy(p_adv, step.y)
-        peer_kd = kl_div(p_adv, s_adv, reduction="mean", temperature=t_re)  # target S(x') NOT detached
+        peer_kd = kl_div(p_adv, s_adv, reduction=red, temperature=t_re)  # target S(x') NOT detached
         loss_peer = self.gamma1 * peer_ce + self.gamma2 * t_re * t_re * peer_kd
 
         ce = F.cross_entropy(s_adv, step.y)
-        kd_peer = kl_div(s_adv, p_adv.detach(), reduction="mean", temperature=t)
-        kd_nat = kl_div(s_adv, s_nat, reduction="mean", temperature=t)  # target S(x) NOT detached
+        kd_peer = kl_div(s_adv, p_adv.detach(), reduction=red, temperature=t)
+        kd_nat = kl_div(s_adv, s_nat, reduction=red, temperature=t)  # target S(x) NOT detached
         loss_student = self.lambda1 * ce + t * t * (self.lambda2 * kd_peer + self.lambda3 * kd_nat)
 
         step.logs.update(loss_peer=loss_peer.detach(), loss_student=loss_student.detach(), peer_ce=peer_ce.detach(),

@@ -5,8 +5,9 @@ Official code: ``zibojia/RSLAD/rslad_loss.py``, ``resnet18_rslad_cifar10.py``.
 Inner: ``x' = argmax KL(S(x') || T(x))`` with the teacher's clean soft label computed once, start
 ``x + 0.001 N(0,1)`` (not clipped), 10 steps of 2/255, eps 8/255, student in eval mode.
 Outer: ``L = 5/6 KL(S(x') || T(x)) + 1/6 KL(S(x) || T(x))``, no CE, no temperature, both terms with the
-official ``kl_loss`` (``-a*b + log(b + 1e-5)*b`` averaged over B*C). Training: 300 epochs, lr 0.1,
-wd 2e-4, x0.1 at 215, 260, 285.
+official ``kl_loss`` (``-a*b + log(b + 1e-5)*b`` averaged over B*C; ``outer_loss.kwargs.kl_reduction:
+batchmean`` averages over the batch only, the paper's per-sample KL: both terms, and so the loss, x C).
+Training: 300 epochs, lr 0.1, wd 2e-4, x0.1 at 215, 260, 285.
 
 The official CIFAR-100 scripts multiply both terms by 10 (README: "to keep consistent with CIFAR-10") and
 use ``log(softmax)``; set ``outer_loss.kwargs.scale: 10`` for the former (we always use log_softmax, which
@@ -18,7 +19,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
-from robust_distill.losses import kl_div
+from robust_distill.losses import KLReduction, check_kl_reduction, kl_div
 
 
 class RSLADLoss(OuterLoss):
@@ -26,15 +27,17 @@ class RSLADLoss(OuterLoss):
 
     :param alpha: weight of the adversarial term (5/6).
     :param scale: overall factor (1; the official CIFAR-100 scripts use 10).
+    :param kl_reduction: ``mean`` (sum/(B*C), the official ``kl_loss(...).mean()``) or ``batchmean`` (x C).
     """
 
-    def __init__(self, alpha: float = 5 / 6, scale: float = 1.0) -> None:
+    def __init__(self, alpha: float = 5 / 6, scale: float = 1.0, kl_reduction: KLReduction = "mean") -> None:
         self.alpha, self.scale = alpha, scale
+        self.kl_reduction = check_kl_reduction(kl_reduction, type(self).__name__)
 
     def __call__(self, step: Step) -> Tensor:
         target = step.teacher_logits("clean")
-        kl_adv = kl_div(step.student_logits("adv"), target, reduction="mean", log_eps=1e-5)
-        kl_nat = kl_div(step.student_logits("clean"), target, reduction="mean", log_eps=1e-5)
+        kl_adv = kl_div(step.student_logits("adv"), target, reduction=self.kl_reduction, log_eps=1e-5)
+        kl_nat = kl_div(step.student_logits("clean"), target, reduction=self.kl_reduction, log_eps=1e-5)
         step.logs.update(kl_adv=kl_adv.detach(), kl_nat=kl_nat.detach())
         return self.scale * (self.alpha * kl_adv + (1 - self.alpha) * kl_nat)
 

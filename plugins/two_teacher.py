@@ -20,7 +20,7 @@ from torch import Tensor
 from robust_distill import OuterLoss, Step
 from robust_distill.components import epochs_of
 from robust_distill.distributed import all_reduce_mean
-from robust_distill.losses import kl_div
+from robust_distill.losses import KLReduction, check_kl_reduction, kl_div
 
 __all__ = ["KL_EPS", "Balance", "Temperatures", "neg_entropy", "entropy_temperatures", "mtard_weights",
            "normalised_weights", "TwoTeacherLoss"]
@@ -105,12 +105,13 @@ class TwoTeacherLoss(OuterLoss):
     def __init__(self, balance: Balance = "mtard", temperatures: Temperatures = "fixed", eta: float = 0.025,
                  bert: float = 1.0, eta_tau: float = 0.001, tau_init: float = 1.0, tau_min: float = 1.0,
                  tau_max: float = 10.0, w_init: float = 0.5, eta_milestones: Sequence[float] | None = None,
-                 eta_gamma: float = 0.1) -> None:
+                 eta_gamma: float = 0.1, kl_reduction: KLReduction = "mean") -> None:
         if balance not in ("mtard", "bmtard", "none"):
             raise ValueError(f"balance must be mtard, bmtard or none, got {balance!r}")
         if temperatures not in ("fixed", "entropy"):
             raise ValueError(f"temperatures must be fixed or entropy, got {temperatures!r}")
         self.balance, self.temperatures = balance, temperatures
+        self.kl_reduction = check_kl_reduction(kl_reduction, type(self).__name__)
         self.eta, self.bert, self.eta_tau = eta, bert, eta_tau
         self.tau_min, self.tau_max = tau_min, tau_max
         self.eta_milestones = None if eta_milestones is None else list(eta_milestones)
@@ -130,15 +131,15 @@ class TwoTeacherLoss(OuterLoss):
 
     # -- the two terms and the updates ------------------------------------------------------------
     def kd_terms(self, step: Step) -> tuple[Tensor, Tensor]:
-        """``KL(S(x') || T_adv(x')/tau_adv)`` and ``KL(S(x) || T_nat(x)/tau_nat)``, RSLAD's kl_loss (mean).
+        """``KL(S(x') || T_adv(x')/tau_adv)`` and ``KL(S(x) || T_nat(x)/tau_nat)``, RSLAD's kl_loss, ``kl_reduction``.
 
         The student runs on ``x'`` then on ``x`` (train mode), the order of MTARD's and B-MTARD's loops
         (CIARD's ``S(x)`` has already run, before its attack: :meth:`OuterLoss.before_attack`).
         """
         s_adv, s_nat = step.student_logits("adv"), step.student_logits("clean")
-        kl_adv = kl_div(s_adv, step.teacher_logits("adv", "robust"), reduction="mean",
+        kl_adv = kl_div(s_adv, step.teacher_logits("adv", "robust"), reduction=self.kl_reduction,
                         teacher_temperature=self.tau_adv, log_eps=KL_EPS)
-        kl_nat = kl_div(s_nat, step.teacher_logits("clean", "natural"), reduction="mean",
+        kl_nat = kl_div(s_nat, step.teacher_logits("clean", "natural"), reduction=self.kl_reduction,
                         teacher_temperature=self.tau_nat, log_eps=KL_EPS)
         return kl_adv, kl_nat
 

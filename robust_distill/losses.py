@@ -4,6 +4,12 @@ Notation of the ARD papers (``shared/reference/ard_methods.md`` §1.3): ``KL(S |
 ``F.kl_div(log_softmax(S), softmax(T))`` = ``sum_c p_T (log p_T - log p_S)``; the *second* argument is
 the (soft) target. PyTorch's default ``reduction='mean'`` divides by B*C, not B, which is the #1 source
 of silent mismatches between re-implementations, so :func:`kl_div` has no default reduction.
+
+The ``kl_reduction`` option: the official codes of ARD, RSLAD, AdaAD (CIFAR-10), MTARD, B-MTARD, CIARD and
+PeerAiD compute their distillation KLs with ``nn.KLDivLoss()``'s default (or RSLAD's ``kl_loss(...).mean()``),
+a mean over B*C; the papers write the KL of each sample, averaged over the batch. Their outer losses take
+``kl_reduction: mean`` (the default: the official code) or ``batchmean`` (the papers' math), checked by
+:func:`check_kl_reduction`; ``batchmean`` multiplies each such KL term by C, the number of classes.
 """
 
 from __future__ import annotations
@@ -15,22 +21,42 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["kl_div", "js_divergence", "squared_l2", "Reduction", "entropy", "reduce"]
+__all__ = ["kl_div", "js_divergence", "squared_l2", "Reduction", "KLReduction", "KL_REDUCTIONS", "entropy",
+           "reduce", "divisor", "check_kl_reduction"]
 
 Reduction = Literal["batchmean", "mean", "sum", "none"]
+KLReduction = Literal["mean", "batchmean"]
+"""The ``kl_reduction`` option of the distillation losses (see the module docstring)."""
+
+KL_REDUCTIONS: dict[str, str] = {
+    "mean": "sum / (B*C), the official codes' nn.KLDivLoss() default",
+    "batchmean": "sum / B, the per-sample KL of the papers averaged over the batch",
+}
+
+
+def check_kl_reduction(value: object, owner: str) -> KLReduction:
+    """``value`` if it is a valid ``kl_reduction``, else a ``ValueError`` naming ``owner`` and the choices."""
+    if value not in KL_REDUCTIONS:
+        choices = "; ".join(f"{k!r} ({v})" for k, v in KL_REDUCTIONS.items())
+        raise ValueError(f"{owner}: kl_reduction must be one of {choices}; got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def divisor(reduction: Reduction, batch: int, num_classes: int) -> int:
+    """What ``reduction`` divides the summed per-sample values of ``batch`` rows by: B, B*C or 1."""
+    if reduction == "batchmean":
+        return batch
+    if reduction == "mean":
+        return batch * num_classes
+    if reduction in ("sum", "none"):
+        return 1
+    raise ValueError(f"reduction must be batchmean, mean, sum or none, got {reduction!r}")
 
 
 def reduce(per_sample: Tensor, reduction: Reduction, num_classes: int) -> Tensor:
     """Reduce a per-sample sum over classes: ``batchmean`` /B, ``mean`` /(B*C), ``sum``, ``none``."""
-    if reduction == "none":
-        return per_sample
-    if reduction == "sum":
-        return per_sample.sum()
-    if reduction == "batchmean":
-        return per_sample.sum() / per_sample.shape[0]
-    if reduction == "mean":
-        return per_sample.sum() / (per_sample.shape[0] * num_classes)
-    raise ValueError(f"reduction must be batchmean, mean, sum or none, got {reduction!r}")
+    n = divisor(reduction, per_sample.shape[0], num_classes)
+    return per_sample if reduction == "none" else per_sample.sum() / n
 
 
 def _scaled(logits: Tensor, temperature: float) -> Tensor:

@@ -96,6 +96,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("rslad", "robust_distill_plugins.rslad"),
     ("adaad", "robust_distill_plugins.adaad"),
     ("iad", "robust_distill_plugins.iad"),
+    ("akd", "robust_distill_plugins.akd"),
     ("igdm", "robust_distill_plugins.igdm"),
     ("dgad", "robust_distill_plugins.dgad"),
     ("mmard", "robust_distill_plugins.mmard"),

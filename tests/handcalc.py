@@ -8,13 +8,13 @@ from torch import Tensor, nn
 B, D, C = 4, 5, 3  # batch, input features, classes
 
 
-def linear(seed: int, scale: float = 1.0) -> nn.Linear:
-    """A ``D -> C`` linear model with fixed weights drawn from ``seed``."""
+def linear(seed: int, scale: float = 1.0, classes: int = C) -> nn.Linear:
+    """A ``D -> classes`` linear model with fixed weights drawn from ``seed``."""
     g = torch.Generator().manual_seed(seed)
-    m = nn.Linear(D, C)
+    m = nn.Linear(D, classes)
     with torch.no_grad():
-        m.weight.copy_(scale * torch.randn(C, D, generator=g))
-        m.bias.copy_(scale * torch.randn(C, generator=g))
+        m.weight.copy_(scale * torch.randn(classes, D, generator=g))
+        m.bias.copy_(scale * torch.randn(classes, generator=g))
     return m
 
 

@@ -85,7 +85,7 @@ def test_rslad_loss(regs) -> None:
 @pytest.mark.parametrize("alpha,reduction", [(1.0, "mean"), (0.8, "batchmean")])
 def test_adaad_loss(regs, alpha: float, reduction: str) -> None:
     step = make_step()
-    loss = regs.outer_losses.build("adaad", {"alpha": alpha, "reduction": reduction})(step)
+    loss = regs.outer_losses.build("adaad", {"alpha": alpha, "kl_reduction": reduction})(step)
     teacher = step.teachers["robust"]
     div = B * C if reduction == "mean" else B
     adv = kl_by_hand(step.student(step.x_adv), teacher(step.x_adv)).sum() / div  # T on x', not x

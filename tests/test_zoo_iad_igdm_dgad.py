@@ -171,7 +171,7 @@ def test_igdm_over_adaad_and_its_epoch_ramp(regs, epoch: int) -> None:
 
 def test_igdm_other_steps_and_fixed_ramp(regs) -> None:
     step = make_step(epoch=49, epochs=100)
-    loss = build(regs, "igdm", base="adaad", base_kwargs={"reduction": "mean"}, alpha=5.0, beta=0.5,
+    loss = build(regs, "igdm", base="adaad", base_kwargs={"kl_reduction": "mean"}, alpha=5.0, beta=0.5,
                  gamma=2.0, ramp_epochs=200)(step)
     o = outputs(step)
     base = kl_rows(o.s_adv, o.t_adv).sum() / (B * C)

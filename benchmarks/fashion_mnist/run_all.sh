@@ -23,7 +23,7 @@ $RD bench benchmarks/fashion_mnist/teacher_grid_sd.yaml
 # 4. AdaAD and RSLAD with larger inner radii
 $RD bench benchmarks/fashion_mnist/eps_grid.yaml
 # 4b. the check of claim 1's cause: AdaAD with a batch-mean KL instead of its CIFAR-10 code's mean
-$RD train benchmarks/fashion_mnist/student_base.yaml --set method=adaad --set outer_loss.kwargs.reduction=batchmean \
+$RD train benchmarks/fashion_mnist/student_base.yaml --set method=adaad --set outer_loss.kwargs.kl_reduction=batchmean \
     --set output_dir="$R/checks/adaad_batchmean"
 # 5. reports and the claims
 $RD report "$R/zoo" --out "$R/zoo" --title "Fashion-MNIST: every method, convnet_s from convnet_m"

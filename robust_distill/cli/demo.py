@@ -55,8 +55,8 @@ METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "iad1": {"outer_loss.kwargs.begin": 1},
     "adaiad": {"outer_loss.kwargs.begin": 1},
     "iad2": {"outer_loss.kwargs.begin": 1},
-    "ard": {"outer_loss.kwargs.reduction": "batchmean"},
-    "adaad": {"outer_loss.kwargs.reduction": "batchmean"},
+    "ard": {"outer_loss.kwargs.kl_reduction": "batchmean"},
+    "adaad": {"outer_loss.kwargs.kl_reduction": "batchmean"},
     "rslad": {"outer_loss.kwargs.scale": 10},
 }
 
