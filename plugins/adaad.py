@@ -54,15 +54,16 @@ class AdaADLoss(OuterLoss):
     :param alpha: weight of the adversarial term (1.0: the clean term is skipped).
     :param temperature: tau of the adversarial term (1 in the official AdaAD loss).
     :param kl_reduction: ``mean`` (CIFAR-10 code, sum/(B*C)) or ``batchmean`` (CIFAR-100 code, x C).
+    :param reduction: the former name of ``kl_reduction`` (deprecated: a ``FutureWarning``).
     :param reproduce_forwards: run ``S(x)`` in train mode before ``S(x')`` even when alpha = 1, as the
         official ``main.py`` does (``ori_outputs = net(inputs)``): same loss and gradient, the BN running
         statistics of the official code. ``false`` skips that forward when no term needs it.
     """
 
     def __init__(self, alpha: float = 1.0, temperature: float = 1.0, kl_reduction: KLReduction = "mean",
-                 reproduce_forwards: bool = True) -> None:
+                 reproduce_forwards: bool = True, reduction: KLReduction | None = None) -> None:
         self.alpha, self.temperature = alpha, temperature
-        self.kl_reduction = check_kl_reduction(kl_reduction, type(self).__name__)
+        self.kl_reduction = check_kl_reduction(kl_reduction, type(self).__name__, renamed=reduction)
         self.reproduce_forwards = reproduce_forwards
 
     def __call__(self, step: Step) -> Tensor:

@@ -37,14 +37,16 @@ class ARDLoss(OuterLoss):
     :param temperature: tau (30 in the official code).
     :param kl_reduction: ``mean`` = sum/(B*C) as the official ``nn.KLDivLoss()``, or ``batchmean`` (x C).
     :param teacher_input: ``clean`` (ARD) or ``adv``.
+    :param reduction: the former name of ``kl_reduction`` (deprecated: a ``FutureWarning``).
     :param reproduce_forwards: run ``S(x)`` in train mode after ``S(x')`` even at alpha = 1, as the
         official code does (its BN running statistics); ``false`` skips it when the CE term is off.
     """
 
     def __init__(self, alpha: float = 1.0, temperature: float = 30.0, kl_reduction: KLReduction = "mean",
-                 teacher_input: str = "clean", reproduce_forwards: bool = True) -> None:
+                 teacher_input: str = "clean", reproduce_forwards: bool = True,
+                 reduction: KLReduction | None = None) -> None:
         self.alpha, self.temperature, self.teacher_input = alpha, temperature, teacher_input
-        self.kl_reduction = check_kl_reduction(kl_reduction, type(self).__name__)
+        self.kl_reduction = check_kl_reduction(kl_reduction, type(self).__name__, renamed=reduction)
         self.reproduce_forwards = reproduce_forwards
 
     def __call__(self, step: Step) -> Tensor:

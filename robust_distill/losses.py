@@ -15,6 +15,7 @@ a mean over B*C; the papers write the KL of each sample, averaged over the batch
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal
 
 import torch
@@ -34,8 +35,16 @@ KL_REDUCTIONS: dict[str, str] = {
 }
 
 
-def check_kl_reduction(value: object, owner: str) -> KLReduction:
-    """``value`` if it is a valid ``kl_reduction``, else a ``ValueError`` naming ``owner`` and the choices."""
+def check_kl_reduction(value: object, owner: str, renamed: object = None) -> KLReduction:
+    """``value`` if it is a valid ``kl_reduction``, else a ``ValueError`` naming ``owner`` and the choices.
+
+    ``renamed``: the same option under its former name ``reduction`` (ARD, AdaAD), used instead of ``value``
+    with a ``FutureWarning`` for one release, so that older configs and result folders still resolve.
+    """
+    if renamed is not None:
+        warnings.warn(f"{owner}: the option 'reduction' is now called 'kl_reduction'; 'reduction' will be removed "
+                      "in the next release.", FutureWarning, stacklevel=3)
+        value = renamed
     if value not in KL_REDUCTIONS:
         choices = "; ".join(f"{k!r} ({v})" for k, v in KL_REDUCTIONS.items())
         raise ValueError(f"{owner}: kl_reduction must be one of {choices}; got {value!r}")

@@ -120,6 +120,17 @@ def test_the_config_check_names_the_valid_choices(tiny_raw, regs) -> None:
     assert ok.outer_loss.kwargs["kl_reduction"] == "batchmean"
 
 
+@pytest.mark.parametrize("method", ["ard", "adaad"])
+def test_the_former_name_reduction_still_works_for_one_release(tiny_raw, regs, method: str) -> None:
+    """ARD's and AdaAD's option was called ``reduction`` before it was shared: configs and result folders that
+    use it resolve to the same loss, with a FutureWarning naming the new name."""
+    raw = tiny_raw(method, teacher=True, outer_loss={"kwargs": {"reduction": "batchmean"}})
+    with pytest.warns(FutureWarning, match="'reduction' is now called 'kl_reduction'"):
+        cfg = resolve_config(raw, regs)
+        loss = build(regs, cfg.outer_loss.key, **cfg.outer_loss.kwargs)
+    assert loss.kl_reduction == "batchmean"
+
+
 # -- per method: batchmean by hand, and the factor C --------------------------------------------------
 
 
