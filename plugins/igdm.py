@@ -23,8 +23,9 @@ weight is ``alpha/E`` in the first epoch and ``alpha`` in the last): with 0-base
 alpha = 20, beta = gamma = 1 (``cifar100.sh``).
 
 The wrapper builds its base loss through the outer-loss registry (``base``, ``base_kwargs``), so IGDM can be
-added to any registered loss, third-party ones included; the built base is ``IGDMLoss.base_loss`` (its state,
-if any, is checkpointed through the wrapper). ``base_kwargs`` is *one* option: the config merges a part's
+added to any registered loss, third-party ones included; the built base is ``IGDMLoss.base_loss``, and the
+wrapper forwards the whole outer-loss contract to it: its ``before_attack`` (CIARD's train-mode ``S(x)``) and
+its state, if any (checkpointed through the wrapper). ``base_kwargs`` is *one* option: the config merges a part's
 kwargs key by key, so a config or ``--set outer_loss.kwargs.base_kwargs.x=...`` that sets it replaces the
 method's whole ``base_kwargs`` (restate ``kl_reduction: batchmean`` when changing ``adaad_igdm``'s), and a new
 ``base`` needs its own ``base_kwargs``.
@@ -114,6 +115,10 @@ class IGDMLoss(OuterLoss):
         """``alpha * e / E`` with the 1-based epoch e of the official loop."""
         total = self.ramp_epochs if self.ramp_epochs is not None else step.epochs
         return self.alpha * (step.epoch + 1) / total
+
+    def before_attack(self, step: Step) -> None:
+        """The base loss's work before the attack (CIARD's train-mode ``S(x)``: the attack sees its BN update)."""
+        self.base_loss.before_attack(step)
 
     def __call__(self, step: Step) -> Tensor:
         loss = self.base_loss(step)
