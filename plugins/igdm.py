@@ -63,6 +63,7 @@ from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import kl_div
+from robust_distill_plugins.inner_attacks import ADAAD_KL_PGD, RSLAD_KL_PGD
 
 if TYPE_CHECKING:
     from robust_distill.plugin import Registries
@@ -150,7 +151,7 @@ IGDM_KWARGS = {"alpha": 20.0, "beta": 1.0, "gamma": 1.0}
 
 ADAAD_IGDM = Method(
     name="adaad_igdm",
-    inner_attack=Part("kl_pgd", {"target": "teacher_adv", "start": "gaussian", "clamp_start": False}),
+    inner_attack=ADAAD_KL_PGD,
     outer_loss=Part("igdm", {"base": "adaad", "base_kwargs": {"alpha": 1.0, "kl_reduction": "batchmean"},
                              **IGDM_KWARGS}),
     defaults=training_defaults(epochs=200, weight_decay=2e-4, milestones=[100, 150]),
@@ -160,7 +161,7 @@ ADAAD_IGDM = Method(
 
 RSLAD_IGDM = Method(
     name="rslad_igdm",
-    inner_attack=Part("kl_pgd", {"target": "teacher_clean", "start": "gaussian", "clamp_start": False}),
+    inner_attack=RSLAD_KL_PGD,
     outer_loss=Part("igdm", {"base": "rslad", "base_kwargs": {"alpha": 5 / 6, "scale": 1.0}, **IGDM_KWARGS}),
     defaults=training_defaults(epochs=300, weight_decay=2e-4, milestones=[210, 258, 285]),
     summary="RSLAD + IGDM (Lee et al. 2025): RSLAD's loss plus the logit-change matching term",
