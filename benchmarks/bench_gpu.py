@@ -63,7 +63,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from wide_resnet import DMWideResNet, WideResNet  # noqa: E402
 
-from robust_distill import TeacherSource  # noqa: E402
+from robust_distill import TeacherSource, ThreatModel  # noqa: E402
 from robust_distill.attacks import frozen_parameters, model_mode  # noqa: E402
 from robust_distill.config import resolve_config  # noqa: E402
 from robust_distill.data import augment, epoch_batches, to_device, to_float  # noqa: E402
@@ -404,7 +404,7 @@ class Bench:
         n_pgd, n_aa = self.args.eval_n, self.args.aa_n
         x = torch.rand(max(n_pgd, n_aa), 3, 32, 32, generator=gen)
         aa = "autoattack_apgd" if self.args.smoke else "autoattack"  # --smoke: the cheap stages, same code path
-        attacks = make_eval_attacks(["pgd20", aa], self.regs, eps=8 / 255, num_classes=10)
+        attacks = make_eval_attacks(["pgd20", aa], self.regs, ThreatModel(eps=8 / 255), num_classes=10)
         self.results["evaluation"] = rows = []
         for name, n, net, label in (("pgd20", n_pgd, model, "PGD-20, random student"),
                                     (aa, n_aa, model, f"{attacks[aa].label}, random student")):

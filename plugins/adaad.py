@@ -46,6 +46,7 @@ from torch import Tensor
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import KLReduction, check_kl_reduction, kl_div
 from robust_distill_plugins.iad import IAD1Loss
+from robust_distill_plugins.inner_attacks import ADAAD_KL_PGD
 
 
 class AdaADLoss(OuterLoss):
@@ -102,7 +103,7 @@ class AdaIADLoss(IAD1Loss):
 
 ADAAD = Method(
     name="adaad",
-    inner_attack=Part("kl_pgd", {"target": "teacher_adv", "start": "gaussian", "clamp_start": False}),
+    inner_attack=ADAAD_KL_PGD,
     outer_loss=Part("adaad", {"alpha": 1.0, "kl_reduction": "mean"}),
     defaults=training_defaults(epochs=200, weight_decay=5e-4, milestones=[100, 150]),
     summary="AdaAD (Huang et al. 2023): match S and T at the point where they disagree most, T(x') inside",
@@ -112,7 +113,7 @@ ADAAD = Method(
 
 ADAIAD = Method(
     name="adaiad",
-    inner_attack=Part("kl_pgd", {"target": "teacher_adv", "start": "gaussian", "clamp_start": False}),
+    inner_attack=ADAAD_KL_PGD,
     outer_loss=Part("adaiad", {"alpha": 1.0, "temperature": 30.0, "beta": 0.1, "begin": 60}),
     defaults=ADAAD.defaults,
     summary="AdaIAD (Huang et al. 2023): AdaAD's inner problem with IAD-I's introspective outer loss, T(x')",

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import KLReduction, check_kl_reduction, kl_div
+from robust_distill_plugins.inner_attacks import ARD_PGD
 
 
 class ARDLoss(OuterLoss):
@@ -64,7 +65,7 @@ class ARDLoss(OuterLoss):
 
 ARD = Method(
     name="ard",
-    inner_attack=Part("pgd_ce", {"start": "uniform", "clamp_start": False, "bn_mode": "train"}),
+    inner_attack=ARD_PGD,
     outer_loss=Part("ard", {"alpha": 1.0, "temperature": 30.0, "kl_reduction": "mean"}),
     defaults=training_defaults(epochs=200, weight_decay=2e-4, milestones=[100, 150]),
     summary="ARD (Goldblum et al. 2020): KD at tau=30 from T(x) on student CE-PGD examples",

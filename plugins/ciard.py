@@ -64,6 +64,7 @@ Deliberate differences from the official code, and the switches that reproduce i
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from torch import Tensor
 
@@ -71,6 +72,7 @@ from robust_distill import Method, Part, Step, hookimpl, training_defaults
 from robust_distill.components import epochs_of
 from robust_distill.distributed import global_mean
 from robust_distill.losses import KLReduction, divisor, kl_div
+from robust_distill_plugins.inner_attacks import MTARD_PGD
 from robust_distill_plugins.schedules import ciard_schedule, cos_exp
 from robust_distill_plugins.two_teacher import KL_EPS, TwoTeacherLoss
 
@@ -175,30 +177,23 @@ class CIARDLoss(TwoTeacherLoss):
 # -------------------------------------------------------------------------------------------------
 
 
-_DEFAULTS = training_defaults(epochs=300, weight_decay=2e-4, schedule=Part("ciard", {"start": 150}), seed=0)
-_INNER = Part("pgd_ce", {"start": "gaussian", "clamp_start": False, "bn_mode": "eval"})
-_ITT = Part("ciard_itt", {"start_epoch": 50, "lr": 1e-4, "momentum": 0.1, "weight_decay": 2e-4})
-_LOSS = {"push_temperature": 5.0, "weighted": False, "eta": 0.025, "eta_tau": 0.001,
-         "eta_milestones": [215, 260, 285]}
-
 CIARD = Method(
     name="ciard",
-    inner_attack=_INNER,
-    outer_loss=Part("ciard", {"push": True, **_LOSS}),
-    teacher_updater=_ITT,
+    inner_attack=MTARD_PGD,
+    outer_loss=Part("ciard", {"push": True, "push_temperature": 5.0, "weighted": False, "eta": 0.025,
+                              "eta_tau": 0.001, "eta_milestones": [215, 260, 285]}),
+    teacher_updater=Part("ciard_itt", {"start_epoch": 50, "lr": 1e-4, "momentum": 0.1, "weight_decay": 2e-4}),
     teachers=("robust", "natural"),
-    defaults=_DEFAULTS,
+    defaults=training_defaults(epochs=300, weight_decay=2e-4, schedule=Part("ciard", {"start": 150}), seed=0),
     summary="CIARD (Lu et al. 2025): B-MTARD temperatures, a push away from the clean teacher's errors, ITT",
     reference="Lu et al., ICCV 2025 (arXiv 2509.12633); eminentgu/CIARD/CIARD.py, mtard_loss.py (HEAD 255be6b)",
 )
 
-CIARD_NO_PUSH = Method(
+#: the ablation without the push term: CIARD with ``outer_loss.kwargs.push: false``, nothing else changed
+CIARD_NO_PUSH = replace(
+    CIARD,
     name="ciard_no_push",
-    inner_attack=_INNER,
-    outer_loss=Part("ciard", {"push": False, **_LOSS}),
-    teacher_updater=_ITT,
-    teachers=("robust", "natural"),
-    defaults=_DEFAULTS,
+    outer_loss=Part("ciard", {**CIARD.outer_loss.kwargs, "push": False}),
     summary="CIARD without the contrastive push term (ablation): KL1 + KL2 with ITT",
     reference="Lu et al., ICCV 2025, ablation of the push loss; eminentgu/CIARD/CIARD.py",
 )

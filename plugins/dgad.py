@@ -46,6 +46,7 @@ from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import kl_div
+from robust_distill_plugins.inner_attacks import ADAAD_KL_PGD
 
 __all__ = ["DGADLoss", "swap_logits", "teacher_wrong_clean", "teacher_margin_negative"]
 
@@ -126,7 +127,7 @@ class DGADLoss(OuterLoss):
 
 DGAD = Method(
     name="dgad",
-    inner_attack=Part("kl_pgd", {"target": "teacher_adv", "start": "gaussian", "clamp_start": False}),
+    inner_attack=ADAAD_KL_PGD,
     outer_loss=Part("dgad", {"beta_alp": 1.0, "alp": True, "kl_scale": 1.0}),
     defaults=training_defaults(epochs=200, weight_decay=5e-4, milestones=[100, 150]),
     summary="DGAD (Park & Min 2024): teacher-wrong samples distilled clean, swapped wrong teacher logits, PCR",

@@ -66,6 +66,7 @@ from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import kl_div
+from robust_distill_plugins.inner_attacks import ARD_PGD
 
 __all__ = ["introspection_weights", "introspection_term", "IAD1Loss", "IAD2Loss", "AKD2Loss"]
 
@@ -201,8 +202,6 @@ class AKD2Loss(IAD2Loss):
 
 
 # -- methods ----------------------------------------------------------------------------------------
-ARD_PGD = Part("pgd_ce", {"start": "uniform", "clamp_start": False, "bn_mode": "train"})
-
 IAD_DEFAULTS = training_defaults(epochs=200, weight_decay=2e-4, milestones=[100, 150])
 
 IAD1 = Method(

@@ -23,8 +23,9 @@ weight is ``alpha/E`` in the first epoch and ``alpha`` in the last): with 0-base
 alpha = 20, beta = gamma = 1 (``cifar100.sh``).
 
 The wrapper builds its base loss through the outer-loss registry (``base``, ``base_kwargs``), so IGDM can be
-added to any registered loss, third-party ones included; the built base is ``IGDMLoss.base_loss`` (its state,
-if any, is checkpointed through the wrapper). ``base_kwargs`` is *one* option: the config merges a part's
+added to any registered loss, third-party ones included; the built base is ``IGDMLoss.base_loss``, and the
+wrapper forwards the whole outer-loss contract to it: its ``before_attack`` (CIARD's train-mode ``S(x)``) and
+its state, if any (checkpointed through the wrapper). ``base_kwargs`` is *one* option: the config merges a part's
 kwargs key by key, so a config or ``--set outer_loss.kwargs.base_kwargs.x=...`` that sets it replaces the
 method's whole ``base_kwargs`` (restate ``kl_reduction: batchmean`` when changing ``adaad_igdm``'s), and a new
 ``base`` needs its own ``base_kwargs``.
@@ -62,6 +63,7 @@ from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import kl_div
+from robust_distill_plugins.inner_attacks import ADAAD_KL_PGD, RSLAD_KL_PGD
 
 if TYPE_CHECKING:
     from robust_distill.plugin import Registries
@@ -115,6 +117,10 @@ class IGDMLoss(OuterLoss):
         total = self.ramp_epochs if self.ramp_epochs is not None else step.epochs
         return self.alpha * (step.epoch + 1) / total
 
+    def before_attack(self, step: Step) -> None:
+        """The base loss's work before the attack (CIARD's train-mode ``S(x)``: the attack sees its BN update)."""
+        self.base_loss.before_attack(step)
+
     def __call__(self, step: Step) -> Tensor:
         loss = self.base_loss(step)
         plus, minus = self._point(step, +1.0, self.beta), self._point(step, -1.0, self.gamma)
@@ -145,7 +151,7 @@ IGDM_KWARGS = {"alpha": 20.0, "beta": 1.0, "gamma": 1.0}
 
 ADAAD_IGDM = Method(
     name="adaad_igdm",
-    inner_attack=Part("kl_pgd", {"target": "teacher_adv", "start": "gaussian", "clamp_start": False}),
+    inner_attack=ADAAD_KL_PGD,
     outer_loss=Part("igdm", {"base": "adaad", "base_kwargs": {"alpha": 1.0, "kl_reduction": "batchmean"},
                              **IGDM_KWARGS}),
     defaults=training_defaults(epochs=200, weight_decay=2e-4, milestones=[100, 150]),
@@ -155,7 +161,7 @@ ADAAD_IGDM = Method(
 
 RSLAD_IGDM = Method(
     name="rslad_igdm",
-    inner_attack=Part("kl_pgd", {"target": "teacher_clean", "start": "gaussian", "clamp_start": False}),
+    inner_attack=RSLAD_KL_PGD,
     outer_loss=Part("igdm", {"base": "rslad", "base_kwargs": {"alpha": 5 / 6, "scale": 1.0}, **IGDM_KWARGS}),
     defaults=training_defaults(epochs=300, weight_decay=2e-4, milestones=[210, 258, 285]),
     summary="RSLAD + IGDM (Lee et al. 2025): RSLAD's loss plus the logit-change matching term",

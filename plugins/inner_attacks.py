@@ -4,6 +4,9 @@
 * ``kl_pgd``: ``x' = argmax KL(S(x') || target)`` with ``target`` one of ``teacher_clean`` (``T(x)``,
   RSLAD), ``teacher_adv`` (``T(x')``, in the graph: AdaAD, AdaIAD, IGDM, DGAD) or ``student_clean``
   (``S(x)`` in eval mode, TRADES).
+
+The methods name them through the presets below (one definition of each official code's inner maximisation);
+a preset of one method only (AKD's clipped gaussian start, PeerAiD's attack of the peer) stays with it.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill import Step, hookimpl
+from robust_distill import Part, Step, hookimpl
 from robust_distill.attacks import BNMode, InnerPGD, Start
 from robust_distill.losses import kl_div
+
+__all__ = ["StudentCE", "KLToTarget", "MADRY_PGD", "ARD_PGD", "MTARD_PGD", "TRADES_KL_PGD", "RSLAD_KL_PGD",
+           "ADAAD_KL_PGD"]
 
 Target = Literal["teacher_clean", "teacher_adv", "student_clean"]
 
@@ -69,6 +75,25 @@ class KLToTarget(InnerPGD):
 
     def __repr__(self) -> str:
         return f"KLToTarget(target={self.target!r}, start={self.start!r}, bn_mode={self.bn_mode!r})"
+
+
+# -- presets: the official codes' inner maximisations, as the methods name them ----------------------------------
+
+#: PGD-AT: uniform start clipped to [0, 1], student in eval mode (``MadryLab/cifar10_challenge``).
+MADRY_PGD = Part("pgd_ce", {"start": "uniform", "clamp_start": True, "bn_mode": "eval"})
+#: ARD, IAD-I/II, AKD2: uniform start *not* clipped, student in **train** mode
+#: (``goldblum/AdversariallyRobustDistillation/main.py``, ``ZFancy/IAD``).
+ARD_PGD = Part("pgd_ce", {"start": "uniform", "clamp_start": False, "bn_mode": "train"})
+#: MTARD, B-MTARD, CIARD: ``x + 0.001 N(0,1)`` not clipped, eval mode (``zhaoshiji123/MTARD/mtard/mtard_loss.py``
+#: ``mtard_inner_loss_ce``; ``eminentgu/CIARD/mtard_loss.py`` ``robust_inner_loss_push``).
+MTARD_PGD = Part("pgd_ce", {"start": "gaussian", "clamp_start": False, "bn_mode": "eval"})
+#: TRADES: ``KL(S(x') || S(x))``, ``x + 0.001 N(0,1)`` (``yaodongyu/TRADES/trades.py`` ``trades_loss``).
+TRADES_KL_PGD = Part("kl_pgd", {"target": "student_clean", "start": "gaussian", "clamp_start": False})
+#: RSLAD, RSLAD+IGDM: ``KL(S(x') || T(x))``, ``x + 0.001 N(0,1)`` (``zibojia/RSLAD/rslad_loss.py``).
+RSLAD_KL_PGD = Part("kl_pgd", {"target": "teacher_clean", "start": "gaussian", "clamp_start": False})
+#: AdaAD, AdaIAD, AdaAD+IGDM, DGAD: ``KL(S(x') || T(x'))``, ``x + 0.001 N(0,1)``
+#: (``boyellow/AdaAD/AT_helper.py`` ``adaad_inner_loss``).
+ADAAD_KL_PGD = Part("kl_pgd", {"target": "teacher_adv", "start": "gaussian", "clamp_start": False})
 
 
 @hookimpl

@@ -53,6 +53,7 @@ from torch import Tensor
 
 from robust_distill import Method, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import KLReduction
+from robust_distill_plugins.inner_attacks import MTARD_PGD
 from robust_distill_plugins.two_teacher import Balance, Temperatures, TwoTeacherLoss
 
 __all__ = ["MTARDLoss", "MTARD", "BMTARD"]
@@ -89,11 +90,10 @@ class MTARDLoss(TwoTeacherLoss):
 
 
 _TRAINING = training_defaults(epochs=300, weight_decay=2e-4, milestones=[215, 260, 285])
-_INNER = Part("pgd_ce", {"start": "gaussian", "clamp_start": False, "bn_mode": "eval"})
 
 MTARD = Method(
     name="mtard",
-    inner_attack=_INNER,
+    inner_attack=MTARD_PGD,
     outer_loss=Part("mtard", {"balance": "mtard", "temperatures": "fixed", "eta": 0.025, "bert": 1.0}),
     teachers=("robust", "natural"),
     defaults=_TRAINING,
@@ -103,7 +103,7 @@ MTARD = Method(
 
 BMTARD = Method(
     name="bmtard",
-    inner_attack=_INNER,
+    inner_attack=MTARD_PGD,
     outer_loss=Part("mtard", {"balance": "bmtard", "temperatures": "entropy", "eta": 0.025, "eta_tau": 0.001,
                               "tau_min": 1.0, "tau_max": 10.0}),
     teachers=("robust", "natural"),

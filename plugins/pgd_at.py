@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
+from robust_distill_plugins.inner_attacks import MADRY_PGD
 
 
 class AdversarialCE(OuterLoss):
@@ -24,7 +25,7 @@ class AdversarialCE(OuterLoss):
 
 PGD_AT = Method(
     name="pgd_at",
-    inner_attack=Part("pgd_ce", {"start": "uniform", "clamp_start": True, "bn_mode": "eval"}),
+    inner_attack=MADRY_PGD,
     outer_loss=Part("ce_adv"),
     teachers=(),
     defaults=training_defaults(epochs=200, weight_decay=2e-4, milestones=[100, 150]),

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import KLReduction, check_kl_reduction, kl_div
+from robust_distill_plugins.inner_attacks import RSLAD_KL_PGD
 
 
 class RSLADLoss(OuterLoss):
@@ -44,7 +45,7 @@ class RSLADLoss(OuterLoss):
 
 RSLAD = Method(
     name="rslad",
-    inner_attack=Part("kl_pgd", {"target": "teacher_clean", "start": "gaussian", "clamp_start": False}),
+    inner_attack=RSLAD_KL_PGD,
     outer_loss=Part("rslad", {"alpha": 5 / 6, "scale": 1.0}),
     defaults=training_defaults(epochs=300, weight_decay=2e-4, milestones=[215, 260, 285]),
     summary="RSLAD (Zi et al. 2021): robust soft labels T(x) in the inner and outer problems",

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
 from robust_distill.losses import kl_div
+from robust_distill_plugins.inner_attacks import TRADES_KL_PGD
 
 
 class TRADESLoss(OuterLoss):
@@ -50,7 +51,7 @@ class TRADESLoss(OuterLoss):
 
 TRADES = Method(
     name="trades",
-    inner_attack=Part("kl_pgd", {"target": "student_clean", "start": "gaussian", "clamp_start": False}),
+    inner_attack=TRADES_KL_PGD,
     outer_loss=Part("trades", {"beta": 6.0}),
     teachers=(),
     defaults=training_defaults(epochs=76, weight_decay=2e-4, milestones=[74, 89, 99], eps=0.031, step_size=0.007),

@@ -266,7 +266,8 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
     :param split: ``test``, or ``val`` (the training run's held-out split: its ``val_size`` and ``split_seed``).
     :param n_examples: the first N examples of the split (``None`` or 0: all; streamed datasets: N spread over
         the split).
-    :param eps: L-inf radius (``0.031`` or ``"8/255"``); default: the checkpoint's training eps, else 8/255.
+    :param eps: L-inf radius (``0.031`` or ``"8/255"``, in (0, 1]: a :class:`~robust_distill.ThreatModel`'s eps);
+        default: the checkpoint's training eps, else 8/255.
     :param surrogate: a model spec: adds transfer attacks (PGD-20 and CW-inf crafted on it).
     :param concurrency: AutoAttack chunks attacked at once, each by its own process (``auto``: several on CUDA,
         as memory allows; 1 on CPU); the per-example results do not depend on it.
@@ -280,7 +281,7 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
     from .distributed import resolve_device
     from .evaluation import TransferAttack, evaluate_set, make_eval_attacks
     from .streaming import default_workers
-    from .threat import parse_fraction
+    from .threat import ThreatModel
 
     regs = registries()
     dev = resolve_device(str(device), int(os.environ.get("LOCAL_RANK", 0))) if isinstance(device, str) else device
@@ -319,22 +320,20 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
         else:
             eval_set = data
         num_classes = _num_classes(model, eval_set, dev)
-    if eps is None:
-        eps = cfg.get("threat", {}).get("eps", 8 / 255)
-    eps = parse_fraction(eps) if isinstance(eps, str) else float(eps)
+    threat = ThreatModel(eps=cfg.get("threat", {}).get("eps", 8 / 255) if eps is None else eps)
     names = [a.strip() for a in attacks.split(",")] if isinstance(attacks, str) else list(attacks)
-    built = make_eval_attacks([a for a in names if a], regs, eps=eps, num_classes=num_classes)
+    built = make_eval_attacks([a for a in names if a], regs, threat, num_classes=num_classes)
     if surrogate:
         other, _, _ = resolve_model(_model_spec(surrogate, "best"), {}, dataset, regs, data_cfg.get("options", {}),
                                     root)
         other = other.to(dev)
-        for base in make_eval_attacks(["pgd20", "cw_inf"], regs, eps=eps, num_classes=num_classes).values():
+        for base in make_eval_attacks(["pgd20", "cw_inf"], regs, threat, num_classes=num_classes).values():
             transfer = TransferAttack(base, other, surrogate)
             built[transfer.name] = transfer
     result = evaluate_set(model, eval_set, built, batch_size=batch_size, device=dev, seed=seed, progress=progress,
                           precision=precision, concurrency=concurrency)
-    return Evaluation(model=name, dataset=dataset or "", split=split if data is None else "given", eps=eps, seed=seed,
-                      indices=eval_set.indices, labels=eval_set.labels, result=result,
+    return Evaluation(model=name, dataset=dataset or "", split=split if data is None else "given", eps=threat.eps,
+                      seed=seed, indices=eval_set.indices, labels=eval_set.labels, result=result,
                       protocols={n: getattr(a, "label", n) or n for n, a in built.items()})
 
 

@@ -178,6 +178,12 @@ class Config:
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
     save_epochs: list[int] = field(default_factory=list)  # also keep the student of these epochs (epoch_N.pt)
 
+    @property
+    def eval_threat(self) -> ThreatModel:
+        """The evaluation's L-inf ball: radius ``eval.eps``, else ``threat.eps`` (the starting radius when
+        ``threat.eps_end`` grows it). Only the ball is used: each evaluation attack has its own steps."""
+        return ThreatModel(eps=self.eval.eps if self.eval.eps is not None else self.threat.eps)
+
 
 _PART_FIELDS = ("inner_attack", "outer_loss", "teacher_updater")
 #: engine defaults that are components (so that a method or user component with another key replaces them)
@@ -535,7 +541,10 @@ def _construct_parts(cfg: Config, regs: Any, info: DatasetInfo, problems: list[s
     schedule = _construct(regs.lr_schedules, cfg.optim.schedule, "optim.schedule", problems, epochs=cfg.optim.epochs)
     if schedule is not None:
         _check_schedule(schedule, cfg, problems)
-    eps = cfg.eval.eps if cfg.eval.eps is not None else cfg.threat.eps
+    try:
+        eps = cfg.eval_threat.eps
+    except ValueError:  # eval.eps out of (0, 1]: reported by validate
+        return
     for name in dict.fromkeys(n for n in (*cfg.eval.attacks, *cfg.eval.final_attacks) if n in regs.eval_attacks):
         _construct(regs.eval_attacks, Part(name), f"eval attack {name!r}", problems, eps=eps,
                    num_classes=info.num_classes)

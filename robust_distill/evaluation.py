@@ -30,6 +30,7 @@ from .data import EvalSet, TensorEvalSet, iterate_eval, to_device, to_float
 from .distributed import all_reduce_tensor, rank_and_world
 from .precision import autocast
 from .progress import Progress, progress_scope
+from .threat import ThreatModel
 
 __all__ = ["EvalResult", "evaluate", "evaluate_set", "make_eval_attacks", "AttackContractError", "TransferAttack",
            "chunk_size", "chunk_seed", "check_concurrency", "auto_concurrency", "worker_bytes", "ChunkWorkers"]
@@ -58,9 +59,26 @@ class EvalResult:
         return out
 
 
-def make_eval_attacks(names: list[str], regs: object, *, eps: float, num_classes: int) -> dict[str, EvalAttack]:
-    """Instantiate registered evaluation attacks by name for radius ``eps``."""
-    return {name: regs.eval_attacks.build(name, {}, eps=eps, num_classes=num_classes)  # type: ignore[attr-defined]
+def make_eval_attacks(names: list[str], regs: object, threat: ThreatModel | None = None, *, num_classes: int,
+                      eps: float | None = None) -> dict[str, EvalAttack]:
+    """Instantiate registered evaluation attacks by name for the L-inf ball of ``threat`` (its ``eps``: each
+    evaluation attack has its own steps and step size, see ``torchattacks_attacks``).
+
+    ``eps=<float>`` instead of ``threat`` is the former call: it still works for one release, with a
+    ``DeprecationWarning`` (the eval-attack factories of ``rd_register_eval_attacks`` still take ``eps``).
+    """
+    if (threat is None) == (eps is None):
+        raise TypeError(f"make_eval_attacks: give threat=ThreatModel(eps=...) (or, deprecated, eps=...), not "
+                        f"{'both' if eps is not None else 'neither'}")
+    if threat is None:
+        warnings.warn("make_eval_attacks(eps=...) is deprecated: pass threat=ThreatModel(eps=...); eps= will be "
+                      "removed in the next release.", DeprecationWarning, stacklevel=2)
+        threat = ThreatModel(eps=eps)  # type: ignore[arg-type]
+    elif not isinstance(threat, ThreatModel):
+        raise TypeError(f"make_eval_attacks: threat must be a ThreatModel (robust_distill.ThreatModel(eps=...)), "
+                        f"got {type(threat).__name__}")
+    return {name: regs.eval_attacks.build(name, {}, eps=threat.eps,  # type: ignore[attr-defined]
+                                          num_classes=num_classes)
             for name in names}
 
 

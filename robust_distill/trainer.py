@@ -156,9 +156,8 @@ class Run:
         self.epoch = 0
         self.best: dict[str, Any] = {"value": -math.inf, "epoch": -1}
         self.student_spec = model_spec(cfg.student.key, cfg.student.kwargs, info)
-        self.eval_eps = cfg.eval.eps if cfg.eval.eps is not None else cfg.threat.eps
-        self.eval_attacks = make_eval_attacks(cfg.eval.attacks, regs, eps=self.eval_eps,
-                                              num_classes=info.num_classes)
+        self.eval_threat = cfg.eval_threat
+        self.eval_attacks = make_eval_attacks(cfg.eval.attacks, regs, self.eval_threat, num_classes=info.num_classes)
         self.train_records: dict[str, Any] = {}
         self.swa = StudentSWA(cfg.swa.start, self.student, cfg.optim.epochs) if cfg.swa.start is not None else None
         self.loggers = Loggers()  # the configured experiment trackers (set by train(), main process only)
@@ -640,7 +639,7 @@ def final_evaluation(run: Run) -> dict[str, Any]:
     Called on every process under ``torchrun`` (the examples are shared out); rank 0 writes the files.
     """
     cfg = run.config
-    attacks = make_eval_attacks(cfg.eval.final_attacks, run.registries, eps=run.eval_eps,
+    attacks = make_eval_attacks(cfg.eval.final_attacks, run.registries, run.eval_threat,
                                 num_classes=run.data.info.num_classes)
     results: dict[str, Any] = {}
     last_state = clone_state(run.student)

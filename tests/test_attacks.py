@@ -117,7 +117,7 @@ EVAL = ["clean", "fgsm", "pgd20", "pgd20_trades", "pgd10", "cw_inf", "apgd_ce"]
 def test_eval_attacks_stay_in_the_ball(regs, batch, name: str) -> None:
     x, y = batch
     model = cnn(0).eval()
-    attack = make_eval_attacks([name], regs, eps=EPS, num_classes=4)[name]
+    attack = make_eval_attacks([name], regs, ThreatModel(eps=EPS), num_classes=4)[name]
     x_adv = attack(model, x, y)
     assert in_ball(x_adv, x, EPS)
     if name != "clean":
@@ -130,12 +130,34 @@ def test_eval_attacks_stay_in_the_ball(regs, batch, name: str) -> None:
 def test_autoattack_stays_in_the_ball(regs, batch, name: str) -> None:
     x, y = batch
     model = cnn(0).eval()
-    x_adv = make_eval_attacks([name], regs, eps=EPS, num_classes=4)[name](model, x[:4], y[:4])
+    x_adv = make_eval_attacks([name], regs, ThreatModel(eps=EPS), num_classes=4)[name](model, x[:4], y[:4])
     assert in_ball(x_adv, x[:4], EPS)
 
 
 def test_eval_step_sizes_follow_the_paper_conventions(regs) -> None:
-    attacks = make_eval_attacks(["pgd20", "pgd20_trades", "cw_inf"], regs, eps=EPS, num_classes=10)
+    attacks = make_eval_attacks(["pgd20", "pgd20_trades", "cw_inf"], regs, ThreatModel(eps=EPS), num_classes=10)
     assert "2/255" in attacks["pgd20"].label
     assert "0.003" in attacks["pgd20_trades"].label
     assert attacks["cw_inf"].steps == 30 and attacks["cw_inf"].kappa == 50
+
+
+def test_eval_attacks_take_a_threat_model(regs, batch) -> None:
+    """Every attack is built at ``threat.eps``; the former ``eps=<float>`` builds the same attacks, with a
+    DeprecationWarning for one release; a missing, doubled or loose-float radius is refused."""
+    x, y = batch
+    model = cnn(0).eval()
+    built = make_eval_attacks(["pgd20", "cw_inf"], regs, ThreatModel(eps="4/255", steps=3), num_classes=4)
+    assert built["pgd20"].eps == built["cw_inf"].eps == 4 / 255
+    with pytest.warns(DeprecationWarning, match=r"pass threat=ThreatModel\(eps=...\)"):
+        former = make_eval_attacks(["pgd20"], regs, eps=4 / 255, num_classes=4)
+    assert former["pgd20"].label == built["pgd20"].label
+    torch.manual_seed(0)
+    x_adv = built["pgd20"](model, x, y)
+    torch.manual_seed(0)
+    assert torch.equal(former["pgd20"](model, x, y), x_adv) and in_ball(x_adv, x, 4 / 255)
+    with pytest.raises(TypeError, match="not neither"):
+        make_eval_attacks(["pgd20"], regs, num_classes=4)
+    with pytest.raises(TypeError, match="not both"):
+        make_eval_attacks(["pgd20"], regs, ThreatModel(), eps=0.03, num_classes=4)
+    with pytest.raises(TypeError, match="must be a ThreatModel"):
+        make_eval_attacks(["pgd20"], regs, 0.03, num_classes=4)  # type: ignore[arg-type]

@@ -157,6 +157,13 @@ def test_parse_fraction() -> None:
     assert ThreatModel(eps=8 / 255, step_size=2 / 255, eps_end=16 / 255).at(1.0).step_size == pytest.approx(4 / 255)
 
 
+def test_eval_threat_is_eval_eps_else_the_training_radius(tiny_config) -> None:
+    """The evaluation's ThreatModel: ``eval.eps`` when set, else ``threat.eps`` (the start of a growing radius)."""
+    assert tiny_config("pgd_at", overrides=["eval.eps=4/255"]).eval_threat == ThreatModel(eps=4 / 255)
+    grown = tiny_config("pgd_at", overrides=["threat.eps=6/255", "threat.eps_end=16/255"])
+    assert grown.eval_threat == ThreatModel(eps=6 / 255)
+
+
 
 
 def test_yaml_merge_keys_work_and_the_mappings_own_keys_win(tmp_path: Path, tiny_raw, regs) -> None:

@@ -294,3 +294,20 @@ def test_iad2_follows_the_official_head(regs) -> None:
     doc = " ".join((iad.__doc__ or "").split())
     assert "does not start as shipped" not in doc and "declares ``--beta`` twice" not in doc
     assert "(WideResNet); here" not in doc and "``ResNet18`` at the repository's HEAD" in doc
+
+
+def test_igdm_over_ciard_keeps_ciards_train_mode_forward_before_the_attack(regs) -> None:
+    """``igdm`` with ``base: ciard`` forwards ``before_attack``: the attack sees the BN statistics of CIARD's
+    train-mode ``S(x)``, so its adversarial examples are plain ``ciard``'s (issue 20: they were not)."""
+    teachers = {"robust": bn_net(1).eval().requires_grad_(False), "natural": bn_net(2).eval().requires_grad_(False)}
+    ciard = regs.methods.get("ciard")
+    ciard_step = engine_step(regs, "ciard", bn_net(0), teachers)
+    x, y = batch()
+    step = Step(x, y, student=bn_net(0).train(), teachers=teachers, epoch=0, epochs=200,
+                threat=ThreatModel(eps=EPS, step_size=STEP_SIZE, steps=STEPS))
+    igdm = regs.outer_losses.build("igdm", {"base": "ciard", "base_kwargs": dict(ciard.outer_loss.kwargs)},
+                                   num_classes=4, batch_size=8, registries=regs)
+    inner, _, frozen = build_parts(regs, "ciard")
+    torch.manual_seed(1)
+    step_loss(step, inner_attack=inner, outer_loss=igdm, teacher_updater=frozen)
+    assert torch.equal(step.x_adv, ciard_step.x_adv)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 
+from robust_distill import ThreatModel
 from robust_distill._io import atomic_save
 from robust_distill.checkpoint import FORMAT, UnsafeCheckpointError, build_from_checkpoint
 from robust_distill.cli import main
@@ -51,7 +52,7 @@ def test_an_exported_student_loads_back_with_the_checkpoints_clean_and_pgd20_acc
         **raw["data"]["options"]))
     bundle = regs.datasets.get("synthetic").load(**raw["data"]["options"])
     x, y = bundle.test_x[:32], bundle.test_y[:32]
-    attacks = make_eval_attacks(["clean", "pgd20"], regs, eps=8 / 255, num_classes=4)
+    attacks = make_eval_attacks(["clean", "pgd20"], regs, ThreatModel(eps=8 / 255), num_classes=4)
     accuracy = evaluate(teacher, x, y, attacks, batch_size=64, seed=0).accuracy
     assert accuracy == summary["final"]["best"]  # exactly: the same network, the same attack and seed
     # and by `robust-distill eval hf-hub:<folder>`, which finds the dataset and eps in the export

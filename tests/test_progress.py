@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from robust_distill import ThreatModel
 from robust_distill import progress as progress_mod
 from robust_distill.evaluation import evaluate, make_eval_attacks
 from robust_distill.progress import Progress, format_duration, progress_mode
@@ -119,7 +120,7 @@ def test_autoattack_reports_its_stages(regs, every_step, capsys: pytest.CaptureF
     torch.manual_seed(0)
     model = regs.student_sources.get("timm").build("convnet_xs", input_shape=(1, 8, 8), num_classes=4)
     x, y = torch.rand(12, 1, 8, 8), torch.randint(0, 4, (12,))
-    attacks = make_eval_attacks(["autoattack_apgd"], regs, eps=0.1, num_classes=4)
+    attacks = make_eval_attacks(["autoattack_apgd"], regs, ThreatModel(eps=0.1), num_classes=4)
     accuracy = evaluate(model, x, y, attacks, batch_size=16, progress=True, desc="test").accuracy["autoattack_apgd"]
     err = capsys.readouterr().err.splitlines()
     ce = [line for line in err if line.startswith("test autoattack_apgd apgd-ce ")]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from robust_distill import DatasetInfo
+from robust_distill import DatasetInfo, ThreatModel
 from robust_distill._compat import import_robustbench
 from robust_distill.config import ConfigError, resolve_config
 from robust_distill.trainer import train
@@ -25,11 +25,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``<model_dir>/cifar10/Linf/<SMALL>.pt`` holding a randomly initialised copy of the architecture."""
     import_robustbench()
     from robustbench.model_zoo import model_dicts
-    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    from robustbench.model_zoo.enums import BenchmarkDataset
+    from robustbench.model_zoo.enums import ThreatModel as RBThreatModel
 
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    model = model_dicts[BenchmarkDataset("cifar10")][ThreatModel("Linf")][SMALL]["model"]()
+    model = model_dicts[BenchmarkDataset("cifar10")][RBThreatModel("Linf")][SMALL]["model"]()
     (root / "cifar10" / "Linf").mkdir(parents=True)
     torch.save(model.state_dict(), root / "cifar10" / "Linf" / f"{SMALL}.pt")
     return root
@@ -147,7 +148,7 @@ def test_our_autoattack_equals_robustbench_benchmark_on_the_same_examples(regs) 
     y[::4] = (y[::4] + 1) % 10
     eps = 1 / 255
     clean_rb, adv_rb = robustbench_benchmark(model, x, y, eps=eps, batch_size=16)
-    attacks = make_eval_attacks(["clean", "autoattack"], regs, eps=eps, num_classes=10)
+    attacks = make_eval_attacks(["clean", "autoattack"], regs, ThreatModel(eps=eps), num_classes=10)
     attacks["autoattack"].batch_size = 16
     ours = evaluate(model, x, y, attacks, batch_size=16).accuracy
     assert ours["clean"] == pytest.approx(clean_rb) and ours["autoattack"] == pytest.approx(adv_rb)
@@ -165,7 +166,7 @@ def test_autoattack_apgd_runs_the_first_two_stages_of_autoattack_standard(regs) 
     with torch.no_grad():
         x = torch.rand(24, 3, 8, 8)
         y = model(x).argmax(1)
-    attacks = make_eval_attacks(["autoattack", "autoattack_apgd"], regs, eps=1 / 255, num_classes=10)
+    attacks = make_eval_attacks(["autoattack", "autoattack_apgd"], regs, ThreatModel(eps=1 / 255), num_classes=10)
     assert "apgd-ce + apgd-t" in attacks["autoattack_apgd"].label
     res = evaluate(model, x, y, attacks, batch_size=24)
     full, apgd = res.correct["autoattack"], res.correct["autoattack_apgd"]

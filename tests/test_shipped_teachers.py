@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import robust_distill
+from robust_distill import ThreatModel
 from robust_distill.evaluation import evaluate, make_eval_attacks
 from robust_distill.trainer import load_teacher
 
@@ -24,7 +25,7 @@ def test_shipped_teacher_is_accurate_and_robust(regs, name: str) -> None:
     bundle = regs.datasets.get("fashion_mnist").load()
     teacher = load_teacher(f"checkpoint:{ASSETS / f'fmnist_teacher_{name}.pt'}", {}, bundle.info, regs)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
-    attacks = make_eval_attacks(["clean", "pgd20"], regs, eps=0.1, num_classes=10)
+    attacks = make_eval_attacks(["clean", "pgd20"], regs, ThreatModel(eps=0.1), num_classes=10)
     acc = evaluate(teacher, bundle.test_x[:200], bundle.test_y[:200], attacks, batch_size=200).accuracy
     clean, robust = EXPECTED[name]
     assert acc["clean"] >= clean

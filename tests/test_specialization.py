@@ -261,7 +261,7 @@ def test_inplane_and_outplane_eval_attacks_split_one_two_restart_pgd(regs) -> No
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(8, 1, 10, 10, generator=g), torch.randint(0, 3, (8,), generator=g)
     model = convnet(0).eval()
-    attacks = make_eval_attacks(["pgd20_inplane", "pgd20_outplane"], regs, eps=EPS, num_classes=3)
+    attacks = make_eval_attacks(["pgd20_inplane", "pgd20_outplane"], regs, ThreatModel(eps=EPS), num_classes=3)
     x_in, x_out = attacks["pgd20_inplane"](model, x, y), attacks["pgd20_outplane"](model, x, y)
     for xa in (x_in, x_out):
         assert (xa - x).abs().max() <= EPS + 1e-6 and 0 <= xa.min() and xa.max() <= 1

@@ -234,7 +234,7 @@ def cmd_specialization(ns: argparse.Namespace) -> int:
     from ..distributed import resolve_device
     from ..evaluation import make_eval_attacks
     from ..plugin import get_registries
-    from ..threat import parse_fraction
+    from ..threat import ThreatModel, parse_fraction
 
     regs = get_registries()
     pairs, thresholds = _check_specialization_args(ns, regs)
@@ -248,7 +248,7 @@ def cmd_specialization(ns: argparse.Namespace) -> int:
     eps = ns.eps if ns.eps is not None else parse_fraction(trained_eps)
     if ns.adversarial:
         from ..data import to_float
-        attack = make_eval_attacks(["pgd20"], regs, eps=eps, num_classes=bundle.info.num_classes)["pgd20"]
+        attack = make_eval_attacks(["pgd20"], regs, ThreatModel(eps=eps), num_classes=bundle.info.num_classes)["pgd20"]
         student = student.to(device).eval()
         x = attack(student, to_float(x, device), y.to(device)).cpu()
     low, high = thresholds

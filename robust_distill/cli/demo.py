@@ -33,6 +33,7 @@ from ..config import ConfigError, resolve_config
 from ..distributed import resolve_device
 from ..evaluation import evaluate, make_eval_attacks
 from ..plugin import Registries, get_registries
+from ..threat import ThreatModel
 from ..trainer import train
 from . import command, integer
 from .eval import markdown_table
@@ -157,7 +158,7 @@ def run_demo(output_dir: Path = Path("runs/demo"), epochs: int | None = None, n_
     _say(f"Evaluating on the first {budget['n_test']} test images ({', '.join(attack_names)})...")
     bundle = regs.datasets.get("fashion_mnist").load()
     x, y = bundle.test_x[:budget["n_test"]], bundle.test_y[:budget["n_test"]]
-    attacks = make_eval_attacks(attack_names, regs, eps=EPS, num_classes=10)
+    attacks = make_eval_attacks(attack_names, regs, ThreatModel(eps=EPS), num_classes=10)
 
     def measure(path: Path, label: str) -> dict[str, Any]:
         model, _ = build_from_checkpoint(path, regs)
