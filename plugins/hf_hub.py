@@ -61,13 +61,17 @@ def load_hub_model(name: str, *, num_classes: int | None = None, in_chans: int |
                            f"({model_args}): {exc}") from None
 
     model = on_meta(build) if meta else build()
-    weights = hub_file(name, WEIGHTS, required=False) or hub_file(name, LEGACY_WEIGHTS)
-    assert weights is not None
-    state = _read_weights(name, weights, trust_checkpoint, meta)
+    if meta and not Path(name).expanduser().is_dir():
+        state = None  # a Hub repo: a check reads its config only, never downloads its weights
+    else:
+        weights = hub_file(name, WEIGHTS, required=False) or hub_file(name, LEGACY_WEIGHTS)
+        assert weights is not None
+        state = _read_weights(name, weights, trust_checkpoint, meta)
     if model is None:
         return None
     try:
-        load_state_dict_checked(model, state) if meta else model.load_state_dict(state)
+        if state is not None:
+            load_state_dict_checked(model, state) if meta else model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"The weights of hf-hub:{name} do not fit {arch}: {exc}") from exc
     if rd:  # robust-distill's export: the normalisation it was trained with
@@ -114,7 +118,8 @@ class HubModels(TeacherSource, StudentSource):
 
     def check(self, name: str, *, dataset: DatasetInfo | None = None, trust_checkpoint: bool = False) -> None:
         """The folder's config, its architecture built on ``meta``, its weights' names and shapes (read from the
-        file's header) and a forward pass on the dataset's input shape: nothing is copied."""
+        file's header) and a forward pass on the dataset's input shape: nothing is copied. For a Hub repo
+        (``user/repo``) only its config is fetched: a check never downloads weights."""
         model = load_hub_model(name, num_classes=None if dataset is None else dataset.num_classes,
                                in_chans=None if dataset is None else dataset.input_shape[0],
                                trust_checkpoint=trust_checkpoint, meta=True)

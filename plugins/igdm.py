@@ -25,10 +25,9 @@ alpha = 20, beta = gamma = 1 (``cifar100.sh``).
 The wrapper builds its base loss through the outer-loss registry (``base``, ``base_kwargs``), so IGDM can be
 added to any registered loss, third-party ones included; the built base is ``IGDMLoss.base_loss``, and the
 wrapper forwards the whole outer-loss contract to it: its ``before_attack`` (CIARD's train-mode ``S(x)``) and
-its state, if any (checkpointed through the wrapper). ``base_kwargs`` is *one* option: the config merges a part's
-kwargs key by key, so a config or ``--set outer_loss.kwargs.base_kwargs.x=...`` that sets it replaces the
-method's whole ``base_kwargs`` (restate ``kl_reduction: batchmean`` when changing ``adaad_igdm``'s), and a new
-``base`` needs its own ``base_kwargs``.
+its state, if any (checkpointed through the wrapper). The config merges ``base_kwargs`` key by key like any
+mapping (``--set outer_loss.kwargs.base_kwargs.alpha=0.5`` keeps ``adaad_igdm``'s ``kl_reduction: batchmean``), so
+a new ``base`` keeps the previous base's options unless they are overridden: give it the ``base_kwargs`` it takes.
 
 Methods (parts and defaults of the official scripts):
 

@@ -267,7 +267,7 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
     :param n_examples: the first N examples of the split (``None`` or 0: all; streamed datasets: N spread over
         the split).
     :param eps: L-inf radius (``0.031`` or ``"8/255"``, in (0, 1]: a :class:`~robust_distill.ThreatModel`'s eps);
-        default: the checkpoint's training eps, else 8/255.
+        default: the run's evaluation radius (its ``eval.eps``, else ``threat.eps``), else 8/255.
     :param surrogate: a model spec: adds transfer attacks (PGD-20 and CW-inf crafted on it).
     :param concurrency: AutoAttack chunks attacked at once, each by its own process (``auto``: several on CUDA,
         as memory allows; 1 on CPU); the per-example results do not depend on it.
@@ -277,6 +277,7 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
     (:func:`~robust_distill.evaluation.evaluate_set`), so a result does not depend on the other examples.
     """
     from ._io import InputError
+    from .config import stored_eval_eps
     from .data import TensorEvalSet, make_splits
     from .distributed import resolve_device
     from .evaluation import TransferAttack, evaluate_set, make_eval_attacks
@@ -320,7 +321,7 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
         else:
             eval_set = data
         num_classes = _num_classes(model, eval_set, dev)
-    threat = ThreatModel(eps=cfg.get("threat", {}).get("eps", 8 / 255) if eps is None else eps)
+    threat = ThreatModel(eps=stored_eval_eps(cfg, 8 / 255) if eps is None else eps)  # the run's evaluation radius
     names = [a.strip() for a in attacks.split(",")] if isinstance(attacks, str) else list(attacks)
     built = make_eval_attacks([a for a in names if a], regs, threat, num_classes=num_classes)
     if surrogate:

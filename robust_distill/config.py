@@ -43,7 +43,7 @@ from .threat import ThreatModel, parse_fraction
 
 __all__ = ["Config", "ConfigError", "load_config", "resolve_config", "apply_overrides", "config_to_dict", "read_yaml",
            "StrictLoader", "config_differences", "RESUME_MAY_DIFFER", "ResumeMismatchError", "plain_data",
-           "effective_config"]
+           "effective_config", "stored_eval_eps"]
 
 SCHEMA_VERSION = 1
 #: ``optim.compile`` values besides true/false: ``torch.compile`` modes
@@ -183,6 +183,14 @@ class Config:
         """The evaluation's L-inf ball: radius ``eval.eps``, else ``threat.eps`` (the starting radius when
         ``threat.eps_end`` grows it). Only the ball is used: each evaluation attack has its own steps."""
         return ThreatModel(eps=self.eval.eps if self.eval.eps is not None else self.threat.eps)
+
+
+def stored_eval_eps(stored: Mapping[str, Any] | None, default: Any = None) -> Any:
+    """:attr:`Config.eval_threat`'s rule on a config stored as plain data (a checkpoint's ``config``): its
+    ``eval.eps``, else its ``threat.eps``, else ``default`` (as written there: a number or ``"8/255"``)."""
+    stored = stored or {}
+    eps = (stored.get("eval") or {}).get("eps")
+    return eps if eps is not None else (stored.get("threat") or {}).get("eps", default)
 
 
 _PART_FIELDS = ("inner_attack", "outer_loss", "teacher_updater")
@@ -869,7 +877,7 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any],
                        may_differ: tuple[str, ...] = RESUME_MAY_DIFFER) -> list[str]:
     """``key: old -> new`` for every key whose value differs between two plain config dicts, except
     ``may_differ`` (dotted keys; ``"eval.*"`` covers a whole section)."""
-    a, b = _flat(old), _flat(new)
+    a, b = _renamed_options(_flat(old)), _flat(new)
     defaults = _flat(plain_data(_field_defaults(Config)))
 
     def free(key: str) -> bool:
@@ -884,6 +892,23 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any],
 
     return [f"{k}: {show(a.get(k, _UNSET))} -> {show(b.get(k, _UNSET))}" for k in sorted(a.keys() | b.keys())
             if not free(k) and not added_at_default(k) and a.get(k, _UNSET) != b.get(k, _UNSET)]
+
+
+#: outer-loss options renamed since a stored config was written: (loss key, old name) -> new name
+RENAMED_OPTIONS = {("ard", "reduction"): "kl_reduction", ("adaad", "reduction"): "kl_reduction"}
+
+
+def _renamed_options(flat: dict[str, Any]) -> dict[str, Any]:
+    """A stored flat config with its renamed outer-loss options under their new names (the loss's own kwargs,
+    or a wrapper's ``base_kwargs`` such as IGDM's), so that a run started before a rename still resumes."""
+    prefixes = {"outer_loss.kwargs.": flat.get("outer_loss.key"),
+                "outer_loss.kwargs.base_kwargs.": flat.get("outer_loss.kwargs.base")}
+    out = {}
+    for key, value in flat.items():
+        prefix, _, name = key.rpartition(".")
+        new = RENAMED_OPTIONS.get((prefixes.get(prefix + "."), name))
+        out[f"{prefix}.{new}" if new else key] = value
+    return out
 
 
 def _field_defaults(cls: type) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import yaml
 from ._io import atomic_write, atomic_write_text
 from .checkpoint import build_from_checkpoint, load_checkpoint
 from .components import split_spec
+from .config import stored_eval_eps
 from .threat import format_eps, parse_fraction
 
 __all__ = ["export_model", "read_hub_config", "hub_file", "model_card", "robustbench_model_info", "check_robustbench",
@@ -141,7 +142,6 @@ def export_model(run_or_checkpoint: str | os.PathLike[str], out_dir: str | os.Pa
     mean = model.mean.flatten().tolist() if wrapped else [0.0] * channels
     std = model.std.flatten().tolist() if wrapped else [1.0] * channels
     config = ckpt.get("config") or (yaml.safe_load((run_dir / "config.yaml").read_text()) if run_dir else {})
-    eval_cfg, threat = config.get("eval", {}), config.get("threat", {})
     pretrained = getattr(network, "pretrained_cfg", {}) or {}
     hub_config = {
         "architecture": arch,
@@ -154,7 +154,7 @@ def export_model(run_or_checkpoint: str | os.PathLike[str], out_dir: str | os.Pa
         "robust_distill": {
             "key": f"timm:{arch}", "kwargs": kwargs, "dataset": spec.get("dataset"),
             "input_shape": list(spec["input_shape"]), "input_range": [0.0, 1.0], "threat_model": "Linf",
-            "eps": eval_cfg.get("eps") or threat.get("eps"), "method": config.get("method"),
+            "eps": stored_eval_eps(config), "method": config.get("method"),
             "teachers": {role: t.get("key") for role, t in (config.get("teachers") or {}).items()},
             "epoch": ckpt.get("epoch"), "parameters": sum(p.numel() for p in network.parameters()),
             "evaluation": dict(results) if results is not None else recorded_results(run_dir, which, config),

@@ -131,6 +131,21 @@ def test_the_former_name_reduction_still_works_for_one_release(tiny_raw, regs, m
     assert loss.kl_reduction == "batchmean"
 
 
+def test_a_run_stored_with_the_former_name_still_resumes() -> None:
+    """A ``last.pt`` written before the rename (``reduction`` on ARD/AdaAD, also as IGDM's base) is the same
+    config as today's ``kl_reduction``; another loss's own ``reduction`` option is not renamed."""
+    from robust_distill.config import config_differences
+
+    def cfg(key: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {"method": key, "outer_loss": {"key": key, "kwargs": kwargs}}
+
+    new = cfg("adaad", {"kl_reduction": "batchmean"})
+    assert config_differences(cfg("adaad", {"reduction": "batchmean"}), new) == []
+    old = cfg("igdm", {"base": "adaad", "base_kwargs": {"reduction": "batchmean"}})
+    assert config_differences(old, cfg("igdm", {"base": "adaad", "base_kwargs": {"kl_reduction": "batchmean"}})) == []
+    assert config_differences(cfg("oracle_ce", {"reduction": "mean"}), cfg("oracle_ce", {"kl_reduction": "mean"}))
+
+
 # -- per method: batchmean by hand, and the factor C --------------------------------------------------
 
 

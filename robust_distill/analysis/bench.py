@@ -256,7 +256,8 @@ def _finish(run: GridRun, started: Started, code: int | None, log: Any) -> str:
         atomic_write_json({"state": "done", **record}, run.status_file)
         log(f"  done    {run.name} ({minutes:.1f} min)")
         return "done"
-    tail = (run.folder / "train.log").read_text(errors="replace").strip().splitlines()[-12:]
+    log_file = run.folder / "train.log"  # absent when a job never ran (cancelled while queued, a lost node)
+    tail = log_file.read_text(errors="replace").strip().splitlines()[-12:] if log_file.is_file() else []
     error = "\n".join(line for line in [*tail, started.info.get("error", "")] if line.strip())
     atomic_write_json({"state": "failed", "returncode": code, **record, "error": error}, run.status_file)
     log(f"  FAILED  {run.name} ({signal_name(code)}); see {run.folder / 'train.log'}")

@@ -208,7 +208,13 @@ class LocalLauncher(Launcher):
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         logfile = open(folder / "train.log", "ab")  # noqa: SIM115  (closed by release)
-        proc = subprocess.Popen(train_command(folder, self.torchrun), env=env, stdout=logfile, stderr=logfile)
+        try:
+            proc = subprocess.Popen(train_command(folder, self.torchrun), env=env, stdout=logfile, stderr=logfile)
+        except BaseException:  # not started: its log and its GPU slot are free again
+            logfile.close()
+            if gpu is not None:
+                self.active[gpu] -= 1
+            raise
         self.running += 1
         run = Started(folder, attempt, time.time(), proc, gpu, logfile, {"gpu": gpu} if gpu is not None else {})
         atomic_write_json({"state": "running", "started": run.started, "attempt": attempt, "pid": proc.pid,
@@ -278,10 +284,13 @@ class SubmititLauncher(Launcher):
 
     def __init__(self, folder: Path, cluster: str = "slurm", slurm: Mapping[str, Any] | None = None,
                  threads: int | None = None, torchrun: int | None = None, resubmit: int = 2,
-                 dry_run: bool = False) -> None:
+                 dry_run: bool = False, parallel: int | None = None) -> None:
         self.submitit = import_optional("submitit", extra="slurm", feature="the submitit launcher (launcher: submitit)")
         self.folder, self.cluster, self.slurm = folder, cluster, dict(slurm or {})
         self.torchrun, self.resubmit = torchrun, resubmit
+        # cluster: local runs the jobs on this machine: `parallel` at a time (the cluster queues Slurm's)
+        self.capacity = (parallel or 1) if cluster == "local" else None
+        self.running = 0
         threads = threads or self.slurm.get("cpus_per_task")
         self.env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
         valid = sorted(self.submitit.SlurmExecutor._valid_parameters() - _INTERNAL_SLURM_KEYS)
@@ -303,10 +312,13 @@ class SubmititLauncher(Launcher):
     def executor(self) -> Any:
         """submitit's executor, made at the first submission (it creates its folder)."""
         if self._executor is None:
-            if self.cluster == "local":
+            if self.cluster == "local":  # submitit hides every GPU from a job unless given some
+                gpus = visible_gpus()
                 self._executor = self.submitit.LocalExecutor(self.folder)
                 self._executor.update_parameters(timeout_min=self.slurm.get("time", _NO_LIMIT_MIN),
-                                                 gpus_per_node=self.slurm.get("gpus_per_node", 0))
+                                                 gpus_per_node=self.slurm.get("gpus_per_node", len(gpus)),
+                                                 visible_gpus=[int(g) for g in gpus] if all(
+                                                     g.isdigit() for g in gpus) else ())
             else:
                 self._executor = self.submitit.SlurmExecutor(self.folder)
                 try:
@@ -316,7 +328,14 @@ class SubmititLauncher(Launcher):
         return self._executor
 
     def describe(self) -> str:
-        return f"submitit ({self.cluster}), one job per run"
+        at_once = f", {self.capacity} at a time" if self.capacity else ""
+        return f"submitit ({self.cluster}), one job per run{at_once}"
+
+    def has_room(self) -> bool:
+        return self.capacity is None or self.running < self.capacity
+
+    def release(self, run: Started) -> None:
+        self.running -= 1
 
     def start(self, folder: Path, attempt: int) -> Started:
         executor = self.executor
@@ -326,6 +345,7 @@ class SubmititLauncher(Launcher):
         atomic_write_json({"state": "submitted", "started": started, "attempt": attempt, "bench_pid": os.getpid(),
                            "cluster": self.cluster}, folder / "status.json")
         job = executor.submit(TrainJob(str(folder), self.torchrun, self.env))
+        self.running += 1
         return Started(folder, attempt, started, job, info={"job_id": job.job_id})
 
     def poll(self, run: Started) -> tuple[bool, int | None]:
@@ -365,7 +385,7 @@ def make_launcher(grid: Mapping[str, Any], out_dir: Path, *, parallel: int | Non
     threads, torchrun = grid.get("threads_per_run"), grid.get("torchrun")
     if name == "submitit":
         return SubmititLauncher(out_dir / ".submitit", spec.get("cluster", "slurm"), spec.get("slurm"),
-                                threads, torchrun, resubmit, dry_run)
+                                threads, torchrun, resubmit, dry_run, parallel or grid.get("parallel"))
     slots = slots_per_gpu or spec.get("slots_per_gpu")
     gpus = visible_gpus() if slots else []
     if slots and not gpus:

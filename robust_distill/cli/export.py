@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from .. import hookimpl
+from ..config import stored_eval_eps
 from . import command, integer
 from .eval import _options
 
@@ -44,7 +45,7 @@ def run_export(ns: argparse.Namespace) -> Path:
     ckpt = load_checkpoint(ckpt_path, mmap=True)
     ckpt = ckpt if isinstance(ckpt, dict) else {}  # not a robust-distill checkpoint: export_model says so
     cfg = ckpt.get("config") or {}
-    eps = cfg.get("eval", {}).get("eps") or cfg.get("threat", {}).get("eps")  # the run's evaluation radius
+    eps = stored_eval_eps(cfg)  # the run's evaluation radius
     if ns.robustbench and "model" in ckpt:  # refused before any evaluation: the leaderboard, the names
         check_robustbench(ckpt["model"].get("dataset"), eps, info, ns.robustbench)
     results = None
