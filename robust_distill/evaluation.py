@@ -225,6 +225,9 @@ class ChunkWorkers:
     def __init__(self, n: int, model: nn.Module, attacks: Mapping[str, EvalAttack], opts: _ChunkOptions) -> None:
         buf = io.BytesIO()
         what = f"evaluation concurrency {n} needs the model and the attacks ({', '.join(attacks)}) in worker processes"
+        if getattr(model, "_compiled_call_impl", None) is not None:  # a copy would run eagerly: other bits
+            raise ValueError(f"{what}, but the model is compiled (optim.compile) and a pickled copy runs eagerly, "
+                             "which rounds differently. Use concurrency 1.")
         try:
             torch.save({"model": model, "attacks": dict(attacks)}, buf)
         except Exception as exc:  # a lambda, a local class, an open file inside the model or an attack
@@ -239,7 +242,14 @@ class ChunkWorkers:
                                         initargs=(buf.getvalue(), replace(opts, progress=False), _numerics(),
                                                   threads))
         # n questions start the n processes at once (the pool starts one per task when none is idle)
-        problem = next(filter(None, [f.result() for f in [self.pool.submit(_worker_ready) for _ in range(n)]]), None)
+        try:
+            problem = next(filter(None, [f.result() for f in [self.pool.submit(_worker_ready) for _ in range(n)]]),
+                           None)
+        except BrokenProcessPool:  # e.g. a script without `if __name__ == "__main__":`, which spawn re-runs
+            self.close(failed=True)
+            raise ValueError(f"{what}, but a worker process died while starting (a script that evaluates must "
+                             "guard its top level with `if __name__ == \"__main__\":`, which spawned processes "
+                             "re-run; or the device or host memory is exhausted). Use concurrency 1.") from None
         if problem:
             self.close(failed=True)
             raise ValueError(f"{what}, but a worker cannot load them ({problem}); a worker imports the model's "

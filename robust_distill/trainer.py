@@ -407,7 +407,7 @@ def train(cfg: Config, *, regs: Registries | None = None, pm: PluginManager | No
     dist_ctx = init_distributed(cfg.device)
     flags = torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()
     try:
-        with _own_output_dir(Path(cfg.output_dir), dist_ctx):
+        with _own_output_dir(Path(cfg.output_dir), dist_ctx, resume):
             loggers = Loggers.build(cfg.logging, regs.loggers, Path(cfg.output_dir), enabled=dist_ctx.is_main)
             try:
                 return _train(cfg, regs, pm, dist_ctx, loggers, resume, stop_after_epochs)
@@ -420,7 +420,7 @@ def train(cfg: Config, *, regs: Registries | None = None, pm: PluginManager | No
 
 
 @contextmanager
-def _own_output_dir(out: Path, dist_ctx: DistContext) -> Iterator[None]:
+def _own_output_dir(out: Path, dist_ctx: DistContext, resume: bool = True) -> Iterator[None]:
     """Rank 0 holds the folder's lock for the whole run (every rank fails together when another process holds
     it), then removes the temp files that writes interrupted by a kill left behind. A write that fails says
     what the same command will do next (:func:`_resumes_from`)."""
@@ -442,7 +442,9 @@ def _own_output_dir(out: Path, dist_ctx: DistContext) -> Iterator[None]:
                       f"{', '.join(removed)}", file=sys.stderr, flush=True)
         yield
     except WriteError as exc:
-        raise type(exc)(exc.errno, f"{exc} {_resumes_from(out)}.", exc.filename) from exc
+        then = _resumes_from(out) if resume else ("The same command (--no-resume) starts over; without "
+                                                   "--no-resume, `train` resumes from the last finished epoch")
+        raise type(exc)(exc.errno, f"{exc} {then}.", exc.filename) from exc
     finally:
         lock.release()
 

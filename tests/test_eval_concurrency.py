@@ -146,6 +146,16 @@ def test_a_model_workers_cannot_load_is_refused_with_the_reason_or_under_auto_ev
                                                                  concurrency=1).correct["autoattack_apgd"])
 
 
+def test_a_compiled_model_is_not_copied_into_workers_that_would_run_it_eagerly(regs) -> None:
+    """A pickled copy of a compiled module runs eagerly (other rounding): refused, and never started."""
+    model, x, y, _ = worker.setup()
+    model.compile()  # marks the module compiled; nothing is compiled before its first call
+    attacks = {"autoattack_apgd": regs.eval_attacks.build("autoattack_apgd", {"batch_size": 10}, eps=worker.EPS,
+                                                          num_classes=4)}
+    with pytest.raises(ValueError, match=r"the model is compiled \(optim.compile\).*runs eagerly.*concurrency 1"):
+        evaluate(model, x, y, attacks, concurrency=2)
+
+
 def test_concurrency_is_auto_or_a_positive_integer_in_the_api_the_config_and_the_cli(tiny_config) -> None:
     from robust_distill.config import ConfigError
 
