@@ -595,8 +595,8 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
         root_missing = root_kind is not None and not downloads and root_kind == "nothing"
         if root_missing:
             problems.append(f"data.root: folder {cfg.data.root!r} does not exist.")
-        elif root_kind not in (None, "nothing", "a folder"):
-            problems.append(f"data.root: {cfg.data.root!r} is {root_kind}, not a folder.")
+        elif root_kind not in (None, "nothing", "a folder", "a file"):  # a dataset plugin may read one file
+            problems.append(f"data.root: {cfg.data.root!r} is {root_kind}, not a folder or a file.")
         if len(problems) == n_problems + root_missing:  # image datasets read their folders: bad files fail now
             try:
                 info = dataset_info(dataset, cfg.data.root, cfg.data.options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 import sys
 from collections.abc import Iterator
@@ -130,7 +131,9 @@ def test_tensorboard_and_offline_wandb_record_config_intervals_epochs_table_and_
 
     wb = wandb_run(out)
     run_id = (out / "wandb" / "run_id").read_text().strip()
-    assert len(wb["runs"]) == 2 and all(r.endswith(f"-{run_id}") for r in wb["runs"])  # the resume continued it
+    # the resume continued the same W&B run; wandb adds "-1" to the folder when both started in the same second
+    assert len(wb["runs"]) == 2 and all(re.fullmatch(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?", r)
+                                        for r in wb["runs"]), wb["runs"]
     epochs = [h for h in wb["history"] if "val/pgd20" in h]
     assert [(h["_step"], h["epoch"], h["val/pgd20"]) for h in epochs] == [
         (4 * (e + 1), e + 1, pytest.approx(r["val_pgd20"])) for e, r in enumerate(rows)]
