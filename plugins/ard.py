@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
-from robust_distill.losses import KLReduction, check_kl_reduction, kl_div
+from robust_distill.core.losses import KLReduction, check_kl_reduction, kl_div
 from robust_distill_plugins.inner_attacks import ARD_PGD
 
 

@@ -8,9 +8,9 @@ from typing import Any
 from torch import nn
 
 from robust_distill import DatasetInfo, TeacherSource, hookimpl
-from robust_distill.checkpoint import build_from_checkpoint
-from robust_distill.plugin import get_registries
-from robust_distill.preflight import check_input_file, check_input_shape
+from robust_distill.core.manager import get_registries
+from robust_distill.core.preflight import check_input_file, check_input_shape
+from robust_distill.files.checkpoint import build_from_checkpoint
 
 
 def _arch(arch: Any) -> dict[str, Any] | None:

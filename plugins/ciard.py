@@ -69,9 +69,9 @@ from dataclasses import replace
 from torch import Tensor
 
 from robust_distill import Method, Part, Step, hookimpl, training_defaults
-from robust_distill.components import epochs_of
-from robust_distill.distributed import global_mean
-from robust_distill.losses import KLReduction, divisor, kl_div
+from robust_distill.core.components import epochs_of
+from robust_distill.core.losses import KLReduction, divisor, kl_div
+from robust_distill.engine.distributed import global_mean
 from robust_distill_plugins.inner_attacks import MTARD_PGD
 from robust_distill_plugins.schedules import ciard_schedule, cos_exp
 from robust_distill_plugins.two_teacher import KL_EPS, TwoTeacherLoss

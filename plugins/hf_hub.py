@@ -1,9 +1,9 @@
 """``hf-hub:<folder or user/repo[@revision]>`` teachers and students: timm / Hugging Face Hub model folders.
 
-What ``robust-distill export`` writes (:mod:`robust_distill.hub`), and timm models on the Hub. The files come
+What ``robust-distill export`` writes (:mod:`robust_distill.export`), and timm models on the Hub. The files come
 from the folder, or from the Hub through ``huggingface_hub`` and its cache (``HF_HUB_OFFLINE=1`` loads
 cached repos without a network). The architecture is built with ``timm.create_model`` and the weights read by
-:func:`robust_distill.checkpoint.load_file`: ``model.safetensors`` with safetensors, a ``pytorch_model.bin``
+:func:`robust_distill.files.checkpoint.load_file`: ``model.safetensors`` with safetensors, a ``pytorch_model.bin``
 with ``torch.load(weights_only=True)``; never by timm's ``load_state_dict_from_hf``, which unpickles ``.bin``
 files with ``weights_only=False``. Inputs are in [0, 1]: robust-distill's exports restore the normalisation
 they were trained with, other timm models get their ``pretrained_cfg`` mean/std inside the model.
@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from robust_distill import DatasetInfo, StudentSource, TeacherSource, hookimpl
-from robust_distill.checkpoint import CheckpointError, load_file
-from robust_distill.hub import CONFIG, LEGACY_WEIGHTS, WEIGHTS, HubError, hub_file, read_hub_config
-from robust_distill.preflight import check_input_shape, load_state_dict_checked, on_meta
+from robust_distill.core.preflight import check_input_shape, load_state_dict_checked, on_meta
+from robust_distill.errors import CheckpointError, HubError
+from robust_distill.files.checkpoint import load_file
+from robust_distill.files.hub import CONFIG, LEGACY_WEIGHTS, WEIGHTS, hub_file, read_hub_config
 
 from .timm_students import _normalize, _timm
 

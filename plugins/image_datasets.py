@@ -1,4 +1,4 @@
-"""Datasets read from image files, streamed by ``DataLoader`` workers (:mod:`robust_distill.streaming`).
+"""Datasets read from image files, streamed by ``DataLoader`` workers (:mod:`robust_distill.data.streaming`).
 
 * ``image_folder``: a user's own images, ``root/<split>/<class>/*.png|jpg|...`` (torchvision's
   ``ImageFolder`` layout, class indices in sorted folder order); ``root/train`` is the training split and
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from robust_distill import DataBundle, DatasetInfo, StreamedBundle, hookimpl
-from robust_distill.streaming import (
+from robust_distill.data.streaming import (
     IMG_EXTENSIONS,
     CropFlip,
     ImageList,
@@ -292,7 +292,8 @@ class ImageNet:
     def _names(base: Path, wnids: tuple[str, ...]) -> tuple[str, ...]:
         meta = base / "meta.bin"
         if meta.is_file():
-            from robust_distill.checkpoint import CheckpointError, load_checkpoint
+            from robust_distill.errors import CheckpointError
+            from robust_distill.files.checkpoint import load_checkpoint
 
             try:
                 wnid_to_classes = load_checkpoint(meta)[0]

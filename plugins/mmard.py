@@ -31,8 +31,8 @@ import torch
 from torch import Tensor
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
-from robust_distill.attacks import BNMode, InnerPGD, Start
-from robust_distill.losses import js_divergence, kl_div
+from robust_distill.core.attacks import BNMode, InnerPGD, Start
+from robust_distill.core.losses import js_divergence, kl_div
 
 
 def teacher_margin(logits: Tensor, y: Tensor) -> Tensor:

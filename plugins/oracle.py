@@ -47,10 +47,10 @@ from robust_distill import (
     hookimpl,
     training_defaults,
 )
-from robust_distill.attacks import BNMode, InnerPGD, Start
-from robust_distill.components import split_spec
-from robust_distill.data import iterate_eval, to_float
-from robust_distill.losses import Reduction, squared_l2
+from robust_distill.core.attacks import BNMode, InnerPGD, Start
+from robust_distill.core.components import split_spec
+from robust_distill.core.losses import Reduction, squared_l2
+from robust_distill.data.memory import iterate_eval, to_float
 
 OracleLoss = Literal["l2", "ce"]
 OracleTarget = Literal["teacher_adv", "teacher_clean"]
@@ -193,7 +193,7 @@ class OracleDataset:
     name = "oracle"
 
     def _base(self, base: str) -> Any:
-        from robust_distill.plugin import get_registries
+        from robust_distill.core.manager import get_registries
 
         return get_registries().datasets.get(base)
 
@@ -211,8 +211,8 @@ class OracleDataset:
     def load(self, root: str | None = None, base: str = "fashion_mnist", teacher: str | None = None,
              teacher_kwargs: dict | None = None, base_options: dict | None = None, device: str = "cpu",
              batch_size: int = 500) -> DataBundle:
-        from robust_distill.distributed import resolve_device
-        from robust_distill.plugin import get_registries
+        from robust_distill.core.manager import get_registries
+        from robust_distill.engine.distributed import resolve_device
 
         info = self.info(base, teacher, teacher_kwargs, base_options, device, batch_size)
         bundle = self._base(base).load(root=root, **(base_options or {}))

@@ -18,7 +18,7 @@ where. ``Chen2020Adversarial`` outputs probabilities, so it is wrapped to return
 (valid logits for every softmax-based loss). robustbench is imported lazily, in the hooks' objects.
 
 RobustBench's ``load_model`` calls ``torch.load`` without ``weights_only`` (unsafe on torch < 2.6 or with
-``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``): it runs inside :func:`robust_distill.checkpoint.weights_only_loads`,
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``): it runs inside :func:`robust_distill.files.checkpoint.weights_only_loads`,
 so a file in ``model_dir`` is only ever read as weights (numpy scalars allowed). ``trust_checkpoint: true``
 is the explicit opt-in for files that pickle more.
 """
@@ -35,7 +35,8 @@ from torch import nn
 
 from robust_distill import DatasetInfo, TeacherSource, hookimpl
 from robust_distill._compat import import_robustbench
-from robust_distill.checkpoint import CheckpointError, weights_only_loads
+from robust_distill.errors import CheckpointError
+from robust_distill.files.checkpoint import weights_only_loads
 
 #: RobustBench models whose forward returns probabilities instead of logits.
 PROBABILITY_OUTPUTS = frozenset({"Chen2020Adversarial"})

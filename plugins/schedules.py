@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from robust_distill import hookimpl
-from robust_distill.components import epochs_of
+from robust_distill.core.components import epochs_of
 
 
 def multistep(epochs: int, milestones: Sequence[float] = (100, 150), gamma: float = 0.1,

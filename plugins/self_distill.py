@@ -39,8 +39,8 @@ import torch
 from torch import Tensor, nn
 
 from robust_distill import RunContext, Step, TeacherUpdater, hookimpl
-from robust_distill.checkpoint import build_from_checkpoint
-from robust_distill.distributed import clone_state
+from robust_distill.engine.distributed import clone_state
+from robust_distill.files.checkpoint import build_from_checkpoint
 
 __all__ = ["SelfTeacher", "SelfBest", "SelfLast",
            "SelfEMA"]

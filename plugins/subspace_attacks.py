@@ -36,8 +36,8 @@ from robust_distill.analysis.subspace import (
     pgd_restarts,
     select_by_subspace,
 )
-from robust_distill.attacks import BNMode, Start
-from robust_distill.threat import format_eps
+from robust_distill.core.attacks import BNMode, Start
+from robust_distill.core.threat import format_eps
 from robust_distill_plugins.oracle import ROLE, OracleLoss, OraclePGD, OracleTarget, oracle_method
 
 

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from robust_distill import OuterLoss, Step
-from robust_distill.components import epochs_of
-from robust_distill.distributed import all_reduce_mean
-from robust_distill.losses import KLReduction, check_kl_reduction, kl_div
+from robust_distill.core.components import epochs_of
+from robust_distill.core.losses import KLReduction, check_kl_reduction, kl_div
+from robust_distill.engine.distributed import all_reduce_mean
 
 __all__ = ["KL_EPS", "Balance", "Temperatures", "neg_entropy", "entropy_temperatures", "mtard_weights",
            "normalised_weights", "TwoTeacherLoss"]

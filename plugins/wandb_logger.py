@@ -17,7 +17,7 @@ import yaml
 
 from robust_distill import Logger, RunContext, hookimpl
 from robust_distill._compat import import_optional
-from robust_distill.tracking import final_table
+from robust_distill.results.tables import final_table
 
 
 def _wandb() -> Any:

@@ -20,7 +20,7 @@ and declare it in your distribution's ``setup.cfg``::
         my_plugin = my_plugin
 
 After ``pip install``, ``robust-distill plugins`` lists it and ``method: rslad_t2`` works in a config.
-``docs/plugins.md`` is the plugin author's guide; ``robust_distill.hookspecs`` specifies every hook.
+``docs/plugins.md`` is the plugin author's guide; ``robust_distill.core.hookspecs`` specifies every hook.
 
 From Python (a notebook, a script): :func:`train`, :func:`evaluate`, :func:`load_model`, :func:`list_methods`,
 :func:`list_attacks` and :func:`registries` (:mod:`robust_distill.api`)::
@@ -40,8 +40,8 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("robust_distill")
 """Marker for hook implementations: ``@hookimpl def rd_register_methods(registry): ...``."""
 
-from .api import Evaluation, evaluate, list_attacks, list_methods, load_model, registries, train  # noqa: E402
-from .components import (  # noqa: E402
+from robust_distill.api import Evaluation, evaluate, list_attacks, list_methods, load_model, registries, train  # noqa: E402
+from robust_distill.core.components import (  # noqa: E402
     DataBundle,
     DatasetInfo,
     EvalAttack,
@@ -56,11 +56,11 @@ from .components import (  # noqa: E402
     TeacherUpdater,
     training_defaults,
 )
-from .context import RunContext  # noqa: E402
-from .registry import Registry  # noqa: E402
-from .step import Step  # noqa: E402
-from .threat import ThreatModel  # noqa: E402
-from .tracking import Logger  # noqa: E402
+from robust_distill.core.context import RunContext  # noqa: E402
+from robust_distill.core.registry import Registry  # noqa: E402
+from robust_distill.core.step import Step  # noqa: E402
+from robust_distill.core.threat import ThreatModel  # noqa: E402
+from robust_distill.engine.tracking import Logger  # noqa: E402
 
 __all__ = [
     "__version__", "hookimpl", "Registry", "Step", "ThreatModel", "Method", "Part", "Stateful",

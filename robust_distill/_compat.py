@@ -22,12 +22,10 @@ import types
 import warnings
 from typing import Any
 
+from robust_distill.errors import MissingDependencyError
+
 __all__ = ["import_robustbench", "import_autoattack", "import_optional", "AutoAttackAdapter",
            "robustbench_benchmark", "MissingDependencyError"]
-
-
-class MissingDependencyError(ImportError):
-    """An optional library needed by a plugin is not installed."""
 
 
 def import_optional(module: str, *, extra: str, feature: str, package: str | None = None) -> types.ModuleType:

@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from robust_distill import ThreatModel
-from robust_distill._io import atomic_save
-from robust_distill.checkpoint import FORMAT, UnsafeCheckpointError, build_from_checkpoint
 from robust_distill.cli import main
-from robust_distill.components import DatasetInfo
 from robust_distill.config import resolve_config
-from robust_distill.evaluation import evaluate, make_eval_attacks
-from robust_distill.hub import HubError, export_model
-from robust_distill.trainer import train
+from robust_distill.core.components import DatasetInfo
+from robust_distill.engine.evaluation import evaluate, make_eval_attacks
+from robust_distill.engine.trainer import train
+from robust_distill.errors import HubError, UnsafeCheckpointError
+from robust_distill.files.atomic import atomic_save
+from robust_distill.files.checkpoint import FORMAT, build_from_checkpoint
+from robust_distill.export import export_model
 
 from .test_security import evil
 
@@ -180,7 +181,7 @@ ROBUSTBENCH_FILE = json.loads((Path(__file__).parent / "fixtures" / "robustbench
 
 
 def test_the_model_info_has_robustbenchs_keys_in_its_order_and_its_value_types() -> None:
-    from robust_distill.hub import robustbench_model_info
+    from robust_distill.export import robustbench_model_info
 
     evaluation = {"split": "test", "n_examples": 10_000, "accuracy": {"clean": 0.625, "autoattack": 0.375,
                                                                       "pgd20": 0.5}}

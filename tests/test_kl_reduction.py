@@ -20,8 +20,9 @@ from torch import Tensor
 
 from robust_distill import Step, ThreatModel
 from robust_distill.analysis.bench import expand_grid, load_grid, run_grid
-from robust_distill.config import ConfigError, resolve_config
-from robust_distill.losses import divisor, kl_div
+from robust_distill.config import resolve_config
+from robust_distill.core.losses import divisor, kl_div
+from robust_distill.errors import ConfigError
 from robust_distill_plugins.ciard import magnitude_scale
 
 from .handcalc import B, C, D, kl_by_hand, linear, softmax

@@ -14,15 +14,10 @@ import pytest
 import torch
 
 from robust_distill import DatasetInfo
-from robust_distill.checkpoint import (
-    CheckpointError,
-    UnsafeCheckpointError,
-    load_checkpoint,
-    load_file,
-    weights_only_loads,
-)
 from robust_distill.cli import main
-from robust_distill.trainer import train
+from robust_distill.engine.trainer import train
+from robust_distill.errors import CheckpointError, UnsafeCheckpointError
+from robust_distill.files.checkpoint import load_checkpoint, load_file, weights_only_loads
 
 from .conftest import needs_robustbench
 

@@ -45,10 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._compat import import_optional
-from .._io import atomic_write_json
-from .._proc import guarded
-from ..config import ConfigError
+from robust_distill._compat import import_optional
+from robust_distill.engine.processes import guarded
+from robust_distill.errors import ConfigError
+from robust_distill.files.atomic import atomic_write_json
 
 __all__ = ["LAUNCHERS", "Launcher", "LocalLauncher", "SubmititLauncher", "Started", "TrainJob", "launcher_problems",
            "make_launcher", "killed", "signal_name", "train_command", "visible_gpus"]

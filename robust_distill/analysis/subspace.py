@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._io import atomic_save
-from ..attacks import Start, frozen_parameters, pgd
-from ..checkpoint import load_checkpoint
-from ..data import iterate_eval, to_float
-from ..losses import squared_l2
+from robust_distill.core.attacks import Start, frozen_parameters, pgd
+from robust_distill.core.losses import squared_l2
+from robust_distill.data.memory import iterate_eval, to_float
+from robust_distill.files.atomic import atomic_save
+from robust_distill.files.checkpoint import load_checkpoint
 
 __all__ = [
     "InputSubspace", "fit_input_subspace", "first_layer", "node_weights", "epsilon_matrices", "EpsilonStats",
@@ -352,7 +352,7 @@ def epsilon_analysis(student_w: Tensor, teacher_w: Tensor, subspace: InputSubspa
 
 def pgd_restarts(objective: Callable[[Tensor], Tensor], x: Tensor, *, restarts: int, eps: float,
                  step_size: float, steps: int, start: Start = "uniform", clamp_start: bool = True) -> list[Tensor]:
-    """``restarts`` runs of :func:`robust_distill.attacks.pgd` from independent random starts."""
+    """``restarts`` runs of :func:`robust_distill.core.attacks.pgd` from independent random starts."""
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     if restarts > 1 and start == "none":

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .. import hookimpl
-from . import command
+from robust_distill import hookimpl
+from robust_distill.cli import command
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -25,11 +25,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(ns: argparse.Namespace) -> int:
     import yaml
 
-    from .._lock import FolderLockedError, lock_holder
-    from ..api import train
-    from ..config import effective_config, load_config
-    from ..plugin import get_registries
-    from ..trainer import check_resumable
+    from robust_distill.api import train
+    from robust_distill.config import effective_config, load_config
+    from robust_distill.core.manager import get_registries
+    from robust_distill.engine.trainer import check_resumable
+    from robust_distill.files.lock import FolderLockedError, lock_holder
 
     regs = get_registries()
     cfg = load_config(ns.config, regs, ns.overrides)  # validates by building the run on `meta` (config.validate)

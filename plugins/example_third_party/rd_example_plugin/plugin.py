@@ -1,7 +1,7 @@
 """AdaAD with a symmetric outer loss: ``JSD(S(x') || T(x'))`` instead of ``KL(S(x') || T(x'))``.
 
 Written only against robust-distill's public API: ``hookimpl``, ``Method``, ``Part``, ``OuterLoss``,
-``Step`` and the divergences of ``robust_distill.losses``. Registered through the entry-point group
+``Step`` and the divergences of ``robust_distill.core.losses``. Registered through the entry-point group
 ``robust_distill`` in this distribution's setup.cfg.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from robust_distill import Method, OuterLoss, Part, Step, hookimpl
-from robust_distill.losses import js_divergence
+from robust_distill.core.losses import js_divergence
 
 
 class JSDLoss(OuterLoss):
