@@ -23,7 +23,7 @@ import time
 import torch
 
 from robust_distill import Step, ThreatModel
-from robust_distill import attacks as attacks_mod
+from robust_distill.core import attacks as attacks_mod
 from robust_distill.core.components import DatasetInfo
 from robust_distill.core.manager import get_registries
 from robust_distill.engine.trainer import build_student

@@ -39,6 +39,8 @@ from robust_distill.data.streaming import (
     read_image,
     scan_class_folders,
 )
+from robust_distill.errors import CheckpointError
+from robust_distill.files.checkpoint import load_checkpoint
 
 __all__ = ["ImageFolder", "TinyImageNet", "ImageNet", "IMAGENET_PREPROCESSING"]
 
@@ -292,9 +294,6 @@ class ImageNet:
     def _names(base: Path, wnids: tuple[str, ...]) -> tuple[str, ...]:
         meta = base / "meta.bin"
         if meta.is_file():
-            from robust_distill.errors import CheckpointError
-            from robust_distill.files.checkpoint import load_checkpoint
-
             try:
                 wnid_to_classes = load_checkpoint(meta)[0]
                 return tuple(str(wnid_to_classes.get(w, (w,))[0]) for w in wnids)

@@ -16,8 +16,8 @@ from robust_distill.config import resolve_config
 from robust_distill.core.registry import UnknownNameError
 from robust_distill.engine.evaluation import EvalResult
 from robust_distill.errors import ConfigError, HubError, InputError
-from robust_distill.files.checkpoint import build_from_checkpoint, load_checkpoint
 from robust_distill.export import export_model
+from robust_distill.files.checkpoint import build_from_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -197,6 +197,7 @@ def test_auto_concurrency_on_cuda_gives_the_bits_of_one_chunk_at_a_time(regs, sp
 
 
 def test_training_and_the_eval_command_pass_the_concurrency_on(tiny_config, tmp_path, monkeypatch) -> None:
+    from robust_distill import api
     from robust_distill.cli import main
     from robust_distill.engine import trainer
 
@@ -208,7 +209,7 @@ def test_training_and_the_eval_command_pass_the_concurrency_on(tiny_config, tmp_
         return evaluate_set(*args, **kwargs)
 
     monkeypatch.setattr(trainer, "evaluate_set", spy)
-    monkeypatch.setattr(evaluation, "evaluate_set", spy)  # what robust_distill.api.evaluate (the eval command) calls
+    monkeypatch.setattr(api, "evaluate_set", spy)  # what robust_distill.api.evaluate (the eval command) calls
     cfg = tiny_config(overrides=["optim.epochs=1", f"output_dir={tmp_path / 'run'}", "eval.concurrency=3",
                                  "eval.final_attacks=[clean]"])
     trainer.train(cfg)

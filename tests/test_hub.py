@@ -16,9 +16,9 @@ from robust_distill.core.components import DatasetInfo
 from robust_distill.engine.evaluation import evaluate, make_eval_attacks
 from robust_distill.engine.trainer import train
 from robust_distill.errors import HubError, UnsafeCheckpointError
+from robust_distill.export import export_model
 from robust_distill.files.atomic import atomic_save
 from robust_distill.files.checkpoint import FORMAT, build_from_checkpoint
-from robust_distill.export import export_model
 
 from .test_security import evil
 

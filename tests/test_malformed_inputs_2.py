@@ -298,7 +298,8 @@ def test_an_interrupt_message_fits_its_command(argv_: list[str], advice: str | N
     def interrupt(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("robust_distill.core.manager.get_registries", interrupt)  # the first call of both commands
+    for command in ("train", "plugins"):  # the first call of both commands
+        monkeypatch.setattr(f"robust_distill.cli.{command}.get_registries", interrupt)
     assert main(argv_) == 130
     err = capsys.readouterr().err
     assert err == (f"robust-distill: interrupted; {advice}\n" if advice else "robust-distill: interrupted.\n")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from robust_distill import ThreatModel
-from robust_distill import progress as progress_mod
+from robust_distill.engine import progress as progress_mod
 from robust_distill.engine.evaluation import evaluate, make_eval_attacks
 from robust_distill.engine.progress import Progress, format_duration, progress_mode
 from robust_distill.engine.trainer import train

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from robust_distill import checkpoint as ckpt_mod
 from robust_distill.engine.trainer import train
 from robust_distill.errors import CheckpointError
+from robust_distill.files import checkpoint as ckpt_mod
 from robust_distill.files.atomic import atomic_save
 from robust_distill.files.checkpoint import load_checkpoint
 

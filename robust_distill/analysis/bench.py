@@ -55,8 +55,8 @@ from typing import Any
 
 import yaml
 
-from robust_distill.analysis.report import build_report
 from robust_distill.analysis.launch import Launcher, Started, killed, launcher_problems, make_launcher, signal_name
+from robust_distill.analysis.report import build_report
 from robust_distill.config import apply_overrides, read_yaml, resolve_config
 from robust_distill.engine.processes import pid_alive, signals_raise
 from robust_distill.engine.progress import Progress

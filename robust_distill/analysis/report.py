@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from robust_distill.files.atomic import atomic_write_text
 from robust_distill.results.plots import plot_accuracy_vs_eps, plot_clean_vs_robust, plot_curves
-from robust_distill.results.runs import ATTACK_TITLES, Group, RunResult, short_label, group_runs, load_runs, varying_keys
+from robust_distill.results.runs import (
+    ATTACK_TITLES,
+    Group,
+    RunResult,
+    group_runs,
+    load_runs,
+    short_label,
+)
 
 __all__ = ["RunResult", "load_runs", "build_report", "spearman", "select_runs"]
 

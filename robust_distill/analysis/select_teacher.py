@@ -37,8 +37,8 @@ from robust_distill.config import _deep_merge, apply_overrides
 from robust_distill.core.components import split_spec
 from robust_distill.engine.distributed import resolve_device
 from robust_distill.errors import SelectionError
-from robust_distill.results.tables import markdown_table
 from robust_distill.files.atomic import atomic_write_json, atomic_write_text
+from robust_distill.results.tables import markdown_table
 
 __all__ = ["Identification", "SelectionError", "identification_config", "identify", "rank_teachers",
            "select_teacher", "format_selection"]

@@ -9,14 +9,32 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+
 from robust_distill import hookimpl
-from robust_distill.cli import command, common_problems, integer, radius
+from robust_distill.analysis.bench import load_grid, run_grid
+from robust_distill.analysis.report import build_report
+from robust_distill.analysis.select_teacher import Identification, format_selection, select_teacher
+from robust_distill.analysis.specialization_report import specialization_report, write_report
+from robust_distill.analysis.subspace import InputSubspace, first_layer, fit_input_subspace
+from robust_distill.analysis.unlearnable import teacher_scores, unlearnable_sets
 from robust_distill.api import resolve_model
-from robust_distill.results.tables import markdown_table
+from robust_distill.cli import command, common_problems, integer, radius
+from robust_distill.config import read_yaml
+from robust_distill.core.manager import get_registries
 from robust_distill.core.preflight import check_output_dir, check_output_file
 from robust_distill.core.registry import UnknownNameError
-from robust_distill.errors import ConfigError, InputError
+from robust_distill.core.threat import ThreatModel, parse_fraction
+from robust_distill.data.memory import to_float
+from robust_distill.data.splits import split_images
+from robust_distill.engine.distributed import resolve_device
+from robust_distill.engine.evaluation import make_eval_attacks
+from robust_distill.engine.pruning import prune_checkpoint
+from robust_distill.errors import ConfigError, InputError, SelectionError
 from robust_distill.files.atomic import atomic_write_json, read_json
+from robust_distill.files.checkpoint import load_checkpoint
+from robust_distill.results.tables import markdown_table
 
 __all__: list[str] = []
 
@@ -37,9 +55,6 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 @command("bench", "run a grid of training runs (methods x teachers x students x seeds x ...), resumably", _bench_args,
          interrupted="the same `robust-distill bench` command skips finished runs and resumes the others.")
 def cmd_bench(ns: argparse.Namespace) -> int:
-    from robust_distill.analysis.bench import load_grid, run_grid
-    from robust_distill.core.manager import get_registries
-
     states = run_grid(load_grid(ns.grid), get_registries(), parallel=ns.parallel, dry_run=ns.dry_run,
                       launcher=ns.launcher, slots_per_gpu=ns.slots_per_gpu)
     for name, state in states.items():
@@ -64,8 +79,6 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 @command("report", "Markdown/CSV tables (mean ± std over seeds, best and last) and PNG plots of finished runs",
          _report_args)
 def cmd_report(ns: argparse.Namespace) -> int:
-    from robust_distill.analysis.report import build_report
-
     problems = [f"--where {item!r}: expected KEY=V1,V2, e.g. --where method=adaad,rslad." for item in ns.where
                 if not re.fullmatch(r"[^=\s]+=.+", item)]
     if ns.out is not None and (problem := check_output_dir(ns.out)):
@@ -91,9 +104,6 @@ def _unlearnable_args(p: argparse.ArgumentParser) -> None:
 
 @command("unlearnable", "the robustly unlearnable set S_U and learnable set S_L of a set of runs", _unlearnable_args)
 def cmd_unlearnable(ns: argparse.Namespace) -> int:
-    import yaml
-
-    from robust_distill.analysis.unlearnable import unlearnable_sets
 
     if problem := check_output_file(ns.out):
         raise ConfigError([f"--out: {problem}"], "unlearnable arguments")
@@ -128,12 +138,6 @@ def _spec(text: str) -> str:
 @command("teacher-score", "rank candidate teachers by entropy on S_U (higher predicts a better student)",
          _teacher_args)
 def cmd_teacher_score(ns: argparse.Namespace) -> int:
-    import torch
-
-    from robust_distill.analysis.unlearnable import teacher_scores
-    from robust_distill.core.manager import get_registries
-    from robust_distill.data.splits import split_images
-    from robust_distill.engine.distributed import resolve_device
 
     regs = get_registries()
     _check_common(ns, "teacher-score")
@@ -229,14 +233,6 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
 @command("specialization", "teacher-student node alignment: NC, BNC, MBNC, ratio; epsilon_in/out of the lowest layer",
          _spec_args)
 def cmd_specialization(ns: argparse.Namespace) -> int:
-    from robust_distill.analysis.specialization_report import specialization_report, write_report
-    from robust_distill.analysis.subspace import InputSubspace, first_layer, fit_input_subspace
-    from robust_distill.core.manager import get_registries
-    from robust_distill.core.threat import ThreatModel, parse_fraction
-    from robust_distill.data.splits import split_images
-    from robust_distill.engine.distributed import resolve_device
-    from robust_distill.engine.evaluation import make_eval_attacks
-
     regs = get_registries()
     pairs, thresholds = _check_specialization_args(ns, regs)
     device = resolve_device(ns.device)
@@ -248,7 +244,6 @@ def cmd_specialization(ns: argparse.Namespace) -> int:
     trained_eps = s_ckpt.get("config", {}).get("threat", {}).get("eps", 8 / 255)
     eps = ns.eps if ns.eps is not None else parse_fraction(trained_eps)
     if ns.adversarial:
-        from robust_distill.data.memory import to_float
         attack = make_eval_attacks(["pgd20"], regs, ThreatModel(eps=eps), num_classes=bundle.info.num_classes)["pgd20"]
         student = student.to(device).eval()
         x = attack(student, to_float(x, device), y.to(device)).cpu()
@@ -308,10 +303,6 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
 @command("prune", "remove the inactive channels of a trained teacher by fan-out norm (specialization paper)",
          _prune_args)
 def cmd_prune(ns: argparse.Namespace) -> int:
-    from robust_distill.core.manager import get_registries
-    from robust_distill.engine.pruning import prune_checkpoint
-    from robust_distill.files.checkpoint import load_checkpoint
-
     regs = get_registries()
     ckpt = load_checkpoint(ns.checkpoint)
     data_cfg = ckpt.get("config", {}).get("data", {})
@@ -368,11 +359,6 @@ def _select_args(p: argparse.ArgumentParser) -> None:
 @command("select-teacher", "pick a teacher for a student: identification runs (cached), S_U and S_L, teachers "
                            "ranked by entropy on S_U", _select_args)
 def cmd_select_teacher(ns: argparse.Namespace) -> int:
-    from robust_distill.analysis.select_teacher import Identification, format_selection, select_teacher
-    from robust_distill.config import read_yaml
-    from robust_distill.core.manager import get_registries
-    from robust_distill.errors import SelectionError
-
     regs = get_registries()
     problems = [f"--methods: {UnknownNameError('method', m, regs.methods.names())}"
                 for m in ns.methods if m not in regs.methods]

@@ -28,7 +28,6 @@ import yaml
 
 from robust_distill import hookimpl
 from robust_distill.cli import command, integer
-from robust_distill.results.tables import markdown_table
 from robust_distill.config import resolve_config
 from robust_distill.core.manager import Registries, get_registries
 from robust_distill.core.threat import ThreatModel
@@ -38,6 +37,7 @@ from robust_distill.engine.trainer import train
 from robust_distill.errors import ConfigError
 from robust_distill.files.atomic import atomic_write_json, atomic_write_text
 from robust_distill.files.checkpoint import build_from_checkpoint
+from robust_distill.results.tables import markdown_table
 
 __all__ = ["run_demo", "demo_config", "METHOD", "SHIPPED_TEACHERS", "REFERENCE"]
 

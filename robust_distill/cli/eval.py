@@ -17,8 +17,9 @@ from robust_distill.engine.distributed import init_distributed, rank_and_world, 
 from robust_distill.engine.evaluation import check_concurrency
 from robust_distill.errors import ConfigError
 from robust_distill.files.atomic import atomic_save, atomic_write_json
+from robust_distill.results.tables import markdown_table
 
-__all__ = ["run_eval", "resolve_model", "markdown_table"]
+__all__ = ["run_eval", "resolve_model"]
 
 
 def concurrency(text: str) -> int | str:

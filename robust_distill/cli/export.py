@@ -15,22 +15,21 @@ import argparse
 from pathlib import Path
 
 from robust_distill import hookimpl
+from robust_distill.api import evaluate
 from robust_distill.cli import command, integer
 from robust_distill.cli.eval import _options
 from robust_distill.config import stored_eval_eps
+from robust_distill.core.manager import get_registries
+from robust_distill.errors import ConfigError
+from robust_distill.export import check_robustbench, export_model
+from robust_distill.files.checkpoint import load_checkpoint
+from robust_distill.files.hub import locate_checkpoint
 
 __all__ = ["run_export"]
 
 
 def run_export(ns: argparse.Namespace) -> Path:
     """Export ``ns.run`` to ``ns.out_dir`` (with the evaluation ``--evaluate`` asks for); returns the folder."""
-    from robust_distill.api import evaluate
-    from robust_distill.core.manager import get_registries
-    from robust_distill.errors import ConfigError
-    from robust_distill.files.checkpoint import load_checkpoint
-    from robust_distill.export import check_robustbench, export_model
-    from robust_distill.files.hub import locate_checkpoint
-
     attacks = [a.strip() for a in (ns.evaluate or "").split(",") if a.strip()]
     problems = [f"--model-info {item!r}: expected KEY=VALUE, e.g. --model-info venue='ICML 2026'."
                 for item in ns.model_info if "=" not in item]

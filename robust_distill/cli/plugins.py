@@ -6,7 +6,8 @@ import argparse
 import re
 
 from robust_distill import hookimpl
-from robust_distill.cli import command
+from robust_distill.cli import build_commands, command
+from robust_distill.core.manager import get_plugin_manager, get_registries
 
 __all__ = ["one_line"]
 
@@ -33,9 +34,6 @@ def _plugins_args(p: argparse.ArgumentParser) -> None:
 @command("plugins", "list every plugin, command and registered part, with the plugin and distribution providing it",
          _plugins_args)
 def cmd_plugins(ns: argparse.Namespace) -> int:
-    from robust_distill.cli import build_commands
-    from robust_distill.core.manager import get_plugin_manager, get_registries
-
     pm, regs = get_plugin_manager(), get_registries()
     commands = getattr(ns, "commands_", None)  # the parser's, when run through main()
     print("Plugins (in load order):")

@@ -40,8 +40,8 @@ class RunContext(Protocol):
     :ivar dist: rank, world size and the collectives (:class:`~robust_distill.engine.distributed.DistContext`).
     :ivar output_dir: the run's folder (config, metrics, checkpoints); write into it on ``dist.is_main`` only,
         with the atomic writers.
-    :ivar data: the :class:`~robust_distill.data.memory.DataSplits` (``info``, ``train_batches``, ``eval_set``; in memory
-        or streamed from files).
+    :ivar data: the :class:`~robust_distill.data.memory.DataSplits` (``info``, ``train_batches``, ``eval_set``;
+        in memory or streamed from files).
     :ivar lr_schedule: the student's schedule, ``epoch (fractional) -> lr multiplier``.
     :ivar scaler: the student's ``torch.amp.GradScaler`` (enabled under fp16 mixed precision); a network
         trained by an updater takes it to scale its own loss the same way (see

@@ -28,7 +28,6 @@ from robust_distill.core.manager import PluginHookError
 from robust_distill.engine.progress import Progress
 from robust_distill.results.plots import plot_curves
 from robust_distill.results.runs import group_runs, load_runs
-from robust_distill.results.tables import final_table, markdown_final_table
 
 if TYPE_CHECKING:
     from robust_distill.core.components import Part

@@ -37,6 +37,7 @@ from robust_distill.core.precision import InputGradScale, autocast, autocast_dty
 from robust_distill.core.step import Step
 from robust_distill.data.memory import DataSplits, place_data
 from robust_distill.data.splits import make_splits
+from robust_distill.data.streaming import default_workers
 from robust_distill.engine.compilation import CUDAGRAPH_MODES, check_compile, compile_mode, compile_module, device_mode
 from robust_distill.engine.distributed import (
     DistContext,
@@ -73,8 +74,6 @@ def load_data(cfg: Config, regs: Registries, device: torch.device | None = None)
     """The dataset's splits: :class:`~robust_distill.data.memory.Splits` in memory, or
     :class:`~robust_distill.data.streaming.StreamedSplits` read by ``data.workers`` processes (pinned memory
     when training on ``device`` CUDA)."""
-    from robust_distill.data.streaming import default_workers
-
     dataset = regs.datasets.get(cfg.data.dataset)
     bundle = dataset.load(root=cfg.data.root, **cfg.data.options)
     return make_splits(bundle, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,

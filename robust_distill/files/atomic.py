@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-
 from torch import Tensor
 
 from robust_distill.errors import CheckpointError, CorruptFileError, DiskFullError, InputError, WriteError
 
-__all__ = ["atomic_write", "atomic_save", "nonfinite_tensors", "describe_nonfinite", "atomic_write_text", "atomic_write_json", "read_json", "read_jsonl",
-           "remove_stale_temp_files", "WriteError", "DiskFullError", "InputError", "CorruptFileError"]
+__all__ = ["atomic_write", "atomic_save", "nonfinite_tensors", "describe_nonfinite", "atomic_write_text",
+           "atomic_write_json", "read_json", "read_jsonl", "remove_stale_temp_files", "WriteError", "DiskFullError",
+           "InputError", "CorruptFileError"]
 
 #: what :func:`atomic_write` names its temp files (``tempfile.mkstemp``'s 8 random characters)
 TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
