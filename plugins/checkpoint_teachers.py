@@ -7,10 +7,15 @@ from typing import Any
 
 from torch import nn
 
-from robust_distill import DatasetInfo, TeacherSource, hookimpl
-from robust_distill.core.manager import get_registries
-from robust_distill.core.preflight import check_input_file, check_input_shape
-from robust_distill.files.checkpoint import build_from_checkpoint
+from robust_distill import (
+    DatasetInfo,
+    Registries,
+    TeacherSource,
+    build_from_checkpoint,
+    check_input_file,
+    check_input_shape,
+    hookimpl,
+)
 
 
 def _arch(arch: Any) -> dict[str, Any] | None:
@@ -23,23 +28,26 @@ class CheckpointTeachers(TeacherSource):
     """``checkpoint:runs/pgd_at/best.pt``: rebuilds the saved architecture and loads its weights.
 
     Options: ``arch`` (``timm:resnet18_cifar`` or ``{key, kwargs}``) for plain state dicts;
-    ``trust_checkpoint`` (the explicit opt-in for files that pickle more than weights).
+    ``trust_checkpoint`` (the explicit opt-in for files that pickle more than weights). The saved student is
+    rebuilt from the run's registries (its architecture may come from any installed plugin).
     """
 
-    def load(self, name: str, *, dataset: DatasetInfo, arch: Any = None, trust_checkpoint: bool = False) -> nn.Module:
-        model, ckpt = build_from_checkpoint(Path(name).expanduser(), get_registries(), arch=_arch(arch),
+    def load(self, name: str, *, dataset: DatasetInfo, registries: Registries, arch: Any = None,
+             trust_checkpoint: bool = False) -> nn.Module:
+        model, ckpt = build_from_checkpoint(Path(name).expanduser(), registries, arch=_arch(arch),
                                             dataset=dataset, trust=trust_checkpoint)
         _check_classes(name, ckpt, dataset)
         return model
 
-    def check(self, name: str, *, dataset: DatasetInfo, arch: Any = None, trust_checkpoint: bool = False) -> None:
+    def check(self, name: str, *, dataset: DatasetInfo, registries: Registries, arch: Any = None,
+              trust_checkpoint: bool = False) -> None:
         """Reads the file (memory-mapped, weights only), checks its weights against the architecture and a
         forward pass on the dataset's input shape, all on the ``meta`` device (nothing is copied)."""
         path = Path(name).expanduser()
         problem = check_input_file(path, "teacher checkpoint")
         if problem:
             raise FileNotFoundError(problem)
-        model, ckpt = build_from_checkpoint(path, get_registries(), arch=_arch(arch), dataset=dataset,
+        model, ckpt = build_from_checkpoint(path, registries, arch=_arch(arch), dataset=dataset,
                                             trust=trust_checkpoint, meta=True)
         _check_classes(name, ckpt, dataset)
         problem = check_input_shape(model, dataset.input_shape, dataset.num_classes) if model is not None else None

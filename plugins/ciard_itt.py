@@ -21,9 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robust_distill import RunContext, Step, hookimpl
-from robust_distill.core.components import epochs_of
-from robust_distill.engine.trained import TrainedModel, TrainedTeacher
+from robust_distill import RunContext, Step, TrainedModel, TrainedTeacher, epochs_of, hookimpl
 from robust_distill_plugins.schedules import cos_exp
 
 __all__ = ["IterativeTeacherTraining"]

@@ -17,11 +17,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from robust_distill import DatasetInfo, StudentSource, TeacherSource, hookimpl
-from robust_distill.core.preflight import check_input_shape, load_state_dict_checked, on_meta
-from robust_distill.errors import CheckpointError, HubError
-from robust_distill.files.checkpoint import load_file
-from robust_distill.files.hub import CONFIG, LEGACY_WEIGHTS, WEIGHTS, hub_file, read_hub_config
+from robust_distill import (
+    CONFIG,
+    LEGACY_WEIGHTS,
+    WEIGHTS,
+    CheckpointError,
+    DatasetInfo,
+    HubError,
+    StudentSource,
+    TeacherSource,
+    check_input_shape,
+    hookimpl,
+    hub_file,
+    load_state_dict_checked,
+    load_weights_file,
+    on_meta,
+    read_hub_config,
+)
 
 from .timm_students import _normalize, _timm
 
@@ -93,7 +105,7 @@ def _read_weights(name: str, path: Path, trust: bool, meta: bool) -> dict[str, A
 
             with safe_open(str(path), framework="pt") as f:  # checks the header against the file's size
                 return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118
-        return load_file(path, trust=trust, mmap=meta or None)
+        return load_weights_file(path, trust=trust, mmap=meta or None)
     except CheckpointError:
         raise
     except Exception as exc:  # safetensors' SafetensorError, a corrupt zip, a truncated pickle

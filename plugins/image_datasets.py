@@ -28,19 +28,22 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from robust_distill import DataBundle, DatasetInfo, StreamedBundle, hookimpl
-from robust_distill.data.streaming import (
+from robust_distill import (
     IMG_EXTENSIONS,
+    CheckpointError,
     CropFlip,
+    DataBundle,
+    DatasetInfo,
     ImageList,
     ImageTransform,
     RandomResizedCropFlip,
+    StreamedBundle,
     decode_all,
+    hookimpl,
+    load_checkpoint,
     read_image,
     scan_class_folders,
 )
-from robust_distill.errors import CheckpointError
-from robust_distill.files.checkpoint import load_checkpoint
 
 __all__ = ["ImageFolder", "TinyImageNet", "ImageNet", "IMAGENET_PREPROCESSING"]
 

@@ -18,9 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill import Part, Step, hookimpl
-from robust_distill.core.attacks import BNMode, InnerPGD, Start
-from robust_distill.core.losses import kl_div
+from robust_distill import BNMode, InnerPGD, Part, Start, Step, hookimpl, kl_div
 
 __all__ = ["StudentCE", "KLToTarget", "MADRY_PGD", "ARD_PGD", "MTARD_PGD", "TRADES_KL_PGD", "RSLAD_KL_PGD",
            "ADAAD_KL_PGD"]

@@ -61,10 +61,21 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, RunContext, Step, hookimpl, training_defaults
-from robust_distill.core.attacks import model_mode
-from robust_distill.core.losses import KLReduction, check_kl_reduction, kl_div
-from robust_distill.engine.trained import TrainedModel, TrainedTeacher
+from robust_distill import (
+    KLReduction,
+    Method,
+    OuterLoss,
+    Part,
+    RunContext,
+    Step,
+    TrainedModel,
+    TrainedTeacher,
+    check_kl_reduction,
+    hookimpl,
+    kl_div,
+    model_mode,
+    training_defaults,
+)
 
 __all__ = ["PeerAiDLoss", "PeerUpdater", "PEERAID"]
 

@@ -33,10 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robust_distill import DatasetInfo, TeacherSource, hookimpl
-from robust_distill._compat import import_robustbench
-from robust_distill.errors import CheckpointError
-from robust_distill.files.checkpoint import weights_only_loads
+from robust_distill import CheckpointError, DatasetInfo, TeacherSource, hookimpl, import_robustbench, weights_only_loads
 
 #: RobustBench models whose forward returns probabilities instead of logits.
 PROBABILITY_OUTPUTS = frozenset({"Chen2020Adversarial"})

@@ -10,9 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from robust_distill import Logger, RunContext, hookimpl
-from robust_distill._compat import import_optional
-from robust_distill.results.tables import markdown_final_table
+from robust_distill import Logger, RunContext, hookimpl, import_optional, markdown_final_table
 
 
 def _summary_writer() -> Any:

@@ -33,11 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robust_distill import EvalAttack, hookimpl
-from robust_distill._compat import import_autoattack
-from robust_distill.core.attacks import pgd
-from robust_distill.core.threat import format_eps
-from robust_distill.engine.progress import Progress, scoped
+from robust_distill import EvalAttack, Progress, format_eps, hookimpl, import_autoattack, pgd, scoped
 
 
 def _torchattacks() -> Any:

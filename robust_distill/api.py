@@ -158,13 +158,13 @@ def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs:
         data_options = ckpt_data.get("options", {})
     if data_root is None and ckpt_data.get("dataset") == dataset:
         data_root = ckpt_data.get("root")
-    info = dataset_info(regs.datasets.get(dataset), data_root, data_options)
+    info = dataset_info(regs.datasets.get(dataset), data_root, data_options, regs)
     src = regs.teacher_sources.get(source)
     try:  # a wrong name, option or file: a message before anything is loaded
-        src.check(name, dataset=info, **options)
+        regs.call(src.check, name, dataset=info, **options)
     except (ValueError, TypeError) as exc:
         raise InputError(f"model {spec!r}: {exc}") from None
-    model = src.load(name, dataset=info, **options)
+    model = regs.call(src.load, name, dataset=info, **options)
     return model.eval(), dataset, ckpt
 
 
@@ -294,7 +294,7 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
     data_cfg = cfg.get("data", {}) if cfg.get("data", {}).get("dataset") == dataset else {}
     root = data_root or data_cfg.get("root")
     if data is None:
-        bundle = regs.datasets.get(dataset).load(root=root, **data_cfg.get("options", {}))
+        bundle = regs.call(regs.datasets.get(dataset).load, root=root, **data_cfg.get("options", {}))
         workers = workers if workers is not None else data_cfg.get("workers")
         try:
             splits = make_splits(bundle, val_size=data_cfg.get("val_size", 5000) if split == "val" else 0,

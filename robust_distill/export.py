@@ -230,7 +230,7 @@ def _robustbench_name(name: str) -> str:
 def _test_size(regs: Any, dataset: str, config: Mapping[str, Any]) -> int:
     """How many images the run's dataset has in its test split (its data root and options)."""
     data = config.get("data") or {}
-    bundle = regs.datasets.get(dataset).load(root=data.get("root"), **(data.get("options") or {}))
+    bundle = regs.call(regs.datasets.get(dataset).load, root=data.get("root"), **(data.get("options") or {}))
     return int(bundle.test_y.shape[0]) if hasattr(bundle, "test_y") else len(bundle.test)
 
 

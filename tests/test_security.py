@@ -17,7 +17,7 @@ from robust_distill import DatasetInfo
 from robust_distill.cli import main
 from robust_distill.engine.trainer import train
 from robust_distill.errors import CheckpointError, UnsafeCheckpointError
-from robust_distill.files.checkpoint import load_checkpoint, load_file, weights_only_loads
+from robust_distill.files.checkpoint import load_checkpoint, load_weights_file, weights_only_loads
 
 from .conftest import needs_robustbench
 
@@ -197,5 +197,5 @@ def test_load_file_messages(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="is a folder"):
         load_checkpoint(tmp_path)
     torch.save({"best_acc": np.float64(0.5), "args": __import__("argparse").Namespace(lr=0.1)}, tmp_path / "n.pt")
-    out = load_file(tmp_path / "n.pt")
+    out = load_weights_file(tmp_path / "n.pt")
     assert out["best_acc"] == 0.5 and out["args"].lr == 0.1

@@ -395,14 +395,15 @@ def test_oracle_dataset_labels_every_image_with_the_teacher(regs, tmp_path) -> N
 
     path = _save_teacher(tmp_path / "t.pt", regs)
     teacher, _ = build_from_checkpoint(path, regs)
-    data = regs.datasets.get("oracle").load(base="synthetic", teacher=f"checkpoint:{path}", base_options=SYNTH)
+    data = regs.call(regs.datasets.get("oracle").load, base="synthetic", teacher=f"checkpoint:{path}",
+                     base_options=SYNTH)
     base = regs.datasets.get("synthetic").load(**SYNTH)
     assert torch.equal(data.train_x, base.train_x) and data.info.name == "oracle" and data.info.num_classes == 4
     with torch.no_grad():
         assert torch.equal(data.train_y, teacher(base.train_x.float() / 255).argmax(1))
         assert torch.equal(data.test_y, teacher(base.test_x.float() / 255).argmax(1))
     with pytest.raises(ValueError, match="needs data.options.teacher"):
-        regs.datasets.get("oracle").info(base="synthetic")
+        regs.call(regs.datasets.get("oracle").info, base="synthetic")
 
 
 ORACLE_METHODS = ["oracle_logit", "oracle_label", "oracle_adv", "oracle_logit_gaussian", "inplane_at", "outplane_at"]

@@ -200,7 +200,8 @@ def select_teacher(student: str, teachers: Sequence[str], regs: Any, *, dataset:
     found = identify(raw, ident, cache, regs, parallel=parallel, log=log)
     t1 = time.perf_counter()
     sets = found.pop("sets")
-    bundle = regs.datasets.get(dataset).load(root=raw["data"].get("root"), **(raw["data"].get("options") or {}))
+    bundle = regs.call(regs.datasets.get(dataset).load, root=raw["data"].get("root"),
+                       **(raw["data"].get("options") or {}))
     rows = teacher_scores(models, bundle.train_x, bundle.train_y, sets, batch_size=batch_size,
                           device=resolve_device(device))
     ranked, recommended = rank_teachers(rows, min_learnable_confidence)

@@ -146,7 +146,7 @@ def cmd_teacher_score(ns: argparse.Namespace) -> int:
         raise InputError(f"--unlearnable {ns.unlearnable!r} is not a file written by `robust-distill unlearnable`.")
     data = sets.get("data", {})
     dataset = data.get("dataset", "cifar10")
-    bundle = regs.datasets.get(dataset).load(root=data.get("root"), **(data.get("options") or {}))
+    bundle = regs.call(regs.datasets.get(dataset).load, root=data.get("root"), **(data.get("options") or {}))
     teachers = {}
     for text in ns.teachers:
         model, _, _ = resolve_model(_spec(text), {}, dataset, regs, data.get("options") or {}, data.get("root"))
@@ -239,7 +239,7 @@ def cmd_specialization(ns: argparse.Namespace) -> int:
     student, dataset, s_ckpt = resolve_model(_spec(ns.student), {}, ns.dataset, regs)
     teacher, _, _ = resolve_model(_spec(ns.teacher), {}, dataset, regs)
     data_cfg = s_ckpt.get("config", {}).get("data", {}) if s_ckpt else {}
-    bundle = regs.datasets.get(dataset).load(root=data_cfg.get("root"), **data_cfg.get("options", {}))
+    bundle = regs.call(regs.datasets.get(dataset).load, root=data_cfg.get("root"), **data_cfg.get("options", {}))
     x, y = split_images(bundle, ns.split, n=ns.n_examples)
     trained_eps = s_ckpt.get("config", {}).get("threat", {}).get("eps", 8 / 255)
     eps = ns.eps if ns.eps is not None else parse_fraction(trained_eps)
@@ -308,7 +308,8 @@ def cmd_prune(ns: argparse.Namespace) -> int:
     data_cfg = ckpt.get("config", {}).get("data", {})
     check_x = None
     if ns.n_check and data_cfg.get("dataset"):
-        bundle = regs.datasets.get(data_cfg["dataset"]).load(root=data_cfg.get("root"), **data_cfg.get("options", {}))
+        bundle = regs.call(regs.datasets.get(data_cfg["dataset"]).load, root=data_cfg.get("root"),
+                           **data_cfg.get("options", {}))
         check_x = bundle.test_x[:ns.n_check]
     widths = [int(w) for w in ns.widths.split(",")] if ns.widths else None
     report = prune_checkpoint(ns.checkpoint, ns.out, regs, threshold=ns.threshold, widths=widths, check_x=check_x,

@@ -157,7 +157,7 @@ def run_demo(output_dir: Path = Path("runs/demo"), epochs: int | None = None, n_
 
     attack_names = ["clean", "pgd20", "autoattack_apgd"] + (["autoattack"] if full_autoattack else [])
     _say(f"Evaluating on the first {budget['n_test']} test images ({', '.join(attack_names)})...")
-    bundle = regs.datasets.get("fashion_mnist").load()
+    bundle = regs.call(regs.datasets.get("fashion_mnist").load)
     x, y = bundle.test_x[:budget["n_test"]], bundle.test_y[:budget["n_test"]]
     attacks = make_eval_attacks(attack_names, regs, ThreatModel(eps=EPS), num_classes=10)
 

@@ -581,7 +581,7 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
     try:
         dataset = regs.datasets.get(cfg.data.dataset)
         n_problems = len(problems)
-        _check_kwargs(dataset.load, {**cfg.data.options}, "data.options", problems, provided=("root",))
+        _check_kwargs(dataset.load, {**cfg.data.options}, "data.options", problems, provided=("root", "registries"))
         downloads = getattr(dataset, "downloads", False) and cfg.data.options.get("download", True)
         root_kind = None if cfg.data.root is None else path_kind(Path(cfg.data.root).expanduser())
         root_missing = root_kind is not None and not downloads and root_kind == "nothing"
@@ -591,7 +591,7 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
             problems.append(f"data.root: {cfg.data.root!r} is {root_kind}, not a folder or a file.")
         if len(problems) == n_problems + root_missing:  # image datasets read their folders: bad files fail now
             try:
-                info = dataset_info(dataset, cfg.data.root, cfg.data.options)
+                info = dataset_info(dataset, cfg.data.root, cfg.data.options, regs)
             except (OSError, TypeError, ValueError) as exc:
                 if not root_missing:
                     problems.append(f"data: {exc}")
@@ -692,10 +692,11 @@ def validate(cfg: Config, regs: Any, problems: list[str]) -> DatasetInfo | None:
             problems.append(f"teachers.{role}.key: {teacher.key!r}: {exc}")
             continue
         before = len(problems)
-        _check_kwargs(src.load, teacher.kwargs, f"teachers.{role}.kwargs", problems, provided=("name", "dataset"))
+        _check_kwargs(src.load, teacher.kwargs, f"teachers.{role}.kwargs", problems,
+                      provided=("name", "dataset", "registries"))
         if info is not None and len(problems) == before:
             found = _memo(("teacher", source), name, teacher.kwargs, info,
-                          functools.partial(_teacher_problems, src, name, teacher.kwargs, info, teacher.key))
+                          functools.partial(_teacher_problems, src, name, teacher.kwargs, info, teacher.key, regs))
             problems += [f"teachers.{role}.key: {p}" for p in found]
     return info
 
@@ -720,9 +721,10 @@ def _memo(kind: tuple[str, str], name: str, kwargs: Mapping[str, Any], info: Dat
     return list(_MEMO[key])
 
 
-def _teacher_problems(src: Any, name: str, kwargs: Mapping[str, Any], info: DatasetInfo, key: str) -> list[str]:
+def _teacher_problems(src: Any, name: str, kwargs: Mapping[str, Any], info: DatasetInfo, key: str,
+                      regs: Any) -> list[str]:
     try:
-        src.check(name, dataset=info, **kwargs)
+        regs.call(src.check, name, dataset=info, **kwargs)
     except (TypeError, ValueError, OSError, ImportError, RegistryError) as exc:
         return [str(exc)]
     except Exception as exc:  # the source's check itself failed: it would fail in train too

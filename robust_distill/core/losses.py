@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["kl_div", "js_divergence", "squared_l2", "Reduction", "KLReduction", "KL_REDUCTIONS", "entropy",
-           "reduce", "divisor", "check_kl_reduction"]
+           "reduce", "kl_divisor", "check_kl_reduction"]
 
 Reduction = Literal["batchmean", "mean", "sum", "none"]
 KLReduction = Literal["mean", "batchmean"]
@@ -51,7 +51,7 @@ def check_kl_reduction(value: object, owner: str, renamed: object = None) -> KLR
     return value  # type: ignore[return-value]
 
 
-def divisor(reduction: Reduction, batch: int, num_classes: int) -> int:
+def kl_divisor(reduction: Reduction, batch: int, num_classes: int) -> int:
     """What ``reduction`` divides the summed per-sample values of ``batch`` rows by: B, B*C or 1."""
     if reduction == "batchmean":
         return batch
@@ -64,7 +64,7 @@ def divisor(reduction: Reduction, batch: int, num_classes: int) -> int:
 
 def reduce(per_sample: Tensor, reduction: Reduction, num_classes: int) -> Tensor:
     """Reduce a per-sample sum over classes: ``batchmean`` /B, ``mean`` /(B*C), ``sum``, ``none``."""
-    n = divisor(reduction, per_sample.shape[0], num_classes)
+    n = kl_divisor(reduction, per_sample.shape[0], num_classes)
     return per_sample if reduction == "none" else per_sample.sum() / n
 
 

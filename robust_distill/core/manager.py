@@ -563,6 +563,26 @@ class Registries:
     methods: Registry[Any]
     loggers: Registry[Any]
 
+    def call(self, factory: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``factory(*args, **kwargs)``, plus ``registries=self`` when the factory names a ``registries`` parameter.
+
+        How the engine calls what a plugin implements (``TeacherSource.load`` and ``check``, a dataset's ``load``
+        and ``info``): a factory that builds other parts (a checkpoint whose student is a registered
+        architecture, a dataset labelled by a teacher) declares ``registries`` and gets the run's, never the
+        process-global ones; the others are called as before (pluggy passes a hook implementation the arguments
+        it names, the same way).
+        """
+        if "registries" in _parameters(factory):
+            kwargs["registries"] = self
+        return factory(*args, **kwargs)
+
+
+def _parameters(factory: Callable[..., Any]) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return {}
+
 
 _PM: PluginManager | None = None
 _REGS: Registries | None = None

@@ -146,12 +146,14 @@ class Splits:
         return TensorEvalSet(x[:n], y[:n], idx[:n])
 
 
-def dataset_info(dataset: Any, root: str | None, options: dict[str, Any]) -> DatasetInfo:
-    """``dataset.info(...)``, with ``root`` for loaders whose info depends on the files (image folders)."""
+def dataset_info(dataset: Any, root: str | None, options: dict[str, Any], registries: Any = None) -> DatasetInfo:
+    """``dataset.info(...)``, with ``root`` for loaders whose info depends on the files (image folders), called
+    through ``registries.call`` (the run's registries for a dataset that names them) when given."""
     params = inspect.signature(dataset.info).parameters.values()
+    kwargs = dict(options)
     if any(p.name == "root" or p.kind is p.VAR_KEYWORD for p in params):
-        return dataset.info(root=root, **options)
-    return dataset.info(**options)
+        kwargs["root"] = root
+    return registries.call(dataset.info, **kwargs) if registries is not None else dataset.info(**kwargs)
 
 
 def to_device(t: Tensor, device: torch.device | str) -> Tensor:

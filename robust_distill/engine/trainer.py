@@ -75,7 +75,7 @@ def load_data(cfg: Config, regs: Registries, device: torch.device | None = None)
     :class:`~robust_distill.data.streaming.StreamedSplits` read by ``data.workers`` processes (pinned memory
     when training on ``device`` CUDA)."""
     dataset = regs.datasets.get(cfg.data.dataset)
-    bundle = dataset.load(root=cfg.data.root, **cfg.data.options)
+    bundle = regs.call(dataset.load, root=cfg.data.root, **cfg.data.options)
     return make_splits(bundle, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
                        train_subset=cfg.data.train_subset,
                        workers=default_workers() if cfg.data.workers is None else cfg.data.workers,
@@ -92,7 +92,7 @@ def build_student(key: str, kwargs: Mapping[str, Any], info: Any, regs: Registri
 def load_teacher(key: str, kwargs: Mapping[str, Any], info: Any, regs: Registries) -> nn.Module:
     """Resolve a teacher spec and freeze it (eval mode, no parameter requires grad)."""
     source, name = split_spec(key)
-    teacher = regs.teacher_sources.get(source).load(name, dataset=info, **kwargs)
+    teacher = regs.call(regs.teacher_sources.get(source).load, name, dataset=info, **kwargs)
     return teacher.eval().requires_grad_(False)
 
 

@@ -1,6 +1,6 @@
 """Checkpoints: the format, and reading them (and any weights file) without ever running code from a file.
 
-Every weights file the project reads goes through :func:`load_file`: ``.safetensors`` through safetensors,
+Every weights file the project reads goes through :func:`load_weights_file`: ``.safetensors`` through safetensors,
 anything else through ``torch.load(weights_only=True)`` with a short allow-list of harmless types that old
 research checkpoints pickle (numpy scalars, arrays and dtypes, ``argparse.Namespace``; :data:`SAFE_GLOBALS`).
 Third-party loaders (timm, RobustBench, ``torch.hub``) run inside :func:`weights_only_loads`, which forces
@@ -32,8 +32,8 @@ from robust_distill.core.components import split_spec
 from robust_distill.core.preflight import check_input_file, load_state_dict_checked, on_meta
 from robust_distill.errors import CheckpointError, UnsafeCheckpointError
 
-__all__ = ["FORMAT", "load_checkpoint", "load_file", "load_state_dict_file", "weights_only_loads", "CheckpointError",
-           "UnsafeCheckpointError", "SAFE_GLOBALS", "TRUST_HINT", "build_from_checkpoint"]
+__all__ = ["FORMAT", "load_checkpoint", "load_weights_file", "load_state_dict_file", "weights_only_loads",
+           "CheckpointError", "UnsafeCheckpointError", "SAFE_GLOBALS", "TRUST_HINT", "build_from_checkpoint"]
 
 FORMAT = "robust-distill/1"
 
@@ -56,7 +56,7 @@ def _safe_globals() -> list[Any]:
     return out
 
 
-#: The types beyond tensors and containers that :func:`load_file` accepts: numpy scalars, arrays and dtypes
+#: The types beyond tensors and containers that :func:`load_weights_file` accepts: numpy scalars, arrays and dtypes
 #: (old RobustBench and research checkpoints store ``best_acc`` as ``np.float64``) and ``argparse.Namespace``
 #: (training arguments). Constructing them runs no user code.
 SAFE_GLOBALS: list[Any] = _safe_globals()
@@ -64,7 +64,7 @@ SAFE_GLOBALS: list[Any] = _safe_globals()
 _torch_load = torch.load  # the real one, also while :func:`weights_only_loads` has replaced ``torch.load``
 
 
-def load_file(f: Any, *, map_location: Any = "cpu", trust: bool = False, mmap: bool | None = None) -> Any:
+def load_weights_file(f: Any, *, map_location: Any = "cpu", trust: bool = False, mmap: bool | None = None) -> Any:
     """Read a weights file (a path or a binary file object) without running code from it.
 
     ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``
@@ -94,14 +94,14 @@ def load_file(f: Any, *, map_location: Any = "cpu", trust: bool = False, mmap: b
 
 @contextlib.contextmanager
 def weights_only_loads(trust: bool = False) -> Iterator[None]:
-    """Inside the block, every ``torch.load`` reads through :func:`load_file`, whatever its caller passes.
+    """Inside the block, every ``torch.load`` reads through :func:`load_weights_file`, whatever its caller passes.
 
     For third-party loaders that call ``torch.load`` themselves, some with ``weights_only=False`` (timm's
     ``checkpoint_path`` and ``pretrained_cfg['file']``, RobustBench's ``load_model`` on torch < 2.6 or with
     ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``): not thread-safe, used only while models are built at start-up.
     """
     def guarded(f: Any, map_location: Any = None, *args: Any, mmap: bool | None = None, **kwargs: Any) -> Any:
-        return load_file(f, map_location=map_location, trust=trust, mmap=mmap)
+        return load_weights_file(f, map_location=map_location, trust=trust, mmap=mmap)
 
     original, torch.load = torch.load, guarded
     try:
@@ -112,7 +112,7 @@ def weights_only_loads(trust: bool = False) -> Iterator[None]:
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *, trust: bool = False,
                     mmap: bool | None = None) -> Any:
-    """Load a checkpoint through :func:`load_file`; errors say what is wrong with which file.
+    """Load a checkpoint through :func:`load_weights_file`; errors say what is wrong with which file.
 
     ``mmap=True`` maps the tensors' storage instead of reading it (cheap checks of large files).
     """
@@ -121,7 +121,7 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", *, 
     if problem:
         raise CheckpointError(problem)
     try:
-        return load_file(p, map_location=map_location, trust=trust, mmap=mmap)
+        return load_weights_file(p, map_location=map_location, trust=trust, mmap=mmap)
     except UnsafeCheckpointError:
         raise
     except Exception as exc:

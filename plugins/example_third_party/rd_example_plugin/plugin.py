@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl
-from robust_distill.core.losses import js_divergence
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl, js_divergence
 
 
 class JSDLoss(OuterLoss):
