@@ -48,6 +48,7 @@ from robust_distill.analysis.subspace import (
     select_by_subspace,
 )
 from robust_distill.api import Evaluation, evaluate, list_attacks, list_methods, load_model, registries, train
+from robust_distill.cli import command
 from robust_distill.core.attacks import BNMode, InnerPGD, Start, model_mode, pgd
 from robust_distill.core.components import (
     DataBundle,
@@ -77,7 +78,7 @@ from robust_distill.core.losses import (
     kl_divisor,
     squared_l2,
 )
-from robust_distill.core.manager import Registries
+from robust_distill.core.manager import PluginWarning, Registries
 from robust_distill.core.preflight import check_input_file, check_input_shape, load_state_dict_checked, on_meta
 from robust_distill.core.registry import Registry
 from robust_distill.core.step import Step
@@ -126,14 +127,16 @@ __all__ = [
     # the Python API
     "train", "evaluate", "load_model", "Evaluation", "registries", "list_methods", "list_attacks",
     # the plugin API
-    "Registry", "Registries", "Step", "ThreatModel", "Method", "Part", "Stateful", "DataBundle", "StreamedBundle",
+    "Registry", "Registries", "PluginWarning", "command", "Step", "ThreatModel", "Method", "Part", "Stateful",
+    "DataBundle", "StreamedBundle",
     "DatasetInfo", "TeacherSource", "StudentSource", "InnerAttack", "OuterLoss", "TeacherUpdater", "EvalAttack",
     "training_defaults", "epochs_of", "split_spec", "RunContext", "Logger", "format_eps",
     "kl_div", "js_divergence", "squared_l2", "kl_divisor", "check_kl_reduction", "KLReduction", "Reduction",
     "pgd", "InnerPGD", "BNMode", "Start", "model_mode",
     "check_input_file", "check_input_shape", "load_state_dict_checked", "on_meta",
     # data
-    "iterate_eval", "to_float", "IMG_EXTENSIONS", "ImageList", "ImageTransform", "CropFlip", "RandomResizedCropFlip",
+    "iterate_eval", "to_float", "IMG_EXTENSIONS", "ImageList", "ImageTransform", "CropFlip",
+    "RandomResizedCropFlip",
     "decode_all", "read_image", "scan_class_folders",
     # engine pieces
     "TrainedModel", "TrainedTeacher", "all_reduce_mean", "clone_state", "global_mean", "resolve_device",

@@ -75,7 +75,8 @@ def rd_register_datasets(registry: Registry[Any]) -> None:
     the training set either way. ``info`` describes the data without loading it (classes, input shape,
     and ``train_size`` where it is known, so that ``data.val_size`` is checked before any loading); it runs
     when the config is checked: raise ``ValueError`` or ``OSError`` there, naming the file, for data that
-    cannot work.
+    cannot work. A dataset built on other parts (relabelled by a teacher) declares a keyword ``registries`` in
+    ``info`` and ``load`` and is given the run's (:meth:`~robust_distill.core.manager.Registries.call`).
 
     :param registry: registry of dataset loaders, keyed by the name used in ``data.dataset``.
     :returns: nothing; register into ``registry``.
@@ -88,7 +89,9 @@ def rd_register_teacher_sources(registry: Registry[TeacherSource]) -> None:
 
     A source resolves the part after the colon of a teacher spec (``robustbench:Chen2021LTD_WRN34_10``,
     ``checkpoint:runs/x/best.pt``, ``timm:resnet18``) into a model in ``eval()`` mode that takes inputs in
-    [0, 1] and returns logits; ``check`` validates a spec without loading it.
+    [0, 1] and returns logits; ``check`` validates a spec without loading it. A source that builds a registered
+    architecture declares a keyword ``registries`` in ``load`` and ``check`` and is given the run's
+    (:meth:`~robust_distill.core.manager.Registries.call`), never the process-global ones.
 
     :param registry: keyed by the prefix before the colon.
     :returns: nothing; register into ``registry``.

@@ -1,7 +1,7 @@
 """AdaAD with a symmetric outer loss: ``JSD(S(x') || T(x'))`` instead of ``KL(S(x') || T(x'))``.
 
-Written only against robust-distill's public API: ``hookimpl``, ``Method``, ``Part``, ``OuterLoss``,
-``Step`` and the divergences of ``robust_distill.core.losses``. Registered through the entry-point group
+Written only against robust-distill's public API, the names ``robust_distill`` itself exports: ``hookimpl``,
+``Method``, ``Part``, ``OuterLoss``, ``Step`` and ``js_divergence``. Registered through the entry-point group
 ``robust_distill`` in this distribution's setup.cfg.
 """
 
