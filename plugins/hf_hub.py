@@ -101,7 +101,7 @@ def _read_weights(name: str, path: Path, trust: bool, meta: bool) -> dict[str, A
     tensors) and other files memory-mapped. A file that cannot be read is a :class:`CheckpointError`."""
     try:
         if meta and path.suffix == ".safetensors":
-            from safetensors import safe_open
+            from safetensors import safe_open  # a header-only read: only for a meta check
 
             with safe_open(str(path), framework="pt") as f:  # checks the header against the file's size
                 return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118

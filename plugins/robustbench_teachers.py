@@ -25,6 +25,7 @@ is the explicit opt-in for files that pickle more.
 
 from __future__ import annotations
 
+import difflib
 import os
 import warnings
 from pathlib import Path
@@ -57,8 +58,9 @@ def _default_model_dir() -> str:
 
 def _zoo(dataset: str, threat_model: str) -> dict[str, Any]:
     import_robustbench()
+    # robustbench: optional (the robustbench extra); import_robustbench above patches what it needs first
     from robustbench.model_zoo import model_dicts
-    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel  # (robustbench, as above)
 
     return model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat_model)]
 
@@ -80,7 +82,6 @@ class RobustBenchTeachers(TeacherSource):
                              f"{', '.join(DATASETS)}. Use a checkpoint: or timm: teacher instead.")
         zoo = _zoo(dataset.name, threat_model)
         if name not in zoo:
-            import difflib
             close = difflib.get_close_matches(name, list(zoo), n=5, cutoff=0.5)
             gowal_chen = [n for n in zoo if n.startswith(("Gowal", "Chen"))]
             raise ValueError(

@@ -51,7 +51,7 @@ class TensorBoardLogger(Logger):
     def finish(self, summary: dict[str, Any], curves: Path | None) -> None:
         self.writer.add_text("final", markdown_final_table(summary))
         if curves is not None:
-            from matplotlib.image import imread
+            from matplotlib.image import imread  # matplotlib: loaded when the curves are logged
 
             self.writer.add_image("curves", imread(curves)[..., :3], dataformats="HWC")
 

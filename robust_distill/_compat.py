@@ -16,11 +16,16 @@ convention that ``robustbench.benchmark`` expects.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 import types
 import warnings
+from importlib.resources import files
 from typing import Any
+from unittest import mock
+
+import torch
 
 from robust_distill.errors import MissingDependencyError
 
@@ -65,8 +70,6 @@ def _ensure_pkg_resources() -> None:
         return
     except ImportError:
         pass
-    from importlib.resources import files
-
     stub = types.ModuleType("pkg_resources")
 
     def resource_filename(package: str, resource: str) -> str:
@@ -124,11 +127,6 @@ def robustbench_benchmark(model: Any, x: Any, y: Any, *, eps: float, batch_size:
     ``benchmark`` with :class:`AutoAttackAdapter` (seeded) in place of ``AutoAttack`` and the given
     examples in place of its CIFAR loader. Used to check that our AutoAttack numbers follow its protocol.
     """
-    import functools
-    from unittest import mock
-
-    import torch
-
     rb = import_robustbench()
     adapter = functools.partial(AutoAttackAdapter, seed=seed)
     with mock.patch.object(rb.eval, "AutoAttack", adapter), \

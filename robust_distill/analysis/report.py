@@ -50,7 +50,7 @@ def _fmt(ms: tuple[float, float, int] | None) -> str:
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rank correlation (``scipy.stats.spearmanr``: average ranks for ties); NaN when either
     side is constant (no ranking to correlate)."""
-    from scipy.stats import spearmanr
+    from scipy.stats import spearmanr  # scipy: optional (the test extra), slow to import
 
     if len(set(x)) < 2 or len(set(y)) < 2:
         return float("nan")

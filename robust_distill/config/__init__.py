@@ -216,7 +216,7 @@ def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-class DuplicateKeyError(yaml.constructor.ConstructorError):
+class DuplicateKeyError(yaml.constructor.ConstructorError, ConfigError):
     """A YAML mapping with the same key twice (plain YAML keeps the last one silently)."""
 
 

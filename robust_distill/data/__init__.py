@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from typing import Any
+
 from robust_distill.data import memory, splits  # the names of the former module, for one release
 
 

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill.core.components import DataBundle, DatasetInfo, StreamedBundle
+from robust_distill.core.components import DatasetInfo
 
-__all__ = ["DataSplits", "Splits", "EvalSet", "TensorEvalSet", "dataset_info", "to_device", "to_float", "augment", "epoch_batches", "iterate_eval", "place_data"]
+__all__ = ["DataSplits", "Splits", "EvalSet", "TensorEvalSet", "dataset_info", "to_device", "to_float", "augment",
+           "epoch_batches", "iterate_eval", "place_data"]
 
 
 class EvalSet(Protocol):

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file as load_safetensors
 
 from robust_distill.core.components import split_spec
 from robust_distill.core.preflight import check_input_file, load_state_dict_checked, on_meta
@@ -73,8 +74,6 @@ def load_weights_file(f: Any, *, map_location: Any = "cpu", trust: bool = False,
     """
     name = str(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", repr(f))
     if isinstance(f, (str, os.PathLike)) and str(f).endswith(".safetensors"):
-        from safetensors.torch import load_file as load_safetensors
-
         device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
         return load_safetensors(str(f), device=str(device))
     if mmap and not (isinstance(f, (str, os.PathLike)) and zipfile.is_zipfile(f)):

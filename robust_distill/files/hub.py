@@ -53,7 +53,7 @@ def hub_file(name: str, filename: str, *, required: bool = True) -> Path | None:
         return None
     if name.startswith((".", "/", "~")) or name.split("@")[0].count("/") != 1:
         raise HubError(f"hf-hub:{name}: not a folder here, nor a Hub repo id of the form user/repo[@revision].")
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # huggingface_hub: optional, needed for Hub repos only
 
     repo, _, revision = name.partition("@")
     try:
