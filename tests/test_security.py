@@ -93,7 +93,7 @@ def test_eval_command_refuses_a_payload_checkpoint_file(tmp_path: Path, marker: 
 def test_checkpoint_teacher_refuses_a_payload(regs, tmp_path: Path, marker: Path) -> None:
     path = evil(tmp_path / "evil.pt", marker, convnet_xs_state())
     with pytest.raises(UnsafeCheckpointError):
-        regs.teacher_sources.get("checkpoint").load(str(path), dataset=SYNTH, arch="timm:convnet_xs")
+        regs.call(regs.teacher_sources.get("checkpoint").load, str(path), dataset=SYNTH, arch="timm:convnet_xs")
 
 
 def test_resume_refuses_a_payload_last_pt(tiny_config, tmp_path: Path, marker: Path) -> None:

@@ -128,7 +128,7 @@ def test_select_teacher_end_to_end_ranks_known_teachers_and_reuses_its_runs(
     assert [r["rank"] for r in result["teachers"]] == [1, 2, 3]
     # the scores are analysis.teacher_scores' (one implementation), on the dataset's training split
     bundle = regs.datasets.get("synthetic").load(**DATA["options"])
-    models = {t: regs.teacher_sources.get("checkpoint").load(t.split(":", 1)[1], dataset=bundle.info)
+    models = {t: regs.call(regs.teacher_sources.get("checkpoint").load, t.split(":", 1)[1], dataset=bundle.info)
               for t in (uniform, plain, sharp)}
     expected = {r["teacher"]: r for r in teacher_scores(models, bundle.train_x, bundle.train_y, sets)}
     for r in result["teachers"]:

@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 Keep = Literal["in", "out"]
+Keep.__doc__ = "Which PGD restart a subspace attack keeps: the one closer to the input subspace, or farther from it."
 SUBSPACE_FORMAT = "robust-distill/input-subspace/1"
 
 
@@ -88,6 +89,7 @@ class InputSubspace:
 
     @property
     def dim(self) -> int:
+        """The number of principal directions kept."""
         return int(self.vectors.shape[0])
 
     @property
@@ -124,16 +126,19 @@ class InputSubspace:
 
     # -- persistence (plain tensors and ints: loads with weights_only=True) -----------------------
     def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and numbers: what :meth:`save` writes and :meth:`from_state` reads."""
         return {"format": SUBSPACE_FORMAT, "mean": self.mean, "vectors": self.vectors, "eigenvalues": self.eigenvalues,
                 "k": self.k, "in_channels": self.in_channels, "kernel_size": list(self.kernel_size),
                 "stride": list(self.stride), "padding": list(self.padding), "dilation": list(self.dilation)}
 
     def save(self, path: str | Path) -> Path:
+        """Write :meth:`state_dict` to ``path`` atomically; returns the path."""
         atomic_save(self.state_dict(), path)
         return Path(path)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> InputSubspace:
+        """The subspace :meth:`state_dict` describes."""
         if state.get("format") != SUBSPACE_FORMAT:
             raise ValueError(f"not an input-subspace file (format {state.get('format')!r}, expected "
                              f"{SUBSPACE_FORMAT!r}); write one with `robust-distill specialization --out DIR` "
@@ -144,9 +149,11 @@ class InputSubspace:
 
     @classmethod
     def load(cls, path: str | Path) -> InputSubspace:
+        """The subspace saved at ``path`` (read without running code from the file)."""
         return cls.from_state(load_checkpoint(path))
 
     def describe(self) -> str:
+        """One line for logs: the dimension and the variance it keeps."""
         return (f"top {self.k} of {self.dim} principal directions of the {self.in_channels}x{self.kernel_size[0]}x"
                 f"{self.kernel_size[1]} input patches ({100 * self.explained:.2f}% of their variance)")
 

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 __all__ = ["pgd", "random_start", "frozen_parameters", "model_mode", "InnerPGD", "Start", "BNMode"]
 
 Start = Literal["uniform", "gaussian", "none"]
+Start.__doc__ = "Where PGD starts: a uniform or Gaussian draw in the epsilon ball, or the clean input."
 BNMode = Literal["eval", "train"]
+BNMode.__doc__ = "The student's BatchNorm mode while the inner attack runs (its batch statistics or its running ones)."
 
 
 @contextmanager
@@ -130,6 +132,7 @@ class InnerPGD(InnerAttack):
         return lambda x_adv: self.objective(step, x_adv)
 
     def threat(self, step: Step) -> ThreatModel:
+        """The threat model the attack uses for ``step`` (the step's own, unless the attack was given one)."""
         return step.threat
 
     @contextmanager

@@ -26,7 +26,9 @@ __all__ = ["kl_div", "js_divergence", "squared_l2", "Reduction", "KLReduction", 
            "reduce", "kl_divisor", "check_kl_reduction"]
 
 Reduction = Literal["batchmean", "mean", "sum", "none"]
+Reduction.__doc__ = "How a loss reduces its per-sample values: sum/B, mean over elements, sum, or none."
 KLReduction = Literal["mean", "batchmean"]
+KLReduction.__doc__ = "A distillation KL's reduction: the official codes' element mean, or the papers' sum/B."
 """The ``kl_reduction`` option of the distillation losses (see the module docstring)."""
 
 KL_REDUCTIONS: dict[str, str] = {

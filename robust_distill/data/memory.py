@@ -236,5 +236,6 @@ def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int, rank: int =
 
 
 def iterate_eval(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """``(start, x, y)`` batches of ``batch_size`` in order (the last may be smaller): an evaluation pass."""
     for start in range(0, x.shape[0], batch_size):
         yield start, x[start:start + batch_size], y[start:start + batch_size]

@@ -89,6 +89,7 @@ class ImageList:
         return self.labels.numel()
 
     def path(self, i: int) -> str:
+        """The file of image ``i``."""
         return os.path.join(self.root, self._blob[self._offsets[i]:self._offsets[i + 1]].decode())
 
     def load(self, i: int) -> PILImage.Image:
@@ -220,9 +221,11 @@ class ImageTransform:
     size: tuple[int, int] = (0, 0)  # (H, W) of the tensors produced
 
     def train(self, img: PILImage.Image, rng: SampleRandom) -> Tensor:
+        """A training sample: the image augmented with ``rng`` (one per sample and epoch), as a uint8 CHW tensor."""
         raise NotImplementedError
 
     def eval(self, img: PILImage.Image) -> Tensor:
+        """An evaluation sample: the image without augmentation, as a uint8 CHW tensor."""
         raise NotImplementedError
 
 
@@ -250,9 +253,11 @@ class CropFlip(ImageTransform):
         return np.asarray(img, dtype=np.uint8)
 
     def eval(self, img: PILImage.Image) -> Tensor:
+        """The image resized to cover ``size`` and centre-cropped to it, without augmentation."""
         return _to_tensor(self._fit(img))
 
     def train(self, img: PILImage.Image, rng: SampleRandom) -> Tensor:
+        """The image fitted to ``size`` (as :meth:`eval`), padded, randomly cropped back and flipped (``rng``)."""
         a = self._fit(img)
         p = self.padding
         if p > 0:  # the (H, W) window at offset (oy, ox) of the zero-padded image, without padding it
@@ -304,6 +309,7 @@ class RandomResizedCropFlip(ImageTransform):
         return (height - h) // 2, (width - w) // 2, h, w
 
     def train(self, img: PILImage.Image, rng: SampleRandom) -> Tensor:
+        """A random-resized crop (scale and ratio drawn from ``rng``) resized to ``size``, flipped at random."""
         import torchvision.transforms.functional as TF  # loaded when the first image is transformed
 
         top, left, h, w = self.crop_params(img.height, img.width, rng)
@@ -314,6 +320,7 @@ class RandomResizedCropFlip(ImageTransform):
         return _to_tensor(a)
 
     def eval(self, img: PILImage.Image) -> Tensor:
+        """The preprocessing of evaluation: resize, then a central crop to ``size``."""
         import torchvision.transforms.functional as TF  # loaded when the first image is transformed
 
         if self.eval_resize is not None:

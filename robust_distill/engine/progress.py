@@ -142,6 +142,7 @@ class Progress:
             self._line(now)
 
     def set_stats(self, stats: Stats) -> None:
+        """Show ``stats`` (name -> value) beside the bar or line from now on."""
         self._stats = stats
 
     def close(self, stats: Stats | None = None) -> None:

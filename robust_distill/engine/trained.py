@@ -59,11 +59,13 @@ class TrainedModel(Stateful):
         self.lr = lr
 
     def set_lr(self, lr: float) -> None:
+        """Set the learning rate of every parameter group."""
         self.lr = lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
     def zero_grad(self) -> None:
+        """Drop the gradients (``set_to_none``)."""
         self.optimizer.zero_grad(set_to_none=True)
 
     def own_step(self, loss: Tensor) -> bool:
@@ -117,11 +119,13 @@ class TrainedModel(Stateful):
         return stepped
 
     def state_dict(self) -> dict[str, Any]:
+        """The network, optimizer and step counters, for the run's checkpoint."""
         # a snapshot: the optimizer's state dict holds its live momentum buffers
         state = {self.name: clone_state(self.model), "optimizer": copy.deepcopy(self.optimizer.state_dict())}
         return {**state, "scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (resume)."""
         if not state:
             return
         self.model.load_state_dict(state[self.name])
@@ -154,9 +158,11 @@ class TrainedTeacher(TeacherUpdater):
     trained: TrainedModel | None = None
 
     def state_dict(self) -> dict[str, Any]:
+        """The trained teacher's :class:`TrainedModel` state, for the run's checkpoint."""
         return self.trained.state_dict() if self.trained is not None else {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (resume)."""
         if state:
             assert self.trained is not None, "setup() creates the trained model before the state is restored"
             self.trained.load_state_dict(state)
