@@ -33,7 +33,8 @@ import yaml
 from robust_distill.analysis.bench import expand_grid, run_grid
 from robust_distill.analysis.unlearnable import teacher_scores, unlearnable_sets
 from robust_distill.api import resolve_model
-from robust_distill.config import _deep_merge, apply_overrides
+from robust_distill.config import apply_overrides
+from robust_distill.config.loading import deep_merge
 from robust_distill.core.components import split_spec
 from robust_distill.engine.distributed import resolve_device
 from robust_distill.errors import SelectionError
@@ -84,7 +85,7 @@ def identification_config(student: str, dataset: str, ident: Identification, *, 
                           ) -> dict[str, Any]:
     """The raw config shared by the identification runs (method and seed vary): defaults < ``ident.base`` <
     the fields of ``ident`` that are set < ``ident.overrides``."""
-    raw = _deep_merge(DEFAULTS, ident.base)
+    raw = deep_merge(DEFAULTS, ident.base)
     raw.update(student=student, device=device)
     raw["data"] = {**raw.get("data", {}), "dataset": dataset}
     if ident.epochs is not None:
@@ -177,7 +178,7 @@ def select_teacher(student: str, teachers: Sequence[str], regs: Any, *, dataset:
     if not teachers:
         raise SelectionError("give at least one candidate teacher (--teachers A B ...).")
     t0 = time.perf_counter()
-    given = apply_overrides(_deep_merge(DEFAULTS, ident.base), list(ident.overrides))
+    given = apply_overrides(deep_merge(DEFAULTS, ident.base), list(ident.overrides))
     dataset = dataset or given["data"].get("dataset")
     options = given["data"].get("options") or None
     loaded, eps_from = {}, None

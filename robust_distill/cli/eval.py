@@ -9,7 +9,7 @@ from typing import Any
 from robust_distill import hookimpl
 from robust_distill.api import evaluate, resolve_model
 from robust_distill.cli import command, common_problems, integer, radius
-from robust_distill.config import _parse_value
+from robust_distill.config.loading import parse_value
 from robust_distill.core.manager import Registries, get_registries
 from robust_distill.core.registry import UnknownNameError
 from robust_distill.core.threat import format_eps
@@ -34,7 +34,7 @@ def _options(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
         key, _, value = item.partition("=")
-        out[key] = _parse_value(value)
+        out[key] = parse_value(value)
     return out
 
 
