@@ -27,7 +27,8 @@ from robust_distill.core.attacks import frozen_parameters, model_mode
 from robust_distill.core.manager import get_plugin_manager, get_registries
 from robust_distill.data.memory import augment, epoch_batches, to_device, to_float
 from robust_distill.engine.distributed import DistContext
-from robust_distill.engine.trainer import Run, _train_epoch
+from robust_distill.engine.run import Run
+from robust_distill.engine.trainer import _train_epoch
 
 RAW = {
     "method": "adaad", "device": "cpu", "output_dir": "/tmp/rd-bench-overhead", "channels_last": False,

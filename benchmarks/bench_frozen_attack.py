@@ -26,7 +26,7 @@ from robust_distill import Step, ThreatModel
 from robust_distill.core import attacks as attacks_mod
 from robust_distill.core.components import DatasetInfo
 from robust_distill.core.manager import get_registries
-from robust_distill.engine.trainer import build_student
+from robust_distill.engine.run import build_student
 
 SETTINGS = {
     "fmnist": (DatasetInfo("fashion_mnist", 10, (1, 28, 28)), "timm:convnet_s", "timm:convnet_m", 128),

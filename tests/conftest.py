@@ -188,7 +188,7 @@ def write_teacher_checkpoint(path: Path, key: str, kwargs: dict, info) -> Path:
     """A robust-distill checkpoint of a freshly built ``key`` model for the data ``info`` describes (what
     ``checkpoint:`` teacher sources read), written atomically."""
     from robust_distill.core.manager import get_registries
-    from robust_distill.engine.trainer import build_student, model_spec
+    from robust_distill.engine.run import build_student, model_spec
     from robust_distill.files import atomic as _io
     from robust_distill.files.checkpoint import FORMAT
 

@@ -77,7 +77,7 @@ def test_spearman_and_entropy_of_known_distributions() -> None:
 
 def test_normalized_correlation_of_a_model_with_itself_is_one(regs) -> None:
     from robust_distill.core.components import DatasetInfo
-    from robust_distill.engine.trainer import build_student
+    from robust_distill.engine.run import build_student
 
     torch.manual_seed(0)
     model = build_student("timm:convnet_xs", {}, DatasetInfo("d", 10, (3, 16, 16)), regs)

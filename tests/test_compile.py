@@ -14,7 +14,8 @@ from robust_distill.core.manager import get_plugin_manager
 from robust_distill.engine import compilation
 from robust_distill.engine.compilation import check_compile, compile_mode, compile_module, device_mode
 from robust_distill.engine.distributed import DistContext
-from robust_distill.engine.trainer import Run, _train_epoch
+from robust_distill.engine.run import Run
+from robust_distill.engine.trainer import _train_epoch
 from robust_distill.errors import CompileUnavailableError, ConfigError
 
 from .conftest import TINY

@@ -136,7 +136,7 @@ def test_load_config_from_yaml_with_fractions(tiny_raw, regs, tmp_path: Path) ->
 
 def test_checkpoint_teacher_spec_resolves(tiny_raw, regs, tmp_path: Path) -> None:
     from robust_distill.core.components import DatasetInfo
-    from robust_distill.engine.trainer import build_student, model_spec
+    from robust_distill.engine.run import build_student, model_spec
 
     ckpt = tmp_path / "t.pt"
     info = DatasetInfo("synthetic", 4, (3, 8, 8))

@@ -201,7 +201,7 @@ def test_resumed_run_equals_uninterrupted_on_cuda(tiny_config, tmp_path: Path) -
 def test_data_stays_on_the_gpu_when_it_fits(tiny_config) -> None:
     from robust_distill.core.manager import get_plugin_manager, get_registries
     from robust_distill.engine.distributed import DistContext
-    from robust_distill.engine.trainer import Run
+    from robust_distill.engine.run import Run
 
     regs = get_registries()
     on = Run(tiny_config("pgd_at", overrides=["device=cuda"]), regs, get_plugin_manager(), DistContext())

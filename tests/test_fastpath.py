@@ -25,7 +25,8 @@ from robust_distill.engine.fastpath import (
     fold_enabled,
     fused_conv_bn,
 )
-from robust_distill.engine.trainer import Run, _train_epoch, train
+from robust_distill.engine.run import Run
+from robust_distill.engine.trainer import _train_epoch, train
 from robust_distill.errors import ConfigError
 from robust_distill.files.checkpoint import load_checkpoint
 from robust_distill_plugins import architectures  # noqa: F401  (registers timm's resnet18_cifar, convnet_*)
@@ -95,7 +96,7 @@ def test_cast_refresh_follows_weights_that_changed() -> None:
 
 
 def _no_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("robust_distill.engine.trainer.constant_teachers", lambda updater, teachers: {})
+    monkeypatch.setattr("robust_distill.engine.run.constant_teachers", lambda updater, teachers: {})
     monkeypatch.setattr(Run, "attack_weights", lambda self: None)
 
 

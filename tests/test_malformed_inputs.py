@@ -377,7 +377,7 @@ CASES = [
 def _fixtures(folder: Path, regs: Any) -> None:
     """Files the cases point at: teacher checkpoints good and bad, results folders with corrupt files."""
     from robust_distill.core.components import DatasetInfo
-    from robust_distill.engine.trainer import build_student, model_spec
+    from robust_distill.engine.run import build_student, model_spec
 
     (folder / "a_file").write_text("")
     (folder / "corrupt.json").write_text('{"teachers": [')

@@ -194,7 +194,7 @@ def _hub_fixtures(hubs: Path, regs: Any) -> None:
     from safetensors.torch import load_file, save_file
 
     from robust_distill.core.components import DatasetInfo
-    from robust_distill.engine.trainer import build_student, model_spec
+    from robust_distill.engine.run import build_student, model_spec
     from robust_distill.export import export_model
 
     def export(name: str, info: DatasetInfo) -> Path:

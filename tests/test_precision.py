@@ -17,7 +17,8 @@ from robust_distill.core.manager import get_plugin_manager
 from robust_distill.core.precision import InputGradScale
 from robust_distill.engine.distributed import DistContext
 from robust_distill.engine.evaluation import evaluate
-from robust_distill.engine.trainer import Run, _train_epoch, train
+from robust_distill.engine.run import Run
+from robust_distill.engine.trainer import _train_epoch, train
 from robust_distill.errors import ConfigError
 from robust_distill.files.checkpoint import load_checkpoint
 

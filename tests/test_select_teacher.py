@@ -19,7 +19,7 @@ from robust_distill.analysis.select_teacher import (
 )
 from robust_distill.analysis.unlearnable import teacher_scores, unlearnable_sets
 from robust_distill.cli import main
-from robust_distill.engine.trainer import build_student, model_spec
+from robust_distill.engine.run import build_student, model_spec
 from robust_distill.errors import SelectionError
 from robust_distill.files.atomic import atomic_save
 from robust_distill.files.checkpoint import FORMAT, load_checkpoint

@@ -331,7 +331,8 @@ def _flat(state: dict) -> torch.Tensor:
 
 
 def test_clip_grad_norm_bounds_every_update(tiny_config, regs) -> None:
-    from robust_distill.engine.trainer import _seed_everything, build_student, load_data, train
+    from robust_distill.engine.run import build_student, load_data
+    from robust_distill.engine.trainer import _seed_everything, train
     from robust_distill.files.checkpoint import load_checkpoint
 
     def run(clip: float | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,7 +375,7 @@ def test_save_epochs_keeps_the_student_of_those_epochs(tiny_config, regs) -> Non
 
 def _save_teacher(path, regs, widths=(6, 5, 5, 4)) -> str:
     from robust_distill.core.components import DatasetInfo
-    from robust_distill.engine.trainer import build_student, model_spec
+    from robust_distill.engine.run import build_student, model_spec
     from robust_distill.files.atomic import atomic_save
     from robust_distill.files.checkpoint import FORMAT
 

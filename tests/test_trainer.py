@@ -130,7 +130,7 @@ def test_final_evaluation_and_eps_schedule(tiny_config, monkeypatch) -> None:
 
 
 def test_final_evaluation_evaluates_once_when_the_best_checkpoint_is_the_last(tiny_config, monkeypatch) -> None:
-    from robust_distill.engine.trainer import Run
+    from robust_distill.engine.run import Run
     calls = []
     original = Run.evaluate_student
     monkeypatch.setattr(Run, "evaluate_student", lambda self, split, *a, **k: (

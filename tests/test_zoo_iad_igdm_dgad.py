@@ -305,7 +305,7 @@ def test_dgad_without_pcr_and_when_the_teacher_is_always_wrong(regs) -> None:
 def test_dgad_gets_the_configured_per_process_batch_size_from_the_engine(regs, tiny_config) -> None:
     from robust_distill.core.manager import get_plugin_manager
     from robust_distill.engine.distributed import DistContext
-    from robust_distill.engine.trainer import Run
+    from robust_distill.engine.run import Run
 
     cfg = tiny_config("dgad", True)
     assert Run(cfg, regs, get_plugin_manager(), DistContext()).outer_loss.batch_size == 16

@@ -26,7 +26,7 @@ import yaml
 
 from robust_distill.analysis.unlearnable import unlearnable_sets
 from robust_distill.core.manager import get_registries
-from robust_distill.engine.trainer import build_student
+from robust_distill.engine.run import build_student
 from robust_distill.files.atomic import atomic_write_json, atomic_write_text
 
 METHODS = ("pgd_at", "trades")

@@ -13,7 +13,7 @@ from robust_distill.api import train
 from robust_distill.cli import command
 from robust_distill.config import effective_config, load_config
 from robust_distill.core.manager import get_registries
-from robust_distill.engine.trainer import check_resumable
+from robust_distill.engine.output import check_resumable
 from robust_distill.files.lock import FolderLockedError, lock_holder
 
 
