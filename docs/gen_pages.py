@@ -148,8 +148,8 @@ def config_sections() -> list[tuple[str, type]]:
 def config_page() -> str:
     sections = config_sections()
     out = ["# Configuration keys", "",
-           "Every key of a config file, generated from the schema (`robust_distill/config/schema.py`). Layers, later wins "
-           "key by key: these defaults < the method's paper defaults ([methods](methods.md)) < your file < "
+           "Every key of a config file, generated from the schema (`robust_distill/config/schema.py`). Layers, "
+           "later wins key by key: these defaults < the method's paper defaults ([methods](methods.md)) < your file < "
            "`--set key=value`. See [Configuration](../configuration.md) for how a config is written and checked.",
            ""]
     for prefix, cls in sections:
