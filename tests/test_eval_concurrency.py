@@ -199,7 +199,7 @@ def test_auto_concurrency_on_cuda_gives_the_bits_of_one_chunk_at_a_time(regs, sp
 def test_training_and_the_eval_command_pass_the_concurrency_on(tiny_config, tmp_path, monkeypatch) -> None:
     from robust_distill import api
     from robust_distill.cli import main
-    from robust_distill.engine import trainer
+    from robust_distill.engine import run, trainer
 
     seen = []
     evaluate_set = evaluation.evaluate_set
@@ -208,7 +208,7 @@ def test_training_and_the_eval_command_pass_the_concurrency_on(tiny_config, tmp_
         seen.append(kwargs["concurrency"])
         return evaluate_set(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate_set", spy)
+    monkeypatch.setattr(run, "evaluate_set", spy)  # what Run.evaluate (each epoch's and the final evaluation) calls
     monkeypatch.setattr(api, "evaluate_set", spy)  # what robust_distill.api.evaluate (the eval command) calls
     cfg = tiny_config(overrides=["optim.epochs=1", f"output_dir={tmp_path / 'run'}", "eval.concurrency=3",
                                  "eval.final_attacks=[clean]"])
