@@ -240,7 +240,7 @@ def methods_page() -> str:
 def hooks_page() -> str:
     return "\n".join([
         "# Hook reference", "",
-        "Every hook specification of `robust_distill/hookspecs.py`, rendered from its docstring. The "
+        "Every hook specification of `robust_distill/core/hookspecs.py`, rendered from its docstring. The "
         "[plugin author's guide](../plugins.md) shows them at work.", "",
         "::: robust_distill.core.hookspecs", "    options:", "      show_root_heading: false",
         "      show_root_toc_entry: false", "      heading_level: 2", ""])

@@ -16,6 +16,12 @@ from robust_distill import (
     check_input_shape,
     hookimpl,
 )
+from robust_distill import registries as process_registries
+
+
+def _own(registries: Registries | None) -> Registries:
+    """The registries the engine passed; called directly (as in 0.1, without them): the process's."""
+    return registries if registries is not None else process_registries()
 
 
 def _arch(arch: Any) -> dict[str, Any] | None:
@@ -32,14 +38,14 @@ class CheckpointTeachers(TeacherSource):
     rebuilt from the run's registries (its architecture may come from any installed plugin).
     """
 
-    def load(self, name: str, *, dataset: DatasetInfo, registries: Registries, arch: Any = None,
+    def load(self, name: str, *, dataset: DatasetInfo, registries: Registries | None = None, arch: Any = None,
              trust_checkpoint: bool = False) -> nn.Module:
-        model, ckpt = build_from_checkpoint(Path(name).expanduser(), registries, arch=_arch(arch),
+        model, ckpt = build_from_checkpoint(Path(name).expanduser(), _own(registries), arch=_arch(arch),
                                             dataset=dataset, trust=trust_checkpoint)
         _check_classes(name, ckpt, dataset)
         return model
 
-    def check(self, name: str, *, dataset: DatasetInfo, registries: Registries, arch: Any = None,
+    def check(self, name: str, *, dataset: DatasetInfo, registries: Registries | None = None, arch: Any = None,
               trust_checkpoint: bool = False) -> None:
         """Reads the file (memory-mapped, weights only), checks its weights against the architecture and a
         forward pass on the dataset's input shape, all on the ``meta`` device (nothing is copied)."""
@@ -47,7 +53,7 @@ class CheckpointTeachers(TeacherSource):
         problem = check_input_file(path, "teacher checkpoint")
         if problem:
             raise FileNotFoundError(problem)
-        model, ckpt = build_from_checkpoint(path, registries, arch=_arch(arch), dataset=dataset,
+        model, ckpt = build_from_checkpoint(path, _own(registries), arch=_arch(arch), dataset=dataset,
                                             trust=trust_checkpoint, meta=True)
         _check_classes(name, ckpt, dataset)
         problem = check_input_shape(model, dataset.input_shape, dataset.num_classes) if model is not None else None

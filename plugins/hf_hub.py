@@ -3,7 +3,7 @@
 What ``robust-distill export`` writes (:mod:`robust_distill.export`), and timm models on the Hub. The files come
 from the folder, or from the Hub through ``huggingface_hub`` and its cache (``HF_HUB_OFFLINE=1`` loads
 cached repos without a network). The architecture is built with ``timm.create_model`` and the weights read by
-:func:`robust_distill.files.checkpoint.load_file`: ``model.safetensors`` with safetensors, a ``pytorch_model.bin``
+:func:`robust_distill.load_weights_file`: ``model.safetensors`` with safetensors, a ``pytorch_model.bin``
 with ``torch.load(weights_only=True)``; never by timm's ``load_state_dict_from_hf``, which unpickles ``.bin``
 files with ``weights_only=False``. Inputs are in [0, 1]: robust-distill's exports restore the normalisation
 they were trained with, other timm models get their ``pretrained_cfg`` mean/std inside the model.

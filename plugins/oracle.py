@@ -57,6 +57,7 @@ from robust_distill import (
     to_float,
     training_defaults,
 )
+from robust_distill import registries as process_registries
 
 OracleLoss = Literal["l2", "ce"]
 OracleTarget = Literal["teacher_adv", "teacher_clean"]
@@ -198,7 +199,7 @@ class OracleDataset:
 
     name = "oracle"
 
-    def info(self, *, registries: Registries, base: str = "fashion_mnist", teacher: str | None = None,
+    def info(self, *, registries: Registries | None = None, base: str = "fashion_mnist", teacher: str | None = None,
              teacher_kwargs: dict | None = None, base_options: dict | None = None, device: str = "cpu",
              batch_size: int = 500) -> DatasetInfo:
         if base == self.name:
@@ -206,13 +207,15 @@ class OracleDataset:
         if not teacher:
             raise ValueError("dataset 'oracle' needs data.options.teacher, the spec of the oracle that labels the "
                              "data, e.g. checkpoint:runs/teacher/best.pt")
+        registries = registries if registries is not None else process_registries()  # called directly, as in 0.1
         info = registries.call(registries.datasets.get(base).info, **(base_options or {}))
         return DatasetInfo(self.name, info.num_classes, info.input_shape, info.class_names)
 
     @torch.no_grad()
-    def load(self, root: str | None = None, *, registries: Registries, base: str = "fashion_mnist",
+    def load(self, root: str | None = None, *, registries: Registries | None = None, base: str = "fashion_mnist",
              teacher: str | None = None, teacher_kwargs: dict | None = None, base_options: dict | None = None,
              device: str = "cpu", batch_size: int = 500) -> DataBundle:
+        registries = registries if registries is not None else process_registries()  # called directly, as in 0.1
         info = self.info(registries=registries, base=base, teacher=teacher, teacher_kwargs=teacher_kwargs,
                          base_options=base_options, device=device, batch_size=batch_size)
         bundle = registries.call(registries.datasets.get(base).load, root=root, **(base_options or {}))

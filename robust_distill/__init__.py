@@ -36,6 +36,9 @@ From Python (a notebook, a script): :func:`train`, :func:`evaluate`, :func:`load
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from robust_distill import _moved
 from robust_distill._compat import import_autoattack, import_optional, import_robustbench
 from robust_distill._version import __version__
@@ -121,6 +124,14 @@ from robust_distill.files.hub import CONFIG, LEGACY_WEIGHTS, WEIGHTS, hub_file, 
 from robust_distill.results.tables import final_table, markdown_final_table, markdown_table
 
 _moved.install()  # the import paths of 0.1 keep working for one release, with a warning
+
+
+def __getattr__(name: str) -> Any:
+    """``robust_distill.components`` and the other modules of 0.1 as attributes of the package (0.1 imported
+    several with it): imported through their old path, which warns."""
+    if f"robust_distill.{name}" in _moved.MOVED:
+        return importlib.import_module(f"robust_distill.{name}")
+    raise AttributeError(f"module 'robust_distill' has no attribute {name!r}")
 
 __all__ = [
     "__version__", "hookimpl",

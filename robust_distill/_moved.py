@@ -13,10 +13,11 @@ import importlib.abc
 import importlib.machinery
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import Any
 
-__all__ = ["MOVED", "install"]
+__all__ = ["MOVED", "MOVED_NAMES", "install", "old_names"]
 
 #: old module -> new module (removed in 0.3)
 MOVED = {
@@ -49,6 +50,42 @@ MOVED = {
     "robust_distill.pruning": "robust_distill.engine.pruning",
     "robust_distill.analysis.plots": "robust_distill.results.plots",
 }
+
+
+#: names that left their module or were renamed: module -> {old name: "new.module.name"} (removed in 0.3)
+MOVED_NAMES = {
+    "robust_distill.core.losses": {"divisor": "robust_distill.core.losses.kl_divisor"},
+    "robust_distill.files.checkpoint": {"load_file": "robust_distill.files.checkpoint.load_weights_file"},
+    "robust_distill.export": {"hub_file": "robust_distill.files.hub.hub_file",
+                              "LEGACY_WEIGHTS": "robust_distill.files.hub.LEGACY_WEIGHTS"},
+    "robust_distill.engine.tracking": {"final_table": "robust_distill.results.tables.final_table",
+                                       "markdown_final_table": "robust_distill.results.tables.markdown_final_table"},
+    "robust_distill.engine.trainer": {name: f"robust_distill.engine.run.{name}"
+                                      for name in ("build_student", "load_data", "load_teacher", "model_spec")},
+    "robust_distill.analysis.report": {"varying_keys": "robust_distill.results.runs.varying_keys",
+                                       "IGNORED": "robust_distill.results.runs.IGNORED"},
+    "robust_distill.config": {"SEED_RANGE": "robust_distill.config.schema.SEED_RANGE",
+                              "INT_LIMIT": "robust_distill.config.schema.INT_LIMIT",
+                              "MERGE_TAG": "robust_distill.config.loading.MERGE_TAG",
+                              "DuplicateKeyError": "robust_distill.config.loading.DuplicateKeyError",
+                              "RENAMED_OPTIONS": "robust_distill.config.resume.RENAMED_OPTIONS"},
+}
+
+
+def old_names(module: str) -> Callable[[str], Any]:
+    """A module-level ``__getattr__`` for ``module``: its names of 0.1 that moved (:data:`MOVED_NAMES`) resolve to
+    their new place, with a ``DeprecationWarning``; anything else is an ``AttributeError`` as usual."""
+    moved = MOVED_NAMES.get(module, {})
+
+    def __getattr__(name: str) -> Any:
+        if name not in moved:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        new_module, _, new_name = moved[name].rpartition(".")
+        warnings.warn(f"{module}.{name} moved to {moved[name]}; the old name goes away in robust-distill 0.3.",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(new_module), new_name)
+
+    return __getattr__
 
 
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):

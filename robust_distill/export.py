@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 from safetensors.torch import save
 
+from robust_distill import _moved
 from robust_distill.config import stored_eval_eps
 from robust_distill.core.components import split_spec
 from robust_distill.core.threat import format_eps, parse_fraction
@@ -42,6 +43,7 @@ from robust_distill.files.hub import CONFIG, WEIGHTS, locate_checkpoint, read_hu
 
 __all__ = ["export_model", "model_card", "robustbench_model_info", "check_robustbench", "recorded_results",
            "CARD_COLUMNS", "ROBUSTBENCH_KEYS", "ROBUSTBENCH_LINF"]
+__getattr__ = _moved.old_names(__name__)  # the names of 0.1 that moved, for one release
 
 #: options of the ``timm:`` source that say where weights come from or wrap the model: not architecture arguments
 SOURCE_OPTIONS = frozenset({"pretrained", "pretrained_file", "checkpoint_path", "normalize", "trust_checkpoint"})

@@ -272,10 +272,10 @@ def test_export_refuses_a_model_info_it_cannot_fill_and_writes_nothing(
 
 def test_a_dataset_without_a_robustbench_leaderboard_is_refused_before_any_evaluation(
         regs, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    import robust_distill.api
+    import robust_distill.cli.export
 
     _checkpoint(tmp_path / "c.pt", regs, {})  # synthetic
-    monkeypatch.setattr(robust_distill.api, "evaluate", lambda *a, **k: pytest.fail("evaluated before refusing"))
+    monkeypatch.setattr(robust_distill.cli.export, "evaluate", lambda *a, **k: pytest.fail("evaluated before refusing"))
     assert main(["export", str(tmp_path / "c.pt"), str(tmp_path / "hub"), "--robustbench", "X",
                  "--evaluate", "clean,autoattack", "--n-examples", "0"]) == 3
     assert ("RobustBench has no L-inf leaderboard for 'synthetic' that this export can enter: its L-inf "

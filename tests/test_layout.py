@@ -18,7 +18,7 @@ import pytest
 
 import robust_distill
 from robust_distill import errors
-from robust_distill._moved import MOVED
+from robust_distill._moved import MOVED, MOVED_NAMES
 from robust_distill.core.registry import UnknownNameError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,3 +187,42 @@ def _one(command: object) -> object:
     registry = CommandRegistry()
     registry.register(command)
     return registry
+
+
+@pytest.mark.parametrize(("module", "name"), sorted((m, n) for m, names in MOVED_NAMES.items() for n in names))
+def test_a_name_that_left_its_module_still_resolves_there_with_a_warning(module: str, name: str) -> None:
+    new_module, _, new_name = MOVED_NAMES[module][name].rpartition(".")
+    with pytest.warns(DeprecationWarning, match=rf"{module}\.{name} moved to {new_module}\.{new_name}"):
+        old = getattr(importlib.import_module(module), name)
+    assert old is getattr(importlib.import_module(new_module), new_name)
+
+
+def test_a_module_of_0_1_is_an_attribute_of_the_package() -> None:
+    sys.modules.pop("robust_distill.components", None)
+    vars(robust_distill).pop("components", None)
+    with pytest.warns(DeprecationWarning, match="robust_distill.components moved to robust_distill.core.components"):
+        assert robust_distill.components.Method is robust_distill.Method
+    with pytest.raises(AttributeError, match="has no attribute 'nothing'"):
+        robust_distill.nothing  # noqa: B018
+
+
+def test_registries_reach_only_the_factories_that_name_them(regs) -> None:
+    import functools
+
+    seen = []
+
+    def named(x, *, registries=None):
+        seen.append(registries)
+
+    def anything(x, **options):
+        seen.append(options)
+
+    def positional_only(registries, /):
+        seen.append(registries)
+
+    regs.call(named, 1)
+    regs.call(named, 1, registries="given")  # the caller's wins
+    regs.call(functools.partial(named, registries="bound"), 1)  # so does a partial's
+    regs.call(anything, 1)  # **options: not a declaration
+    regs.call(positional_only, "first")
+    assert seen == [regs, "given", "bound", {}, "first"]

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from robust_distill import _moved
 from robust_distill.files.atomic import atomic_write_text
 from robust_distill.results.plots import plot_accuracy_vs_eps, plot_clean_vs_robust, plot_curves
 from robust_distill.results.runs import (
@@ -28,6 +29,7 @@ from robust_distill.results.runs import (
 )
 
 __all__ = ["RunResult", "load_runs", "build_report", "spearman", "select_runs"]
+__getattr__ = _moved.old_names(__name__)  # the names of 0.1 that moved, for one release
 
 # The robust column of a report (best - last gap, plots, teacher correlation): the strongest attack present.
 ROBUST_ORDER = ("autoattack", "autoattack_apgd", "apgd_ce", "pgd20", "cw_inf", "pgd20_trades", "pgd10", "fgsm")

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from robust_distill import _moved
 from robust_distill.config.loading import (
     BASE_LAYER,
     StrictLoader,
@@ -55,6 +56,7 @@ __all__ = ["Config", "DataConfig", "OptimConfig", "EvalConfig", "SWAConfig", "Co
            "resolve_config", "apply_overrides", "config_to_dict", "read_yaml", "StrictLoader", "config_differences",
            "RESUME_MAY_DIFFER", "ResumeMismatchError", "plain_data", "effective_config", "stored_eval_eps",
            "validate", "COMPILE_MODES"]
+__getattr__ = _moved.old_names(__name__)  # the names of 0.1 that moved, for one release
 
 
 def resolve_config(raw: Mapping[str, Any], regs: Any, *, overrides: list[str] = (),  # type: ignore[assignment]

@@ -43,7 +43,13 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any
 
 
 class DuplicateKeyError(yaml.constructor.ConstructorError, ConfigError):
-    """A YAML mapping with the same key twice (plain YAML keeps the last one silently)."""
+    """A YAML mapping with the same key twice (plain YAML keeps the last one silently); :func:`read_yaml` reports
+    it as the file's problem."""
+
+    @property
+    def problems(self) -> list[str]:  # type: ignore[override]
+        """The one problem (a :class:`ConfigError` lists its problems)."""
+        return [str(self)]
 
 
 MERGE_TAG = "tag:yaml.org,2002:merge"

@@ -263,7 +263,7 @@ def check_student(v: Validation) -> None:
         if info is not None and not cfg.student.kwargs.get("pretrained"):  # (a download: not a check's work)
             v.problems += _memo(("student", source), name, cfg.student.kwargs, info,
                                 functools.partial(_student_shape_problems, student_source, name, cfg.student.kwargs,
-                                                  info))
+                                                  info), v.regs)
 
 
 def check_teacher_roles(v: Validation) -> None:
@@ -304,21 +304,21 @@ def check_teachers(v: Validation) -> None:
         _check_kwargs(src.load, teacher.kwargs, f"teachers.{role}.kwargs", v.problems,
                       provided=("name", "dataset", "registries"))
         if info is not None and len(v.problems) == before:
-            found = _memo(("teacher", source), name, teacher.kwargs, info,
-                          functools.partial(_teacher_problems, src, name, teacher.kwargs, info, teacher.key, regs))
+            check = functools.partial(_teacher_problems, src, name, teacher.kwargs, info, teacher.key, regs)
+            found = _memo(("teacher", source), name, teacher.kwargs, info, check, regs)
             v.problems += [f"teachers.{role}.key: {p}" for p in found]
 
 
 def _memo(kind: tuple[str, str], name: str, kwargs: Mapping[str, Any], info: DatasetInfo,
-          check: Any) -> list[str]:
-    """The problems ``check()`` finds, remembered for the same spec, dataset and files (a grid validates many
-    runs with the same teacher and student: each is read and built on ``meta`` once)."""
+          check: Any, regs: Any) -> list[str]:
+    """The problems ``check()`` finds, remembered for the same spec, dataset, files and registries (a grid
+    validates many runs with the same teacher and student: each is read and built on ``meta`` once)."""
     stamps = []
     for value in (name, *kwargs.values()):
         if isinstance(value, str) and os.path.isfile(os.path.expanduser(value)):
             st = os.stat(os.path.expanduser(value))
             stamps.append((value, st.st_mtime_ns, st.st_size, st.st_ino))
-    key = (kind, name, repr(sorted(kwargs.items())), repr(info), tuple(stamps))
+    key = (kind, name, repr(sorted(kwargs.items())), repr(info), tuple(stamps), id(regs))
     if key not in _MEMO:
         if len(_MEMO) > 256:
             _MEMO.clear()

@@ -22,8 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robust_distill import _moved
+
 __all__ = ["kl_div", "js_divergence", "squared_l2", "Reduction", "KLReduction", "KL_REDUCTIONS", "entropy",
            "reduce", "kl_divisor", "check_kl_reduction"]
+__getattr__ = _moved.old_names(__name__)  # the names of 0.1 that moved, for one release
 
 Reduction = Literal["batchmean", "mean", "sum", "none"]
 Reduction.__doc__ = "How a loss reduces its per-sample values: sum/B, mean over elements, sum, or none."

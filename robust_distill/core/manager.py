@@ -402,7 +402,7 @@ class PluginManager(pluggy.PluginManager):
                 (builtins if own else third_party).append(
                     _Candidate(ep.name, ep.value, ep.load, dist_name, dist.version, own))
         if not builtins:  # source checkout without installed metadata
-                builtins = [_Candidate(name, module, partial(importlib.import_module, module), OWN_DISTRIBUTION,
+            builtins = [_Candidate(name, module, partial(importlib.import_module, module), OWN_DISTRIBUTION,
                                    __version__, True) for name, module in BUILTIN_PLUGINS]
         known = [name for name, _ in BUILTIN_PLUGINS]
         builtins.sort(key=lambda c: (known.index(c.name) if c.name in known else len(known), c.name))
@@ -572,7 +572,10 @@ class Registries:
         process-global ones; the others are called as before (pluggy passes a hook implementation the arguments
         it names, the same way).
         """
-        if "registries" in _parameters(factory):
+        param = _parameters(factory).get("registries")
+        named = param is not None and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD)
+        bound = "registries" in kwargs or "registries" in getattr(factory, "keywords", {})  # (given, or a partial's)
+        if named and not bound:
             kwargs["registries"] = self
         return factory(*args, **kwargs)
 

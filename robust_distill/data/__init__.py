@@ -16,7 +16,7 @@ from robust_distill.data import memory, splits  # the names of the former module
 def __getattr__(name: str) -> Any:
     """``robust_distill.data.X`` of release 0.1 (the module ``data.py``): now in :mod:`.memory` or :mod:`.splits`."""
     for module in (memory, splits):
-        if name in getattr(module, "__all__", ()) or (not name.startswith("_") and hasattr(module, name)):
+        if name in module.__all__:
             warnings.warn(f"robust_distill.data.{name} moved to {module.__name__}.{name}; the old path goes away "
                           "in robust-distill 0.3.", DeprecationWarning, stacklevel=2)
             return getattr(module, name)

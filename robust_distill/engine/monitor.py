@@ -7,9 +7,9 @@
   tensor metadata only, so it costs no synchronisation either.
 * :func:`nonfinite_tensors`: every non-finite tensor of a checkpoint (nested dicts and lists), found with one
   synchronisation; the engine calls it before anything is saved, so no checkpoint with a NaN or an inf is
-  ever written (:func:`robust_distill.files.checkpoint.atomic_save` refuses one too).
+  ever written (:func:`robust_distill.files.atomic.atomic_save` refuses one too).
 
-Errors: :class:`OuterLossError` (a plugin broke the contract; a :class:`~robust_distill.core.manager.PluginError`)
+Errors: :class:`OuterLossError` (a plugin broke the contract; a :class:`~robust_distill.errors.PluginError`)
 and :class:`DivergenceError` (training produced non-finite values; nothing non-finite was saved).
 """
 

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from robust_distill import _moved
 from robust_distill.core.manager import PluginHookError
 from robust_distill.engine.progress import Progress
 from robust_distill.results.plots import plot_curves
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from robust_distill.core.registry import Registry
 
 __all__ = ["Logger", "Loggers", "TrainMonitor", "metric_name", "plot_run_curves"]
+__getattr__ = _moved.old_names(__name__)  # the names of 0.1 that moved, for one release
 
 
 class Logger:

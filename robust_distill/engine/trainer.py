@@ -30,6 +30,7 @@ import torch
 import yaml
 from torch import nn
 
+from robust_distill import _moved
 from robust_distill.config import Config, config_to_dict, plain_data
 from robust_distill.core.components import InnerAttack, OuterLoss, TeacherUpdater
 from robust_distill.core.manager import PluginManager, Registries, get_plugin_manager, get_registries
@@ -51,6 +52,7 @@ from robust_distill.files.atomic import atomic_save, atomic_write_json, atomic_w
 from robust_distill.files.checkpoint import load_checkpoint
 
 __all__ = ["train", "step_loss", "final_evaluation"]
+__getattr__ = _moved.old_names(__name__)  # the names of 0.1 that moved, for one release
 
 
 def _seed_everything(seed: int) -> None:

@@ -29,12 +29,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file as load_safetensors
 
+from robust_distill import _moved
 from robust_distill.core.components import split_spec
 from robust_distill.core.preflight import check_input_file, load_state_dict_checked, on_meta
 from robust_distill.errors import CheckpointError, UnsafeCheckpointError
 
 __all__ = ["FORMAT", "load_checkpoint", "load_weights_file", "load_state_dict_file", "weights_only_loads",
            "CheckpointError", "UnsafeCheckpointError", "SAFE_GLOBALS", "TRUST_HINT", "build_from_checkpoint"]
+__getattr__ = _moved.old_names(__name__)  # the names of 0.1 that moved, for one release
 
 FORMAT = "robust-distill/1"
 
