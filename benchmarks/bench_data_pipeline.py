@@ -16,7 +16,7 @@ import torchvision.transforms as T
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from robust_distill.data import augment, epoch_batches, to_float
+from robust_distill.data.memory import augment, epoch_batches, to_float
 
 
 class PILDataset(Dataset):

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from robust_distill.data import make_splits
-from robust_distill.plugin import get_registries
+from robust_distill.core.manager import get_registries
+from robust_distill.data.splits import make_splits
 
 
 def write_tree(bundle, root: Path, n: int) -> float:
@@ -65,7 +65,7 @@ def per_image_costs(tree: Path, folder: Path, n: int = 200) -> list[tuple[str, f
     and the Res256Crop224 evaluation transform)."""
     import numpy as np
 
-    from robust_distill.streaming import CropFlip, RandomResizedCropFlip, read_image, sample_rng
+    from robust_distill.data.streaming import CropFlip, RandomResizedCropFlip, read_image, sample_rng
 
     png = str(next((tree / "train").rglob("*.png")))
     rng = np.random.default_rng(0)

@@ -3,7 +3,7 @@
 Both train AdaAD (inner KL(S(x')||T(x')) with frozen parameters, outer KL_mean(S(x')||T(x')), SGD)
 on the same Fashion-MNIST-shaped batches; the engine adds the Step object, cached outputs, registry
 parts, batch augmentation and logging. Rounds are interleaved (engine, hand, engine, hand, ...). With
-``--precision bf16`` both run under autocast with the run's fast paths (robust_distill.fastpath: the teacher
+``--precision bf16`` both run under autocast with the run's fast paths (robust_distill.engine.fastpath: the teacher
 held in bf16, the attack's weights cast once per attack); ``--profile`` prints the top operators of one step of
 each loop (torch.profiler; with ``--device cuda`` also kernel launches and host synchronisations per step), to see
 what the engine does that the hand loop does not.
@@ -22,12 +22,13 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from robust_distill.attacks import frozen_parameters, model_mode
 from robust_distill.config import resolve_config
-from robust_distill.data import augment, epoch_batches, to_device, to_float
-from robust_distill.distributed import DistContext
-from robust_distill.plugin import get_plugin_manager, get_registries
-from robust_distill.trainer import Run, _train_epoch
+from robust_distill.core.attacks import frozen_parameters, model_mode
+from robust_distill.core.manager import get_plugin_manager, get_registries
+from robust_distill.data.memory import augment, epoch_batches, to_device, to_float
+from robust_distill.engine.distributed import DistContext
+from robust_distill.engine.run import Run
+from robust_distill.engine.trainer import _train_epoch
 
 RAW = {
     "method": "adaad", "device": "cpu", "output_dir": "/tmp/rd-bench-overhead", "channels_last": False,

@@ -1,7 +1,7 @@
 """Inner-attack cost with and without frozen parameters, as a ratio measured in the same run.
 
 The engine switches ``requires_grad`` off for the student's and teachers' parameters while the inner
-PGD runs (``robust_distill.attacks.frozen_parameters``). Without it autograd records, for every
+PGD runs (``robust_distill.core.attacks.frozen_parameters``). Without it autograd records, for every
 parameter, what a weight gradient would need, even though ``torch.autograd.grad`` only asks for the
 input gradient; research code that calls ``loss.backward()`` in the attack also computes and accumulates
 those weight gradients. Variants, interleaved ABCABC... so that background load affects all alike:
@@ -23,10 +23,10 @@ import time
 import torch
 
 from robust_distill import Step, ThreatModel
-from robust_distill import attacks as attacks_mod
-from robust_distill.components import DatasetInfo
-from robust_distill.plugin import get_registries
-from robust_distill.trainer import build_student
+from robust_distill.core import attacks as attacks_mod
+from robust_distill.core.components import DatasetInfo
+from robust_distill.core.manager import get_registries
+from robust_distill.engine.run import build_student
 
 SETTINGS = {
     "fmnist": (DatasetInfo("fashion_mnist", 10, (1, 28, 28)), "timm:convnet_s", "timm:convnet_m", 128),

@@ -64,13 +64,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from wide_resnet import DMWideResNet, WideResNet  # noqa: E402
 
 from robust_distill import TeacherSource, ThreatModel  # noqa: E402
-from robust_distill.attacks import frozen_parameters, model_mode  # noqa: E402
 from robust_distill.config import resolve_config  # noqa: E402
-from robust_distill.data import augment, epoch_batches, to_device, to_float  # noqa: E402
-from robust_distill.distributed import DistContext  # noqa: E402
-from robust_distill.evaluation import auto_concurrency, evaluate, make_eval_attacks  # noqa: E402
-from robust_distill.plugin import get_plugin_manager, get_registries  # noqa: E402
-from robust_distill.trainer import Run, _train_epoch, build_student  # noqa: E402
+from robust_distill.core.attacks import frozen_parameters, model_mode  # noqa: E402
+from robust_distill.core.manager import get_plugin_manager, get_registries  # noqa: E402
+from robust_distill.data.memory import augment, epoch_batches, to_device, to_float  # noqa: E402
+from robust_distill.engine.distributed import DistContext  # noqa: E402
+from robust_distill.engine.evaluation import auto_concurrency, evaluate, make_eval_attacks  # noqa: E402
+from robust_distill.engine.run import Run, build_student
+from robust_distill.engine.trainer import _train_epoch  # noqa: E402
 from robust_distill_plugins.ciard import magnitude_scale  # noqa: E402
 from robust_distill_plugins.two_teacher import entropy_temperatures, neg_entropy, normalised_weights  # noqa: E402
 

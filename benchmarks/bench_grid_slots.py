@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from robust_distill.analysis.bench import run_grid
-    from robust_distill.plugin import get_registries
+    from robust_distill.core.manager import get_registries
 
     device = "cpu" if args.smoke else "cuda"
     if not args.smoke and not torch.cuda.is_available():

@@ -8,7 +8,7 @@ command documents itself:
   field's trailing comment);
 - ``reference/methods.md``: every built-in method, from the method registry (paper, the parts with their
   equations and options, the paper's defaults);
-- ``reference/hooks.md``: the hook specifications of :mod:`robust_distill.hookspecs` (rendered by mkdocstrings);
+- ``reference/hooks.md``: the hook specifications of :mod:`robust_distill.core.hookspecs` (rendered by mkdocstrings);
 - ``reference/cli.md``: every ``robust-distill`` command's ``--help``, from the argument parsers.
 
 The committed results under ``benchmarks/`` (reports, claims, figures) are added to the site as they are, at
@@ -115,7 +115,7 @@ def field_descriptions(cls: type) -> dict[str, str]:
 def plain(value: Any) -> Any:
     """A value as a config file would write it (radii of k/255 as ``k/255``, which configs accept)."""
     from robust_distill.config import plain_data
-    from robust_distill.threat import format_eps
+    from robust_distill.core.threat import format_eps
 
     def fractions(v: Any) -> Any:
         if isinstance(v, dict):
@@ -148,8 +148,8 @@ def config_sections() -> list[tuple[str, type]]:
 def config_page() -> str:
     sections = config_sections()
     out = ["# Configuration keys", "",
-           "Every key of a config file, generated from the schema (`robust_distill/config.py`). Layers, later wins "
-           "key by key: these defaults < the method's paper defaults ([methods](methods.md)) < your file < "
+           "Every key of a config file, generated from the schema (`robust_distill/config/schema.py`). Layers, "
+           "later wins key by key: these defaults < the method's paper defaults ([methods](methods.md)) < your file < "
            "`--set key=value`. See [Configuration](../configuration.md) for how a config is written and checked.",
            ""]
     for prefix, cls in sections:
@@ -186,7 +186,7 @@ def config_page() -> str:
 
 def builtin_registries() -> Any:
     """The registries of the built-in plugins only (an installed third-party plugin is not documented here)."""
-    from robust_distill.plugin import PluginManager
+    from robust_distill.core.manager import PluginManager
 
     return PluginManager().load_plugins(autoload=False).build_registries()
 
@@ -240,15 +240,15 @@ def methods_page() -> str:
 def hooks_page() -> str:
     return "\n".join([
         "# Hook reference", "",
-        "Every hook specification of `robust_distill/hookspecs.py`, rendered from its docstring. The "
+        "Every hook specification of `robust_distill/core/hookspecs.py`, rendered from its docstring. The "
         "[plugin author's guide](../plugins.md) shows them at work.", "",
-        "::: robust_distill.hookspecs", "    options:", "      show_root_heading: false",
+        "::: robust_distill.core.hookspecs", "    options:", "      show_root_heading: false",
         "      show_root_toc_entry: false", "      heading_level: 2", ""])
 
 
 def cli_page() -> str:
     from robust_distill.cli import build_commands
-    from robust_distill.plugin import PluginManager
+    from robust_distill.core.manager import PluginManager
 
     os.environ["COLUMNS"] = "110"  # argparse wraps --help at the terminal's width: one width for the page
     pm = PluginManager().load_plugins(autoload=False)

@@ -43,8 +43,17 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
-from robust_distill.losses import KLReduction, check_kl_reduction, kl_div
+from robust_distill import (
+    KLReduction,
+    Method,
+    OuterLoss,
+    Part,
+    Step,
+    check_kl_reduction,
+    hookimpl,
+    kl_div,
+    training_defaults,
+)
 from robust_distill_plugins.iad import IAD1Loss
 from robust_distill_plugins.inner_attacks import ADAAD_KL_PGD
 

@@ -7,10 +7,21 @@ from typing import Any
 
 from torch import nn
 
-from robust_distill import DatasetInfo, TeacherSource, hookimpl
-from robust_distill.checkpoint import build_from_checkpoint
-from robust_distill.plugin import get_registries
-from robust_distill.preflight import check_input_file, check_input_shape
+from robust_distill import (
+    DatasetInfo,
+    Registries,
+    TeacherSource,
+    build_from_checkpoint,
+    check_input_file,
+    check_input_shape,
+    hookimpl,
+)
+from robust_distill import registries as process_registries
+
+
+def _own(registries: Registries | None) -> Registries:
+    """The registries the engine passed; called directly (as in 0.1, without them): the process's."""
+    return registries if registries is not None else process_registries()
 
 
 def _arch(arch: Any) -> dict[str, Any] | None:
@@ -23,23 +34,26 @@ class CheckpointTeachers(TeacherSource):
     """``checkpoint:runs/pgd_at/best.pt``: rebuilds the saved architecture and loads its weights.
 
     Options: ``arch`` (``timm:resnet18_cifar`` or ``{key, kwargs}``) for plain state dicts;
-    ``trust_checkpoint`` (the explicit opt-in for files that pickle more than weights).
+    ``trust_checkpoint`` (the explicit opt-in for files that pickle more than weights). The saved student is
+    rebuilt from the run's registries (its architecture may come from any installed plugin).
     """
 
-    def load(self, name: str, *, dataset: DatasetInfo, arch: Any = None, trust_checkpoint: bool = False) -> nn.Module:
-        model, ckpt = build_from_checkpoint(Path(name).expanduser(), get_registries(), arch=_arch(arch),
+    def load(self, name: str, *, dataset: DatasetInfo, registries: Registries | None = None, arch: Any = None,
+             trust_checkpoint: bool = False) -> nn.Module:
+        model, ckpt = build_from_checkpoint(Path(name).expanduser(), _own(registries), arch=_arch(arch),
                                             dataset=dataset, trust=trust_checkpoint)
         _check_classes(name, ckpt, dataset)
         return model
 
-    def check(self, name: str, *, dataset: DatasetInfo, arch: Any = None, trust_checkpoint: bool = False) -> None:
+    def check(self, name: str, *, dataset: DatasetInfo, registries: Registries | None = None, arch: Any = None,
+              trust_checkpoint: bool = False) -> None:
         """Reads the file (memory-mapped, weights only), checks its weights against the architecture and a
         forward pass on the dataset's input shape, all on the ``meta`` device (nothing is copied)."""
         path = Path(name).expanduser()
         problem = check_input_file(path, "teacher checkpoint")
         if problem:
             raise FileNotFoundError(problem)
-        model, ckpt = build_from_checkpoint(path, get_registries(), arch=_arch(arch), dataset=dataset,
+        model, ckpt = build_from_checkpoint(path, _own(registries), arch=_arch(arch), dataset=dataset,
                                             trust=trust_checkpoint, meta=True)
         _check_classes(name, ckpt, dataset)
         problem = check_input_shape(model, dataset.input_shape, dataset.num_classes) if model is not None else None

@@ -68,10 +68,18 @@ from dataclasses import replace
 
 from torch import Tensor
 
-from robust_distill import Method, Part, Step, hookimpl, training_defaults
-from robust_distill.components import epochs_of
-from robust_distill.distributed import global_mean
-from robust_distill.losses import KLReduction, divisor, kl_div
+from robust_distill import (
+    KLReduction,
+    Method,
+    Part,
+    Step,
+    epochs_of,
+    global_mean,
+    hookimpl,
+    kl_div,
+    kl_divisor,
+    training_defaults,
+)
 from robust_distill_plugins.inner_attacks import MTARD_PGD
 from robust_distill_plugins.schedules import ciard_schedule, cos_exp
 from robust_distill_plugins.two_teacher import KL_EPS, TwoTeacherLoss
@@ -149,7 +157,7 @@ class CIARDLoss(TwoTeacherLoss):
                       teacher_temperature=1.0, log_eps=KL_EPS)
         n_local = int(mask.sum().item())
         # kl_reduction over the masked rows: mean over n_mask * C elements, or batchmean over n_mask rows
-        share, kl3, _ = global_mean(rows.sum(), divisor(self.kl_reduction, n_local, s_adv.shape[1]))
+        share, kl3, _ = global_mean(rows.sum(), kl_divisor(self.kl_reduction, n_local, s_adv.shape[1]))
         step.logs["push_frac"] = n_local / max(step.y.shape[0], 1)
         if not math.isfinite(kl3):  # no masked row on any process, or a non-finite KL3
             return None, 0.0, 0.0

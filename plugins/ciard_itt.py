@@ -12,7 +12,7 @@ statistics every step, also while its lr is 0). Here the teacher stays in ``eval
 teacher's targets are its eval-mode outputs, as in MTARD/B-MTARD) and ITT fine-tunes it with a separate
 train-mode forward on ``x'``, so before ITT starts the teacher is exactly the pretrained one (one extra
 teacher forward per ITT step). ``teacher_train_mode: true`` reproduces the official behaviour. Under
-``torchrun``, fp16 AMP and resume the teacher is a :class:`~robust_distill.trained.TrainedModel`; its own
+``torchrun``, fp16 AMP and resume the teacher is a :class:`~robust_distill.engine.trained.TrainedModel`; its own
 forward runs in the run's ``optim.precision`` (a bf16 run fine-tunes it under bf16 autocast).
 """
 
@@ -21,9 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from robust_distill import RunContext, Step, hookimpl
-from robust_distill.components import epochs_of
-from robust_distill.trained import TrainedModel, TrainedTeacher
+from robust_distill import RunContext, Step, TrainedModel, TrainedTeacher, epochs_of, hookimpl
 from robust_distill_plugins.schedules import cos_exp
 
 __all__ = ["IterativeTeacherTraining"]
@@ -35,7 +33,7 @@ class IterativeTeacherTraining(TrainedTeacher):
     Every iteration of the (0-based) epochs ``>= start_epoch`` (official: ``epoch > 50``, 1-based), after
     the student's optimizer step, with ``SGD(lr_t, momentum, weight_decay)`` and
     ``lr_t = lr * cos_exp(e, start_epoch, end_epoch)`` on the 1-based epoch ``e``; the teacher is a
-    :class:`~robust_distill.trained.TrainedModel` (DDP gradient average, AMP scaling, resume state).
+    :class:`~robust_distill.engine.trained.TrainedModel` (DDP gradient average, AMP scaling, resume state).
 
     :param start_epoch: first epoch of ITT, 0-based (50); below 1: a fraction of the run.
     :param end_epoch: where the teacher lr reaches 0 (default: the last epoch, 300); below 1: a fraction.

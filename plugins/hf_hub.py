@@ -1,9 +1,9 @@
 """``hf-hub:<folder or user/repo[@revision]>`` teachers and students: timm / Hugging Face Hub model folders.
 
-What ``robust-distill export`` writes (:mod:`robust_distill.hub`), and timm models on the Hub. The files come
+What ``robust-distill export`` writes (:mod:`robust_distill.export`), and timm models on the Hub. The files come
 from the folder, or from the Hub through ``huggingface_hub`` and its cache (``HF_HUB_OFFLINE=1`` loads
 cached repos without a network). The architecture is built with ``timm.create_model`` and the weights read by
-:func:`robust_distill.checkpoint.load_file`: ``model.safetensors`` with safetensors, a ``pytorch_model.bin``
+:func:`robust_distill.load_weights_file`: ``model.safetensors`` with safetensors, a ``pytorch_model.bin``
 with ``torch.load(weights_only=True)``; never by timm's ``load_state_dict_from_hf``, which unpickles ``.bin``
 files with ``weights_only=False``. Inputs are in [0, 1]: robust-distill's exports restore the normalisation
 they were trained with, other timm models get their ``pretrained_cfg`` mean/std inside the model.
@@ -17,10 +17,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from robust_distill import DatasetInfo, StudentSource, TeacherSource, hookimpl
-from robust_distill.checkpoint import CheckpointError, load_file
-from robust_distill.hub import CONFIG, LEGACY_WEIGHTS, WEIGHTS, HubError, hub_file, read_hub_config
-from robust_distill.preflight import check_input_shape, load_state_dict_checked, on_meta
+from robust_distill import (
+    CONFIG,
+    LEGACY_WEIGHTS,
+    WEIGHTS,
+    CheckpointError,
+    DatasetInfo,
+    HubError,
+    StudentSource,
+    TeacherSource,
+    check_input_shape,
+    hookimpl,
+    hub_file,
+    load_state_dict_checked,
+    load_weights_file,
+    on_meta,
+    read_hub_config,
+)
 
 from .timm_students import _normalize, _timm
 
@@ -88,11 +101,11 @@ def _read_weights(name: str, path: Path, trust: bool, meta: bool) -> dict[str, A
     tensors) and other files memory-mapped. A file that cannot be read is a :class:`CheckpointError`."""
     try:
         if meta and path.suffix == ".safetensors":
-            from safetensors import safe_open
+            from safetensors import safe_open  # a header-only read: only for a meta check
 
             with safe_open(str(path), framework="pt") as f:  # checks the header against the file's size
                 return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}  # noqa: SIM118
-        return load_file(path, trust=trust, mmap=meta or None)
+        return load_weights_file(path, trust=trust, mmap=meta or None)
     except CheckpointError:
         raise
     except Exception as exc:  # safetensors' SafetensorError, a corrupt zip, a truncated pickle

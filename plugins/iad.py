@@ -64,8 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
-from robust_distill.losses import kl_div
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl, kl_div, training_defaults
 from robust_distill_plugins.inner_attacks import ARD_PGD
 
 __all__ = ["introspection_weights", "introspection_term", "IAD1Loss", "IAD2Loss", "AKD2Loss"]

@@ -60,12 +60,11 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
-from robust_distill.losses import kl_div
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl, kl_div, training_defaults
 from robust_distill_plugins.inner_attacks import ADAAD_KL_PGD, RSLAD_KL_PGD
 
 if TYPE_CHECKING:
-    from robust_distill.plugin import Registries
+    from robust_distill import Registries
 
 
 class IGDMLoss(OuterLoss):

@@ -1,4 +1,4 @@
-"""Datasets read from image files, streamed by ``DataLoader`` workers (:mod:`robust_distill.streaming`).
+"""Datasets read from image files, streamed by ``DataLoader`` workers (:mod:`robust_distill.data.streaming`).
 
 * ``image_folder``: a user's own images, ``root/<split>/<class>/*.png|jpg|...`` (torchvision's
   ``ImageFolder`` layout, class indices in sorted folder order); ``root/train`` is the training split and
@@ -28,14 +28,19 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from robust_distill import DataBundle, DatasetInfo, StreamedBundle, hookimpl
-from robust_distill.streaming import (
+from robust_distill import (
     IMG_EXTENSIONS,
+    CheckpointError,
     CropFlip,
+    DataBundle,
+    DatasetInfo,
     ImageList,
     ImageTransform,
     RandomResizedCropFlip,
+    StreamedBundle,
     decode_all,
+    hookimpl,
+    load_checkpoint,
     read_image,
     scan_class_folders,
 )
@@ -292,8 +297,6 @@ class ImageNet:
     def _names(base: Path, wnids: tuple[str, ...]) -> tuple[str, ...]:
         meta = base / "meta.bin"
         if meta.is_file():
-            from robust_distill.checkpoint import CheckpointError, load_checkpoint
-
             try:
                 wnid_to_classes = load_checkpoint(meta)[0]
                 return tuple(str(wnid_to_classes.get(w, (w,))[0]) for w in wnids)

@@ -1,4 +1,4 @@
-"""The inner maximisations shared by the methods, all through the one PGD loop (``robust_distill.attacks``).
+"""The inner maximisations shared by the methods, all through the one PGD loop (``robust_distill.core.attacks``).
 
 * ``pgd_ce``: ``x' = argmax CE(S(x'), y)`` (PGD-AT, ARD, IAD, AKD2, MTARD, CIARD);
 * ``kl_pgd``: ``x' = argmax KL(S(x') || target)`` with ``target`` one of ``teacher_clean`` (``T(x)``,
@@ -18,9 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill import Part, Step, hookimpl
-from robust_distill.attacks import BNMode, InnerPGD, Start
-from robust_distill.losses import kl_div
+from robust_distill import BNMode, InnerPGD, Part, Start, Step, hookimpl, kl_div
 
 __all__ = ["StudentCE", "KLToTarget", "MADRY_PGD", "ARD_PGD", "MTARD_PGD", "TRADES_KL_PGD", "RSLAD_KL_PGD",
            "ADAAD_KL_PGD"]

@@ -30,9 +30,19 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
-from robust_distill.attacks import BNMode, InnerPGD, Start
-from robust_distill.losses import js_divergence, kl_div
+from robust_distill import (
+    BNMode,
+    InnerPGD,
+    Method,
+    OuterLoss,
+    Part,
+    Start,
+    Step,
+    hookimpl,
+    js_divergence,
+    kl_div,
+    training_defaults,
+)
 
 
 def teacher_margin(logits: Tensor, y: Tensor) -> Tensor:

@@ -51,8 +51,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from robust_distill import Method, Part, Step, hookimpl, training_defaults
-from robust_distill.losses import KLReduction
+from robust_distill import KLReduction, Method, Part, Step, hookimpl, training_defaults
 from robust_distill_plugins.inner_attacks import MTARD_PGD
 from robust_distill_plugins.two_teacher import Balance, Temperatures, TwoTeacherLoss
 

@@ -37,20 +37,27 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robust_distill import (
+    BNMode,
     DataBundle,
     DatasetInfo,
     InnerAttack,
+    InnerPGD,
     Method,
     OuterLoss,
     Part,
+    Reduction,
+    Registries,
+    Start,
     Step,
     hookimpl,
+    iterate_eval,
+    resolve_device,
+    split_spec,
+    squared_l2,
+    to_float,
     training_defaults,
 )
-from robust_distill.attacks import BNMode, InnerPGD, Start
-from robust_distill.components import split_spec
-from robust_distill.data import iterate_eval, to_float
-from robust_distill.losses import Reduction, squared_l2
+from robust_distill import registries as process_registries
 
 OracleLoss = Literal["l2", "ce"]
 OracleTarget = Literal["teacher_adv", "teacher_clean"]
@@ -187,39 +194,35 @@ class OracleDataset:
     Options: ``base`` (the dataset to relabel, e.g. ``fashion_mnist``), ``base_options``, ``teacher`` (a
     teacher spec, e.g. ``checkpoint:teacher.pt``), ``teacher_kwargs``, ``device`` and ``batch_size`` of the
     labelling pass (once, when the data are loaded). The teacher's agreement with the original labels is
-    printed to stderr.
+    printed to stderr. The base dataset and the teacher come from the run's registries.
     """
 
     name = "oracle"
 
-    def _base(self, base: str) -> Any:
-        from robust_distill.plugin import get_registries
-
-        return get_registries().datasets.get(base)
-
-    def info(self, base: str = "fashion_mnist", teacher: str | None = None, teacher_kwargs: dict | None = None,
-             base_options: dict | None = None, device: str = "cpu", batch_size: int = 500) -> DatasetInfo:
+    def info(self, *, registries: Registries | None = None, base: str = "fashion_mnist", teacher: str | None = None,
+             teacher_kwargs: dict | None = None, base_options: dict | None = None, device: str = "cpu",
+             batch_size: int = 500) -> DatasetInfo:
         if base == self.name:
             raise ValueError("data.options.base must be another dataset than 'oracle'")
         if not teacher:
             raise ValueError("dataset 'oracle' needs data.options.teacher, the spec of the oracle that labels the "
                              "data, e.g. checkpoint:runs/teacher/best.pt")
-        info = self._base(base).info(**(base_options or {}))
+        registries = registries if registries is not None else process_registries()  # called directly, as in 0.1
+        info = registries.call(registries.datasets.get(base).info, **(base_options or {}))
         return DatasetInfo(self.name, info.num_classes, info.input_shape, info.class_names)
 
     @torch.no_grad()
-    def load(self, root: str | None = None, base: str = "fashion_mnist", teacher: str | None = None,
-             teacher_kwargs: dict | None = None, base_options: dict | None = None, device: str = "cpu",
-             batch_size: int = 500) -> DataBundle:
-        from robust_distill.distributed import resolve_device
-        from robust_distill.plugin import get_registries
-
-        info = self.info(base, teacher, teacher_kwargs, base_options, device, batch_size)
-        bundle = self._base(base).load(root=root, **(base_options or {}))
+    def load(self, root: str | None = None, *, registries: Registries | None = None, base: str = "fashion_mnist",
+             teacher: str | None = None, teacher_kwargs: dict | None = None, base_options: dict | None = None,
+             device: str = "cpu", batch_size: int = 500) -> DataBundle:
+        registries = registries if registries is not None else process_registries()  # called directly, as in 0.1
+        info = self.info(registries=registries, base=base, teacher=teacher, teacher_kwargs=teacher_kwargs,
+                         base_options=base_options, device=device, batch_size=batch_size)
+        bundle = registries.call(registries.datasets.get(base).load, root=root, **(base_options or {}))
         source, name = split_spec(teacher)  # type: ignore[arg-type]
         dev = resolve_device(device)
-        model = get_registries().teacher_sources.get(source).load(name, dataset=bundle.info,
-                                                                  **(teacher_kwargs or {})).eval().to(dev)
+        model = registries.call(registries.teacher_sources.get(source).load, name, dataset=bundle.info,
+                                **(teacher_kwargs or {})).eval().to(dev)
 
         def label(x: Tensor) -> Tensor:
             return torch.cat([model(to_float(xb, dev)).argmax(1).cpu()

@@ -32,7 +32,7 @@ ours: ``multistep`` milestones ``[214, 259, 284]`` reproduce it (one epoch earli
 SWA (``--swa_s`` in every README command): from epoch 214 (the first lr milestone), at the end of each
 epoch the student's parameters are averaged into an SWA copy (``1/(n + 1)``) and its BN statistics are
 recomputed with one pass over the augmented training data: the engine's generic SWA
-(:class:`robust_distill.trained.StudentSWA`), which PeerAiD's defaults switch on with ``swa: {start: 214}``
+(:class:`robust_distill.engine.trained.StudentSWA`), which PeerAiD's defaults switch on with ``swa: {start: 214}``
 (``swa: {start: null}`` disables it). It writes ``output_dir/swa.pt`` (``robust-distill eval
 runs/x/swa.pt``). Not as the official code: the SWA model is not evaluated every epoch and does not take
 part in ``best.pt`` selection (the engine evaluates the student only); evaluate ``swa.pt`` after training.
@@ -51,7 +51,7 @@ Deliberate differences from the official code:
 * Under ``torchrun`` the peer's gradients are averaged over the processes and its BN buffers broadcast
   from rank 0 (DDP only synchronises the student); under fp16 AMP its gradients are unscaled with the
   step's loss scale and its step is skipped when they are not finite, as the GradScaler does for the
-  student (:class:`robust_distill.trained.TrainedModel`).
+  student (:class:`robust_distill.engine.trained.TrainedModel`).
 """
 
 from __future__ import annotations
@@ -61,10 +61,21 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, RunContext, Step, hookimpl, training_defaults
-from robust_distill.attacks import model_mode
-from robust_distill.losses import KLReduction, check_kl_reduction, kl_div
-from robust_distill.trained import TrainedModel, TrainedTeacher
+from robust_distill import (
+    KLReduction,
+    Method,
+    OuterLoss,
+    Part,
+    RunContext,
+    Step,
+    TrainedModel,
+    TrainedTeacher,
+    check_kl_reduction,
+    hookimpl,
+    kl_div,
+    model_mode,
+    training_defaults,
+)
 
 __all__ = ["PeerAiDLoss", "PeerUpdater", "PEERAID"]
 
@@ -119,7 +130,7 @@ class PeerAiDLoss(OuterLoss):
 
 
 class PeerUpdater(TrainedTeacher):
-    """Builds the peer and trains it (a :class:`~robust_distill.trained.TrainedModel`) on the joint loss.
+    """Builds the peer and trains it (a :class:`~robust_distill.engine.trained.TrainedModel`) on the joint loss.
 
     :param arch: the peer's architecture, a student spec (``timm:resnet18_cifar``); default: the student's.
     :param arch_kwargs: options of ``arch``.

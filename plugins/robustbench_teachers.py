@@ -18,13 +18,14 @@ where. ``Chen2020Adversarial`` outputs probabilities, so it is wrapped to return
 (valid logits for every softmax-based loss). robustbench is imported lazily, in the hooks' objects.
 
 RobustBench's ``load_model`` calls ``torch.load`` without ``weights_only`` (unsafe on torch < 2.6 or with
-``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``): it runs inside :func:`robust_distill.checkpoint.weights_only_loads`,
+``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``): it runs inside :func:`robust_distill.files.checkpoint.weights_only_loads`,
 so a file in ``model_dir`` is only ever read as weights (numpy scalars allowed). ``trust_checkpoint: true``
 is the explicit opt-in for files that pickle more.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import warnings
 from pathlib import Path
@@ -33,9 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robust_distill import DatasetInfo, TeacherSource, hookimpl
-from robust_distill._compat import import_robustbench
-from robust_distill.checkpoint import CheckpointError, weights_only_loads
+from robust_distill import CheckpointError, DatasetInfo, TeacherSource, hookimpl, import_robustbench, weights_only_loads
 
 #: RobustBench models whose forward returns probabilities instead of logits.
 PROBABILITY_OUTPUTS = frozenset({"Chen2020Adversarial"})
@@ -59,8 +58,9 @@ def _default_model_dir() -> str:
 
 def _zoo(dataset: str, threat_model: str) -> dict[str, Any]:
     import_robustbench()
+    # robustbench: optional (the robustbench extra); import_robustbench above patches what it needs first
     from robustbench.model_zoo import model_dicts
-    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel  # (robustbench, as above)
 
     return model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat_model)]
 
@@ -82,7 +82,6 @@ class RobustBenchTeachers(TeacherSource):
                              f"{', '.join(DATASETS)}. Use a checkpoint: or timm: teacher instead.")
         zoo = _zoo(dataset.name, threat_model)
         if name not in zoo:
-            import difflib
             close = difflib.get_close_matches(name, list(zoo), n=5, cutoff=0.5)
             gowal_chen = [n for n in zoo if n.startswith(("Gowal", "Chen"))]
             raise ValueError(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from robust_distill import hookimpl
-from robust_distill.components import epochs_of
+from robust_distill import epochs_of, hookimpl
 
 
 def multistep(epochs: int, milestones: Sequence[float] = (100, 150), gamma: float = 0.1,

@@ -38,9 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robust_distill import RunContext, Step, TeacherUpdater, hookimpl
-from robust_distill.checkpoint import build_from_checkpoint
-from robust_distill.distributed import clone_state
+from robust_distill import RunContext, Step, TeacherUpdater, build_from_checkpoint, clone_state, hookimpl
 
 __all__ = ["SelfTeacher", "SelfBest", "SelfLast",
            "SelfEMA"]

@@ -14,7 +14,7 @@ The paper gives neither strides nor the head; here the head is global average po
 lowest layer sees the 30x30 valid 3x3 patches of a 32x32 image, as in Sec. 5.3). The Fashion-MNIST
 benchmark (``benchmarks/specialization``) uses a 5x5 lowest layer (25-dimensional patches, like CIFAR's
 3x3x3 = 27) and strides 1-2-2-1 to fit a CPU. Both networks implement
-:class:`robust_distill.pruning.Prunable`: ``robust-distill prune`` removes inactive channels by fan-out norm.
+:class:`robust_distill.engine.pruning.Prunable`: ``robust-distill prune`` removes inactive channels by fan-out norm.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class TeacherStudentConvNet(nn.Module):
             x = act(conv(x))
         return self.fc(self.drop(self.pool(x).flatten(1)))
 
-    # -- robust_distill.pruning.Prunable ---------------------------------------------------------
+    # -- robust_distill.engine.pruning.Prunable ---------------------------------------------------------
     def fanout_norms(self) -> list[Tensor]:
         """Per layer, the L2 norm of each channel's outgoing weights (next conv's input slice; the
         classifier's column for the last layer)."""

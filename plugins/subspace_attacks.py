@@ -27,17 +27,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robust_distill import EvalAttack, Part, Step, hookimpl
-from robust_distill.analysis.subspace import (
+from robust_distill import (
+    BNMode,
+    EvalAttack,
     InputSubspace,
     Keep,
+    Part,
+    Start,
+    Step,
     first_layer,
     fit_input_subspace,
+    format_eps,
+    hookimpl,
     pgd_restarts,
     select_by_subspace,
 )
-from robust_distill.attacks import BNMode, Start
-from robust_distill.threat import format_eps
 from robust_distill_plugins.oracle import ROLE, OracleLoss, OraclePGD, OracleTarget, oracle_method
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from robust_distill import Logger, RunContext, hookimpl
-from robust_distill._compat import import_optional
-from robust_distill.tracking import markdown_final_table
+from robust_distill import Logger, RunContext, hookimpl, import_optional, markdown_final_table
 
 
 def _summary_writer() -> Any:
@@ -53,7 +51,7 @@ class TensorBoardLogger(Logger):
     def finish(self, summary: dict[str, Any], curves: Path | None) -> None:
         self.writer.add_text("final", markdown_final_table(summary))
         if curves is not None:
-            from matplotlib.image import imread
+            from matplotlib.image import imread  # matplotlib: loaded when the curves are logged
 
             self.writer.add_image("curves", imread(curves)[..., :3], dataformats="HWC")
 

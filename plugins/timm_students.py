@@ -24,9 +24,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from robust_distill import DatasetInfo, StudentSource, TeacherSource, hookimpl
-from robust_distill.checkpoint import CheckpointError, load_state_dict_file, weights_only_loads
-from robust_distill.preflight import check_input_file, check_input_shape, load_state_dict_checked, on_meta
+from robust_distill import (
+    CheckpointError,
+    DatasetInfo,
+    StudentSource,
+    TeacherSource,
+    check_input_file,
+    check_input_shape,
+    hookimpl,
+    load_state_dict_checked,
+    load_state_dict_file,
+    on_meta,
+    weights_only_loads,
+)
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -16,7 +16,7 @@ Names and protocols (``shared/reference/ard_methods.md`` §1.4), for an L-inf ra
 * ``autoattack_fast``: torchattacks' AutoAttack (10 iterations per attack, not comparable with papers);
 * ``apgd_ce``: APGD with the CE loss (100 iterations), torchattacks.
 
-APGD, FAB and Square re-seed the global RNG; :func:`robust_distill.evaluation.evaluate` runs every attack
+APGD, FAB and Square re-seed the global RNG; :func:`robust_distill.engine.evaluation.evaluate` runs every attack
 inside ``torch.random.fork_rng``, so training randomness is unaffected, and seeds the RNG per chunk of
 examples (so torchattacks' random starts, too, depend only on an example's chunk).
 """
@@ -33,11 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robust_distill import EvalAttack, hookimpl
-from robust_distill._compat import import_autoattack
-from robust_distill.attacks import pgd
-from robust_distill.progress import Progress, scoped
-from robust_distill.threat import format_eps
+from robust_distill import EvalAttack, Progress, format_eps, hookimpl, import_autoattack, pgd, scoped
 
 
 def _torchattacks() -> Any:
@@ -104,7 +100,7 @@ class ReferenceAutoAttack(EvalAttack):
     points not yet broken (FAB-T, one restart without a random start, and the target classes, taken from
     each example's own logits, are per example). Over more than 500 examples, ``run_standard_evaluation``
     would regroup the survivors of every stage across the whole set; in fixed chunks a result depends only
-    on the chunk, which is what lets :func:`robust_distill.evaluation.evaluate` share the chunks out over
+    on the chunk, which is what lets :func:`robust_distill.engine.evaluation.evaluate` share the chunks out over
     ``torchrun`` processes, and attack several at once in worker processes on one GPU (``concurrency``; the
     RNG it re-seeds is the process's own), and still return the single-process numbers exactly.
     """
@@ -135,7 +131,7 @@ class ReferenceAutoAttack(EvalAttack):
 
 
 class _StageProgress(logging.Handler):
-    """AutoAttack's stages as progress (:func:`robust_distill.progress.scoped`): one per stage (``apgd-t``),
+    """AutoAttack's stages as progress (:func:`robust_distill.engine.progress.scoped`): one per stage (``apgd-t``),
     counting its sub-attack runs (a restart, or a target class of APGD-T / FAB-T, per batch).
 
     pyautoattack logs (at DEBUG) the initial accuracy, ``running <attack>`` and ``robust accuracy after <ATTACK>``;

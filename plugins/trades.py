@@ -23,8 +23,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl, training_defaults
-from robust_distill.losses import kl_div
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl, kl_div, training_defaults
 from robust_distill_plugins.inner_attacks import TRADES_KL_PGD
 
 

@@ -17,10 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from robust_distill import OuterLoss, Step
-from robust_distill.components import epochs_of
-from robust_distill.distributed import all_reduce_mean
-from robust_distill.losses import KLReduction, check_kl_reduction, kl_div
+from robust_distill import KLReduction, OuterLoss, Step, all_reduce_mean, check_kl_reduction, epochs_of, kl_div
 
 __all__ = ["KL_EPS", "Balance", "Temperatures", "neg_entropy", "entropy_temperatures", "mtard_weights",
            "normalised_weights", "TwoTeacherLoss"]

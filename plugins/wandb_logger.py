@@ -15,9 +15,7 @@ from typing import Any
 
 import yaml
 
-from robust_distill import Logger, RunContext, hookimpl
-from robust_distill._compat import import_optional
-from robust_distill.tracking import final_table
+from robust_distill import Logger, RunContext, final_table, hookimpl, import_optional
 
 
 def _wandb() -> Any:

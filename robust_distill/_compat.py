@@ -16,18 +16,21 @@ convention that ``robustbench.benchmark`` expects.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 import types
 import warnings
+from importlib.resources import files
 from typing import Any
+from unittest import mock
+
+import torch
+
+from robust_distill.errors import MissingDependencyError
 
 __all__ = ["import_robustbench", "import_autoattack", "import_optional", "AutoAttackAdapter",
            "robustbench_benchmark", "MissingDependencyError"]
-
-
-class MissingDependencyError(ImportError):
-    """An optional library needed by a plugin is not installed."""
 
 
 def import_optional(module: str, *, extra: str, feature: str, package: str | None = None) -> types.ModuleType:
@@ -67,8 +70,6 @@ def _ensure_pkg_resources() -> None:
         return
     except ImportError:
         pass
-    from importlib.resources import files
-
     stub = types.ModuleType("pkg_resources")
 
     def resource_filename(package: str, resource: str) -> str:
@@ -126,11 +127,6 @@ def robustbench_benchmark(model: Any, x: Any, y: Any, *, eps: float, batch_size:
     ``benchmark`` with :class:`AutoAttackAdapter` (seeded) in place of ``AutoAttack`` and the given
     examples in place of its CIFAR loader. Used to check that our AutoAttack numbers follow its protocol.
     """
-    import functools
-    from unittest import mock
-
-    import torch
-
     rb = import_robustbench()
     adapter = functools.partial(AutoAttackAdapter, seed=seed)
     with mock.patch.object(rb.eval, "AutoAttack", adapter), \

@@ -28,11 +28,26 @@ from typing import TYPE_CHECKING, Any, Union
 import torch
 from torch import Tensor, nn
 
+from robust_distill.config import Config, config_to_dict, load_config, plain_data, resolve_config, stored_eval_eps
+from robust_distill.core.attacks import model_mode
+from robust_distill.core.components import split_spec
+from robust_distill.core.manager import get_registries
+from robust_distill.core.threat import ThreatModel
+from robust_distill.data.memory import TensorEvalSet, dataset_info, to_float
+from robust_distill.data.splits import make_splits
+from robust_distill.data.streaming import default_workers
+from robust_distill.engine.distributed import resolve_device
+from robust_distill.engine.evaluation import TransferAttack, evaluate_set, make_eval_attacks
+from robust_distill.engine.trainer import train as train_run
+from robust_distill.errors import ConfigError, InputError
+from robust_distill.files.checkpoint import load_checkpoint
+from robust_distill.files.hub import CONFIG, locate_checkpoint, read_hub_config
+
 if TYPE_CHECKING:
-    from .config import Config
-    from .data import EvalSet
-    from .evaluation import EvalResult
-    from .plugin import Registries
+    from robust_distill.config import Config
+    from robust_distill.core.manager import Registries
+    from robust_distill.data.memory import EvalSet
+    from robust_distill.engine.evaluation import EvalResult
 
 __all__ = ["train", "evaluate", "load_model", "Evaluation", "registries", "list_methods", "list_attacks",
            "resolve_model"]
@@ -44,8 +59,6 @@ ModelSource = Union[nn.Module, str, "os.PathLike[str]"]
 def registries() -> Registries:
     """Every registry (``methods``, ``datasets``, ``eval_attacks``, ``teacher_sources``, ...), filled by the
     installed plugins: ``registries().methods.entry("rslad").obj.reference`` names RSLAD's paper."""
-    from .plugin import get_registries
-
     return get_registries()
 
 
@@ -79,9 +92,6 @@ def train(config: Config | Mapping[str, Any] | str | os.PathLike[str], *,
     the validation metrics of the ``best`` and ``last`` epochs, and ``final``: ``eval.final_attacks`` on the
     test split. Raises :class:`~robust_distill.config.ConfigError` listing every problem of the config.
     """
-    from .config import Config, config_to_dict, load_config, plain_data, resolve_config
-    from .trainer import train as train_run
-
     regs = registries()
     sets = _override_list(overrides)
     if isinstance(config, Config):
@@ -111,8 +121,6 @@ def _override_list(overrides: Mapping[str, Any] | Sequence[str] | None) -> list[
 
 def _model_spec(source: str | os.PathLike[str], which: str) -> str:
     """A run folder -> its ``which`` checkpoint; an exported folder -> ``hf-hub:<folder>``; else unchanged."""
-    from .hub import CONFIG, locate_checkpoint
-
     path = Path(source)
     if path.is_dir():
         if (path / CONFIG).is_file():
@@ -130,11 +138,6 @@ def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs:
     does an exported folder (``hf-hub:``); other models are taken as CIFAR-10's unless ``dataset`` is given.
     ``options["trust_checkpoint"]`` is the explicit opt-in to unpickling (see :mod:`.checkpoint`).
     """
-    from ._io import InputError
-    from .checkpoint import load_checkpoint
-    from .components import split_spec
-    from .data import dataset_info
-
     source, name = split_spec(spec)
     if not source or (source not in regs.teacher_sources and Path(spec).is_file()):
         source, name = "checkpoint", spec
@@ -145,7 +148,6 @@ def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs:
             ckpt = {}
         dataset = dataset or ckpt.get("model", {}).get("dataset")
     elif source == "hf-hub":  # robust-distill's exports carry their dataset and training config
-        from .hub import read_hub_config
 
         exported = read_hub_config(name).get("robust_distill") or {}
         ckpt = {"config": exported.get("config") or {}}
@@ -156,13 +158,13 @@ def resolve_model(spec: str, options: dict[str, Any], dataset: str | None, regs:
         data_options = ckpt_data.get("options", {})
     if data_root is None and ckpt_data.get("dataset") == dataset:
         data_root = ckpt_data.get("root")
-    info = dataset_info(regs.datasets.get(dataset), data_root, data_options)
+    info = dataset_info(regs.datasets.get(dataset), data_root, data_options, regs)
     src = regs.teacher_sources.get(source)
     try:  # a wrong name, option or file: a message before anything is loaded
-        src.check(name, dataset=info, **options)
+        regs.call(src.check, name, dataset=info, **options)
     except (ValueError, TypeError) as exc:
         raise InputError(f"model {spec!r}: {exc}") from None
-    model = src.load(name, dataset=info, **options)
+    model = regs.call(src.load, name, dataset=info, **options)
     return model.eval(), dataset, ckpt
 
 
@@ -177,8 +179,6 @@ def load_model(source: str | os.PathLike[str], *, which: str = "best", dataset: 
     :param trust_checkpoint: allow unpickling more than weights (only for files you trust).
     :param options: options of the model's source, e.g. ``model_dir="./models"`` for ``robustbench:``.
     """
-    from .distributed import resolve_device
-
     if trust_checkpoint:
         options["trust_checkpoint"] = True
     model, _, _ = resolve_model(_model_spec(source, which), options, dataset, registries())
@@ -201,7 +201,7 @@ class Evaluation:
     :param seed: the evaluation seed (every chunk of examples is seeded from it and its index).
     :param indices: positions of the examples in the split; ``correct`` and ``labels`` follow this order.
     :param labels: the examples' labels.
-    :param result: the per-example correctness (:class:`~robust_distill.evaluation.EvalResult`).
+    :param result: the per-example correctness (:class:`~robust_distill.engine.evaluation.EvalResult`).
     :param protocols: each attack's protocol, e.g. ``{"pgd20": "PGD-20 (step eps/4 = 2/255)"}``.
     """
 
@@ -262,7 +262,7 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
         "autoattack"]`` or ``"clean,pgd20"``.
     :param dataset: the dataset to evaluate on (default: the checkpoint's or export's; required for a module).
     :param data: instead of a dataset's split, these ``(images, labels)`` tensors (uint8 or float in [0, 1]; the
-        first ``n_examples``) or an :class:`~robust_distill.data.EvalSet`.
+        first ``n_examples``) or an :class:`~robust_distill.data.memory.EvalSet`.
     :param split: ``test``, or ``val`` (the training run's held-out split: its ``val_size`` and ``split_seed``).
     :param n_examples: the first N examples of the split (``None`` or 0: all; streamed datasets: N spread over
         the split).
@@ -274,16 +274,8 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
 
     The other parameters are ``robust-distill eval``'s options of the same names. The examples are attacked
     in fixed chunks, each after seeding from ``seed`` and the chunk's index
-    (:func:`~robust_distill.evaluation.evaluate_set`), so a result does not depend on the other examples.
+    (:func:`~robust_distill.engine.evaluation.evaluate_set`), so a result does not depend on the other examples.
     """
-    from ._io import InputError
-    from .config import stored_eval_eps
-    from .data import TensorEvalSet, make_splits
-    from .distributed import resolve_device
-    from .evaluation import TransferAttack, evaluate_set, make_eval_attacks
-    from .streaming import default_workers
-    from .threat import ThreatModel
-
     regs = registries()
     dev = resolve_device(str(device), int(os.environ.get("LOCAL_RANK", 0))) if isinstance(device, str) else device
     options = dict(model_options or {})
@@ -302,7 +294,7 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
     data_cfg = cfg.get("data", {}) if cfg.get("data", {}).get("dataset") == dataset else {}
     root = data_root or data_cfg.get("root")
     if data is None:
-        bundle = regs.datasets.get(dataset).load(root=root, **data_cfg.get("options", {}))
+        bundle = regs.call(regs.datasets.get(dataset).load, root=root, **data_cfg.get("options", {}))
         workers = workers if workers is not None else data_cfg.get("workers")
         try:
             splits = make_splits(bundle, val_size=data_cfg.get("val_size", 5000) if split == "val" else 0,
@@ -310,8 +302,6 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
                                  workers=default_workers() if workers is None else workers,
                                  pin_memory=dev.type == "cuda")
         except ValueError as exc:
-            from .config import ConfigError
-
             raise ConfigError([f"split='val': {exc} Use split='test'."], "evaluation") from None
         num_classes, eval_set = splits.info.num_classes, splits.eval_set(split, n_examples or None)
     else:
@@ -340,9 +330,6 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
 
 def _num_classes(model: nn.Module, data: EvalSet, device: torch.device) -> int:
     """The number of classes ``model`` scores (the width of its output on the first example)."""
-    from .attacks import model_mode
-    from .data import to_float
-
     x, _ = next(iter(data.batches(1, [0])))
     with torch.no_grad(), model_mode(model, False):
         return int(model(to_float(x, device)).shape[-1])

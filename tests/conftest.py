@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from robust_distill.config import Config, resolve_config  # noqa: E402
-from robust_distill.plugin import PluginManager, Registries, get_registries  # noqa: E402
+from robust_distill.core.manager import PluginManager, Registries, get_registries  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -187,10 +187,10 @@ def write_tiny_imagenet(root: Path, wnids: tuple[str, ...] = ("n03", "n01", "n02
 def write_teacher_checkpoint(path: Path, key: str, kwargs: dict, info) -> Path:
     """A robust-distill checkpoint of a freshly built ``key`` model for the data ``info`` describes (what
     ``checkpoint:`` teacher sources read), written atomically."""
-    from robust_distill import _io
-    from robust_distill.checkpoint import FORMAT
-    from robust_distill.plugin import get_registries
-    from robust_distill.trainer import build_student, model_spec
+    from robust_distill.core.manager import get_registries
+    from robust_distill.engine.run import build_student, model_spec
+    from robust_distill.files import atomic as _io
+    from robust_distill.files.checkpoint import FORMAT
 
     model = build_student(key, kwargs, info, get_registries())
     _io.atomic_save({"format": FORMAT, "model": model_spec(key, kwargs, info), "state_dict": model.state_dict()},

@@ -1,6 +1,6 @@
 """Worker of ``test_sharded_eval.py``: evaluates one fixed model against every kind of evaluation attack and
 saves the per-sample correctness. Run alone it evaluates everything; under ``torchrun`` each process
-evaluates its share of the chunks (``robust_distill.evaluation.evaluate``).
+evaluates its share of the chunks (``robust_distill.engine.evaluation.evaluate``).
 
 Usage: python tests/sharded_eval_worker.py OUT.pt [DEVICE]
 """
@@ -12,10 +12,10 @@ import sys
 import torch
 from torch import nn
 
-from robust_distill._io import atomic_save
-from robust_distill.distributed import init_distributed
-from robust_distill.evaluation import EvalResult, evaluate
-from robust_distill.plugin import get_registries
+from robust_distill.core.manager import get_registries
+from robust_distill.engine.distributed import init_distributed
+from robust_distill.engine.evaluation import EvalResult, evaluate
+from robust_distill.files.atomic import atomic_save
 
 EPS = 0.2
 N = 20  # AutoAttack's chunk is 8: chunks of 8, 8 and 4; rank 0 gets chunks 0 and 2, rank 1 chunk 1

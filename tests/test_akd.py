@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from robust_distill import Step, ThreatModel
-from robust_distill.checkpoint import load_checkpoint
-from robust_distill.trainer import train
+from robust_distill.engine.trainer import train
+from robust_distill.files.checkpoint import load_checkpoint
 
 from .handcalc import B, D, kl_by_hand, softmax
 from .handcalc import linear as _linear

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 import robust_distill as rd
-from robust_distill._io import InputError
 from robust_distill.api import Evaluation, _override_list
-from robust_distill.checkpoint import build_from_checkpoint, load_checkpoint
 from robust_distill.cli import main
-from robust_distill.config import ConfigError, resolve_config
-from robust_distill.evaluation import EvalResult
-from robust_distill.hub import HubError, export_model
-from robust_distill.registry import UnknownNameError
+from robust_distill.config import resolve_config
+from robust_distill.core.registry import UnknownNameError
+from robust_distill.engine.evaluation import EvalResult
+from robust_distill.errors import ConfigError, HubError, InputError
+from robust_distill.export import export_model
+from robust_distill.files.checkpoint import build_from_checkpoint, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

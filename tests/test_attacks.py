@@ -9,8 +9,8 @@ import torchattacks
 from torch import nn
 
 from robust_distill import Step, ThreatModel
-from robust_distill.attacks import frozen_parameters, model_mode, pgd
-from robust_distill.evaluation import make_eval_attacks
+from robust_distill.core.attacks import frozen_parameters, model_mode, pgd
+from robust_distill.engine.evaluation import make_eval_attacks
 
 EPS = 8 / 255
 

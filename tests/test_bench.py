@@ -19,9 +19,9 @@ from robust_distill.analysis.bench import expand_grid, load_grid, run_grid
 from robust_distill.analysis.report import build_report, spearman
 from robust_distill.analysis.specialization import normalized_correlation, specialization
 from robust_distill.analysis.unlearnable import teacher_scores, unlearnable_sets
-from robust_distill.checkpoint import load_checkpoint
 from robust_distill.cli import main
-from robust_distill.config import ConfigError
+from robust_distill.errors import ConfigError
+from robust_distill.files.checkpoint import load_checkpoint
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -76,8 +76,8 @@ def test_spearman_and_entropy_of_known_distributions() -> None:
 
 
 def test_normalized_correlation_of_a_model_with_itself_is_one(regs) -> None:
-    from robust_distill.components import DatasetInfo
-    from robust_distill.trainer import build_student
+    from robust_distill.core.components import DatasetInfo
+    from robust_distill.engine.run import build_student
 
     torch.manual_seed(0)
     model = build_student("timm:convnet_xs", {}, DatasetInfo("d", 10, (3, 16, 16)), regs)

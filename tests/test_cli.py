@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robust_distill import hookimpl, plugin
+from robust_distill import hookimpl
 from robust_distill.cli import Command, CommandRegistry, build_commands, command, main
-from robust_distill.plugin import PluginManager
-from robust_distill.registry import DuplicateNameError
+from robust_distill.core import manager as plugin
+from robust_distill.core.manager import PluginManager
+from robust_distill.core.registry import DuplicateNameError
 
 
 def test_plugins_lists_every_kind_with_its_provider(capsys: pytest.CaptureFixture[str]) -> None:
@@ -100,7 +101,7 @@ def test_trace_plugins_prints_every_hook_call(monkeypatch: pytest.MonkeyPatch,
         implementers = [i.plugin_name for i in getattr(pm.hook, hook).get_hookimpls()]
         traced = [line.rsplit(" -> ", 1)[1] for line in err if line.startswith(f"[rd-trace] {hook}(")]
         assert traced == implementers, hook  # one call per plugin, in load order (commands: once, for the parser)
-    assert err[0].startswith("[rd-trace] rd_addhooks(pluginmanager=<robust_distill.plugin.PluginManager")
+    assert err[0].startswith("[rd-trace] rd_addhooks(pluginmanager=<robust_distill.core.manager.PluginManager")
     assert "[rd-trace] rd_register_methods(registry=Registry('method', [])) -> natural" in err
 
 

@@ -9,12 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from robust_distill import compilation
-from robust_distill.compilation import CompileUnavailableError, check_compile, compile_mode, compile_module, device_mode
-from robust_distill.config import ConfigError, resolve_config
-from robust_distill.distributed import DistContext
-from robust_distill.plugin import get_plugin_manager
-from robust_distill.trainer import Run, _train_epoch
+from robust_distill.config import resolve_config
+from robust_distill.core.manager import get_plugin_manager
+from robust_distill.engine import compilation
+from robust_distill.engine.compilation import check_compile, compile_mode, compile_module, device_mode
+from robust_distill.engine.distributed import DistContext
+from robust_distill.engine.run import Run
+from robust_distill.engine.trainer import _train_epoch
+from robust_distill.errors import CompileUnavailableError, ConfigError
 
 from .conftest import TINY
 from .test_precision import _fixed_batch_run

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robust_distill._io import atomic_save
-from robust_distill.config import ConfigError, load_config, resolve_config
-from robust_distill.threat import ThreatModel, parse_fraction
+from robust_distill.config import load_config, resolve_config
+from robust_distill.core.threat import ThreatModel, parse_fraction
+from robust_distill.errors import ConfigError
+from robust_distill.files.atomic import atomic_save
 
 
 def problems(excinfo: pytest.ExceptionInfo[ConfigError]) -> str:
@@ -134,8 +135,8 @@ def test_load_config_from_yaml_with_fractions(tiny_raw, regs, tmp_path: Path) ->
 
 
 def test_checkpoint_teacher_spec_resolves(tiny_raw, regs, tmp_path: Path) -> None:
-    from robust_distill.components import DatasetInfo
-    from robust_distill.trainer import build_student, model_spec
+    from robust_distill.core.components import DatasetInfo
+    from robust_distill.engine.run import build_student, model_spec
 
     ckpt = tmp_path / "t.pt"
     info = DatasetInfo("synthetic", 4, (3, 8, 8))
@@ -220,6 +221,6 @@ def test_plugins_summaries_are_one_plain_line() -> None:
     from robust_distill.cli.plugins import one_line
 
     assert one_line("``CE(S(x'), y)``, mean over the batch.") == "CE(S(x'), y), mean over the batch."
-    assert one_line("Wraps :class:`~robust_distill.step.Step` and :func:`torch.compile`.") == (
+    assert one_line("Wraps :class:`~robust_distill.core.step.Step` and :func:`torch.compile`.") == (
         "Wraps Step and torch.compile.")
     assert one_line("word " * 20, width=22) == "word word word word..."

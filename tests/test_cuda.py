@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from robust_distill import monitor
-from robust_distill.checkpoint import load_checkpoint
-from robust_distill.evaluation import evaluate
-from robust_distill.trainer import train
+from robust_distill.engine import monitor
+from robust_distill.engine.evaluation import evaluate
+from robust_distill.engine.trainer import train
+from robust_distill.files.checkpoint import load_checkpoint
 
 from . import sharded_eval_worker as worker
 from .subproc import child_env
@@ -104,7 +104,7 @@ def test_the_training_loop_never_waits_for_the_gpu_between_reads(regs, monkeypat
                                                                  precision: str) -> None:
     """``torch.cuda.set_sync_debug_mode("error")`` raises on any host synchronisation: none happens in the
     steps of an epoch, only in the once-per-interval read of the diagnostics."""
-    from robust_distill.trainer import _train_epoch
+    from robust_distill.engine.trainer import _train_epoch
 
     _, _, run = _fixed_batch_run(regs, precision, method, device="cuda", log_every=1000)  # warm-up: CUDA, cuDNN
     read = monitor.StepMonitor.read
@@ -199,9 +199,9 @@ def test_resumed_run_equals_uninterrupted_on_cuda(tiny_config, tmp_path: Path) -
 
 
 def test_data_stays_on_the_gpu_when_it_fits(tiny_config) -> None:
-    from robust_distill.distributed import DistContext
-    from robust_distill.plugin import get_plugin_manager, get_registries
-    from robust_distill.trainer import Run
+    from robust_distill.core.manager import get_plugin_manager, get_registries
+    from robust_distill.engine.distributed import DistContext
+    from robust_distill.engine.run import Run
 
     regs = get_registries()
     on = Run(tiny_config("pgd_at", overrides=["device=cuda"]), regs, get_plugin_manager(), DistContext())

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from robust_distill.data import augment, epoch_batches, make_splits
+from robust_distill.data.memory import augment, epoch_batches
+from robust_distill.data.splits import make_splits
 
 from .conftest import write_tiny_cifar
 

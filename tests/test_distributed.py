@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from robust_distill.checkpoint import load_checkpoint
+from robust_distill.files.checkpoint import load_checkpoint
 
 
 def _run(cmd: list[str], tmp_path: Path) -> None:
@@ -63,8 +63,8 @@ def test_two_processes_match_one(tiny_raw, tmp_path: Path, method: str) -> None:
 SHARD_SCRIPT = """
 import json, sys
 import torch, torch.distributed as dist
-from robust_distill.data import make_splits
-from robust_distill.plugin import get_registries
+from robust_distill.data.splits import make_splits
+from robust_distill.core.manager import get_registries
 
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
@@ -89,7 +89,7 @@ dist.destroy_process_group()
 def test_streamed_shards_are_disjoint_cover_the_epoch_and_match_one_process(regs, tmp_path: Path) -> None:
     """2 gloo processes reading a streamed image folder: each global batch of the 1-process run is split
     ``[rank::2]`` between them, augmentation included (it is drawn per sample, not per process)."""
-    from robust_distill.data import make_splits
+    from robust_distill.data.splits import make_splits
 
     from .conftest import write_image_folder
 

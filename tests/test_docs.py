@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 import robust_distill
-from robust_distill.plugin import PluginManager
+from robust_distill.core.manager import PluginManager
 
 from .conftest import _installed
 
@@ -77,10 +77,10 @@ def test_the_guides_example_plugin_trains_and_its_command_runs(tmp_path: Path,
 
     import torch
 
-    from robust_distill.attacks import InnerPGD
     from robust_distill.cli import build_parser
     from robust_distill.config import resolve_config
-    from robust_distill.trainer import train
+    from robust_distill.core.attacks import InnerPGD
+    from robust_distill.engine.trainer import train
 
     code = guide_blocks("guide-plugin", "python")
     assert len(code) == 7
@@ -151,8 +151,9 @@ def test_the_guides_teacher_updater_is_an_ema_of_the_student_that_resumes_exactl
     load_state_dict on resume (a resumed run equals an uninterrupted one), its constructor error at --check."""
     import torch
 
-    from robust_distill.config import ConfigError, resolve_config
-    from robust_distill.trainer import train
+    from robust_distill.config import resolve_config
+    from robust_distill.engine.trainer import train
+    from robust_distill.errors import ConfigError
 
     (code,) = guide_blocks("guide-updater", "python")
     plugin = types.ModuleType("rd_ema_plugin")
@@ -280,7 +281,7 @@ def test_the_api_pages_example_calls_the_api_as_it_is(regs) -> None:
 
     from robust_distill.api import Evaluation, _override_list
     from robust_distill.config import resolve_config
-    from robust_distill.evaluation import EvalResult
+    from robust_distill.engine.evaluation import EvalResult
 
     (body,) = [b for name, _, b in python_blocks() if name == "docs/api.md"]
     tree = ast.parse(body)
@@ -578,5 +579,5 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     for page in ("reference/config", "reference/methods", "reference/hooks", "reference/cli", "api", "results"):
         assert (site / page / "index.html").is_file(), page
     hooks = (site / "reference" / "hooks" / "index.html").read_text()
-    assert all(f'id="robust_distill.hookspecs.{hook}"' in hooks for hook in HOOKS)
+    assert all(f'id="robust_distill.core.hookspecs.{hook}"' in hooks for hook in HOOKS)
     assert (site / "benchmarks" / "results" / "fashion_mnist" / "zoo" / "clean_vs_robust.png").is_file()

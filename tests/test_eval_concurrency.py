@@ -12,10 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from robust_distill import EvalAttack, evaluation
+from robust_distill import EvalAttack
 from robust_distill.cli.eval import concurrency
-from robust_distill.data import to_float
-from robust_distill.evaluation import AttackContractError, check_concurrency, chunk_seed, evaluate, worker_bytes
+from robust_distill.data.memory import to_float
+from robust_distill.engine import evaluation
+from robust_distill.engine.evaluation import check_concurrency, chunk_seed, evaluate, worker_bytes
+from robust_distill.errors import AttackContractError
 
 from . import sharded_eval_worker as worker
 
@@ -157,7 +159,7 @@ def test_a_compiled_model_is_not_copied_into_workers_that_would_run_it_eagerly(r
 
 
 def test_concurrency_is_auto_or_a_positive_integer_in_the_api_the_config_and_the_cli(tiny_config) -> None:
-    from robust_distill.config import ConfigError
+    from robust_distill.errors import ConfigError
 
     assert check_concurrency("auto") == "auto" and check_concurrency(3) == 3
     for bad in (0, -1, True, 2.5, "many"):
@@ -195,8 +197,9 @@ def test_auto_concurrency_on_cuda_gives_the_bits_of_one_chunk_at_a_time(regs, sp
 
 
 def test_training_and_the_eval_command_pass_the_concurrency_on(tiny_config, tmp_path, monkeypatch) -> None:
-    from robust_distill import trainer
+    from robust_distill import api
     from robust_distill.cli import main
+    from robust_distill.engine import run, trainer
 
     seen = []
     evaluate_set = evaluation.evaluate_set
@@ -205,8 +208,8 @@ def test_training_and_the_eval_command_pass_the_concurrency_on(tiny_config, tmp_
         seen.append(kwargs["concurrency"])
         return evaluate_set(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate_set", spy)
-    monkeypatch.setattr(evaluation, "evaluate_set", spy)  # what robust_distill.api.evaluate (the eval command) calls
+    monkeypatch.setattr(run, "evaluate_set", spy)  # what Run.evaluate (each epoch's and the final evaluation) calls
+    monkeypatch.setattr(api, "evaluate_set", spy)  # what robust_distill.api.evaluate (the eval command) calls
     cfg = tiny_config(overrides=["optim.epochs=1", f"output_dir={tmp_path / 'run'}", "eval.concurrency=3",
                                  "eval.final_attacks=[clean]"])
     trainer.train(cfg)

@@ -1,4 +1,4 @@
-"""``robust_distill.fastpath``: weights held in the autocast dtype give autocast's results bit for bit, BatchNorm
+"""``robust_distill.engine.fastpath``: weights held in the autocast dtype give autocast's results bit for bit, BatchNorm
 folding is exact up to rounding (and off by default on CPU), and only teachers that never change get either
 for good."""
 
@@ -14,12 +14,21 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-from robust_distill.checkpoint import load_checkpoint
-from robust_distill.config import ConfigError, resolve_config
-from robust_distill.distributed import DistContext
-from robust_distill.fastpath import BNFold, CastWeights, constant_teachers, conv_bn_pairs, fold_enabled, fused_conv_bn
-from robust_distill.plugin import get_plugin_manager
-from robust_distill.trainer import Run, _train_epoch, train
+from robust_distill.config import resolve_config
+from robust_distill.core.manager import get_plugin_manager
+from robust_distill.engine.distributed import DistContext
+from robust_distill.engine.fastpath import (
+    BNFold,
+    CastWeights,
+    constant_teachers,
+    conv_bn_pairs,
+    fold_enabled,
+    fused_conv_bn,
+)
+from robust_distill.engine.run import Run
+from robust_distill.engine.trainer import _train_epoch, train
+from robust_distill.errors import ConfigError
+from robust_distill.files.checkpoint import load_checkpoint
 from robust_distill_plugins import architectures  # noqa: F401  (registers timm's resnet18_cifar, convnet_*)
 from robust_distill_plugins.ciard_itt import IterativeTeacherTraining
 from robust_distill_plugins.frozen_teacher import Frozen
@@ -87,7 +96,7 @@ def test_cast_refresh_follows_weights_that_changed() -> None:
 
 
 def _no_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("robust_distill.trainer.constant_teachers", lambda updater, teachers: {})
+    monkeypatch.setattr("robust_distill.engine.run.constant_teachers", lambda updater, teachers: {})
     monkeypatch.setattr(Run, "attack_weights", lambda self: None)
 
 
@@ -273,7 +282,7 @@ def test_checkpoints_are_those_of_the_plain_path(regs, tmp_path: Path) -> None:
 
 def test_teacher_updaters_see_fp32_teachers_outside_autocast(regs) -> None:
     """The cast teachers are swapped in with the step's autocast only: ``before_step``/``after_step`` (outside it,
-    as :func:`robust_distill.trainer.step_loss` documents) see the fp32 weights; nothing stays cast after."""
+    as :func:`robust_distill.engine.trainer.step_loss` documents) see the fp32 weights; nothing stays cast after."""
     seen = []
 
     class Spy(Frozen):

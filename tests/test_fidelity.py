@@ -1,7 +1,7 @@
 """Fidelity to the official codes beyond the losses' values (issue 14).
 
 Each test writes the official code's step out by hand (its forwards, modes and order, in float64) and compares
-it with one step of the engine (:func:`robust_distill.trainer.step_loss` on the method's registered parts):
+it with one step of the engine (:func:`robust_distill.engine.trainer.step_loss` on the method's registered parts):
 the student's BN running statistics after the step (which evaluation uses), CIARD's adversarial examples, the
 TRADES learning-rate schedule, and IAD-II's documented defaults.
 """
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robust_distill import Step, ThreatModel
-from robust_distill.trainer import step_loss
+from robust_distill.engine.trainer import step_loss
 
 EPS, STEP_SIZE, STEPS = 8 / 255, 2 / 255, 5
 KL_SUM = nn.KLDivLoss(reduction="sum")

@@ -25,8 +25,8 @@ from robust_distill import (
     hookimpl,
 )
 from robust_distill.config import resolve_config
-from robust_distill.plugin import PluginManager, PluginResultError
-from robust_distill.trainer import _plugin_metrics, train
+from robust_distill.core.manager import PluginManager, PluginResultError
+from robust_distill.engine.trainer import _plugin_metrics, train
 
 from .conftest import TINY
 
@@ -213,7 +213,7 @@ def test_rd_epoch_end_results_are_checked_per_plugin(pm: PluginManager, returned
 
 
 def test_lifecycle_hook_errors_name_the_plugin(tiny_raw) -> None:
-    from robust_distill.plugin import PluginHookError
+    from robust_distill.core.manager import PluginHookError
 
     def boom(run: Any) -> None:
         raise RuntimeError("broken plugin")

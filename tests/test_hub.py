@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from robust_distill import ThreatModel
-from robust_distill._io import atomic_save
-from robust_distill.checkpoint import FORMAT, UnsafeCheckpointError, build_from_checkpoint
 from robust_distill.cli import main
-from robust_distill.components import DatasetInfo
 from robust_distill.config import resolve_config
-from robust_distill.evaluation import evaluate, make_eval_attacks
-from robust_distill.hub import HubError, export_model
-from robust_distill.trainer import train
+from robust_distill.core.components import DatasetInfo
+from robust_distill.engine.evaluation import evaluate, make_eval_attacks
+from robust_distill.engine.trainer import train
+from robust_distill.errors import HubError, UnsafeCheckpointError
+from robust_distill.export import export_model
+from robust_distill.files.atomic import atomic_save
+from robust_distill.files.checkpoint import FORMAT, build_from_checkpoint
 
 from .test_security import evil
 
@@ -180,7 +181,7 @@ ROBUSTBENCH_FILE = json.loads((Path(__file__).parent / "fixtures" / "robustbench
 
 
 def test_the_model_info_has_robustbenchs_keys_in_its_order_and_its_value_types() -> None:
-    from robust_distill.hub import robustbench_model_info
+    from robust_distill.export import robustbench_model_info
 
     evaluation = {"split": "test", "n_examples": 10_000, "accuracy": {"clean": 0.625, "autoattack": 0.375,
                                                                       "pgd20": 0.5}}
@@ -271,10 +272,10 @@ def test_export_refuses_a_model_info_it_cannot_fill_and_writes_nothing(
 
 def test_a_dataset_without_a_robustbench_leaderboard_is_refused_before_any_evaluation(
         regs, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    import robust_distill.api
+    import robust_distill.cli.export
 
     _checkpoint(tmp_path / "c.pt", regs, {})  # synthetic
-    monkeypatch.setattr(robust_distill.api, "evaluate", lambda *a, **k: pytest.fail("evaluated before refusing"))
+    monkeypatch.setattr(robust_distill.cli.export, "evaluate", lambda *a, **k: pytest.fail("evaluated before refusing"))
     assert main(["export", str(tmp_path / "c.pt"), str(tmp_path / "hub"), "--robustbench", "X",
                  "--evaluate", "clean,autoattack", "--n-examples", "0"]) == 3
     assert ("RobustBench has no L-inf leaderboard for 'synthetic' that this export can enter: its L-inf "

@@ -20,8 +20,9 @@ from torch import Tensor
 
 from robust_distill import Step, ThreatModel
 from robust_distill.analysis.bench import expand_grid, load_grid, run_grid
-from robust_distill.config import ConfigError, resolve_config
-from robust_distill.losses import divisor, kl_div
+from robust_distill.config import resolve_config
+from robust_distill.core.losses import kl_div, kl_divisor
+from robust_distill.errors import ConfigError
 from robust_distill_plugins.ciard import magnitude_scale
 
 from .handcalc import B, C, D, kl_by_hand, linear, softmax
@@ -81,10 +82,10 @@ def test_the_factor_between_the_two_reductions_by_hand() -> None:
 
 
 def test_divisor_of_each_reduction() -> None:
-    assert [divisor(r, 4, 3) for r in ("batchmean", "mean", "sum", "none")] == [4, 12, 1, 1]
-    assert divisor("mean", 0, 10) == 0  # an empty mask (CIARD's push term) stays an empty mean
+    assert [kl_divisor(r, 4, 3) for r in ("batchmean", "mean", "sum", "none")] == [4, 12, 1, 1]
+    assert kl_divisor("mean", 0, 10) == 0  # an empty mask (CIARD's push term) stays an empty mean
     with pytest.raises(ValueError, match="batchmean, mean, sum or none, got 'avg'"):
-        divisor("avg", 4, 3)  # type: ignore[arg-type]
+        kl_divisor("avg", 4, 3)  # type: ignore[arg-type]
 
 
 # -- which losses, and their defaults -----------------------------------------------------------------

@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robust_distill._compat import MissingDependencyError
 from robust_distill.analysis import launch
 from robust_distill.analysis.bench import check_grid, load_grid, run_grid
 from robust_distill.analysis.launch import LocalLauncher
-from robust_distill.checkpoint import load_checkpoint
 from robust_distill.cli import main
-from robust_distill.config import ConfigError
+from robust_distill.errors import ConfigError, MissingDependencyError
+from robust_distill.files.checkpoint import load_checkpoint
 
 from .test_reliability import rows, same_weights, wait_for
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from robust_distill import Step, ThreatModel
-from robust_distill.losses import entropy, kl_div
+from robust_distill.core.losses import entropy, kl_div
 
 from .handcalc import B, C, D, kl_by_hand, softmax
 from .handcalc import linear as _linear

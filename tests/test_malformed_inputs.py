@@ -20,8 +20,8 @@ import pytest
 import torch
 import yaml
 
-from robust_distill._io import atomic_save
 from robust_distill.cli import main
+from robust_distill.files.atomic import atomic_save
 
 from .conftest import TINY
 
@@ -376,8 +376,8 @@ CASES = [
 
 def _fixtures(folder: Path, regs: Any) -> None:
     """Files the cases point at: teacher checkpoints good and bad, results folders with corrupt files."""
-    from robust_distill.components import DatasetInfo
-    from robust_distill.trainer import build_student, model_spec
+    from robust_distill.core.components import DatasetInfo
+    from robust_distill.engine.run import build_student, model_spec
 
     (folder / "a_file").write_text("")
     (folder / "corrupt.json").write_text('{"teachers": [')

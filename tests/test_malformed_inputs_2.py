@@ -22,9 +22,9 @@ import pytest
 import torch
 import yaml
 
-from robust_distill._io import atomic_save
 from robust_distill.cli import main
 from robust_distill.config import config_to_dict, plain_data, resolve_config
+from robust_distill.files.atomic import atomic_save
 
 from .test_malformed_inputs import BASE, Case, _fixtures, _snapshot, argv, check_case, config, text
 
@@ -193,9 +193,9 @@ def _hub_fixtures(hubs: Path, regs: Any) -> None:
     """Hub folders written by ``export`` (4 classes of 3x8x8, and 10 classes for ``eval``), then broken."""
     from safetensors.torch import load_file, save_file
 
-    from robust_distill.components import DatasetInfo
-    from robust_distill.hub import export_model
-    from robust_distill.trainer import build_student, model_spec
+    from robust_distill.core.components import DatasetInfo
+    from robust_distill.engine.run import build_student, model_spec
+    from robust_distill.export import export_model
 
     def export(name: str, info: DatasetInfo) -> Path:
         model = build_student("timm:convnet_xs", {}, info, regs)
@@ -298,7 +298,8 @@ def test_an_interrupt_message_fits_its_command(argv_: list[str], advice: str | N
     def interrupt(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("robust_distill.plugin.get_registries", interrupt)  # the first call of both commands
+    for command in ("train", "plugins"):  # the first call of both commands
+        monkeypatch.setattr(f"robust_distill.cli.{command}.get_registries", interrupt)
     assert main(argv_) == 130
     err = capsys.readouterr().err
     assert err == (f"robust-distill: interrupted; {advice}\n" if advice else "robust-distill: interrupted.\n")
@@ -328,7 +329,7 @@ def test_check_prints_the_effective_config_which_resolves_to_the_same_run(folder
 
 def test_check_refuses_a_folder_another_process_trains_in(folder: Path, monkeypatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from robust_distill._lock import FolderLock
+    from robust_distill.files.lock import FolderLock
 
     with FolderLock(folder / "busy", "output_dir"):
         check_case(Case("busy output_dir", check({"output_dir": "{d}/busy"}),

@@ -13,12 +13,13 @@ import torch
 import yaml
 
 from robust_distill import Method, OuterLoss, Part
-from robust_distill._io import atomic_save
-from robust_distill.checkpoint import CheckpointError, load_checkpoint
 from robust_distill.cli import main
 from robust_distill.config import resolve_config
-from robust_distill.monitor import DivergenceError, OuterLossError, StepMonitor, nonfinite_tensors
-from robust_distill.trainer import train
+from robust_distill.engine.monitor import StepMonitor, nonfinite_tensors
+from robust_distill.engine.trainer import train
+from robust_distill.errors import CheckpointError, DivergenceError, OuterLossError
+from robust_distill.files.atomic import atomic_save
+from robust_distill.files.checkpoint import load_checkpoint
 
 from .test_hooks import manager_with
 

@@ -13,8 +13,9 @@ from typing import Any
 import pluggy
 import pytest
 
-from robust_distill import Method, Part, hookimpl, plugin
-from robust_distill.plugin import (
+from robust_distill import Method, Part, hookimpl
+from robust_distill.core import manager as plugin
+from robust_distill.core.manager import (
     ENTRY_POINT_GROUP,
     PluginHookError,
     PluginLoadError,
@@ -23,7 +24,7 @@ from robust_distill.plugin import (
     PluginWarning,
     Registries,
 )
-from robust_distill.registry import DuplicateNameError, Registry, UnknownNameError
+from robust_distill.core.registry import DuplicateNameError, Registry, UnknownNameError
 
 
 class FakeEntryPoint:

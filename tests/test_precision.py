@@ -1,5 +1,5 @@
 """``optim.precision``: fp32, bf16 and fp16 training steps on CPU, and the fp16 input-gradient fix of the
-inner attack (``robust_distill.precision.InputGradScale``)."""
+inner attack (``robust_distill.core.precision.InputGradScale``)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from robust_distill.attacks import pgd
-from robust_distill.checkpoint import load_checkpoint
-from robust_distill.config import ConfigError, resolve_config
-from robust_distill.distributed import DistContext
-from robust_distill.evaluation import evaluate
-from robust_distill.plugin import get_plugin_manager
-from robust_distill.precision import InputGradScale
-from robust_distill.trainer import Run, _train_epoch, train
+from robust_distill.config import resolve_config
+from robust_distill.core.attacks import pgd
+from robust_distill.core.manager import get_plugin_manager
+from robust_distill.core.precision import InputGradScale
+from robust_distill.engine.distributed import DistContext
+from robust_distill.engine.evaluation import evaluate
+from robust_distill.engine.run import Run
+from robust_distill.engine.trainer import _train_epoch, train
+from robust_distill.errors import ConfigError
+from robust_distill.files.checkpoint import load_checkpoint
 
 from .conftest import TINY
 
@@ -142,7 +144,7 @@ def test_amp_is_a_deprecated_alias_of_fp16(tiny_raw, regs) -> None:
 
 
 def test_cudnn_autotuning_is_on_unless_deterministic_and_restored_after(tiny_config, monkeypatch) -> None:
-    from robust_distill import trainer
+    from robust_distill.engine import trainer
 
     seen = []
     original = trainer._train_epoch

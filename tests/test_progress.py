@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from robust_distill import ThreatModel
-from robust_distill import progress as progress_mod
-from robust_distill.evaluation import evaluate, make_eval_attacks
-from robust_distill.progress import Progress, format_duration, progress_mode
-from robust_distill.trainer import train
+from robust_distill.engine import progress as progress_mod
+from robust_distill.engine.evaluation import evaluate, make_eval_attacks
+from robust_distill.engine.progress import Progress, format_duration, progress_mode
+from robust_distill.engine.trainer import train
 
 
 class Clock:
@@ -136,7 +136,7 @@ def test_between_reads_progress_shows_the_last_read_loss_marked_with_its_step(
         tiny_config, every_step, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """On CUDA the step diagnostics are read every ``optim.log_every`` steps: the lines in between show the
     last read loss labelled with its step, and no loss at all before the first read - never ``loss=nan``."""
-    from robust_distill import trainer
+    from robust_distill.engine import trainer
 
     monkeypatch.setattr(trainer, "read_interval", lambda device, log_every: log_every)  # CUDA's schedule on CPU
     cfg = tiny_config("pgd_at", overrides=["optim.epochs=2", "optim.log_every=3", "data.options.n_train=128"])
@@ -160,7 +160,7 @@ def test_between_reads_progress_shows_the_last_read_loss_marked_with_its_step(
 
 
 def test_train_monitor_never_shows_an_unread_value(clock: Clock) -> None:
-    from robust_distill.tracking import Loggers, TrainMonitor
+    from robust_distill.engine.tracking import Loggers, TrainMonitor
 
     monitor = TrainMonitor(Loggers(), total=5, desc="epoch 1/1", enabled=True, every=2, step=0)
     monitor.progress = Progress(5, "epoch 1/1", mode="lines", stream=io.StringIO(), every_s=0, every_pct=0,

@@ -25,11 +25,11 @@ import pytest
 import torch
 import yaml
 
-from robust_distill import _io
 from robust_distill.analysis.bench import GridRun
-from robust_distill.checkpoint import load_checkpoint
 from robust_distill.cli import main
-from robust_distill.trainer import train
+from robust_distill.engine.trainer import train
+from robust_distill.files import atomic as _io
+from robust_distill.files.checkpoint import load_checkpoint
 
 from .conftest import write_teacher_checkpoint
 
@@ -92,8 +92,8 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 STOP_AFTER = """\
 import sys
 from robust_distill.config import load_config
-from robust_distill.plugin import get_registries
-from robust_distill.trainer import train
+from robust_distill.core.manager import get_registries
+from robust_distill.engine.trainer import train
 train(load_config(sys.argv[1], get_registries()), stop_after_epochs=int(sys.argv[2]))
 """
 
@@ -126,7 +126,7 @@ def test_torchrun_bn_student_killed_and_resumed_equals_uninterrupted(tiny_raw, t
 
 def test_average_buffers_averages_float_buffers_and_keeps_integers() -> None:
     """Outside torchrun it is the identity; the averaging itself runs in the torchrun test above."""
-    from robust_distill.distributed import average_buffers
+    from robust_distill.engine.distributed import average_buffers
 
     bn = torch.nn.BatchNorm1d(3)
     bn.running_mean.fill_(2.0)
@@ -278,7 +278,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tiny_raw, tmp_path: Path,
     raw["optim"]["epochs"] = 2
     config = write_config(tmp_path / "c.yaml", raw)
     from robust_distill.config import load_config
-    from robust_distill.plugin import get_registries
+    from robust_distill.core.manager import get_registries
 
     assert train(load_config(config, get_registries()), stop_after_epochs=1)["interrupted"]
     last = Path(raw["output_dir"]) / "last.pt"
@@ -364,7 +364,7 @@ def _teacher_file(tmp_path: Path, kind: str) -> Path:
     if kind == "text":
         path.write_text("<html>Not found</html>\n")
     elif kind in ("truncated", "other_shape", "good"):
-        from robust_distill.components import DatasetInfo
+        from robust_distill.core.components import DatasetInfo
 
         info = DatasetInfo("synthetic", 4, (1, 8, 8) if kind == "other_shape" else (3, 8, 8))
         write_teacher_checkpoint(path, "timm:convnet_xs", {}, info)
@@ -418,7 +418,8 @@ def test_train_check_catches_what_train_would_fail_on(case: str, tiny_raw, tmp_p
 
 def test_a_remembered_teacher_check_is_redone_when_the_file_changes(tiny_raw, regs, tmp_path: Path) -> None:
     """A grid checks many runs with one teacher (read and built on ``meta`` once); a changed file is re-read."""
-    from robust_distill.config import ConfigError, resolve_config
+    from robust_distill.config import resolve_config
+    from robust_distill.errors import ConfigError
 
     path = tmp_path / "teacher.pt"
     _io.atomic_save(load_checkpoint(_teacher_file(tmp_path, "other_shape")), path)

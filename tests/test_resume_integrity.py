@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from robust_distill import trainer
-from robust_distill.checkpoint import CheckpointError, load_checkpoint
 from robust_distill.cli import main
+from robust_distill.engine import trainer
+from robust_distill.errors import CheckpointError
+from robust_distill.files.checkpoint import load_checkpoint
 
 from .test_reliability import rows, write_config
 

@@ -10,8 +10,9 @@ from torch import nn
 
 from robust_distill import DatasetInfo, ThreatModel
 from robust_distill._compat import import_robustbench
-from robust_distill.config import ConfigError, resolve_config
-from robust_distill.trainer import train
+from robust_distill.config import resolve_config
+from robust_distill.engine.trainer import train
+from robust_distill.errors import ConfigError
 from robust_distill_plugins.robustbench_teachers import LogProbabilities, RobustBenchTeachers
 
 from .conftest import needs_robustbench
@@ -137,7 +138,7 @@ def test_distil_from_a_robustbench_teacher_on_local_cifar(tiny_raw, regs, model_
 @pytest.mark.slow
 def test_our_autoattack_equals_robustbench_benchmark_on_the_same_examples(regs) -> None:
     from robust_distill._compat import robustbench_benchmark
-    from robust_distill.evaluation import evaluate, make_eval_attacks
+    from robust_distill.engine.evaluation import evaluate, make_eval_attacks
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
@@ -158,7 +159,7 @@ def test_our_autoattack_equals_robustbench_benchmark_on_the_same_examples(regs) 
 @pytest.mark.slow
 def test_autoattack_apgd_runs_the_first_two_stages_of_autoattack_standard(regs) -> None:
     """Same seed and settings: a point APGD-CE + APGD-T breaks, AutoAttack breaks too (it runs them first)."""
-    from robust_distill.evaluation import evaluate, make_eval_attacks
+    from robust_distill.engine.evaluation import evaluate, make_eval_attacks
 
     torch.manual_seed(1)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),

@@ -14,15 +14,10 @@ import pytest
 import torch
 
 from robust_distill import DatasetInfo
-from robust_distill.checkpoint import (
-    CheckpointError,
-    UnsafeCheckpointError,
-    load_checkpoint,
-    load_file,
-    weights_only_loads,
-)
 from robust_distill.cli import main
-from robust_distill.trainer import train
+from robust_distill.engine.trainer import train
+from robust_distill.errors import CheckpointError, UnsafeCheckpointError
+from robust_distill.files.checkpoint import load_checkpoint, load_weights_file, weights_only_loads
 
 from .conftest import needs_robustbench
 
@@ -98,7 +93,7 @@ def test_eval_command_refuses_a_payload_checkpoint_file(tmp_path: Path, marker: 
 def test_checkpoint_teacher_refuses_a_payload(regs, tmp_path: Path, marker: Path) -> None:
     path = evil(tmp_path / "evil.pt", marker, convnet_xs_state())
     with pytest.raises(UnsafeCheckpointError):
-        regs.teacher_sources.get("checkpoint").load(str(path), dataset=SYNTH, arch="timm:convnet_xs")
+        regs.call(regs.teacher_sources.get("checkpoint").load, str(path), dataset=SYNTH, arch="timm:convnet_xs")
 
 
 def test_resume_refuses_a_payload_last_pt(tiny_config, tmp_path: Path, marker: Path) -> None:
@@ -202,5 +197,5 @@ def test_load_file_messages(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="is a folder"):
         load_checkpoint(tmp_path)
     torch.save({"best_acc": np.float64(0.5), "args": __import__("argparse").Namespace(lr=0.1)}, tmp_path / "n.pt")
-    out = load_file(tmp_path / "n.pt")
+    out = load_weights_file(tmp_path / "n.pt")
     assert out["best_acc"] == 0.5 and out["args"].lr == 0.1

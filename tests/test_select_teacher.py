@@ -10,19 +10,19 @@ from typing import Any
 import pytest
 import torch
 
-from robust_distill._io import atomic_save
 from robust_distill.analysis.select_teacher import (
     Identification,
-    SelectionError,
     _cache_folder,
     identification_config,
     rank_teachers,
     select_teacher,
 )
 from robust_distill.analysis.unlearnable import teacher_scores, unlearnable_sets
-from robust_distill.checkpoint import FORMAT, load_checkpoint
 from robust_distill.cli import main
-from robust_distill.trainer import build_student, model_spec
+from robust_distill.engine.run import build_student, model_spec
+from robust_distill.errors import SelectionError
+from robust_distill.files.atomic import atomic_save
+from robust_distill.files.checkpoint import FORMAT, load_checkpoint
 
 DATA = {"val_size": 32, "batch_size": 16, "eval_batch_size": 64,
         "options": {"n_train": 96, "n_test": 32, "size": 8, "num_classes": 4}}
@@ -128,7 +128,7 @@ def test_select_teacher_end_to_end_ranks_known_teachers_and_reuses_its_runs(
     assert [r["rank"] for r in result["teachers"]] == [1, 2, 3]
     # the scores are analysis.teacher_scores' (one implementation), on the dataset's training split
     bundle = regs.datasets.get("synthetic").load(**DATA["options"])
-    models = {t: regs.teacher_sources.get("checkpoint").load(t.split(":", 1)[1], dataset=bundle.info)
+    models = {t: regs.call(regs.teacher_sources.get("checkpoint").load, t.split(":", 1)[1], dataset=bundle.info)
               for t in (uniform, plain, sharp)}
     expected = {r["teacher"]: r for r in teacher_scores(models, bundle.train_x, bundle.train_y, sets)}
     for r in result["teachers"]:

@@ -45,8 +45,8 @@ def run_tox(clone: Path) -> None:
     pyvenv.parent.mkdir(parents=True, exist_ok=True)
     pyvenv.touch()  # the editable default environment, as the suite's tox run leaves it
     subprocess.run([sys.executable, "-m", "tox", "-e", "lint", "-x", "testenv:lint.deps=",
-                    "-x", "testenv:lint.commands=python -c pass"], cwd=clone, env=_env(), check=True,
-                   capture_output=True)
+                    "-x", "testenv:lint.commands_pre=", "-x", "testenv:lint.commands=python -c pass"], cwd=clone,
+                   env=_env(), check=True, capture_output=True)
 
 
 def run_setup(clone: Path) -> subprocess.CompletedProcess[str]:

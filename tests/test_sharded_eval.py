@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from robust_distill import evaluation
-from robust_distill.checkpoint import load_checkpoint
-from robust_distill.evaluation import chunk_size, evaluate
+from robust_distill.engine import evaluation
+from robust_distill.engine.evaluation import chunk_size, evaluate
+from robust_distill.files.checkpoint import load_checkpoint
 
 from . import sharded_eval_worker as worker
 from .subproc import child_env
@@ -65,7 +65,7 @@ def test_two_gloo_processes_give_the_single_process_results_exactly(tmp_path: Pa
 
 @pytest.mark.slow
 def test_eval_command_under_torchrun_equals_one_process(tiny_config, tmp_path: Path) -> None:
-    from robust_distill.trainer import train
+    from robust_distill.engine.trainer import train
 
     cfg = tiny_config("pgd_at", overrides=["optim.epochs=1", f"output_dir={tmp_path / 'run'}",
                                            "eval.attacks=[clean]", "eval.select=clean"])

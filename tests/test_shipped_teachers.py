@@ -9,8 +9,8 @@ import pytest
 
 import robust_distill
 from robust_distill import ThreatModel
-from robust_distill.evaluation import evaluate, make_eval_attacks
-from robust_distill.trainer import load_teacher
+from robust_distill.engine.evaluation import evaluate, make_eval_attacks
+from robust_distill.engine.run import load_teacher
 
 ASSETS = Path(robust_distill.__file__).parent / "assets"
 

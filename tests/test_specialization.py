@@ -24,9 +24,9 @@ from robust_distill.analysis.subspace import (
     pgd_restarts,
     select_by_subspace,
 )
-from robust_distill.evaluation import make_eval_attacks
-from robust_distill.losses import squared_l2
-from robust_distill.pruning import prune_inactive_channels, scaled_widths, select_active
+from robust_distill.core.losses import squared_l2
+from robust_distill.engine.evaluation import make_eval_attacks
+from robust_distill.engine.pruning import prune_inactive_channels, scaled_widths, select_active
 from robust_distill_plugins.specialization_models import TeacherStudentConvNet
 
 EPS = 0.1
@@ -331,8 +331,9 @@ def _flat(state: dict) -> torch.Tensor:
 
 
 def test_clip_grad_norm_bounds_every_update(tiny_config, regs) -> None:
-    from robust_distill.checkpoint import load_checkpoint
-    from robust_distill.trainer import _seed_everything, build_student, load_data, train
+    from robust_distill.engine.run import build_student, load_data
+    from robust_distill.engine.trainer import _seed_everything, train
+    from robust_distill.files.checkpoint import load_checkpoint
 
     def run(clip: float | None, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = tiny_config(overrides=["optim.epochs=1", "optim.momentum=0", "optim.weight_decay=0",
@@ -354,9 +355,9 @@ def test_clip_grad_norm_bounds_every_update(tiny_config, regs) -> None:
 
 
 def test_save_epochs_keeps_the_student_of_those_epochs(tiny_config, regs) -> None:
-    from robust_distill.checkpoint import load_checkpoint
-    from robust_distill.config import ConfigError
-    from robust_distill.trainer import train
+    from robust_distill.engine.trainer import train
+    from robust_distill.errors import ConfigError
+    from robust_distill.files.checkpoint import load_checkpoint
 
     cfg = tiny_config(save_epochs=[1])
     train(cfg, regs=regs, resume=False)
@@ -373,10 +374,10 @@ def test_save_epochs_keeps_the_student_of_those_epochs(tiny_config, regs) -> Non
 
 
 def _save_teacher(path, regs, widths=(6, 5, 5, 4)) -> str:
-    from robust_distill._io import atomic_save
-    from robust_distill.checkpoint import FORMAT
-    from robust_distill.components import DatasetInfo
-    from robust_distill.trainer import build_student, model_spec
+    from robust_distill.core.components import DatasetInfo
+    from robust_distill.engine.run import build_student, model_spec
+    from robust_distill.files.atomic import atomic_save
+    from robust_distill.files.checkpoint import FORMAT
 
     info = DatasetInfo("synthetic", 4, (1, 10, 10))
     kwargs = {"widths": list(widths), "kernel_sizes": [3, 3, 3, 3], "strides": [1, 1, 1, 1]}
@@ -391,18 +392,19 @@ SYNTH = {"n_train": 96, "n_test": 32, "size": 10, "num_classes": 4, "channels": 
 
 
 def test_oracle_dataset_labels_every_image_with_the_teacher(regs, tmp_path) -> None:
-    from robust_distill.checkpoint import build_from_checkpoint
+    from robust_distill.files.checkpoint import build_from_checkpoint
 
     path = _save_teacher(tmp_path / "t.pt", regs)
     teacher, _ = build_from_checkpoint(path, regs)
-    data = regs.datasets.get("oracle").load(base="synthetic", teacher=f"checkpoint:{path}", base_options=SYNTH)
+    data = regs.call(regs.datasets.get("oracle").load, base="synthetic", teacher=f"checkpoint:{path}",
+                     base_options=SYNTH)
     base = regs.datasets.get("synthetic").load(**SYNTH)
     assert torch.equal(data.train_x, base.train_x) and data.info.name == "oracle" and data.info.num_classes == 4
     with torch.no_grad():
         assert torch.equal(data.train_y, teacher(base.train_x.float() / 255).argmax(1))
         assert torch.equal(data.test_y, teacher(base.test_x.float() / 255).argmax(1))
     with pytest.raises(ValueError, match="needs data.options.teacher"):
-        regs.datasets.get("oracle").info(base="synthetic")
+        regs.call(regs.datasets.get("oracle").info, base="synthetic")
 
 
 ORACLE_METHODS = ["oracle_logit", "oracle_label", "oracle_adv", "oracle_logit_gaussian", "inplane_at", "outplane_at"]
@@ -412,7 +414,7 @@ ORACLE_METHODS = ["oracle_logit", "oracle_label", "oracle_adv", "oracle_logit_ga
 @pytest.mark.parametrize("method", ORACLE_METHODS)
 def test_oracle_methods_train_from_yaml_on_teacher_labels(regs, tiny_raw, tmp_path, method: str) -> None:
     from robust_distill.config import resolve_config
-    from robust_distill.trainer import train
+    from robust_distill.engine.trainer import train
 
     path = _save_teacher(tmp_path / "t.pt", regs)
     raw = tiny_raw(method)

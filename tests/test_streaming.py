@@ -19,21 +19,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robust_distill import DataBundle, StreamedBundle
-from robust_distill.checkpoint import load_checkpoint
 from robust_distill.cli import main
-from robust_distill.components import DatasetInfo
-from robust_distill.config import ConfigError, resolve_config
-from robust_distill.data import epoch_batches, make_splits, split_images
-from robust_distill.evaluation import evaluate_set
-from robust_distill.streaming import (
-    CropFlip,
-    ImageList,
-    RandomResizedCropFlip,
-    StreamedEvalSet,
-    UnreadableImageError,
-    sample_rng,
-)
-from robust_distill.trainer import train
+from robust_distill.config import resolve_config
+from robust_distill.core.components import DatasetInfo
+from robust_distill.data.memory import epoch_batches
+from robust_distill.data.splits import make_splits, split_images
+from robust_distill.data.streaming import CropFlip, ImageList, RandomResizedCropFlip, StreamedEvalSet, sample_rng
+from robust_distill.engine.evaluation import evaluate_set
+from robust_distill.engine.trainer import train
+from robust_distill.errors import ConfigError, UnreadableImageError
+from robust_distill.files.checkpoint import load_checkpoint
 
 from .conftest import (
     image_color,

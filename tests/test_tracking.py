@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from robust_distill.config import ConfigError, resolve_config
-from robust_distill.plugin import PluginHookError
-from robust_distill.trainer import train
+from robust_distill.config import resolve_config
+from robust_distill.core.manager import PluginHookError
+from robust_distill.engine.trainer import train
+from robust_distill.errors import ConfigError
 
 
 def test_both_loggers_are_listed_with_their_plugins(regs) -> None:

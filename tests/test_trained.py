@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from robust_distill.trained import TrainedModel
+from robust_distill.engine.trained import TrainedModel
 
 
 def net(seed: int = 0) -> nn.Module:

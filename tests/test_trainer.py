@@ -9,10 +9,11 @@ import pytest
 import torch
 import yaml
 
-from robust_distill import checkpoint as ckpt_mod
-from robust_distill._io import atomic_save
-from robust_distill.checkpoint import CheckpointError, load_checkpoint
-from robust_distill.trainer import train
+from robust_distill.engine.trainer import train
+from robust_distill.errors import CheckpointError
+from robust_distill.files import checkpoint as ckpt_mod
+from robust_distill.files.atomic import atomic_save
+from robust_distill.files.checkpoint import load_checkpoint
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -103,7 +104,7 @@ def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
 
 
 def test_final_evaluation_and_eps_schedule(tiny_config, monkeypatch) -> None:
-    from robust_distill.attacks import InnerPGD
+    from robust_distill.core.attacks import InnerPGD
 
     seen = []  # per training step: (eps, step size, largest perturbation of the inner attack)
     attack = InnerPGD.__call__
@@ -129,7 +130,7 @@ def test_final_evaluation_and_eps_schedule(tiny_config, monkeypatch) -> None:
 
 
 def test_final_evaluation_evaluates_once_when_the_best_checkpoint_is_the_last(tiny_config, monkeypatch) -> None:
-    from robust_distill.trainer import Run
+    from robust_distill.engine.run import Run
     calls = []
     original = Run.evaluate_student
     monkeypatch.setattr(Run, "evaluate_student", lambda self, split, *a, **k: (

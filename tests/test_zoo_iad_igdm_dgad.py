@@ -1,7 +1,7 @@
 """IAD-I, IAD-II, AKD2, AdaIAD, IGDM (over AdaAD/RSLAD/any loss) and DGAD against formulas written out by hand.
 
 Softmax, log-softmax, KL, CE and MSE are computed here from their definitions (never through
-``robust_distill.losses``) on tiny ``nn.Linear`` models, so a wrong reduction, temperature, epoch
+``robust_distill.core.losses``) on tiny ``nn.Linear`` models, so a wrong reduction, temperature, epoch
 convention or detach in a plugin shows up as a number mismatch.
 """
 
@@ -18,8 +18,8 @@ from torch import Tensor, nn
 
 from robust_distill import OuterLoss, Step, ThreatModel
 from robust_distill.config import resolve_config
-from robust_distill.registry import Registry, UnknownNameError
-from robust_distill.trainer import train
+from robust_distill.core.registry import Registry, UnknownNameError
+from robust_distill.engine.trainer import train
 
 from .handcalc import B, C, D, softmax
 from .handcalc import linear as _linear
@@ -303,9 +303,9 @@ def test_dgad_without_pcr_and_when_the_teacher_is_always_wrong(regs) -> None:
 
 
 def test_dgad_gets_the_configured_per_process_batch_size_from_the_engine(regs, tiny_config) -> None:
-    from robust_distill.distributed import DistContext
-    from robust_distill.plugin import get_plugin_manager
-    from robust_distill.trainer import Run
+    from robust_distill.core.manager import get_plugin_manager
+    from robust_distill.engine.distributed import DistContext
+    from robust_distill.engine.run import Run
 
     cfg = tiny_config("dgad", True)
     assert Run(cfg, regs, get_plugin_manager(), DistContext()).outer_loss.batch_size == 16

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from robust_distill import Step, ThreatModel
-from robust_distill.losses import js_divergence
-from robust_distill.trainer import train
+from robust_distill.core.losses import js_divergence
+from robust_distill.engine.trainer import train
 from robust_distill_plugins.mmard import teacher_margin
 
 from .handcalc import B, kl_by_hand, softmax

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from robust_distill import Step, ThreatModel
-from robust_distill.checkpoint import load_checkpoint
 from robust_distill.config import resolve_config
-from robust_distill.distributed import DistContext
-from robust_distill.trainer import train
+from robust_distill.engine.distributed import DistContext
+from robust_distill.engine.trainer import train
+from robust_distill.files.checkpoint import load_checkpoint
 
 from .handcalc import B, C, D, softmax
 from .handcalc import linear as _linear

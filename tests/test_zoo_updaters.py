@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from robust_distill import Step, ThreatModel
-from robust_distill.checkpoint import build_from_checkpoint, load_checkpoint
-from robust_distill.distributed import DistContext
-from robust_distill.plugin import get_plugin_manager
-from robust_distill.trainer import Run, train
+from robust_distill.core.manager import get_plugin_manager
+from robust_distill.engine.distributed import DistContext
+from robust_distill.engine.run import Run
+from robust_distill.engine.trainer import train
+from robust_distill.files.checkpoint import build_from_checkpoint, load_checkpoint
 
 from .handcalc import B, C, D, softmax
 from .handcalc import linear as _linear

@@ -24,10 +24,10 @@ from typing import Any
 
 import yaml
 
-from robust_distill._io import atomic_write_json, atomic_write_text
 from robust_distill.analysis.unlearnable import unlearnable_sets
-from robust_distill.plugin import get_registries
-from robust_distill.trainer import build_student
+from robust_distill.core.manager import get_registries
+from robust_distill.engine.run import build_student
+from robust_distill.files.atomic import atomic_write_json, atomic_write_text
 
 METHODS = ("pgd_at", "trades")
 
@@ -103,7 +103,7 @@ def markdown(table: dict[str, Any]) -> str:
 
 
 def plot(table: dict[str, Any], path: Path) -> Path | None:
-    from robust_distill.analysis.plots import _plt, _save
+    from robust_distill.results.plots import _plt, _save
 
     rows = table["rows"]
     if not rows:

@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 
-from robust_distill._io import atomic_write_json, atomic_write_text
 from robust_distill.analysis.report import spearman
 from robust_distill.analysis.specialization_report import (
     plot_bnc_layers,
@@ -38,8 +37,9 @@ from robust_distill.analysis.specialization_report import (
     specialization_report,
 )
 from robust_distill.analysis.subspace import InputSubspace, first_layer, fit_input_subspace
-from robust_distill.checkpoint import build_from_checkpoint
-from robust_distill.plugin import get_registries
+from robust_distill.core.manager import get_registries
+from robust_distill.files.atomic import atomic_write_json, atomic_write_text
+from robust_distill.files.checkpoint import build_from_checkpoint
 
 N_EXAMPLES = 500
 PCA_IMAGES = 5000

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill._io import atomic_write_json, atomic_write_text
+from robust_distill.files.atomic import atomic_write_json, atomic_write_text
 
 DTYPE = torch.float32
 
@@ -357,7 +357,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _plots(history: list[dict[str, Any]], sweep_rows: list[dict[str, Any]], s: Setting, out: Path) -> list[Path]:
-    from robust_distill.analysis.plots import _plt, _save
+    from robust_distill.results.plots import _plt, _save
 
     plt = _plt()
     paths = []

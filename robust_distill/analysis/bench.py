@@ -55,12 +55,14 @@ from typing import Any
 
 import yaml
 
-from .._io import atomic_write_json, atomic_write_text, remove_stale_temp_files
-from .._lock import FolderLock, FolderLockedError, lock_holder
-from .._proc import pid_alive, signals_raise
-from ..config import ConfigError, apply_overrides, read_yaml, resolve_config
-from ..progress import Progress
-from .launch import Launcher, Started, killed, launcher_problems, make_launcher, signal_name
+from robust_distill.analysis.launch import Launcher, Started, killed, launcher_problems, make_launcher, signal_name
+from robust_distill.analysis.report import build_report
+from robust_distill.config import apply_overrides, read_yaml, resolve_config
+from robust_distill.engine.processes import pid_alive, signals_raise
+from robust_distill.engine.progress import Progress
+from robust_distill.errors import ConfigError
+from robust_distill.files.atomic import atomic_write_json, atomic_write_text, remove_stale_temp_files
+from robust_distill.files.lock import FolderLock, FolderLockedError, lock_holder
 
 __all__ = ["GridRun", "load_grid", "check_grid", "expand_grid", "run_grid"]
 
@@ -241,8 +243,6 @@ def run_grid(grid: Mapping[str, Any], regs: Any, *, parallel: int | None = None,
         with signals_raise():  # SIGTERM / SIGHUP: the clean-up below stops the children
             states = _run(runs, chosen, out_dir, log)
         if grid.get("report") and "done" in states.values():
-            from .report import build_report
-
             build_report(out_dir)
             log(f"grid {out_dir}: report.md written")
         return states

@@ -45,10 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._compat import import_optional
-from .._io import atomic_write_json
-from .._proc import guarded
-from ..config import ConfigError
+import torch
+
+from robust_distill._compat import import_optional
+from robust_distill.engine.processes import guarded
+from robust_distill.errors import ConfigError
+from robust_distill.files.atomic import atomic_write_json
 
 __all__ = ["LAUNCHERS", "Launcher", "LocalLauncher", "SubmititLauncher", "Started", "TrainJob", "launcher_problems",
            "make_launcher", "killed", "signal_name", "train_command", "visible_gpus"]
@@ -111,8 +113,6 @@ def visible_gpus() -> list[str]:
         gpus = [g.strip() for g in env.split(",")]
         ends = [i for i, g in enumerate(gpus) if not g or g.startswith("-")]
         return gpus[:ends[0]] if ends else gpus
-    import torch
-
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
@@ -272,7 +272,7 @@ class TrainJob:
                     proc.wait()
 
     def checkpoint(self) -> Any:
-        from submitit.helpers import DelayedSubmission
+        from submitit.helpers import DelayedSubmission  # submitit: optional (the slurm extra)
 
         return DelayedSubmission(self)
 

@@ -30,11 +30,16 @@ from typing import Any
 
 import yaml
 
-from .._io import atomic_write_json, atomic_write_text
-from ..components import split_spec
-from ..config import _deep_merge, apply_overrides
-from .bench import expand_grid, run_grid
-from .unlearnable import teacher_scores, unlearnable_sets
+from robust_distill.analysis.bench import expand_grid, run_grid
+from robust_distill.analysis.unlearnable import teacher_scores, unlearnable_sets
+from robust_distill.api import resolve_model
+from robust_distill.config import apply_overrides
+from robust_distill.config.loading import deep_merge
+from robust_distill.core.components import split_spec
+from robust_distill.engine.distributed import resolve_device
+from robust_distill.errors import SelectionError
+from robust_distill.files.atomic import atomic_write_json, atomic_write_text
+from robust_distill.results.tables import markdown_table
 
 __all__ = ["Identification", "SelectionError", "identification_config", "identify", "rank_teachers",
            "select_teacher", "format_selection"]
@@ -42,10 +47,6 @@ __all__ = ["Identification", "SelectionError", "identification_config", "identif
 CRITERION = ("Why robust teachers fail (ICML 2026): the teacher with the higher mean predictive entropy on the "
              "student's robustly unlearnable set S_U is predicted to give the more robust student; candidates "
              "must be confident on the learnable set S_L (the paper's premise)")
-
-
-class SelectionError(RuntimeError):
-    """Teacher selection cannot go on (an identification run failed, no dataset known...)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def identification_config(student: str, dataset: str, ident: Identification, *, 
                           ) -> dict[str, Any]:
     """The raw config shared by the identification runs (method and seed vary): defaults < ``ident.base`` <
     the fields of ``ident`` that are set < ``ident.overrides``."""
-    raw = _deep_merge(DEFAULTS, ident.base)
+    raw = deep_merge(DEFAULTS, ident.base)
     raw.update(student=student, device=device)
     raw["data"] = {**raw.get("data", {}), "dataset": dataset}
     if ident.epochs is not None:
@@ -174,13 +175,10 @@ def select_teacher(student: str, teachers: Sequence[str], regs: Any, *, dataset:
     The dataset and the radius default to those a teacher checkpoint was trained with. Teachers are loaded
     before any training starts, so a bad spec fails at once.
     """
-    from ..cli.eval import resolve_model
-    from ..distributed import resolve_device
-
     if not teachers:
         raise SelectionError("give at least one candidate teacher (--teachers A B ...).")
     t0 = time.perf_counter()
-    given = apply_overrides(_deep_merge(DEFAULTS, ident.base), list(ident.overrides))
+    given = apply_overrides(deep_merge(DEFAULTS, ident.base), list(ident.overrides))
     dataset = dataset or given["data"].get("dataset")
     options = given["data"].get("options") or None
     loaded, eps_from = {}, None
@@ -203,7 +201,8 @@ def select_teacher(student: str, teachers: Sequence[str], regs: Any, *, dataset:
     found = identify(raw, ident, cache, regs, parallel=parallel, log=log)
     t1 = time.perf_counter()
     sets = found.pop("sets")
-    bundle = regs.datasets.get(dataset).load(root=raw["data"].get("root"), **(raw["data"].get("options") or {}))
+    bundle = regs.call(regs.datasets.get(dataset).load, root=raw["data"].get("root"),
+                       **(raw["data"].get("options") or {}))
     rows = teacher_scores(models, bundle.train_x, bundle.train_y, sets, batch_size=batch_size,
                           device=resolve_device(device))
     ranked, recommended = rank_teachers(rows, min_learnable_confidence)
@@ -217,8 +216,6 @@ def select_teacher(student: str, teachers: Sequence[str], regs: Any, *, dataset:
 
 def format_selection(result: Mapping[str, Any]) -> str:
     """The ranking as Markdown with its evidence: the identification runs, |S_U| and |S_L|, every score."""
-    from ..cli.eval import markdown_table
-
     ident, sets = result["identification"], result["sets"]
     runs = [{"run": Path(r["run"]).name, "peak": r["peak_epoch"],
              "robust": next(v for k, v in r.items() if k.startswith(("val_", "test_")))} for r in ident["runs"]]

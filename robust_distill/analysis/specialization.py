@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data import iterate_eval, to_float
+from robust_distill.data.memory import iterate_eval, to_float
 
 __all__ = ["normalized_correlation", "specialization", "LayerStats"]
 

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._io import atomic_write_json
-from .plots import _plt, _save
-from .specialization import specialization
-from .subspace import InputSubspace, epsilon_analysis, node_weights, oracle_robustness
+from robust_distill.analysis.specialization import specialization
+from robust_distill.analysis.subspace import InputSubspace, epsilon_analysis, node_weights, oracle_robustness, pearson
+from robust_distill.files.atomic import atomic_write_json
+from robust_distill.results.plots import _plt, _save
 
 __all__ = ["specialization_report", "write_report", "plot_input_spectrum", "plot_epsilon_vs_nc",
            "plot_epsilon_curves", "plot_bnc_layers"]
@@ -107,8 +107,6 @@ def plot_input_spectrum(eigenvalues: Sequence[float], k: int, path: Path) -> Pat
 def plot_epsilon_vs_nc(rho: Tensor, eps_in: Tensor, eps_out: Tensor, path: Path, title: str = "") -> Path:
     """Every (student node, teacher node) pair of the lowest layer: NC against epsilon_in and epsilon_out,
     with Pearson's correlation (Fig. 2, right)."""
-    from .subspace import pearson
-
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
     for ax, eps, name in ((axes[0], eps_in, "epsilon_in"), (axes[1], eps_out, "epsilon_out")):

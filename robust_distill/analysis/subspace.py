@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._io import atomic_save
-from ..attacks import Start, frozen_parameters, pgd
-from ..checkpoint import load_checkpoint
-from ..data import iterate_eval, to_float
-from ..losses import squared_l2
+from robust_distill.core.attacks import Start, frozen_parameters, pgd
+from robust_distill.core.losses import squared_l2
+from robust_distill.data.memory import iterate_eval, to_float
+from robust_distill.files.atomic import atomic_save
+from robust_distill.files.checkpoint import load_checkpoint
 
 __all__ = [
     "InputSubspace", "fit_input_subspace", "first_layer", "node_weights", "epsilon_matrices", "EpsilonStats",
@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 Keep = Literal["in", "out"]
+Keep.__doc__ = "Which PGD restart a subspace attack keeps: the one closer to the input subspace, or farther from it."
 SUBSPACE_FORMAT = "robust-distill/input-subspace/1"
 
 
@@ -88,6 +89,7 @@ class InputSubspace:
 
     @property
     def dim(self) -> int:
+        """The number of principal directions kept."""
         return int(self.vectors.shape[0])
 
     @property
@@ -124,16 +126,19 @@ class InputSubspace:
 
     # -- persistence (plain tensors and ints: loads with weights_only=True) -----------------------
     def state_dict(self) -> dict[str, Any]:
+        """Plain tensors and numbers: what :meth:`save` writes and :meth:`from_state` reads."""
         return {"format": SUBSPACE_FORMAT, "mean": self.mean, "vectors": self.vectors, "eigenvalues": self.eigenvalues,
                 "k": self.k, "in_channels": self.in_channels, "kernel_size": list(self.kernel_size),
                 "stride": list(self.stride), "padding": list(self.padding), "dilation": list(self.dilation)}
 
     def save(self, path: str | Path) -> Path:
+        """Write :meth:`state_dict` to ``path`` atomically; returns the path."""
         atomic_save(self.state_dict(), path)
         return Path(path)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> InputSubspace:
+        """The subspace :meth:`state_dict` describes."""
         if state.get("format") != SUBSPACE_FORMAT:
             raise ValueError(f"not an input-subspace file (format {state.get('format')!r}, expected "
                              f"{SUBSPACE_FORMAT!r}); write one with `robust-distill specialization --out DIR` "
@@ -144,9 +149,11 @@ class InputSubspace:
 
     @classmethod
     def load(cls, path: str | Path) -> InputSubspace:
+        """The subspace saved at ``path`` (read without running code from the file)."""
         return cls.from_state(load_checkpoint(path))
 
     def describe(self) -> str:
+        """One line for logs: the dimension and the variance it keeps."""
         return (f"top {self.k} of {self.dim} principal directions of the {self.in_channels}x{self.kernel_size[0]}x"
                 f"{self.kernel_size[1]} input patches ({100 * self.explained:.2f}% of their variance)")
 
@@ -352,7 +359,7 @@ def epsilon_analysis(student_w: Tensor, teacher_w: Tensor, subspace: InputSubspa
 
 def pgd_restarts(objective: Callable[[Tensor], Tensor], x: Tensor, *, restarts: int, eps: float,
                  step_size: float, steps: int, start: Start = "uniform", clamp_start: bool = True) -> list[Tensor]:
-    """``restarts`` runs of :func:`robust_distill.attacks.pgd` from independent random starts."""
+    """``restarts`` runs of :func:`robust_distill.core.attacks.pgd` from independent random starts."""
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
     if restarts > 1 and start == "none":

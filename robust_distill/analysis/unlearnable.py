@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._io import InputError, read_json, read_jsonl
-from ..checkpoint import load_checkpoint
-from ..data import iterate_eval, to_float
-from ..losses import entropy
+from robust_distill.core.losses import entropy
+from robust_distill.data.memory import iterate_eval, to_float
+from robust_distill.errors import InputError
+from robust_distill.files.atomic import read_json, read_jsonl
+from robust_distill.files.checkpoint import load_checkpoint
 
 __all__ = ["unlearnable_sets", "teacher_scores"]
 

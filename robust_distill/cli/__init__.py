@@ -34,21 +34,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from .._compat import MissingDependencyError
-from .._io import DiskFullError, InputError
-from .._lock import FolderLockedError
-from .._proc import Terminated
-from ..checkpoint import CheckpointError
-from ..compilation import CompileUnavailableError
-from ..config import ConfigError
-from ..hub import HubError
-from ..monitor import DivergenceError
-from ..plugin import PluginError
-from ..preflight import check_device, check_output_file
-from ..registry import Registry, RegistryError, UnknownNameError
+from robust_distill._version import __version__
+from robust_distill.core.manager import get_plugin_manager
+from robust_distill.core.preflight import check_device, check_output_file
+from robust_distill.core.registry import Registry, UnknownNameError
+from robust_distill.core.threat import parse_fraction
+from robust_distill.engine.processes import Terminated
+from robust_distill.errors import RDError, RegistryError
 
 if TYPE_CHECKING:
-    from ..plugin import PluginManager
+    from robust_distill.core.manager import PluginManager
 
 __all__ = ["main", "build_parser", "command", "Command", "CommandRegistry", "build_commands", "integer", "radius",
            "common_problems"]
@@ -112,8 +107,6 @@ def integer(low: int) -> Callable[[str], int]:
 
 def radius(text: str) -> float:
     """An L-inf radius in (0, 1]: ``0.031`` or ``8/255``."""
-    from ..threat import parse_fraction
-
     try:
         value = parse_fraction(text)
     except ValueError:
@@ -170,8 +163,6 @@ class CommandRegistry(Registry[Command]):
 
 def build_commands(pm: PluginManager | None = None) -> CommandRegistry:
     """Every sub-command the loaded plugins register (``rd_register_commands``)."""
-    from ..plugin import get_plugin_manager
-
     registry = CommandRegistry()
     (pm or get_plugin_manager()).fill_registry("rd_register_commands", registry)
     return registry
@@ -182,8 +173,6 @@ def build_parser(pm: PluginManager | None = None) -> argparse.ArgumentParser:
 
     A parsed namespace carries its :class:`Command` as ``ns.command_`` and the registry as ``ns.commands_``.
     """
-    from .. import __version__
-
     parser = argparse.ArgumentParser(
         prog="robust-distill", description="Adversarial robustness distillation: every method, one engine.")
     parser.add_argument("--version", action="version", version=f"robust-distill {__version__}")
@@ -212,18 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except SystemExit as exc:  # argparse: --help, --version, or a usage error it has printed
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-    except ConfigError as exc:
-        print(f"robust-distill: {exc}", file=sys.stderr)
-        return 2
-    except (PluginError, RegistryError, CheckpointError, HubError, MissingDependencyError, InputError,
-            FolderLockedError, DiskFullError, OSError) as exc:
+    except RDError as exc:  # one message, the exit code of its kind (robust_distill.errors)
+        print(f"robust-distill: {exc.label}{exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # a file or folder the system refused
         if isinstance(exc, BrokenPipeError):
             return _closed_pipe()
         print(f"robust-distill: error: {exc}", file=sys.stderr)
         return 3
-    except (DivergenceError, CompileUnavailableError) as exc:  # the run cannot go on; nothing bad was saved
-        print(f"robust-distill: error: {exc}", file=sys.stderr)
-        return 4
     except KeyboardInterrupt:
         print(f"robust-distill: interrupted{_after_interrupt(ns)}", file=sys.stderr)
         return 130

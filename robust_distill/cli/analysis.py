@@ -9,13 +9,32 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import hookimpl
-from .._io import InputError, atomic_write_json, read_json
-from ..config import ConfigError
-from ..preflight import check_output_dir, check_output_file
-from ..registry import UnknownNameError
-from . import command, common_problems, integer, radius
-from .eval import markdown_table, resolve_model
+import torch
+import yaml
+
+from robust_distill import hookimpl
+from robust_distill.analysis.bench import load_grid, run_grid
+from robust_distill.analysis.report import build_report
+from robust_distill.analysis.select_teacher import Identification, format_selection, select_teacher
+from robust_distill.analysis.specialization_report import specialization_report, write_report
+from robust_distill.analysis.subspace import InputSubspace, first_layer, fit_input_subspace
+from robust_distill.analysis.unlearnable import teacher_scores, unlearnable_sets
+from robust_distill.api import resolve_model
+from robust_distill.cli import command, common_problems, integer, radius
+from robust_distill.config import read_yaml
+from robust_distill.core.manager import get_registries
+from robust_distill.core.preflight import check_output_dir, check_output_file
+from robust_distill.core.registry import UnknownNameError
+from robust_distill.core.threat import ThreatModel, parse_fraction
+from robust_distill.data.memory import to_float
+from robust_distill.data.splits import split_images
+from robust_distill.engine.distributed import resolve_device
+from robust_distill.engine.evaluation import make_eval_attacks
+from robust_distill.engine.pruning import prune_checkpoint
+from robust_distill.errors import ConfigError, InputError, SelectionError
+from robust_distill.files.atomic import atomic_write_json, read_json
+from robust_distill.files.checkpoint import load_checkpoint
+from robust_distill.results.tables import markdown_table
 
 __all__: list[str] = []
 
@@ -36,9 +55,6 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 @command("bench", "run a grid of training runs (methods x teachers x students x seeds x ...), resumably", _bench_args,
          interrupted="the same `robust-distill bench` command skips finished runs and resumes the others.")
 def cmd_bench(ns: argparse.Namespace) -> int:
-    from ..analysis.bench import load_grid, run_grid
-    from ..plugin import get_registries
-
     states = run_grid(load_grid(ns.grid), get_registries(), parallel=ns.parallel, dry_run=ns.dry_run,
                       launcher=ns.launcher, slots_per_gpu=ns.slots_per_gpu)
     for name, state in states.items():
@@ -63,8 +79,6 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 @command("report", "Markdown/CSV tables (mean ± std over seeds, best and last) and PNG plots of finished runs",
          _report_args)
 def cmd_report(ns: argparse.Namespace) -> int:
-    from ..analysis.report import build_report
-
     problems = [f"--where {item!r}: expected KEY=V1,V2, e.g. --where method=adaad,rslad." for item in ns.where
                 if not re.fullmatch(r"[^=\s]+=.+", item)]
     if ns.out is not None and (problem := check_output_dir(ns.out)):
@@ -90,9 +104,6 @@ def _unlearnable_args(p: argparse.ArgumentParser) -> None:
 
 @command("unlearnable", "the robustly unlearnable set S_U and learnable set S_L of a set of runs", _unlearnable_args)
 def cmd_unlearnable(ns: argparse.Namespace) -> int:
-    import yaml
-
-    from ..analysis.unlearnable import unlearnable_sets
 
     if problem := check_output_file(ns.out):
         raise ConfigError([f"--out: {problem}"], "unlearnable arguments")
@@ -127,12 +138,6 @@ def _spec(text: str) -> str:
 @command("teacher-score", "rank candidate teachers by entropy on S_U (higher predicts a better student)",
          _teacher_args)
 def cmd_teacher_score(ns: argparse.Namespace) -> int:
-    import torch
-
-    from ..analysis.unlearnable import teacher_scores
-    from ..data import split_images
-    from ..distributed import resolve_device
-    from ..plugin import get_registries
 
     regs = get_registries()
     _check_common(ns, "teacher-score")
@@ -141,7 +146,7 @@ def cmd_teacher_score(ns: argparse.Namespace) -> int:
         raise InputError(f"--unlearnable {ns.unlearnable!r} is not a file written by `robust-distill unlearnable`.")
     data = sets.get("data", {})
     dataset = data.get("dataset", "cifar10")
-    bundle = regs.datasets.get(dataset).load(root=data.get("root"), **(data.get("options") or {}))
+    bundle = regs.call(regs.datasets.get(dataset).load, root=data.get("root"), **(data.get("options") or {}))
     teachers = {}
     for text in ns.teachers:
         model, _, _ = resolve_model(_spec(text), {}, dataset, regs, data.get("options") or {}, data.get("root"))
@@ -228,26 +233,17 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
 @command("specialization", "teacher-student node alignment: NC, BNC, MBNC, ratio; epsilon_in/out of the lowest layer",
          _spec_args)
 def cmd_specialization(ns: argparse.Namespace) -> int:
-    from ..analysis.specialization_report import specialization_report, write_report
-    from ..analysis.subspace import InputSubspace, first_layer, fit_input_subspace
-    from ..data import split_images
-    from ..distributed import resolve_device
-    from ..evaluation import make_eval_attacks
-    from ..plugin import get_registries
-    from ..threat import ThreatModel, parse_fraction
-
     regs = get_registries()
     pairs, thresholds = _check_specialization_args(ns, regs)
     device = resolve_device(ns.device)
     student, dataset, s_ckpt = resolve_model(_spec(ns.student), {}, ns.dataset, regs)
     teacher, _, _ = resolve_model(_spec(ns.teacher), {}, dataset, regs)
     data_cfg = s_ckpt.get("config", {}).get("data", {}) if s_ckpt else {}
-    bundle = regs.datasets.get(dataset).load(root=data_cfg.get("root"), **data_cfg.get("options", {}))
+    bundle = regs.call(regs.datasets.get(dataset).load, root=data_cfg.get("root"), **data_cfg.get("options", {}))
     x, y = split_images(bundle, ns.split, n=ns.n_examples)
     trained_eps = s_ckpt.get("config", {}).get("threat", {}).get("eps", 8 / 255)
     eps = ns.eps if ns.eps is not None else parse_fraction(trained_eps)
     if ns.adversarial:
-        from ..data import to_float
         attack = make_eval_attacks(["pgd20"], regs, ThreatModel(eps=eps), num_classes=bundle.info.num_classes)["pgd20"]
         student = student.to(device).eval()
         x = attack(student, to_float(x, device), y.to(device)).cpu()
@@ -307,16 +303,13 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
 @command("prune", "remove the inactive channels of a trained teacher by fan-out norm (specialization paper)",
          _prune_args)
 def cmd_prune(ns: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint
-    from ..plugin import get_registries
-    from ..pruning import prune_checkpoint
-
     regs = get_registries()
     ckpt = load_checkpoint(ns.checkpoint)
     data_cfg = ckpt.get("config", {}).get("data", {})
     check_x = None
     if ns.n_check and data_cfg.get("dataset"):
-        bundle = regs.datasets.get(data_cfg["dataset"]).load(root=data_cfg.get("root"), **data_cfg.get("options", {}))
+        bundle = regs.call(regs.datasets.get(data_cfg["dataset"]).load, root=data_cfg.get("root"),
+                           **data_cfg.get("options", {}))
         check_x = bundle.test_x[:ns.n_check]
     widths = [int(w) for w in ns.widths.split(",")] if ns.widths else None
     report = prune_checkpoint(ns.checkpoint, ns.out, regs, threshold=ns.threshold, widths=widths, check_x=check_x,
@@ -367,10 +360,6 @@ def _select_args(p: argparse.ArgumentParser) -> None:
 @command("select-teacher", "pick a teacher for a student: identification runs (cached), S_U and S_L, teachers "
                            "ranked by entropy on S_U", _select_args)
 def cmd_select_teacher(ns: argparse.Namespace) -> int:
-    from ..analysis.select_teacher import Identification, SelectionError, format_selection, select_teacher
-    from ..config import read_yaml
-    from ..plugin import get_registries
-
     regs = get_registries()
     problems = [f"--methods: {UnknownNameError('method', m, regs.methods.names())}"
                 for m in ns.methods if m not in regs.methods]

@@ -26,17 +26,18 @@ from typing import Any
 
 import yaml
 
-from .. import hookimpl
-from .._io import atomic_write_json, atomic_write_text
-from ..checkpoint import build_from_checkpoint
-from ..config import ConfigError, resolve_config
-from ..distributed import resolve_device
-from ..evaluation import evaluate, make_eval_attacks
-from ..plugin import Registries, get_registries
-from ..threat import ThreatModel
-from ..trainer import train
-from . import command, integer
-from .eval import markdown_table
+from robust_distill import hookimpl
+from robust_distill.cli import command, integer
+from robust_distill.config import resolve_config
+from robust_distill.core.manager import Registries, get_registries
+from robust_distill.core.threat import ThreatModel
+from robust_distill.engine.distributed import resolve_device
+from robust_distill.engine.evaluation import evaluate, make_eval_attacks
+from robust_distill.engine.trainer import train
+from robust_distill.errors import ConfigError
+from robust_distill.files.atomic import atomic_write_json, atomic_write_text
+from robust_distill.files.checkpoint import build_from_checkpoint
+from robust_distill.results.tables import markdown_table
 
 __all__ = ["run_demo", "demo_config", "METHOD", "SHIPPED_TEACHERS", "REFERENCE"]
 
@@ -156,7 +157,7 @@ def run_demo(output_dir: Path = Path("runs/demo"), epochs: int | None = None, n_
 
     attack_names = ["clean", "pgd20", "autoattack_apgd"] + (["autoattack"] if full_autoattack else [])
     _say(f"Evaluating on the first {budget['n_test']} test images ({', '.join(attack_names)})...")
-    bundle = regs.datasets.get("fashion_mnist").load()
+    bundle = regs.call(regs.datasets.get("fashion_mnist").load)
     x, y = bundle.test_x[:budget["n_test"]], bundle.test_y[:budget["n_test"]]
     attacks = make_eval_attacks(attack_names, regs, ThreatModel(eps=EPS), num_classes=10)
 

@@ -6,22 +6,24 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .. import hookimpl
-from .._io import atomic_save, atomic_write_json
-from ..api import evaluate, resolve_model
-from ..config import ConfigError, _parse_value
-from ..distributed import init_distributed, rank_and_world, resolve_device
-from ..evaluation import check_concurrency
-from ..plugin import Registries, get_registries
-from ..registry import UnknownNameError
-from ..threat import format_eps
-from . import command, common_problems, integer, radius
+from robust_distill import hookimpl
+from robust_distill.api import evaluate, resolve_model
+from robust_distill.cli import command, common_problems, integer, radius
+from robust_distill.config.loading import parse_value
+from robust_distill.core.manager import Registries, get_registries
+from robust_distill.core.registry import UnknownNameError
+from robust_distill.core.threat import format_eps
+from robust_distill.engine.distributed import init_distributed, rank_and_world, resolve_device
+from robust_distill.engine.evaluation import check_concurrency
+from robust_distill.errors import ConfigError
+from robust_distill.files.atomic import atomic_save, atomic_write_json
+from robust_distill.results.tables import markdown_table
 
-__all__ = ["run_eval", "resolve_model", "markdown_table"]
+__all__ = ["run_eval", "resolve_model"]
 
 
 def concurrency(text: str) -> int | str:
-    """``--concurrency``: ``auto`` or an integer >= 1 (:func:`~robust_distill.evaluation.check_concurrency`)."""
+    """``--concurrency``: ``auto`` or an integer >= 1 (:func:`~robust_distill.engine.evaluation.check_concurrency`)."""
     try:
         return check_concurrency("auto" if text.strip().lower() == "auto" else int(text))
     except ValueError:
@@ -32,7 +34,7 @@ def _options(items: list[str]) -> dict[str, Any]:
     out = {}
     for item in items:
         key, _, value = item.partition("=")
-        out[key] = _parse_value(value)
+        out[key] = parse_value(value)
     return out
 
 
@@ -51,16 +53,6 @@ def check_eval_args(ns: argparse.Namespace, regs: Registries) -> list[str]:
     if ns.data_root is not None and not Path(ns.data_root).expanduser().is_dir():
         problems.append(f"--data-root: folder {ns.data_root!r} does not exist.")
     return problems + common_problems(ns, regs)
-
-
-def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -> str:
-    """``columns`` = [(key, header)]; floats in [0, 1] are printed as percentages."""
-    def fmt(v: Any) -> str:
-        return f"{100 * v:.2f}" if isinstance(v, float) else str(v)
-    head = "| " + " | ".join(h for _, h in columns) + " |"
-    sep = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(fmt(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
-    return "\n".join([head, sep, *body])
 
 
 def run_eval(ns: argparse.Namespace) -> dict[str, Any]:

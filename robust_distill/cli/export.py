@@ -1,7 +1,7 @@
 """``robust-distill export RUN_OR_CHECKPOINT OUT_DIR``: a student as a timm / Hugging Face Hub folder.
 
 Writes ``model.safetensors``, ``config.json`` (timm's Hub format) and a model card ``README.md`` with the
-robustness table (:mod:`robust_distill.hub`). The table holds what the run measured for the checkpoint (its
+robustness table (:mod:`robust_distill.export`). The table holds what the run measured for the checkpoint (its
 final test evaluation, ``eval.final_attacks``); ``--evaluate clean,pgd20,autoattack`` measures it now, on the
 first ``--n-examples`` test images. The folder loads back as ``hf-hub:OUT_DIR`` and uploads as it is
 (``huggingface-cli upload <user>/<repo> OUT_DIR``). ``--robustbench NAME`` also writes
@@ -14,22 +14,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .. import hookimpl
-from ..config import stored_eval_eps
-from . import command, integer
-from .eval import _options
+from robust_distill import hookimpl
+from robust_distill.api import evaluate
+from robust_distill.cli import command, integer
+from robust_distill.cli.eval import _options
+from robust_distill.config import stored_eval_eps
+from robust_distill.core.manager import get_registries
+from robust_distill.errors import ConfigError
+from robust_distill.export import check_robustbench, export_model
+from robust_distill.files.checkpoint import load_checkpoint
+from robust_distill.files.hub import locate_checkpoint
 
 __all__ = ["run_export"]
 
 
 def run_export(ns: argparse.Namespace) -> Path:
     """Export ``ns.run`` to ``ns.out_dir`` (with the evaluation ``--evaluate`` asks for); returns the folder."""
-    from ..api import evaluate
-    from ..checkpoint import load_checkpoint
-    from ..config import ConfigError
-    from ..hub import check_robustbench, export_model, locate_checkpoint
-    from ..plugin import get_registries
-
     attacks = [a.strip() for a in (ns.evaluate or "").split(",") if a.strip()]
     problems = [f"--model-info {item!r}: expected KEY=VALUE, e.g. --model-info venue='ICML 2026'."
                 for item in ns.model_info if "=" not in item]

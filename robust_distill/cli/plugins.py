@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import re
 
-from .. import hookimpl
-from . import command
+from robust_distill import hookimpl
+from robust_distill.cli import build_commands, command
+from robust_distill.core.manager import get_plugin_manager, get_registries
 
 __all__ = ["one_line"]
 
-_ROLE = re.compile(r":[\w:]+:`(~?)([^`]*)`")  # :class:`~robust_distill.step.Step` -> Step
+_ROLE = re.compile(r":[\w:]+:`(~?)([^`]*)`")  # :class:`~robust_distill.core.step.Step` -> Step
 
 
 def one_line(text: str, width: int = 70) -> str:
@@ -33,9 +34,6 @@ def _plugins_args(p: argparse.ArgumentParser) -> None:
 @command("plugins", "list every plugin, command and registered part, with the plugin and distribution providing it",
          _plugins_args)
 def cmd_plugins(ns: argparse.Namespace) -> int:
-    from ..plugin import get_plugin_manager, get_registries
-    from . import build_commands
-
     pm, regs = get_plugin_manager(), get_registries()
     commands = getattr(ns, "commands_", None)  # the parser's, when run through main()
     print("Plugins (in load order):")

@@ -6,8 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from .. import hookimpl
-from . import command
+import yaml
+
+from robust_distill import hookimpl
+from robust_distill.api import train
+from robust_distill.cli import command
+from robust_distill.config import effective_config, load_config
+from robust_distill.core.manager import get_registries
+from robust_distill.engine.output import check_resumable
+from robust_distill.files.lock import FolderLockedError, lock_holder
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -23,13 +30,6 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 @command("train", "train a student from a YAML config (resumes from output_dir/last.pt)", _train_args,
          interrupted="the same `robust-distill train` command resumes from the last finished epoch.")
 def cmd_train(ns: argparse.Namespace) -> int:
-    import yaml
-
-    from .._lock import FolderLockedError, lock_holder
-    from ..api import train
-    from ..config import effective_config, load_config
-    from ..plugin import get_registries
-    from ..trainer import check_resumable
 
     regs = get_registries()
     cfg = load_config(ns.config, regs, ns.overrides)  # validates by building the run on `meta` (config.validate)

@@ -1,7 +1,7 @@
 """AdaAD with a symmetric outer loss: ``JSD(S(x') || T(x'))`` instead of ``KL(S(x') || T(x'))``.
 
-Written only against robust-distill's public API: ``hookimpl``, ``Method``, ``Part``, ``OuterLoss``,
-``Step`` and the divergences of ``robust_distill.losses``. Registered through the entry-point group
+Written only against robust-distill's public API, the names ``robust_distill`` itself exports: ``hookimpl``,
+``Method``, ``Part``, ``OuterLoss``, ``Step`` and ``js_divergence``. Registered through the entry-point group
 ``robust_distill`` in this distribution's setup.cfg.
 """
 
@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from robust_distill import Method, OuterLoss, Part, Step, hookimpl
-from robust_distill.losses import js_divergence
+from robust_distill import Method, OuterLoss, Part, Step, hookimpl, js_divergence
 
 
 class JSDLoss(OuterLoss):
