@@ -2,11 +2,13 @@
 
 - :mod:`.bench`: the grid runner (methods x teachers x students x seeds x any key, resumable, parallel);
   :mod:`.launch`: how it starts runs (local processes, slots per GPU; submitit jobs on Slurm);
-- :mod:`.report`, :mod:`.plots`: tables (Markdown, CSV) and figures of finished runs;
+- :mod:`.report`: tables (Markdown, CSV) and figures of finished runs (read, drawn: :mod:`robust_distill.results`);
 - :mod:`.unlearnable`, :mod:`.select_teacher`: the robustly unlearnable set S_U, teacher scores on it, and
   teacher selection in one call ("Why robust teachers fail", ICML 2026);
 - :mod:`.specialization`, :mod:`.subspace`, :mod:`.specialization_report`: teacher-student node alignment
   (NC, BNC, MBNC), the input subspace and epsilon_in/out, oracle robustness (Yang et al., AISTATS 2021).
 
-Nothing is imported here: each command imports the module it needs.
+Nothing is imported here: each command imports the module it needs. May import: :mod:`robust_distill.api`,
+:mod:`robust_distill.export` and every layer below them (:mod:`robust_distill.engine`, ``config``, ``data``,
+``results``, ``files``, ``core``), never :mod:`robust_distill.cli`.
 """

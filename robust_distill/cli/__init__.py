@@ -19,8 +19,12 @@ code:
 
 - 0: done; 1: a grid finished with failed runs;
 - 2: a bad command line or configuration (argparse's code for usage errors), checked before any work;
-- 3: a plugin, name, file, checkpoint, folder-lock or disk problem;
-- 4: a run that cannot go on (it diverged, or the platform cannot compile); nothing non-finite was saved;
+- 3: a plugin, name, file, checkpoint, folder-lock or disk problem, a missing optional library;
+- 4: a run that cannot go on (it diverged, the platform cannot compile, an attack broke its contract); nothing
+  non-finite was saved.
+
+The code is the error's kind's (:mod:`robust_distill.errors`: ``exc.exit_code``), never a list of classes. The
+command line is the top layer: it may import every other part of the package.
 - 130 / 143: interrupted by Ctrl-C / SIGTERM; 141: the reader of stdout went away (``... | head``), as
   for any command killed by SIGPIPE, without a message.
 """
