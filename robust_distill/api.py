@@ -252,7 +252,8 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
              n_examples: int | None = 1000, eps: float | str | None = None, batch_size: int = 256,
              device: str | torch.device = "auto", seed: int = 0, precision: str = "fp32",
              data_root: str | None = None, workers: int | None = None, model_options: Mapping[str, Any] | None = None,
-             trust_checkpoint: bool = False, surrogate: str | None = None, progress: bool = False,
+             trust_checkpoint: bool = False, surrogate: str | None = None,
+             transfer_attacks: Sequence[str] | str = ("pgd20", "cw_inf"), progress: bool = False,
              concurrency: int | str = "auto") -> Evaluation:
     """Evaluate a model against attacks, per example; every attack's result is reproducible by ``seed``.
 
@@ -268,7 +269,9 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
         the split).
     :param eps: L-inf radius (``0.031`` or ``"8/255"``, in (0, 1]: a :class:`~robust_distill.ThreatModel`'s eps);
         default: the run's evaluation radius (its ``eval.eps``, else ``threat.eps``), else 8/255.
-    :param surrogate: a model spec: adds transfer attacks (PGD-20 and CW-inf crafted on it).
+    :param surrogate: a model spec: adds transfer attacks (black-box: crafted on the surrogate, tested on the model).
+    :param transfer_attacks: the evaluation attacks crafted on ``surrogate`` (default PGD-20 and CW-inf; the AdaAD
+        paper's Table 4 uses FGSM and PGD), each reported as ``transfer_<attack>``.
     :param concurrency: AutoAttack chunks attacked at once, each by its own process (``auto``: several on CUDA,
         as memory allows; 1 on CPU); the per-example results do not depend on it.
 
@@ -318,7 +321,9 @@ def evaluate(model: ModelSource, *, attacks: Sequence[str] | str = ("clean", "pg
         other, _, _ = resolve_model(_model_spec(surrogate, "best"), {}, dataset, regs, data_cfg.get("options", {}),
                                     root)
         other = other.to(dev)
-        for base in make_eval_attacks(["pgd20", "cw_inf"], regs, threat, num_classes=num_classes).values():
+        bases = [a.strip() for a in transfer_attacks.split(",")] if isinstance(transfer_attacks, str) \
+            else list(transfer_attacks)
+        for base in make_eval_attacks([a for a in bases if a], regs, threat, num_classes=num_classes).values():
             transfer = TransferAttack(base, other, surrogate)
             built[transfer.name] = transfer
     result = evaluate_set(model, eval_set, built, batch_size=batch_size, device=dev, seed=seed, progress=progress,

@@ -8,6 +8,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from robust_distill import hookimpl
@@ -142,7 +143,18 @@ def test_train_then_eval_a_checkpoint(tmp_path: Path, tiny_raw, capsys: pytest.C
     assert result["n_examples"] == 16 and result["dataset"] == "synthetic"
     names = [r["attack"] for r in result["results"]]
     assert names[:5] == ["clean", "fgsm", "pgd20", "pgd20_trades", "cw_inf"] and "transfer_pgd20" in names
+    assert "transfer_cw_inf" in names and "transfer_fgsm" not in names  # the default transfer attacks
     assert "worst_case" in names and out.with_suffix(".pt").is_file()
+    # --transfer-attacks: FGSM (no random start) crafted on a surrogate that is the model itself is white-box FGSM
+    assert main(["eval", str(ckpt), "--attacks", "clean,fgsm", "--n-examples", "16", "--surrogate",
+                 f"checkpoint:{ckpt}", "--transfer-attacks", "fgsm", "--out", str(out)]) == 0
+    capsys.readouterr()
+    acc = {r["attack"]: r["accuracy"] for r in json.loads(out.read_text())["results"]}
+    assert set(acc) == {"clean", "fgsm", "transfer_fgsm", "worst_case"} and acc["transfer_fgsm"] == acc["fgsm"]
+    assert torch.equal(*[torch.load(out.with_suffix(".pt"))["correct"][k] for k in ("fgsm", "transfer_fgsm")])
+    assert main(["eval", str(ckpt), "--surrogate", f"checkpoint:{ckpt}", "--transfer-attacks", "fgsm,jsma"]) == 2
+    err = capsys.readouterr().err
+    assert "--transfer-attacks: Unknown eval attack 'jsma'" in err and "fgsm" in err
 
 
 def test_eval_errors_are_readable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -47,6 +47,13 @@ def check_eval_args(ns: argparse.Namespace, regs: Registries) -> list[str]:
     for name in names:
         if name not in regs.eval_attacks:
             problems.append(f"--attacks: {UnknownNameError('eval attack', name, regs.eval_attacks.names())}")
+    transfer = [a.strip() for a in getattr(ns, "transfer_attacks", "").split(",") if a.strip()]
+    if getattr(ns, "surrogate", None) and not transfer:
+        problems.append(f"--transfer-attacks: no attack given for --surrogate; choose from: "
+                        f"{', '.join(regs.eval_attacks.names())}.")
+    for name in transfer:
+        if name not in regs.eval_attacks:
+            problems.append(f"--transfer-attacks: {UnknownNameError('eval attack', name, regs.eval_attacks.names())}")
     for item in ns.model_option:
         if "=" not in item or not item.partition("=")[0].strip():
             problems.append(f"--model-option {item!r}: expected KEY=VALUE, e.g. --model-option model_dir=./models.")
@@ -77,7 +84,8 @@ def _run_eval(ns: argparse.Namespace, device: Any) -> dict[str, Any]:
                       eps=ns.eps, batch_size=ns.batch_size, device=device, seed=ns.seed,
                       precision=getattr(ns, "precision", "fp32"), data_root=ns.data_root, workers=ns.workers,
                       model_options=_options(ns.model_option), trust_checkpoint=ns.trust_checkpoint,
-                      surrogate=ns.surrogate, progress=rank == 0,
+                      surrogate=ns.surrogate, transfer_attacks=getattr(ns, "transfer_attacks", "pgd20,cw_inf"),
+                      progress=rank == 0,
                       concurrency=getattr(ns, "concurrency", "auto"))
     except ConfigError as exc:  # a val split larger than the data: the API's argument names are our flags
         raise ConfigError([p.replace("split='val'", "--split val").replace("split='test'", "--split test")
@@ -117,7 +125,10 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    help="allow the model file to unpickle arbitrary Python objects (can run code hidden in "
                         "the file: only for files you trust; by default only weights are read)")
     p.add_argument("--surrogate", default=None,
-                   help="model spec of a surrogate: adds transfer attacks (PGD-20 and CW-inf crafted on it)")
+                   help="model spec of a surrogate: adds transfer attacks (crafted on it, tested on the model)")
+    p.add_argument("--transfer-attacks", default="pgd20,cw_inf",
+                   help="comma-separated evaluation attacks crafted on --surrogate (e.g. fgsm,pgd20: the AdaAD "
+                        "paper's Table 4)")
     p.add_argument("--out", default=None, help="write results (JSON) and per-sample correctness (.pt) here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
