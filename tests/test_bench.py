@@ -62,6 +62,22 @@ def test_grid_expansion_names_excludes_and_per_method(regs, tmp_path: Path) -> N
         load_grid(write_grid(tmp_path / "x.yaml", {"gird": {}}))
 
 
+def test_grid_names_tell_apart_checkpoints_of_the_same_file_name(tmp_path: Path) -> None:
+    """Two runs' best.pt as values of one key: their folders' names tell them apart; other grids keep short names."""
+    spec = "checkpoint:results/{}/seed={}/best.pt".format
+    grid = {"output_dir": str(tmp_path / "g"), "base": fmnist_base(),
+            "grid": {"teachers.robust": [spec("pgd_at", 0), spec("pgd_at", 1), spec("trades", 0)], "seed": [0]}}
+    names = [r.name for r in expand_grid(grid)]
+    # 'seed=0/best.pt' is shared by pgd_at and trades: one more parent folder is needed for all three
+    assert names == ["robust=pgd_at_seed_0_best,seed=0", "robust=pgd_at_seed_1_best,seed=0",
+                     "robust=trades_seed_0_best,seed=0"]
+    grid["grid"]["teachers.robust"] = [spec("pgd_at", 0), "checkpoint:results/pgd_at/seed=0/last.pt"]
+    assert [r.name for r in expand_grid(grid)] == ["robust=best,seed=0", "robust=last,seed=0"]  # as before
+    grid["grid"]["teachers.robust"] = [spec("pgd_at", 0), spec("pgd_at", 0)]  # the same value twice: an error
+    with pytest.raises(ConfigError, match="both named 'robust=best,seed=0'"):
+        expand_grid(grid)
+
+
 def test_spearman_and_entropy_of_known_distributions() -> None:
     assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)

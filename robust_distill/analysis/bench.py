@@ -104,19 +104,42 @@ def _set(raw: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     return apply_overrides(raw, [f"{dotted}={text}"])
 
 
-def _slug(value: Any) -> str:
+def _slug(value: Any, parts: int = 1) -> str:
+    """A value as folder-name text: a checkpoint spec by its file's stem (with ``parts`` > 1, also the names of
+    its ``parts - 1`` parent folders), another spec by what follows its last ``:``, a float in 4 digits."""
     text = str(value)
     if isinstance(value, str) and ("/" in text or ":" in text):
-        text = Path(text.split(":", 1)[-1]).stem if text.endswith(".pt") else text.split(":")[-1]
+        path = text.split(":", 1)[-1]
+        if text.endswith(".pt"):
+            p = Path(path)
+            text = "_".join([*(f.name for f in reversed(list(p.parents)[:parts - 1]) if f.name), p.stem])
+        else:
+            text = text.split(":")[-1]
         text = text.replace("/", "_")
     elif isinstance(value, float):
         text = f"{value:.4g}"
     return re.sub(r"[^A-Za-z0-9._+-]", "_", text)
 
 
-def run_name(assignment: Mapping[str, Any]) -> str:
-    """``method=adaad,seed=0,eps=0.1`` style folder names from the varying keys."""
-    return ",".join(f"{k.split('.')[-1]}={_slug(v)}" for k, v in assignment.items())
+def _axis_slugs(axes: Mapping[str, list[Any]]) -> dict[tuple[str, str], str]:
+    """Folder-name text for each (key, repr(value)) of the grid's axes: the short :func:`_slug`, unless different
+    values of one key share it (the ``best.pt`` of two run folders): then as many parent folders as tell them
+    apart. Names of grids without such values are unchanged."""
+    out: dict[tuple[str, str], str] = {}
+    for key, values in axes.items():
+        distinct = list({repr(v): v for v in values}.items())
+        for parts in range(1, 64):
+            slugs = {r: _slug(v, parts) for r, v in distinct}
+            if len(set(slugs.values())) == len(slugs) or parts == 63:
+                break
+        out.update({(key, r): text for r, text in slugs.items()})
+    return out
+
+
+def run_name(assignment: Mapping[str, Any], slugs: Mapping[tuple[str, str], str] | None = None) -> str:
+    """``method=adaad,seed=0,eps=0.1`` style folder names from the varying keys (``slugs``: from
+    :func:`_axis_slugs`, to tell apart values that share a short name)."""
+    return ",".join(f"{k.split('.')[-1]}={(slugs or {}).get((k, repr(v))) or _slug(v)}" for k, v in assignment.items())
 
 
 def load_grid(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -189,6 +212,11 @@ def expand_grid(grid: Mapping[str, Any]) -> list[GridRun]:
     assignments += [dict(r) for r in grid.get("runs", []) or []]
     runs: list[GridRun] = []
     seen: set[str] = set()
+    every: dict[str, list[Any]] = {}
+    for assignment in assignments:
+        for k, v in assignment.items():
+            every.setdefault(k, []).append(v)
+    slugs = _axis_slugs(every)
     for assignment in assignments:
         if any(all(assignment.get(k) == v for k, v in ex.items()) for ex in grid.get("exclude", []) or []):
             continue
@@ -197,7 +225,7 @@ def expand_grid(grid: Mapping[str, Any]) -> list[GridRun]:
             raw = _set(raw, key, value)
         for key, value in ((grid.get("per_method") or {}).get(raw.get("method"), {}) or {}).items():
             raw = _set(raw, key, value)
-        name = run_name(assignment)
+        name = run_name(assignment, slugs)
         if name in seen:
             raise ConfigError([f"two grid runs are both named {name!r}; make their keys differ."], "grid")
         seen.add(name)
