@@ -6,6 +6,20 @@ adversarial examples trains the robust teacher with ``SGD(lr, momentum 0.1, wd 2
 ``1e-4 (0.5 + 0.5 cos(pi (e - 50)/250)) exp(-0.01 (e - 50)^2 / 250^2)`` (1-based epoch e; 0 at e = 300).
 The CIARD methods (``ciard.py``) use it; it works with any method that has a ``robust`` teacher.
 
+The paper's periodic ITT (``period``, ``retrain_steps``; the ``ciard_paper`` method). The paper (Lu et al., ICCV
+2025, its "Iterative Teacher Training", as our summary ``ciard_iccv2025_summary.md`` gives it) describes a
+warm-up with both teachers frozen, then the robust teacher "periodically retrained" on the current student's
+adversarial examples, "typically every 10 epochs", alternating like a GAN's discriminator and generator; the
+official code instead trains it at every iteration from the warm-up's end (``period: 1``, the default). The
+summary does not say what one retraining is; the project's choice: in a *retraining epoch* (the first ITT epoch
+and every ``period``-th one after it) the teacher takes one ITT step (the same CE, SGD and cos-exp lr as above)
+after each of the first ``retrain_steps`` student steps (``null``: all of them, one pass over that epoch's
+adversarial examples); in the other epochs it is left exactly as it is (weights and BN statistics; with
+``teacher_train_mode`` the official train-mode forwards still move its BN statistics every step). The SGD
+momentum buffer carries over from one retraining epoch to the next. This reuses
+the adversarial examples the student's own step crafted (no extra attack), so a retraining costs what an
+official ITT epoch costs.
+
 Teacher mode, a deliberate difference: the official code keeps the robust teacher in ``train()`` for the
 whole run (KD targets with BN batch statistics; an unused ``T_adv(x)`` forward moves its running
 statistics every step, also while its lr is 0). Here the teacher stays in ``eval()`` (a pretrained
@@ -17,6 +31,8 @@ forward runs in the run's ``optim.precision`` (a bf16 run fine-tunes it under bf
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +54,10 @@ class IterativeTeacherTraining(TrainedTeacher):
     :param start_epoch: first epoch of ITT, 0-based (50); below 1: a fraction of the run.
     :param end_epoch: where the teacher lr reaches 0 (default: the last epoch, 300); below 1: a fraction.
     :param lr: base teacher lr (1e-4). :param momentum: (0.1). :param weight_decay: (2e-4).
+    :param period: epochs between retraining epochs, the first ITT epoch being one (1: every epoch, the
+        official code; the paper: "typically every 10 epochs").
+    :param retrain_steps: ITT steps in a retraining epoch, after the first ``retrain_steps`` student steps
+        (``null``: every step of the epoch, the official code).
     :param teacher_train_mode: reproduce the official code: the teacher stays in ``train()`` for the whole
         run (KD targets with BN batch statistics, an unused clean forward each step moving its running
         statistics) and ITT reuses the KD forward ``T_adv(x')``. Default: eval mode except in ITT's own
@@ -47,8 +67,17 @@ class IterativeTeacherTraining(TrainedTeacher):
     role = "robust"
 
     def __init__(self, start_epoch: float = 50, end_epoch: float | None = None, lr: float = 1e-4,
-                 momentum: float = 0.1, weight_decay: float = 2e-4, teacher_train_mode: bool = False) -> None:
+                 momentum: float = 0.1, weight_decay: float = 2e-4, teacher_train_mode: bool = False,
+                 period: int = 1, retrain_steps: int | None = None) -> None:
+        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+            raise ValueError(f"ciard_itt: period must be a whole number of epochs >= 1 (1: every epoch, the "
+                             f"official code), got {period!r}")
+        if retrain_steps is not None and (isinstance(retrain_steps, bool) or not isinstance(retrain_steps, int)
+                                          or retrain_steps < 1):
+            raise ValueError(f"ciard_itt: retrain_steps must be a number of steps >= 1, or null (every step of a "
+                             f"retraining epoch), got {retrain_steps!r}")
         self.start_option, self.end_option = start_epoch, end_epoch  # (end_epoch would shadow the hook)
+        self.period, self.retrain_steps = period, retrain_steps
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.teacher_train_mode = teacher_train_mode
         # the KD targets keep their graph only when ITT reuses them (the official single forward)
@@ -72,8 +101,13 @@ class IterativeTeacherTraining(TrainedTeacher):
                                     precision=getattr(run.config.optim, "precision", "fp32"))
 
     def active(self, epoch: int) -> bool:
-        """ITT runs in this 0-based epoch (official: 1-based ``epoch > 50``)."""
+        """ITT has started in this 0-based epoch (official: 1-based ``epoch > 50``)."""
         return epoch + 1 > self._start
+
+    def retraining(self, epoch: int) -> bool:
+        """The teacher trains in this 0-based epoch: ITT has started and the epoch is the first ITT epoch
+        (``floor(start_epoch)``) plus a multiple of ``period`` (every ITT epoch with ``period: 1``)."""
+        return self.active(epoch) and (epoch - max(0, math.floor(self._start))) % self.period == 0
 
     def teacher_lr(self, epoch: int) -> float:
         e = epoch + 1
@@ -91,7 +125,9 @@ class IterativeTeacherTraining(TrainedTeacher):
 
     def after_step(self, step: Step) -> None:
         assert self.trained is not None
-        if not self.active(step.epoch):
+        if not self.retraining(step.epoch):
+            return
+        if self.retrain_steps is not None and step.iteration >= self.retrain_steps:
             return
         self.trained.set_lr(self.teacher_lr(step.epoch))
         if self.teacher_train_mode:  # the official single forward: ITT reuses the KD target T_adv(x')

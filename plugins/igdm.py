@@ -24,9 +24,10 @@ alpha = 20, beta = gamma = 1 (``cifar100.sh``).
 
 The wrapper builds its base loss through the outer-loss registry (``base``, ``base_kwargs``), so IGDM can be
 added to any registered loss, third-party ones included; the built base is ``IGDMLoss.base_loss``, and the
-wrapper forwards the whole outer-loss contract to it: its ``before_attack`` (CIARD's train-mode ``S(x)``) and
-its state, if any (checkpointed through the wrapper). The config merges ``base_kwargs`` key by key like any
-mapping (``--set outer_loss.kwargs.base_kwargs.alpha=0.5`` keeps ``adaad_igdm``'s ``kl_reduction: batchmean``), so
+wrapper forwards the whole outer-loss contract to it: its ``before_attack`` (CIARD's train-mode ``S(x)``), its
+``end_epoch`` (``ciard_paper``'s validation-adaptive push weight) and its state, if any (checkpointed through
+the wrapper). The config merges ``base_kwargs`` key by key like any mapping
+(``--set outer_loss.kwargs.base_kwargs.alpha=0.5`` keeps ``adaad_igdm``'s ``kl_reduction: batchmean``), so
 a new ``base`` keeps the previous base's options unless they are overridden: give it the ``base_kwargs`` it takes.
 
 Methods (parts and defaults of the official scripts):
@@ -64,7 +65,7 @@ from robust_distill import Method, OuterLoss, Part, Step, hookimpl, kl_div, trai
 from robust_distill_plugins.inner_attacks import ADAAD_KL_PGD, RSLAD_KL_PGD
 
 if TYPE_CHECKING:
-    from robust_distill import Registries
+    from robust_distill import Registries, RunContext
 
 
 class IGDMLoss(OuterLoss):
@@ -118,6 +119,10 @@ class IGDMLoss(OuterLoss):
     def before_attack(self, step: Step) -> None:
         """The base loss's work before the attack (CIARD's train-mode ``S(x)``: the attack sees its BN update)."""
         self.base_loss.before_attack(step)
+
+    def end_epoch(self, run: RunContext, epoch: int, metrics: Mapping[str, Any]) -> None:
+        """The base loss's end of epoch (CIARD's validation-adaptive push weight)."""
+        self.base_loss.end_epoch(run, epoch, metrics)
 
     def __call__(self, step: Step) -> Tensor:
         loss = self.base_loss(step)

@@ -90,7 +90,8 @@ def test_the_listings_are_the_registries(regs) -> None:
     assert rd.registries() is regs
     assert rd.list_methods() == regs.methods.names()
     assert {"pgd_at", "trades", "rslad", "adaad"} <= set(rd.list_methods())
-    assert rd.list_methods("*ard*") == ["ard", "bmtard", "ciard", "ciard_no_push", "mmard", "mtard"]
+    assert rd.list_methods("*ard*") == ["ard", "bmtard", "ciard", "ciard_no_push", "ciard_paper", "mmard",
+                                           "mtard"]
     assert {"clean", "pgd20", "autoattack"} <= set(rd.list_attacks()) and rd.list_attacks("pgd2*") == [
         "pgd20", "pgd20_inplane", "pgd20_outplane", "pgd20_trades"]
 

@@ -157,7 +157,8 @@ class InnerAttack(Stateful):
 class OuterLoss(Stateful):
     """The student's objective on a step whose ``x_adv`` is set. Returns a scalar tensor.
 
-    Per step the engine calls :meth:`before_attack`, then the inner attack, then ``loss(step)``.
+    Per step the engine calls :meth:`before_attack`, then the inner attack, then ``loss(step)``; per epoch,
+    :meth:`end_epoch`.
     """
 
     def before_attack(self, step: Step) -> None:
@@ -168,6 +169,15 @@ class OuterLoss(Stateful):
         attack sees BN running statistics already updated with this batch (CIARD's ``S(x)``). Outputs asked
         for here through ``step.student_logits(...)`` keep their graph and are cached: ``__call__`` reuses
         them, so the order changes and nothing is computed twice.
+        """
+
+    def end_epoch(self, run: RunContext, epoch: int, metrics: Mapping[str, Any]) -> None:
+        """After the epoch's evaluation, right after the teacher updater's ``end_epoch`` (default: nothing).
+
+        ``metrics`` is the epoch's row as the teacher updater gets it (read-only; the same on every process):
+        after an evaluation it holds ``<eval.split>_<attack>`` accuracies and ``is_best``. The use: a loss
+        weight adapted to validation metrics (CIARD's paper variant); state changed here goes in
+        ``state_attributes``, so the checkpoint written after it resumes exactly.
         """
 
     def __call__(self, step: Step) -> Tensor:

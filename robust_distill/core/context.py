@@ -1,8 +1,8 @@
 """What a plugin sees of a training run: the :class:`RunContext` protocol.
 
-Teacher updaters (``setup``, ``end_epoch``) and the lifecycle hooks (``rd_run_start``, ``rd_epoch_end``,
-``rd_run_end``) receive an object with these attributes; the engine's ``trainer.Run`` is the one
-implementation. Plugins depend on this protocol, never on the engine module.
+Teacher updaters (``setup``, ``end_epoch``), outer losses (``end_epoch``) and the lifecycle hooks
+(``rd_run_start``, ``rd_epoch_end``, ``rd_run_end``) receive an object with these attributes; the engine's
+``trainer.Run`` is the one implementation. Plugins depend on this protocol, never on the engine module.
 """
 
 from __future__ import annotations

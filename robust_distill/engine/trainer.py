@@ -3,8 +3,9 @@
 Per step (:func:`step_loss`): ``updater.before_step`` -> ``outer_loss.before_attack(step)`` ->
 ``x_adv = inner_attack(step)`` -> ``loss = outer_loss(step)``; then backward and SGD step ->
 ``updater.after_step``. Per epoch: BatchNorm statistics averaged over the torchrun
-processes, evaluation on the validation split (clean and PGD by default), the ``rd_epoch_end`` hook, then the
-files, atomically and in this order: ``best.pt``, ``train_records.pt``, the metrics row (``metrics.jsonl``,
+processes, evaluation on the validation split (clean and PGD by default), the ``rd_epoch_end`` hook,
+``updater.end_epoch`` and ``outer_loss.end_epoch`` (both given the epoch's metrics row), then the files,
+atomically and in this order: ``best.pt``, ``train_records.pt``, the metrics row (``metrics.jsonl``,
 ``metrics.csv``) and last ``last.pt``, which commits the epoch (``epoch_N.pt`` too for the epochs listed in
 ``save_epochs``, before it). A run holds its folder's lock for its whole
 length and resumes from ``last.pt`` only if it was written by the same config (up to
@@ -294,6 +295,7 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
         row.update(_plugin_metrics(pm, row, pm.call_lifecycle("rd_epoch_end", run=run, epoch=epoch,
                                                              metrics=dict(row))))
         run.teacher_updater.end_epoch(run, epoch, row)
+        run.outer_loss.end_epoch(run, epoch, row)
         if run.swa is not None:
             run.swa.end_epoch(run, epoch)
         run.epoch = epoch + 1
