@@ -1,0 +1,112 @@
+"""Teacher selection under its own premise (issue 21, item 2): the verdict from the run files of
+``fair_teachers_grid.yaml`` and ``fair_students_grid.yaml``.
+
+1. Every candidate teacher's entropy and true-class confidence on S_U and S_L
+   (``robust-distill teacher-score`` on ``unlearnable.json``, whose runs are the zoo's convnet_s PGD-AT and TRADES
+   runs, disjoint from the teachers), written to ``fair/teacher_scores.json`` (reused when present).
+2. The premise ("Why robust teachers fail", Sec. 5: candidates equally good on the learnable set): the teachers
+   kept are those whose clean test accuracy and S_L confidence are within ``CLEAN_TOL`` and ``CONF_TOL`` of the
+   pool's medians; the table shows every candidate's numbers and whether it is kept.
+3. The claim: the higher a teacher's entropy on S_U, the more robust its student. Spearman's rho between entropy
+   on S_U and the mean student AA (APGD-CE+T) over the kept teachers, with a 95% bootstrap interval that resamples
+   each teacher's student seeds (10,000 draws, seed 0). The claim holds when the interval lies above 0, fails when
+   it lies below 0, and is undecided otherwise.
+
+    python benchmarks/fashion_mnist/fair_selection.py [benchmarks/results/fashion_mnist]
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from robust_distill.analysis.report import spearman
+
+CLEAN_TOL, CONF_TOL = 0.02, 0.03  # |clean - median| and |S_L confidence - median|, fractions
+DRAWS = 10_000
+
+
+def final_best(run: Path) -> dict[str, float]:
+    return json.loads((run / "summary.json").read_text()).get("final", {}).get("best", {})
+
+
+def scores(root: Path, teachers: list[Path]) -> dict[str, dict]:
+    out = root / "fair" / "teacher_scores.json"
+    if not out.is_file():
+        subprocess.run([sys.executable, "-m", "robust_distill", "teacher-score", "--teachers",
+                        *[str(t) for t in teachers], "--unlearnable", str(root / "unlearnable.json"),
+                        "--out", str(out), "--device", "cpu"], check=True)
+    rows = json.loads(out.read_text())["teachers"]
+    return {Path(r["teacher"].removeprefix("checkpoint:")).parent.name: r for r in rows}
+
+
+def bootstrap(entropy: list[float], groups: list[list[float]], rng: random.Random) -> tuple[float, float]:
+    rhos = []
+    for _ in range(DRAWS):
+        means = [statistics.mean(rng.choices(g, k=len(g))) for g in groups]
+        rho = spearman(entropy, means)
+        if rho == rho:  # NaN when every resampled mean ties
+            rhos.append(rho)
+    rhos.sort()
+    return rhos[int(0.025 * len(rhos))], rhos[int(0.975 * len(rhos)) - 1]
+
+
+def main(root: Path) -> str:
+    teachers = sorted(p.parent for p in (root / "fair" / "teachers").glob("*/summary.json"))
+    if len(teachers) < 3:
+        raise SystemExit(f"{len(teachers)} finished teachers in {root / 'fair' / 'teachers'}: run the grid first")
+    score = scores(root, teachers)
+    students: dict[str, list[float]] = {}
+    for run in sorted((root / "fair" / "students").glob("*/summary.json")):
+        cfg = yaml.safe_load((run.parent / "config.yaml").read_text())
+        teacher = Path(cfg["teachers"]["robust"]["key"].removeprefix("checkpoint:")).parent.name
+        aa = final_best(run.parent).get("autoattack_apgd")
+        if aa is not None:
+            students.setdefault(teacher, []).append(aa)
+    clean = {t.name: final_best(t).get("clean") for t in teachers}
+    conf = {t.name: score[t.name]["learnable"]["confidence"] for t in teachers}
+    med_clean, med_conf = statistics.median(clean.values()), statistics.median(conf.values())
+    kept = [t.name for t in teachers if abs(clean[t.name] - med_clean) <= CLEAN_TOL
+            and abs(conf[t.name] - med_conf) <= CONF_TOL]
+    lines = ["# Teacher selection under its premise (Fashion-MNIST)", "",
+             "Candidates: convnet_m teachers of `fair_teachers_grid.yaml` (10k images, 6 epochs, eps 0.1). Students: "
+             "RSLAD (batchmean KL) convnet_s, `fair_students_grid.yaml`, 3 seeds per teacher, student_base.yaml's "
+             "budget; AA = APGD-CE+T of the best checkpoint on 500 test images. S_U and S_L: `unlearnable.json` "
+             f"(the zoo's convnet_s PGD-AT and TRADES runs, disjoint from the teachers). Premise: clean within "
+             f"{100 * CLEAN_TOL:.0f} points and S_L confidence within {100 * CONF_TOL:.0f} points of the pool's "
+             "medians.", "",
+             "| teacher | clean | AA (teacher) | S_L conf. | S_U entropy (nats) | S_U conf. | premise | student AA "
+             "(seeds) |", "|---|---|---|---|---|---|---|---|"]
+    for t in teachers:
+        s, st = score[t.name], students.get(t.name, [])
+        lines.append(f"| {t.name} | {100 * clean[t.name]:.1f} | {100 * final_best(t).get('autoattack_apgd', 0):.1f} | "
+                     f"{100 * conf[t.name]:.1f} | {s['unlearnable']['entropy']:.3f} | "
+                     f"{100 * s['unlearnable']['confidence']:.1f} | {'kept' if t.name in kept else 'out'} | "
+                     + (", ".join(f"{100 * a:.1f}" for a in st) or "-") + " |")
+    ready = [t for t in kept if len(students.get(t, [])) >= 3]
+    lines.append("")
+    if len(ready) < 3:
+        lines.append(f"Verdict: {len(ready)} teachers meet the premise and have 3 students: too few for a "
+                     "correlation; no verdict.")
+    else:
+        entropy = [score[t]["unlearnable"]["entropy"] for t in ready]
+        means = [statistics.mean(students[t]) for t in ready]
+        rho = spearman(entropy, means)
+        low, high = bootstrap(entropy, [students[t] for t in ready], random.Random(0))
+        verdict = "**held**" if low > 0 else "**did not hold**" if high < 0 else "**undecided**"
+        lines.append(f"Spearman (entropy on S_U, mean student AA) over {len(ready)} teachers: {rho:+.2f}, 95% "
+                     f"bootstrap interval [{low:+.2f}, {high:+.2f}] (student seeds resampled, {DRAWS} draws).")
+        lines += ["", f"Verdict: higher entropy on S_U predicts the more robust student: {verdict}."]
+    text = "\n".join(lines) + "\n"
+    (root / "fair" / "fair_selection.md").write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    print(main(Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/fashion_mnist")))
