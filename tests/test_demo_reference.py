@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robust_distill.cli.demo import BUDGET, METHOD, REFERENCE, SHIPPED_TEACHERS, demo_config
+from robust_distill.cli.demo import BUDGET, EVIDENCE, METHOD, REFERENCE, SHIPPED_TEACHERS, _bought, demo_config
 from robust_distill.config import config_differences, config_to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,3 +64,21 @@ def test_student_numbers_are_the_committed_demo_runs(regs, method: str) -> None:
     # (keys a later version added count as equal at their default, as on resume)
     plain = json.loads(json.dumps({k: today[k] for k in TRAINING_KEYS}))
     assert config_differences({k: committed[k] for k in TRAINING_KEYS}, plain, may_differ=()) == []
+
+
+def test_the_demo_says_what_distillation_bought_by_the_numbers() -> None:
+    pgd_at = {"pgd20": 0.604, "autoattack_apgd": 0.578}
+    behind = _bought({"pgd20": 0.580, "autoattack_apgd": 0.556}, pgd_at, 500)
+    assert behind.startswith("What distillation bought at this budget: -2.4 PGD-20 and -2.2 AA points, behind PGD-AT")
+    assert "first 500 test images: a point is 5 images" in behind
+    assert ", ahead of PGD-AT" in _bought({"pgd20": 0.61, "autoattack_apgd": 0.58}, pgd_at, 500)
+    assert ", level with PGD-AT" in _bought({"pgd20": 0.61, "autoattack_apgd": 0.57}, pgd_at, 500)
+
+
+def test_the_demo_evidence_is_the_committed_claims_table() -> None:
+    """The numbers the demo quotes are those of claims.md's batchmean claim-1 table (mean AA over 2 seeds)."""
+    claims = (ROOT / "benchmarks/results/fashion_mnist/claims.md").read_text()
+    table = claims.split("## 1 with batchmean.")[1].split("##")[0]
+    aa = {row.split("|")[1].strip(): row.split("|")[4].strip() for row in table.splitlines() if row.startswith("| ")}
+    assert aa["rslad"].startswith("46.50") and aa["adaad"].startswith("47.50") and aa["pgd_at"] == "46.50 ± 0.99"
+    assert "reach 46.5 and 47.5 AA against PGD-AT's 46.5 +- 1.0" in EVIDENCE
