@@ -29,9 +29,9 @@ def test_plugins_lists_every_kind_with_its_provider(capsys: pytest.CaptureFixtur
     assert "robust_distill_plugins.robustbench_teachers" in out and "(built-in)" in out
     assert "robust_distill.cli.train" in out and "(core)" in out
     commands = out.split("\ncommands:\n")[1].split("\n\n")[0].splitlines()
-    assert [line.split()[0] for line in commands] == ["bench", "demo", "eval", "export", "plugins", "prune", "report",
-                                                      "select-teacher", "specialization", "teacher-score", "train",
-                                                      "unlearnable"]
+    assert [line.split()[0] for line in commands] == ["bench", "demo", "eval", "export", "invert", "landscape",
+                                                      "plugins", "prune", "report", "select-teacher", "specialization",
+                                                      "teacher-score", "train", "unlearnable"]
     assert commands[-2].endswith("[cli.train; robust-distill 0.1.0]")
 
 

@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robust_distill.core.losses import entropy
+from robust_distill.core.manager import Registries, get_registries
 from robust_distill.data.memory import iterate_eval, to_float
+from robust_distill.data.splits import split_images
 from robust_distill.errors import InputError
 from robust_distill.files.atomic import read_json, read_jsonl
 from robust_distill.files.checkpoint import load_checkpoint
 
-__all__ = ["unlearnable_sets", "teacher_scores"]
+__all__ = ["unlearnable_sets", "teacher_scores", "set_images"]
 
 
 
@@ -115,3 +117,15 @@ def teacher_scores(teachers: Mapping[str, nn.Module], train_x: Tensor, train_y: 
     for rank, row in enumerate(out, 1):
         row["rank"] = rank
     return out
+
+
+def set_images(sets: Mapping[str, Any], indices: Sequence[int], regs: Registries | None = None
+               ) -> tuple[Tensor, Tensor]:
+    """The training images and labels at dataset positions ``indices``, from the dataset named in the
+    ``data`` section of an ``unlearnable`` JSON (as ``teacher-score`` reads them: the dataset plugin's loader,
+    then only those images of its training split)."""
+    regs = regs or get_registries()
+    data = sets.get("data") or {}
+    bundle = regs.call(regs.datasets.get(data.get("dataset", "cifar10")).load, root=data.get("root"),
+                       **(data.get("options") or {}))
+    return split_images(bundle, "train", torch.tensor(list(indices), dtype=torch.int64))

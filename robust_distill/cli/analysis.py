@@ -1,5 +1,5 @@
 """The grid and analysis commands: ``bench``, ``report``, ``unlearnable``, ``teacher-score``, ``specialization``,
-``prune``, ``select-teacher``."""
+``prune``, ``select-teacher``, ``landscape``, ``invert``."""
 
 from __future__ import annotations
 
@@ -9,16 +9,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from robust_distill import hookimpl
 from robust_distill.analysis.bench import load_grid, run_grid
+from robust_distill.analysis.inversion import STARTS, format_study, inversion_study, plot_inversions
+from robust_distill.analysis.landscape import DEFAULT_LEVELS, landscape_problems, plot_landscapes, weight_landscape
 from robust_distill.analysis.report import build_report
 from robust_distill.analysis.select_teacher import Identification, format_selection, select_teacher
 from robust_distill.analysis.specialization_report import specialization_report, write_report
 from robust_distill.analysis.subspace import InputSubspace, first_layer, fit_input_subspace
-from robust_distill.analysis.unlearnable import teacher_scores, unlearnable_sets
+from robust_distill.analysis.unlearnable import set_images, teacher_scores, unlearnable_sets
 from robust_distill.api import resolve_model
 from robust_distill.cli import command, common_problems, integer, radius
 from robust_distill.config import read_yaml
@@ -32,7 +33,7 @@ from robust_distill.engine.distributed import resolve_device
 from robust_distill.engine.evaluation import make_eval_attacks
 from robust_distill.engine.pruning import prune_checkpoint
 from robust_distill.errors import ConfigError, InputError, SelectionError
-from robust_distill.files.atomic import atomic_write_json, read_json
+from robust_distill.files.atomic import atomic_write_json, atomic_write_text, read_json
 from robust_distill.files.checkpoint import load_checkpoint
 from robust_distill.results.tables import markdown_table
 
@@ -146,14 +147,13 @@ def cmd_teacher_score(ns: argparse.Namespace) -> int:
         raise InputError(f"--unlearnable {ns.unlearnable!r} is not a file written by `robust-distill unlearnable`.")
     data = sets.get("data", {})
     dataset = data.get("dataset", "cifar10")
-    bundle = regs.call(regs.datasets.get(dataset).load, root=data.get("root"), **(data.get("options") or {}))
     teachers = {}
     for text in ns.teachers:
         model, _, _ = resolve_model(_spec(text), {}, dataset, regs, data.get("options") or {}, data.get("root"))
         teachers[_spec(text)] = model
     # only the images of S_U and S_L are read (a streamed dataset is never loaded whole): index them anew
     used = sorted({*sets["indices_unlearnable"], *sets["indices_learnable"]})
-    x_used, y_used = split_images(bundle, "train", torch.tensor(used, dtype=torch.int64))
+    x_used, y_used = set_images(sets, used, regs)
     position = {index: i for i, index in enumerate(used)}
     local = {**sets, **{k: [position[i] for i in sets[k]] for k in ("indices_unlearnable", "indices_learnable")}}
     rows = teacher_scores(teachers, x_used, y_used, local, batch_size=ns.batch_size, device=resolve_device(ns.device))
@@ -385,6 +385,183 @@ def cmd_select_teacher(ns: argparse.Namespace) -> int:
     return 0
 
 
+# -- landscape -----------------------------------------------------------------------------------
+
+
+def _landscape_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="model specs (checkpoint:..., timm:...), checkpoint files, or run folders (their best.pt)")
+    p.add_argument("--dataset", "--data", dest="dataset", default=None,
+                   help="dataset of the examples (default: the first checkpoint's)")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="split of the examples")
+    p.add_argument("--n-examples", type=integer(1), default=500, help="first N images of the split (default 500)")
+    p.add_argument("--directions", type=integer(1), default=10, help="random filter-normalised directions (default 10)")
+    p.add_argument("--points", type=integer(3), default=11,
+                   help="grid points of s on [-s_max, s_max] (odd; default 11)")
+    p.add_argument("--s-max", type=float, default=1.0, help="largest |s| of the grid (default 1)")
+    p.add_argument("--levels", default=None, metavar="A1,A2,...",
+                   help="the |s| of the sharpness summary (default: 0.25, 0.5 and 1 x s_max)")
+    p.add_argument("--eps", type=radius, default=None,
+                   help="PGD radius (default: the first checkpoint's training radius, else 8/255)")
+    p.add_argument("--step-size", type=radius, default=None,
+                   help="PGD step (default: eps/4 with --eps, else the first checkpoint's training step)")
+    p.add_argument("--steps", type=integer(1), default=None,
+                   help="PGD steps (default: the first checkpoint's training steps, else 10)")
+    p.add_argument("--fixed-examples", action="store_true",
+                   help="craft the adversarial examples once at s = 0 and reuse them at every perturbed weight "
+                        "(cheaper; Wu et al. regenerate them at every weight, the default)")
+    p.add_argument("--seed", type=integer(0), default=0, help="seed of the directions and of PGD's random starts")
+    p.add_argument("--batch-size", type=integer(1), default=500)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="landscape.json",
+                   help="output JSON: the curves and their summary (default landscape.json)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="also draw the curves (AdaAD's Fig. 3)")
+
+
+def _landscape_threat(ns: argparse.Namespace, ckpt: dict[str, Any]) -> ThreatModel:
+    """The PGD of the landscape: the flags, else the first checkpoint's training threat, else 8/255, 2/255, 10."""
+    trained = ckpt.get("config", {}).get("threat") or {}
+    if ns.eps is None and ns.step_size is None and trained.get("eps") is not None:
+        eps, step = trained["eps"], trained.get("step_size", parse_fraction(trained["eps"]) / 4)
+    else:
+        eps = ns.eps if ns.eps is not None else parse_fraction(trained.get("eps", 8 / 255))
+        step = ns.step_size if ns.step_size is not None else parse_fraction(eps) / 4
+    steps = ns.steps if ns.steps is not None else int(trained.get("steps", 10))
+    try:
+        return ThreatModel(eps=eps, step_size=step, steps=steps)
+    except ValueError as exc:
+        raise ConfigError([f"--eps/--step-size/--steps: {exc}"], "landscape arguments") from None
+
+
+@command("landscape", "weight loss landscape: adversarial loss along random filter-normalised directions, "
+                      "and its sharpness (Wu et al. 2020; AdaAD Fig. 3)", _landscape_args)
+def cmd_landscape(ns: argparse.Namespace) -> int:
+    regs = get_registries()
+    problems = common_problems(ns, regs)
+    levels = None
+    if ns.levels is not None:
+        try:
+            levels = [float(v) for v in ns.levels.split(",")]
+        except ValueError:
+            problems.append(f"--levels {ns.levels!r}: expected numbers separated by commas, e.g. "
+                            f"{','.join(f'{f * ns.s_max:g}' for f in DEFAULT_LEVELS)}.")
+    for problem in landscape_problems(ns.directions, ns.points, ns.s_max, levels):
+        name, _, text = problem.partition(":")
+        problems.append(f"--{name.replace('_', '-')}:{text}")
+    if ns.plot is not None and (problem := check_output_file(ns.plot)):
+        problems.append(f"--plot: {problem}")
+    specs = [_spec(m) for m in ns.models]
+    if len(set(specs)) < len(specs):
+        problems.append(f"MODEL: each model once, got {' '.join(ns.models)}.")
+    if problems:
+        raise ConfigError(problems, "landscape arguments")
+    models, dataset, first = {}, ns.dataset, {}
+    for spec in specs:
+        model, dataset_of, ckpt = resolve_model(spec, {}, ns.dataset, regs)
+        if dataset is not None and dataset_of != dataset:
+            raise ConfigError([f"MODEL: {spec} is a {dataset_of} model, the others {dataset}'s; give models of one "
+                               "dataset (or --dataset)."], "landscape arguments")
+        dataset, first = dataset_of, first or ckpt
+        models[spec] = model
+    threat = _landscape_threat(ns, first)
+    data_cfg = first.get("config", {}).get("data") or {}
+    data_cfg = data_cfg if data_cfg.get("dataset") == dataset else {}
+    bundle = regs.call(regs.datasets.get(dataset).load, root=data_cfg.get("root"), **(data_cfg.get("options") or {}))
+    x, y = split_images(bundle, ns.split, n=ns.n_examples)
+    device = resolve_device(ns.device)
+    results = {}
+    for spec, model in models.items():
+        results[spec] = weight_landscape(model, x, y, threat, directions=ns.directions, points=ns.points,
+                                         s_max=ns.s_max, seed=ns.seed, on_the_fly=not ns.fixed_examples,
+                                         batch_size=ns.batch_size, device=device, levels=levels)
+    settings = {**next(iter(results.values())).settings, "dataset": dataset, "split": ns.split,
+                "attack": f"PGD-{threat.steps} on CE, " + threat.describe()}
+    atomic_write_json({"settings": settings, "models": [{"model": k, **v.to_dict()} for k, v in results.items()]},
+                      ns.out)
+    keys = list(next(iter(results.values())).sharpness)
+    rows = [{"model": spec, "l0": f"{r.loss_0:.4f}", "a0": r.accuracy_0, "sec": f"{r.seconds:.0f}",
+             **{f"sh{a}": f"{r.sharpness[a]['mean']:.4f} ± {r.sharpness[a]['std']:.4f}" for a in keys}}
+            for spec, r in results.items()]
+    print(markdown_table(rows, [("model", "model"), ("l0", "adv. loss L(0)"), ("a0", "robust acc. at s=0 (%)"),
+                                *[(f"sh{a}", f"sharpness at |s|={a}") for a in keys], ("sec", "seconds")]))
+    examples = "examples fixed at s = 0" if ns.fixed_examples else "examples regenerated at every weight"
+    print(f"\nsharpness(a) = mean over {ns.directions} directions of (L(a) + L(-a))/2 - L(0) (± their standard "
+          f"deviation); higher = sharper. {settings['attack']}, {examples}, {x.shape[0]} {ns.split} images of "
+          f"{dataset}. -> {ns.out}")
+    if ns.plot:
+        print(f"-> {plot_landscapes(results, ns.plot)}")
+    return 0
+
+
+# -- invert ---------------------------------------------------------------------------------------
+
+
+def _positive(text: str) -> float:
+    """A float > 0 (an L2 step length)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _invert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="model spec (checkpoint:..., robustbench:..., timm:...), checkpoint "
+                                                   "file or run folder (its best.pt)")
+    p.add_argument("--unlearnable", required=True, help="JSON written by `robust-distill unlearnable`")
+    p.add_argument("--n", type=integer(1), default=32, help="samples of S_U and of S_L each (drawn with --seed)")
+    p.add_argument("--steps", type=integer(0), default=500, help="normalised-gradient steps of the inversion")
+    p.add_argument("--step-size", type=_positive, default=3.0,
+                   help="L2 length of the first step in [0,1] pixel units (decayed linearly to 0 unless --no-anneal)")
+    p.add_argument("--no-anneal", action="store_true", help="a constant step (Engstrom et al.'s code)")
+    p.add_argument("--start", choices=STARTS, default="noise",
+                   help="x0: uniform noise, another image of the samples, or their mean image")
+    p.add_argument("--seed", type=integer(0), default=0, help="seed of the samples drawn and of the start")
+    p.add_argument("--match-classes", action="store_true",
+                   help="as many samples of each class from S_U as from S_L (the sets' class mixes differ)")
+    p.add_argument("--batch-size", type=integer(1), default=128)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="inversion.json", help="output JSON (a Markdown verdict beside it, .md)")
+    p.add_argument("--png", default=None, help="also a grid of originals and inversions, rows S_L and S_U")
+
+
+@command("invert", "representation inversion of S_U and S_L samples: does S_U invert worse? (Why robust "
+                   "teachers fail; Engstrom et al. 2019)", _invert_args)
+def cmd_invert(ns: argparse.Namespace) -> int:
+    regs = get_registries()
+    problems = common_problems(ns)
+    if not str(ns.out).endswith(".json"):
+        problems.append(f"--out {ns.out!r}: give a .json file (the Markdown verdict goes beside it, .md).")
+    if ns.png is not None:
+        if not str(ns.png).lower().endswith(".png"):
+            problems.append(f"--png {ns.png!r}: give a .png file.")
+        elif problem := check_output_file(ns.png):
+            problems.append(f"--png: {problem}")
+    if problems:
+        raise ConfigError(problems, "invert arguments")
+    sets = read_json(ns.unlearnable, "--unlearnable file")
+    if not isinstance(sets, dict) or "indices_unlearnable" not in sets:
+        raise InputError(f"--unlearnable {ns.unlearnable!r} is not a file written by `robust-distill unlearnable`.")
+    data = sets.get("data") or {}
+    model, _, _ = resolve_model(_spec(ns.model), {}, data.get("dataset", "cifar10"), regs, data.get("options") or {},
+                                data.get("root"))
+    model = model.to(resolve_device(ns.device))
+    study = inversion_study(model, sets, ns.n, steps=ns.steps, step_size=ns.step_size, start=ns.start, seed=ns.seed,
+                            anneal=not ns.no_anneal, batch_size=ns.batch_size, match_classes=ns.match_classes,
+                            regs=regs)
+    report = {"model": ns.model, "unlearnable": ns.unlearnable, **study.report}
+    markdown = format_study(report, title=f"{ns.model}")
+    md = Path(ns.out).with_suffix(".md")
+    atomic_write_json(report, ns.out)
+    atomic_write_text(markdown + "\n", md)
+    print(markdown)
+    written = [ns.out, str(md)] + ([str(plot_inversions(study, ns.png))] if ns.png else [])
+    print("\n-> " + ", ".join(written))
+    return 0
+
+
 @hookimpl
 def rd_register_commands(commands):
     commands.register(cmd_bench)
@@ -394,3 +571,5 @@ def rd_register_commands(commands):
     commands.register(cmd_select_teacher)
     commands.register(cmd_teacher_score)
     commands.register(cmd_specialization)
+    commands.register(cmd_invert)
+    commands.register(cmd_landscape)

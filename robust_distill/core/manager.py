@@ -113,6 +113,8 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("specialization_models", "robust_distill_plugins.specialization_models"),
     ("oracle", "robust_distill_plugins.oracle"),
     ("subspace_attacks", "robust_distill_plugins.subspace_attacks"),
+    ("ccat", "robust_distill_plugins.ccat"),
+    ("robust_features", "robust_distill_plugins.robust_features"),
 )
 
 #: registry attribute -> (kind, the hook that fills it)
