@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +34,7 @@ from robust_distill.data.memory import to_float
 from robust_distill.errors import ConfigError, InputError
 from robust_distill.files.atomic import atomic_write, read_json
 
-__all__ = ["STARTS", "classifier_layer", "representation", "invert", "inversion_metrics",
+__all__ = ["STARTS", "classifier_layer", "representation", "start_images", "descend", "invert", "inversion_metrics",
            "compare_groups", "inversion_study", "InversionStudy", "format_study", "plot_inversions"]
 
 #: the starts ``x0`` of :func:`invert`: uniform noise, another image of the batch, the batch's mean image
@@ -120,24 +120,58 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 # -------------------------------------------------------------------------------------------------
 
 
-def _start(x: Tensor, start: str | Tensor, seed: int) -> Tensor:
+def start_images(x: Tensor, start: str | Tensor, seed: int, allowed: Sequence[str] = STARTS,
+                 context: str = "inversion arguments") -> Tensor:
+    """Where a descent over images starts: ``"noise"`` (uniform in [0,1]^d), ``"other"`` (another image of ``x``: a
+    random derangement, so at least two images), ``"mean"`` (the mean image of ``x``) -- those of ``allowed`` --
+    or a tensor of ``x``'s shape. Deterministic from ``seed``."""
     if isinstance(start, Tensor):
         if start.shape != x.shape:
             raise ConfigError([f"start: a tensor of shape {tuple(x.shape)} (the images'), got {tuple(start.shape)}"],
-                              "inversion arguments")
+                              context)
         return to_float(start, x.device).clamp(0, 1)
+    if start not in allowed:
+        raise ConfigError([f"start: {start!r} is not one of {', '.join(allowed)} (or an image tensor)"], context)
     g = torch.Generator().manual_seed(seed)
     if start == "noise":
         return torch.rand(x.shape, generator=g).to(x.device)
-    if start == "other":  # a random cycle through the batch: every image starts from another one (n > 1)
+    if start == "other":  # a random cycle through the batch: every image starts from another one
+        if x.shape[0] < 2:
+            raise ConfigError(["start: 'other' needs at least two images"], context)
         perm = torch.randperm(x.shape[0], generator=g)
         source = torch.empty_like(perm)
         source[perm] = perm.roll(-1)
         return x[source.to(x.device)].clone()
-    if start == "mean":
-        return x.mean(0, keepdim=True).expand_as(x).clone()
-    raise ConfigError([f"start: {start!r} is not one of {', '.join(STARTS)} (or an image tensor)"],
-                      "inversion arguments")
+    return x.mean(0, keepdim=True).expand_as(x).clone()
+
+
+def descend(objective: Callable[[Tensor], Tensor], x0: Tensor, *, steps: int, step_size: float, anneal: bool = True,
+            use_best: bool = True, trace: list[Tensor] | None = None,
+            measure: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Normalised-gradient (L2) descent of a per-sample ``objective`` over images in [0, 1]:
+    ``x <- clip_[0,1](x - a_t g / ||g||_2)``, ``g`` each sample's gradient, ``steps`` times from ``x0``; ``a_t`` is
+    ``step_size``, decayed linearly to ``step_size / steps`` when ``anneal``. Returns each sample's iterate of
+    lowest objective (``use_best``) or the last one. ``trace``, when given, receives ``measure(objective)`` (default:
+    the objective) per sample, before each step and after the last. The one optimiser of :func:`invert` and of the
+    robust-feature images (:mod:`robust_distill.analysis.robust_features`)."""
+    cur = x0.clone()
+    best, best_value = cur.clone(), torch.full((x0.shape[0],), math.inf, device=x0.device)
+    view = (-1,) + (1,) * (x0.dim() - 1)
+    for t in range(steps + 1):
+        cur.requires_grad_(True)
+        value = objective(cur)
+        v = value.detach()
+        if trace is not None:
+            trace.append((measure(v) if measure else v).cpu())
+        better = v < best_value
+        best[better], best_value[better] = cur.detach()[better], v[better]
+        if t == steps:
+            break
+        (g,) = torch.autograd.grad(value.sum(), cur)
+        a = step_size * (1 - t / steps) if anneal else step_size
+        norm = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
+        cur = (cur.detach() - a * g / norm).clamp_(0, 1)
+    return (best if use_best else cur).detach()
 
 
 def invert(model: nn.Module, x: Tensor, *, steps: int = 500, step_size: float = 3.0, start: str | Tensor = "noise",
@@ -165,7 +199,7 @@ def invert(model: nn.Module, x: Tensor, *, steps: int = 500, step_size: float = 
                           "inversion arguments")
     layer = classifier_layer(model)[1]
     x = to_float(x, _device(model))
-    x0 = _start(x, start, seed)
+    x0 = start_images(x, start, seed)
     out, errors = [], []
     with _eval_mode(model):
         for lo in range(0, x.shape[0], batch_size):
@@ -183,24 +217,12 @@ def _invert_batch(model: nn.Module, layer: nn.Module, x: Tensor, x0: Tensor, ste
     with torch.no_grad():
         target = representation(model, x, layer)[0].detach()
     scale = target.norm(dim=1).clamp_min(1e-12)
-    cur = x0.clone()
-    best, best_err = cur.clone(), torch.full((x.shape[0],), math.inf, device=x.device)
-    view = (-1,) + (1,) * (x.dim() - 1)
-    for t in range(steps + 1):
-        cur.requires_grad_(True)
-        r = representation(model, cur, layer)[0]
-        sq = (r - target).pow(2).sum(1)
-        err = sq.detach().sqrt() / scale
-        trace.append(err.cpu())
-        better = err < best_err
-        best[better], best_err[better] = cur.detach()[better], err[better]
-        if t == steps:
-            break
-        (g,) = torch.autograd.grad(sq.sum(), cur)
-        a = step_size * (1 - t / steps) if anneal else step_size
-        norm = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
-        cur = (cur.detach() - a * g / norm).clamp_(0, 1)
-    return (best if use_best else cur).detach()
+
+    def squared_error(cur: Tensor) -> Tensor:
+        return (representation(model, cur, layer)[0] - target).pow(2).sum(1)
+
+    return descend(squared_error, x0, steps=steps, step_size=step_size, anneal=anneal, use_best=use_best,
+                   trace=trace, measure=lambda sq: sq.sqrt() / scale)
 
 
 def _device(model: nn.Module) -> torch.device:

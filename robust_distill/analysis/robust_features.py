@@ -15,10 +15,9 @@ labels are the teacher's on ``x_r``), fine-tuned from a standard-trained student
 
 Choices the text leaves open: ``f_M`` is the input of ``f``'s classifier layer (the penultimate features, as in
 Ilyas et al. and :mod:`robust_distill.analysis.inversion`, whose ``representation`` reads it); the optimiser is
-:func:`~robust_distill.analysis.inversion.invert`'s normalised-gradient L2 descent (step decayed linearly, the
-iterate of lowest objective kept), which the loop here follows step for step (with ``alpha = 0`` it returns what
-``invert`` returns); the norms are not squared, as written in Eq. 35. ``invert`` itself minimises the
-representation term only, so Eq. 35's teacher term needs this loop.
+:func:`~robust_distill.analysis.inversion.invert`'s normalised-gradient L2 descent
+(:func:`~robust_distill.analysis.inversion.descend`: step decayed linearly, the iterate of lowest objective kept;
+with ``alpha = 0`` it returns what ``invert`` returns); the norms are not squared, as written in Eq. 35.
 
 :func:`save_robust_features` writes the images of a set of training positions; the dataset plugin
 ``robust_features`` (``plugins/robust_features.py``) loads a base dataset with those images replaced.
@@ -26,7 +25,6 @@ representation term only, so Eq. 35's teacher term needs this loop.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from robust_distill.analysis.inversion import classifier_layer, representation
+from robust_distill.analysis.inversion import classifier_layer, descend, representation, start_images
 from robust_distill.core.components import DataBundle
 from robust_distill.data.memory import to_float
 from robust_distill.data.splits import make_splits
@@ -75,26 +73,6 @@ def _distance(a: Tensor, b: Tensor) -> Tensor:
     return (a - b).flatten(1).pow(2).sum(1).clamp_min(1e-24).sqrt()
 
 
-def _start(x: Tensor, start: str | Tensor, seed: int) -> Tensor:
-    if isinstance(start, Tensor):
-        if start.shape != x.shape:
-            raise ConfigError([f"start: a tensor of shape {tuple(x.shape)} (the images'), got {tuple(start.shape)}"],
-                              "robust-feature arguments")
-        return to_float(start, x.device).clamp(0, 1)
-    g = torch.Generator().manual_seed(seed)
-    if start == "noise":
-        return torch.rand(x.shape, generator=g).to(x.device)
-    if start == "other":  # every image starts from another one of the set (a random cycle)
-        if x.shape[0] < 2:
-            raise ConfigError(["start: 'other' needs at least two images"], "robust-feature arguments")
-        perm = torch.randperm(x.shape[0], generator=g)
-        source = torch.empty_like(perm)
-        source[perm] = perm.roll(-1)
-        return x[source.to(x.device)].clone()
-    raise ConfigError([f"start: {start!r} is not one of {', '.join(STARTS)} (or an image tensor)"],
-                      "robust-feature arguments")
-
-
 def robust_features(model: nn.Module, teacher: nn.Module, x: Tensor, *, alpha: float = 0.5, steps: int = 200,
                     step_size: float = 3.0, start: str | Tensor = "other", seed: int = 0, anneal: bool = True,
                     batch_size: int = 128, history: list[float] | None = None) -> Tensor:
@@ -115,7 +93,7 @@ def robust_features(model: nn.Module, teacher: nn.Module, x: Tensor, *, alpha: f
                            f"{batch_size}, {alpha}"], "robust-feature arguments")
     device = _device(model)
     x = to_float(x, device)
-    x0 = _start(x, start, seed)
+    x0 = start_images(x, start, seed, STARTS, "robust-feature arguments")
     layer = classifier_layer(model)[1]
     modes = [(m, m.training) for net in (model, teacher) for m in net.modules()]
     flags = [(p, p.requires_grad) for net in (model, teacher) for p in net.parameters()]
@@ -128,7 +106,8 @@ def robust_features(model: nn.Module, teacher: nn.Module, x: Tensor, *, alpha: f
         for lo in range(0, x.shape[0], batch_size):
             objective = rft_objective(model, teacher, x[lo:lo + batch_size], alpha, layer)
             trace: list[Tensor] = []
-            out.append(_descend(objective, x0[lo:lo + batch_size], steps, step_size, anneal, trace))
+            out.append(descend(lambda x_r, f=objective: f(x_r)[0], x0[lo:lo + batch_size], steps=steps,
+                               step_size=step_size, anneal=anneal, trace=trace))
             traces.append(torch.stack(trace))
     finally:
         for m, mode in modes:
@@ -138,27 +117,6 @@ def robust_features(model: nn.Module, teacher: nn.Module, x: Tensor, *, alpha: f
     if history is not None:
         history.extend(torch.cat(traces, 1).mean(1).tolist())
     return torch.cat(out)
-
-
-def _descend(objective: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]], x0: Tensor, steps: int, step_size: float,
-             anneal: bool, trace: list[Tensor]) -> Tensor:
-    cur = x0.clone()
-    best, best_value = cur.clone(), torch.full((x0.shape[0],), math.inf, device=x0.device)
-    view = (-1,) + (1,) * (x0.dim() - 1)
-    for t in range(steps + 1):
-        cur.requires_grad_(True)
-        value = objective(cur)[0]
-        v = value.detach()
-        trace.append(v.cpu())
-        better = v < best_value
-        best[better], best_value[better] = cur.detach()[better], v[better]
-        if t == steps:
-            break
-        (g,) = torch.autograd.grad(value.sum(), cur)
-        a = step_size * (1 - t / steps) if anneal else step_size
-        norm = g.flatten(1).norm(dim=1).clamp_min(1e-12).view(view)
-        cur = (cur.detach() - a * g / norm).clamp_(0, 1)
-    return best.detach()
 
 
 @torch.no_grad()
