@@ -55,7 +55,8 @@ from pathlib import Path
 from robust_distill.analysis.landscape import sharpness
 from robust_distill.cli import main as robust_distill
 
-GAP = 0.03  # a run overfits when its test PGD-20 best - last is at least this (as overfit_verdict.py)
+GAP = 0.03  # a run overfits when its test PGD-20 and APGD best - last are both at least this (overfit_verdict.py)
+REGIMES = ("overfit", "overfit_m", "overfit_eps")  # the PGD-AT regimes (not overfit_sd's distilled students)
 STUDENT_THREAT = ["--eps", "0.1", "--step-size", "0.025", "--steps", "10"]  # student_base.yaml's
 
 
@@ -112,7 +113,7 @@ def pct(x: float | None) -> str:
 def overfit_section(results: Path, out: Path, options: list[str], level: float, run: bool,
                     regimes: list[str] | None = None) -> tuple[list[str], dict]:
     runs = sorted(p.parent for p in results.glob("overfit*/*/status.json") if finished(p.parent, ("best.pt", "last.pt"))
-                  and (regimes is None or p.parent.parent.name in regimes))
+                  and p.parent.parent.name in (regimes or REGIMES))
     lines = ["## (a) Robust overfitting: best.pt vs last.pt (Wu et al. 2020, Fig. 1)", "",
              "Every finished run under `overfit*/`, both checkpoints at the run's own training threat. Test PGD-20 "
              "from the run's summary.json (1,000 test images); sharpness on the landscape's test images.", ""]
@@ -133,8 +134,9 @@ def overfit_section(results: Path, out: Path, options: list[str], level: float, 
             if (folder / "summary.json").is_file() else {}
         b, la = final.get("best", {}).get("pgd20"), final.get("last", {}).get("pgd20")
         gap = b - la if b is not None and la is not None else None
+        ab, al = final.get("best", {}).get("autoattack_apgd"), final.get("last", {}).get("autoattack_apgd")
         c = compare(best, last, level)
-        overfits = gap is not None and gap >= GAP
+        overfits = gap is not None and gap >= GAP and ab is not None and al is not None and ab - al >= GAP
         verdicts.append({"run": name, "overfits": overfits, "gap": gap, **c,
                          "best": best["sharpness"], "last": last["sharpness"], "seconds": best["seconds"]})
         rows.append(f"| {name} | {pct(b)} / {pct(la)} ({pct(gap)}) | {'yes' if overfits else 'no'} | "
@@ -161,7 +163,8 @@ def overfit_section(results: Path, out: Path, options: list[str], level: float, 
 
 def students_section(folders: list[Path], out: Path, options: list[str], level: float, checkpoint: str,
                      run: bool) -> tuple[list[str], dict]:
-    lines = ["## (b) Students: PGD-AT vs AdaAD vs RSLAD (AdaAD, Sec. 4.5, Fig. 3)", ""]
+    lines = ["## (b) Students: are AD students flatter than PGD-AT's at one moment? (after AdaAD, Sec. 4.5, Fig. 3)",
+             ""]
     found = {}
     for folder in folders:
         if not finished(folder, (checkpoint,)):
@@ -215,7 +218,7 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--out", type=Path, default=None, help="default: RESULTS/landscape")
     p.add_argument("--only", choices=["overfit", "students"], default=None)
     p.add_argument("--regimes", nargs="+", default=None, metavar="NAME",
-                   help="(a) only the runs of these folders of RESULTS, e.g. overfit overfit_m (default: overfit*)")
+                   help="(a) only the runs of these folders of RESULTS (default: overfit overfit_m overfit_eps)")
     p.add_argument("--students", type=Path, nargs="+", default=None,
                    help="student run folders (default: the seed-0 PGD-AT, AdaAD and RSLAD runs of "
                         "transfer_students_grid.yaml)")
@@ -230,6 +233,8 @@ def main(argv: list[str] | None = None) -> str:
     ns = p.parse_args(argv)
     out = ns.out or ns.results / "landscape"
     level = ns.level if ns.level is not None else float(ns.s_max) / 2
+    if not 0 < level <= float(ns.s_max):
+        p.error(f"--level {level:g}: the verdicts' |s| must be in (0, --s-max {float(ns.s_max):g}]")
     options = ["--n-examples", ns.n_examples, "--directions", ns.directions, "--points", ns.points,
                "--s-max", ns.s_max, "--seed", ns.seed, "--device", "cpu"]
     lines = ["# Weight loss landscapes: verdicts", "",

@@ -36,15 +36,25 @@ PAPER = {  # Table 4, ResNet-18 students on CIFAR-10: (ResNet-34 FGSM, PGD), (VG
 N_EXAMPLES = 1000
 
 
+def done(run: Path) -> bool:
+    """A run whose grid status is ``done`` (a running one already has a best.pt that may still change)."""
+    status = run / "status.json"
+    return status.is_file() and json.loads(status.read_text()).get("state") == "done"
+
+
 def transfer_eval(student: Path, surrogate: Path, out: Path) -> dict[str, float]:
-    """Accuracy (in [0, 1]) of ``student`` under clean inputs and each transfer attack from ``surrogate``."""
+    """Accuracy (in [0, 1]) of ``student`` under clean inputs and each transfer attack from ``surrogate``; cached
+    in ``out`` with the modification times of both checkpoints (a retrained one is evaluated again)."""
+    stamp = {"student": (student / "best.pt").stat().st_mtime, "surrogate": (surrogate / "best.pt").stat().st_mtime}
     if out.is_file():
-        return json.loads(out.read_text())
+        cached = json.loads(out.read_text())
+        if cached.get("checkpoints") == stamp:
+            return cached["accuracy"]
     ev = evaluate(str(student / "best.pt"), attacks="clean", surrogate=f"checkpoint:{surrogate / 'best.pt'}",
                   transfer_attacks=list(ATTACKS), n_examples=N_EXAMPLES, eps=0.1, device="cpu", seed=0)
     acc = {k: float(v) for k, v in ev.accuracy.items()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(acc, indent=2) + "\n")
+    out.write_text(json.dumps({"checkpoints": stamp, "accuracy": acc}, indent=2) + "\n")
     return acc
 
 
@@ -61,16 +71,18 @@ def mean_std(xs: list[float]) -> str:
 
 def main(root: Path) -> str:
     surrogates = {name: root / "surrogates" / f"student={name}" for name, _ in SURROGATES}
-    missing = [str(p) for p in surrogates.values() if not (p / "best.pt").is_file()]
-    students = sorted(p.parent for p in (root / "students").glob("*/best.pt"))
+    missing = [str(p) for p in surrogates.values() if not done(p)]
+    students = sorted(p.parent for p in (root / "students").glob("*/best.pt") if done(p.parent))
     if missing or not students:
-        raise SystemExit(f"missing surrogates {missing} or students in {root / 'students'}: run the two grids first")
+        raise SystemExit(f"unfinished surrogates {missing} or no finished students in {root / 'students'}: run "
+                         "the two grids first")
     acc: dict[tuple[str, str, str], list[float]] = {}
     clean: dict[str, list[float]] = {}
     aa: dict[str, list[float]] = {}
     for student in students:
         method = student.name.split(",")[0].removeprefix("method=")
-        aa.setdefault(method, []).append(white_box(student) or float("nan"))
+        wb = white_box(student)
+        aa.setdefault(method, []).append(float("nan") if wb is None else wb)
         for name, folder in surrogates.items():
             result = transfer_eval(student, folder, root / "evals" / f"{student.name}__{name}.json")
             for attack in ATTACKS:
@@ -95,8 +107,11 @@ def main(root: Path) -> str:
     mean = {k: statistics.mean(v) for k, v in acc.items()}
     ada = [m for m in ("adaad", "adaiad") if m in methods]
     others = [m for m in methods if m not in ("adaad", "adaiad")]
+    absent = [m for m in METHODS if m not in methods]
     lines += ["", "## Verdicts", ""]
-    if ada and others:
+    if absent:
+        lines.append(f"1. Not every method has finished ({', '.join(absent)} missing): no verdict on AdaAD/AdaIAD.")
+    elif ada and others:
         losses = [f"{a.upper()} from {s}: best of AdaAD/AdaIAD {100 * max(mean[(m, s, a)] for m in ada):.2f} < "
                   f"{max(others, key=lambda m: mean[(m, s, a)])} {100 * max(mean[(m, s, a)] for m in others):.2f}"
                   for s, a in cols if max(mean[(m, s, a)] for m in ada) < max(mean[(m, s, a)] for m in others)]

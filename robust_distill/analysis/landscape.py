@@ -83,7 +83,7 @@ def filter_normalized_direction(model: nn.Module, generator: torch.Generator) ->
 def s_grid(points: int, s_max: float = 1.0) -> list[float]:
     """``points`` values of ``s`` evenly spaced on ``[-s_max, s_max]`` (odd ``points``: 0 is on it, exactly)."""
     half = points // 2
-    return [s_max * i / half for i in range(-half, half + 1)]
+    return [s_max * (i / half) for i in range(-half, half + 1)]  # i / half first: the ends are exactly +-s_max
 
 
 def _ce_sum(model: nn.Module, y: Tensor):
@@ -142,6 +142,8 @@ def adversarial_loss(model: nn.Module, x: Tensor, y: Tensor, threat: ThreatModel
 
 def _interp(s: Sequence[float], values: Sequence[float], at: float) -> float:
     """Piecewise-linear interpolation of ``values`` (on the increasing grid ``s``) at ``at`` in its range."""
+    tol = 1e-9 * max(abs(s[0]), abs(s[-1]), 1e-12)  # a level given as a fraction of s_max may round past an end
+    at = min(max(at, s[0]), s[-1]) if s[0] - tol <= at <= s[-1] + tol else at
     for j in range(len(s) - 1):
         if s[j] <= at <= s[j + 1]:
             t = (at - s[j]) / (s[j + 1] - s[j])
