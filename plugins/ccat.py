@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robust_distill import BNMode, InnerPGD, Method, OuterLoss, Part, Reduction, Step, hookimpl, squared_l2
+from robust_distill import BNMode, InnerPGD, Method, OuterLoss, Part, Reduction, Step, hookimpl, sign_step, squared_l2
 from robust_distill_plugins.oracle import ROLE, oracle_defaults, oracle_method
 
 CCATStart = Literal["zero_or_norm", "zero", "uniform_norm", "uniform"]
@@ -144,14 +144,7 @@ def best_iterate_pgd(objective: Callable[[Tensor], Tensor], x: Tensor, x0: Tenso
             best_value = torch.where(better, v, best_value)
         if i == steps:
             break
-        total = values.sum()
-        if grad_scale is not None:
-            total = grad_scale.scale(total)
-        (grad,) = torch.autograd.grad(total, x_adv)
-        if grad_scale is not None:
-            grad = grad_scale.unscale(grad)
-        delta = (x_adv.detach() + step_size * grad.sign() - x).clamp(-eps, eps)
-        x_adv = (x + delta).clamp(0.0, 1.0).detach()
+        x_adv = sign_step(values.sum(), x_adv, x, eps=eps, step_size=step_size, grad_scale=grad_scale)
     return best, best_value  # type: ignore[return-value]
 
 

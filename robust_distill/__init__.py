@@ -52,7 +52,7 @@ from robust_distill.analysis.subspace import (
 )
 from robust_distill.api import Evaluation, evaluate, list_attacks, list_methods, load_model, registries, train
 from robust_distill.cli import command
-from robust_distill.core.attacks import BNMode, InnerPGD, Start, model_mode, pgd
+from robust_distill.core.attacks import BNMode, InnerPGD, Start, model_mode, pgd, sign_step
 from robust_distill.core.components import (
     DataBundle,
     DatasetInfo,
@@ -143,7 +143,7 @@ __all__ = [
     "DatasetInfo", "TeacherSource", "StudentSource", "InnerAttack", "OuterLoss", "TeacherUpdater", "EvalAttack",
     "training_defaults", "epochs_of", "split_spec", "RunContext", "Logger", "format_eps",
     "kl_div", "js_divergence", "squared_l2", "kl_divisor", "check_kl_reduction", "KLReduction", "Reduction",
-    "pgd", "InnerPGD", "BNMode", "Start", "model_mode",
+    "pgd", "sign_step", "InnerPGD", "BNMode", "Start", "model_mode",
     "check_input_file", "check_input_shape", "load_state_dict_checked", "on_meta",
     # data
     "iterate_eval", "to_float", "IMG_EXTENSIONS", "ImageList", "ImageTransform", "CropFlip",

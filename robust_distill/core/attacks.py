@@ -90,15 +90,24 @@ def pgd(objective: Callable[[Tensor], Tensor], x: Tensor, *, eps: float, step_si
     x_adv = random_start(x, eps, start, clamp_start).detach()
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        value = objective(x_adv)
-        if grad_scale is not None:
-            value = grad_scale.scale(value)
-        (grad,) = torch.autograd.grad(value, x_adv)
-        if grad_scale is not None:
-            grad = grad_scale.unscale(grad)
-        delta = (x_adv.detach() + step_size * grad.sign() - x).clamp(-eps, eps)
-        x_adv = (x + delta).clamp(0.0, 1.0).detach()
+        x_adv = sign_step(objective(x_adv), x_adv, x, eps=eps, step_size=step_size, grad_scale=grad_scale)
     return x_adv
+
+
+def sign_step(value: Tensor, x_adv: Tensor, x: Tensor, *, eps: float, step_size: float,
+              grad_scale: InputGradScale | None = None) -> Tensor:
+    """One step of :func:`pgd`: ``clip_[0,1](x + clip_eps(x_adv + step_size * sign(grad value) - x))``.
+
+    ``value`` is the scalar objective computed from ``x_adv`` (which requires grad); ``grad_scale`` scales it
+    before the gradient and unscales the gradient (fp16). Returns the next iterate, detached.
+    """
+    if grad_scale is not None:
+        value = grad_scale.scale(value)
+    (grad,) = torch.autograd.grad(value, x_adv)
+    if grad_scale is not None:
+        grad = grad_scale.unscale(grad)
+    delta = (x_adv.detach() + step_size * grad.sign() - x).clamp(-eps, eps)
+    return (x + delta).clamp(0.0, 1.0).detach()
 
 
 class InnerPGD(InnerAttack):
