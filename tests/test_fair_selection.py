@@ -1,0 +1,96 @@
+"""benchmarks/fashion_mnist/fair_selection.py: the premise filter, the permutation p-value and the verdict of the fair
+teacher-selection experiment (issue 21, item 2), on run folders written here with numbers chosen by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "fashion_mnist" / "fair_selection.py"
+
+
+@pytest.fixture(scope="module")
+def fair():
+    spec = importlib.util.spec_from_file_location("fair_selection", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_permutation_p_counts_orderings(fair):
+    # 4 teachers in perfect order: only the identity ordering reaches rho = 1, so p = 1/24
+    assert fair.permutation_p([0.1, 0.2, 0.3, 0.4], [10, 20, 30, 40]) == pytest.approx(1 / 24)
+    # 3 teachers can never go below 1/6
+    assert fair.permutation_p([0.1, 0.2, 0.3], [1, 2, 3]) == pytest.approx(1 / 6)
+    # reversed order: every ordering has rho >= -1
+    assert fair.permutation_p([0.1, 0.2, 0.3, 0.4], [40, 30, 20, 10]) == 1.0
+    # swapping the top two (rho = 0.8): the orderings with rho >= 0.8 are the identity and 3 single swaps of
+    # neighbours (sum d^2 = 2), so 4/24
+    assert fair.permutation_p([0.1, 0.2, 0.3, 0.4], [10, 20, 40, 30]) == pytest.approx(4 / 24)
+
+
+def test_bootstrap_interval_of_separated_groups_is_a_point(fair):
+    groups = [[0.10, 0.11, 0.12], [0.20, 0.21, 0.22], [0.30, 0.31, 0.32], [0.40, 0.41, 0.42]]
+    assert fair.bootstrap([1.0, 2.0, 3.0, 4.0], groups, random.Random(0)) == (1.0, 1.0)
+
+
+def write_pool(root: Path, teachers: dict[str, tuple[float, float, float]], students: dict[str, list[float]]) -> None:
+    """teachers: name -> (clean, S_L confidence, S_U entropy); students: teacher name -> AA per seed."""
+    rows = []
+    for name, (clean, conf, entropy) in teachers.items():
+        run = root / "fair" / "teachers" / name
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"final": {"best": {"clean": clean, "autoattack_apgd": 0.5}}}))
+        rows.append({"teacher": f"checkpoint:{run / 'best.pt'}",
+                     "learnable": {"entropy": 0.3, "confidence": conf},
+                     "unlearnable": {"entropy": entropy, "confidence": 0.4}})
+    (root / "fair" / "teacher_scores.json").write_text(json.dumps({"teachers": rows}))
+    for name, aas in students.items():
+        for seed, aa in enumerate(aas):
+            run = root / "fair" / "students" / f"teacher={name},seed={seed}"
+            run.mkdir(parents=True)
+            (run / "summary.json").write_text(json.dumps({"final": {"best": {"autoattack_apgd": aa}}}))
+            key = f"checkpoint:{root / 'fair' / 'teachers' / name / 'best.pt'}"
+            (run / "config.yaml").write_text(yaml.safe_dump({"teachers": {"robust": {"key": key, "kwargs": {}}}}))
+
+
+POOL = {"a": (0.80, 0.90, 1.0), "b": (0.81, 0.91, 1.1), "c": (0.80, 0.89, 1.2), "d": (0.79, 0.90, 1.3),
+        "e": (0.70, 0.90, 0.5)}  # e: 10 points less accurate than the pool's median: outside the premise
+
+
+def test_verdict_held_with_the_premise_applied(fair, tmp_path):
+    students = {"a": [0.40, 0.41, 0.42], "b": [0.43, 0.44, 0.45], "c": [0.46, 0.47, 0.48], "d": [0.49, 0.50, 0.51],
+                "e": [0.10, 0.10, 0.10]}  # e would break the order, but the premise leaves it out
+    write_pool(tmp_path, POOL, students)
+    text = fair.main(tmp_path)
+    assert "| e | 70.0 |" in text and "| out |" in text
+    assert "over 4 teachers: +1.00, 95% bootstrap interval [+1.00, +1.00]" in text
+    assert "p (over the 4! orderings of the teachers) 0.042 for a positive, 1.000 for a negative" in text
+    assert text.rstrip().endswith("**held**.")
+    assert (tmp_path / "fair" / "fair_selection.md").read_text() == text
+
+
+def test_verdict_did_not_hold_when_entropy_orders_students_backwards(fair, tmp_path):
+    students = {"a": [0.49, 0.50, 0.51], "b": [0.46, 0.47, 0.48], "c": [0.43, 0.44, 0.45], "d": [0.40, 0.41, 0.42]}
+    write_pool(tmp_path, POOL, students)
+    text = fair.main(tmp_path)
+    assert "-1.00, 95% bootstrap interval [-1.00, -1.00]" in text
+    assert text.rstrip().endswith("**did not hold**.")
+
+
+def test_overlapping_seeds_leave_it_undecided(fair, tmp_path):
+    students = {"a": [0.40, 0.50, 0.45], "b": [0.41, 0.49, 0.44], "c": [0.42, 0.48, 0.46], "d": [0.43, 0.47, 0.45]}
+    write_pool(tmp_path, POOL, students)
+    assert fair.main(tmp_path).rstrip().endswith("**undecided**.")
+
+
+def test_fewer_than_three_students_per_teacher_gives_no_verdict(fair, tmp_path):
+    students = {"a": [0.40, 0.41], "b": [0.43, 0.44, 0.45], "c": [0.46, 0.47, 0.48], "d": [0.49, 0.50]}
+    write_pool(tmp_path, POOL, students)
+    assert "2 teachers meet the premise and have 3 students: too few for a correlation; no verdict." in \
+        fair.main(tmp_path)
