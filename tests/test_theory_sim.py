@@ -104,3 +104,12 @@ def test_training_logs_every_measure_with_the_eps_warmup(method: str) -> None:
     for key in ("noise_su", "noise_sl", "signal", "clean_err_sl", "robust1_err_sl", "radius_sl"):
         assert all(r[key] == r[key] for r in rows), key  # finite, not NaN
     assert all(0 <= r["radius_sl"] <= s.alpha for r in rows)
+
+
+def test_tables_have_a_robust_error_column_per_radius():
+    cols = pm.columns(dataclasses.replace(SMALL, eval_radii=(1.0, 1.95, 2.0)))
+    keys = [k for k, _, _ in cols]
+    assert keys[4:7] == ["robust1_err_sl", "robust1.95_err_sl", "robust2_err_sl"]
+    assert [h for k, h, _ in cols if k.startswith("robust")] == [
+        "robust test error at eps, S_L-type (%)", "robust test error at 1.95 eps, S_L-type (%)",
+        "robust test error at 2 eps, S_L-type (%)", "robust test error, S_U-type (%)"]
