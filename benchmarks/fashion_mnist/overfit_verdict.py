@@ -50,7 +50,10 @@ REGIMES = (("overfit", "`overfit_grid.yaml`: PGD-AT convnet_s (24k parameters), 
            ("overfit_m", "`overfit_m_grid.yaml`: PGD-AT convnet_m (288k parameters), 1,000 training images; 100 "
                          "epochs, lr 0.1 x0.1 at epochs 50 and 75, eps 0.1"),
            ("overfit_eps", "`overfit_eps_grid.yaml`: PGD-AT convnet_m, 1,000 training images; 60 epochs, lr 0.1 x0.1 "
-                           "at epochs 30 and 45, eps 0.2 (training and evaluation), wd 5e-4 and 0"))
+                           "at epochs 30 and 45, eps 0.2 (training and evaluation), wd 5e-4 and 0"),
+           ("overfit_steps", "`overfit_steps_grid.yaml`: PGD-AT convnet_m, 1,000 training images in batches of 16 "
+                             "(63 optimiser steps per epoch, 8x the others); 60 epochs, lr 0.05 x0.1 at epochs 30 and "
+                             "45, eps 0.1, validation every 2 epochs"))
 
 
 def regime(root: Path, what: str) -> tuple[list[str], list[str]]:
