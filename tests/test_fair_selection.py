@@ -69,9 +69,16 @@ def test_verdict_held_with_the_premise_applied(fair, tmp_path):
     write_pool(tmp_path, POOL, students)
     text = fair.main(tmp_path)
     assert "| e | 70.0 |" in text and "| out |" in text
-    assert "over 4 teachers: +1.00, 95% bootstrap interval [+1.00, +1.00]" in text
+    assert ("Over the 4 kept teachers: Spearman (entropy on S_U, mean student AA) +1.00, 95% bootstrap interval "
+            "[+1.00, +1.00]") in text
     assert "p (over the 4! orderings of the teachers) 0.042 for a positive, 1.000 for a negative" in text
-    assert text.rstrip().endswith("**held**.")
+    assert "Verdict: higher entropy on S_U predicts the more robust student: **held**." in text
+    # the secondary analysis over every candidate: e has the lowest entropy and the lowest AA, rho +1 over 5! orders
+    assert ("Over all 5 candidates, the premise NOT applied (not the paper's test: it mixes S_L confidence into the "
+            "comparison): Spearman (entropy on S_U, mean student AA) +1.00, 95% bootstrap interval [+1.00, +1.00]"
+            ) in text
+    assert "p (over the 5! orderings of the teachers) 0.008 for a positive" in text
+    assert text.rstrip().endswith("By the same rule: **held**.")
     assert (tmp_path / "fair" / "fair_selection.md").read_text() == text
 
 
@@ -92,5 +99,17 @@ def test_overlapping_seeds_leave_it_undecided(fair, tmp_path):
 def test_fewer_than_three_students_per_teacher_gives_no_verdict(fair, tmp_path):
     students = {"a": [0.40, 0.41], "b": [0.43, 0.44, 0.45], "c": [0.46, 0.47, 0.48], "d": [0.49, 0.50]}
     write_pool(tmp_path, POOL, students)
-    assert "2 teachers meet the premise and have 3 students: too few for a correlation; no verdict." in \
-        fair.main(tmp_path)
+    text = fair.main(tmp_path)
+    assert "Verdict: 2 teachers meet the premise and have 3 students: too few for a verdict" in text
+    assert "Spearman" not in text
+
+
+def test_three_kept_teachers_give_a_correlation_but_no_verdict(fair, tmp_path):
+    pool = {**POOL, "d": (0.79, 0.80, 1.3)}  # d: S_L confidence 10 points under the median: out with e
+    students = {"a": [0.40, 0.41, 0.42], "b": [0.43, 0.44, 0.45], "c": [0.46, 0.47, 0.48]}
+    write_pool(tmp_path, pool, students)
+    text = fair.main(tmp_path)
+    assert "Verdict: 3 teachers meet the premise and have 3 students: too few for a verdict" in text
+    assert ("Over the 3 kept teachers (no verdict possible): Spearman (entropy on S_U, mean student AA) +1.00" in
+            text and "0.167 for a positive" in text)
+    assert "Verdict: higher" not in text and "Over all" not in text  # d and e have no students

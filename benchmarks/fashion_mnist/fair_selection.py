@@ -70,6 +70,22 @@ def permutation_p(entropy: list[float], means: list[float]) -> float:
     return sum(spearman(entropy, list(o)) >= observed - 1e-12 for o in orders) / len(orders)
 
 
+def correlation(names: list[str], score: dict[str, dict], students: dict[str, list[float]],
+                what: str) -> tuple[str, str]:
+    """Spearman's rho of (S_U entropy, mean student AA) over ``names``, its bootstrap interval and permutation
+    p-values, as a sentence, and the verdict (held / did not hold / undecided)."""
+    entropy = [score[t]["unlearnable"]["entropy"] for t in names]
+    means = [statistics.mean(students[t]) for t in names]
+    rho = spearman(entropy, means)
+    low, high = bootstrap(entropy, [students[t] for t in names], random.Random(0))
+    p, p_neg = permutation_p(entropy, means), permutation_p(entropy, [-m for m in means])
+    verdict = ("**held**" if low > 0 and p < 0.05 else "**did not hold**" if high < 0 and p_neg < 0.05
+               else "**undecided**")
+    return (f"{what}: Spearman (entropy on S_U, mean student AA) {rho:+.2f}, 95% bootstrap interval [{low:+.2f}, "
+            f"{high:+.2f}] (student seeds resampled, {DRAWS} draws); exact permutation p (over the {len(names)}! "
+            f"orderings of the teachers) {p:.3f} for a positive, {p_neg:.3f} for a negative correlation.", verdict)
+
+
 def main(root: Path) -> str:
     teachers = sorted(p.parent for p in (root / "fair" / "teachers").glob("*/summary.json"))
     if len(teachers) < 3:
@@ -104,24 +120,20 @@ def main(root: Path) -> str:
                      + (", ".join(f"{100 * a:.1f}" for a in st) or "-") + " |")
     ready = [t for t in kept if len(students.get(t, [])) >= 3]
     lines.append("")
-    if len(ready) < 3:
+    if len(ready) < 4:
         lines.append(f"Verdict: {len(ready)} teachers meet the premise and have 3 students: too few for a "
-                     "correlation; no verdict.")
+                     f"verdict (the exact permutation p of k teachers cannot go below 1/k!: 1/6 for 3).")
+        if len(ready) == 3:
+            lines += ["", correlation(ready, score, students, "Over the 3 kept teachers (no verdict possible)")[0]]
     else:
-        entropy = [score[t]["unlearnable"]["entropy"] for t in ready]
-        means = [statistics.mean(students[t]) for t in ready]
-        rho = spearman(entropy, means)
-        low, high = bootstrap(entropy, [students[t] for t in ready], random.Random(0))
-        p = permutation_p(entropy, means)
-        p_neg = permutation_p(entropy, [-m for m in means])
-        verdict = ("**held**" if low > 0 and p < 0.05 else "**did not hold**" if high < 0 and p_neg < 0.05
-                   else "**undecided**")
-        lines.append(f"Spearman (entropy on S_U, mean student AA) over {len(ready)} teachers: {rho:+.2f}, 95% "
-                     f"bootstrap interval [{low:+.2f}, {high:+.2f}] (student seeds resampled, {DRAWS} draws); exact "
-                     f"permutation p (over the {len(ready)}! orderings of the teachers) {p:.3f} for a positive, "
-                     f"{p_neg:.3f} for a negative correlation. A verdict needs both the interval on one side of 0 and "
-                     "p < 0.05.")
-        lines += ["", f"Verdict: higher entropy on S_U predicts the more robust student: {verdict}."]
+        line, verdict = correlation(ready, score, students, f"Over the {len(ready)} kept teachers")
+        lines += [line + " A verdict needs both the interval on one side of 0 and p < 0.05.", "",
+                  f"Verdict: higher entropy on S_U predicts the more robust student: {verdict}."]
+    every = [t.name for t in teachers if len(students.get(t.name, [])) >= 3]
+    if len(every) > len(ready) and len(every) >= 4:
+        line, verdict = correlation(every, score, students, f"Over all {len(every)} candidates, the premise NOT "
+                                    "applied (not the paper's test: it mixes S_L confidence into the comparison)")
+        lines += ["", line + f" By the same rule: {verdict}."]
     text = "\n".join(lines) + "\n"
     (root / "fair" / "fair_selection.md").write_text(text)
     return text
