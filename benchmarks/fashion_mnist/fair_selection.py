@@ -11,7 +11,9 @@
    on S_U and the mean student AA (APGD-CE+T) over the kept teachers, with a 95% bootstrap interval that resamples
    each teacher's student seeds (10,000 draws, seed 0), and the exact permutation p-value over the teachers'
    orderings. The claim holds when the interval lies above 0 and p < 0.05, fails when the interval lies below 0
-   and the p-value of a negative correlation is < 0.05, and is undecided otherwise.
+   and the p-value of a negative correlation is < 0.05, and is undecided otherwise; with fewer than 4 kept teachers
+   there is no verdict (the exact p of 3 cannot go below 1/6), their correlation is shown without one.
+4. The same over every candidate with 3 students, the premise not applied, labelled as not the paper's test.
 
     python benchmarks/fashion_mnist/fair_selection.py [benchmarks/results/fashion_mnist]
 """
