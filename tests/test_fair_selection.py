@@ -3,7 +3,6 @@ teacher-selection experiment (issue 21, item 2), on run folders written here wit
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -11,15 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "fashion_mnist" / "fair_selection.py"
+from .scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def fair():
-    spec = importlib.util.spec_from_file_location("fair_selection", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/fashion_mnist/fair_selection.py")
 
 
 def test_permutation_p_counts_orderings(fair):

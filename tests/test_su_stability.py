@@ -3,23 +3,20 @@ chance and the verdict (issue 21, item 4), on run folders with per-sample record
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "fashion_mnist" / "su_stability.py"
+from .scripts import load_script
+
 N = 10  # recorded training samples; 0-2 are wrong in every run, 5-9 right in every run
 
 
 @pytest.fixture(scope="module")
 def su():
-    spec = importlib.util.spec_from_file_location("su_stability", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/fashion_mnist/su_stability.py")
 
 
 def write_runs(root: Path, last_run_learns_3: bool) -> None:
