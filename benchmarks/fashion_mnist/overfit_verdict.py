@@ -53,7 +53,9 @@ REGIMES = (("overfit", "`overfit_grid.yaml`: PGD-AT convnet_s (24k parameters), 
                            "at epochs 30 and 45, eps 0.2 (training and evaluation), wd 5e-4 and 0"),
            ("overfit_steps", "`overfit_steps_grid.yaml`: PGD-AT convnet_m, 1,000 training images in batches of 16 "
                              "(63 optimiser steps per epoch, 8x the others); 60 epochs, lr 0.05 x0.1 at epochs 30 and "
-                             "45, eps 0.1, validation every 2 epochs"))
+                             "45, eps 0.1, validation every 2 epochs"),
+           ("overfit_small", "`overfit_small_grid.yaml`: PGD-AT convnet_m, 250 training images in batches of 16; "
+                             "200 epochs, lr 0.05 x0.1 at epochs 100 and 150, eps 0.1, validation every 4 epochs"))
 
 
 def regime(root: Path, what: str) -> tuple[list[str], list[str]]:
