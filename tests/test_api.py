@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from robust_distill.engine.evaluation import EvalResult
 from robust_distill.errors import ConfigError, HubError, InputError
 from robust_distill.export import export_model
 from robust_distill.files.checkpoint import build_from_checkpoint, load_checkpoint
+
+from .scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -116,9 +117,7 @@ def test_api_errors_are_the_projects(tiny_raw, tmp_path: Path) -> None:
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_the_fashion_mnist_notebook_example_runs_at_a_tiny_budget(tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("fmnist_notebook", ROOT / "examples" / "fashion_mnist_notebook.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_script("examples/fashion_mnist_notebook.py")
     summary, ev = example.main(str(tmp_path / "run"), n_examples=64, **{
         "data.train_subset": 128, "data.val_size": 64, "optim.epochs": 1, "threat.steps": 2,
         "eval.n_examples": 64, "eval.final_n_examples": 64})

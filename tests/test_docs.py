@@ -10,7 +10,6 @@ generated from the code at build time (``docs/gen_pages.py``); their completenes
 from __future__ import annotations
 
 import configparser
-import importlib.util
 import inspect
 import os
 import re
@@ -29,6 +28,7 @@ import robust_distill
 from robust_distill.core.manager import PluginManager
 
 from .conftest import _installed
+from .scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -502,10 +502,7 @@ def test_the_plugins_command_the_docs_show_runs(capsys: pytest.CaptureFixture[st
 
 
 def load_gen_pages() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("rd_gen_pages", ROOT / "docs" / "gen_pages.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_script("docs/gen_pages.py")
 
 
 def test_every_config_key_has_a_description() -> None:

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "theory" / "patch_model.py"
-_spec = importlib.util.spec_from_file_location("patch_model", _PATH)
-pm = importlib.util.module_from_spec(_spec)
-sys.modules["patch_model"] = pm
-_spec.loader.exec_module(pm)
+from .scripts import load_script
+
+pm = load_script("benchmarks/theory/patch_model.py")
 
 SMALL = pm.Setting(d=60, patches=3, n_train=24, n_unlearnable=4, m=3, sigma_0=0.3, sigma_n=60 ** -0.5, n_test=8)
 
