@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from robust_distill.analysis.unlearnable import unlearnable_sets
+
 GAP = 0.03  # best - last, on test accuracy
 
 
@@ -55,7 +57,43 @@ REGIMES = (("overfit", "`overfit_grid.yaml`: PGD-AT convnet_s (24k parameters), 
                              "(63 optimiser steps per epoch, 8x the others); 60 epochs, lr 0.05 x0.1 at epochs 30 and "
                              "45, eps 0.1, validation every 2 epochs"),
            ("overfit_small", "`overfit_small_grid.yaml`: PGD-AT convnet_m, 250 training images in batches of 16; "
-                             "200 epochs, lr 0.05 x0.1 at epochs 100 and 150, eps 0.1, validation every 4 epochs"))
+                             "200 epochs, lr 0.05 x0.1 at epochs 100 and 150, eps 0.1, validation every 4 epochs"),
+           ("overfit_long", "`overfit_long_grid.yaml`: PGD-AT convnet_m, 250 training images in batches of 16; "
+                            "400 epochs, lr 0.05 x0.1 at epochs 200 and 300, eps 0.1, validation every 5 epochs, "
+                            "per-sample PGD-20 on the 250 training images at each validation"))
+
+
+def su_peak_vs_last(runs: list[Path], overfit: list[str]) -> list[str]:
+    """S_U at each run's peak robust epoch (the paper's rule) against S_U at its last epoch, for the runs that kept
+    per-sample training records (``eval.train_records``).
+
+    Verdict (fixed before the runs): the peak-epoch rule matters in an overfitting regime when S_U at the last
+    epoch keeps less than 80% of S_U at the peak (Jaccard index < 0.8), in a regime whose runs overfit.
+    """
+    if not runs:
+        return []
+    peak, last = unlearnable_sets(runs, at="peak"), unlearnable_sets(runs, at="last")
+    a, b = set(peak["indices_unlearnable"]), set(last["indices_unlearnable"])
+    j = len(a & b) / len(a | b) if a | b else float("nan")
+    kept = len(a & b) / len(a) if a else float("nan")
+    who = ("one run: the training images this model misclassifies under PGD-20" if len(runs) == 1
+           else f"{len(runs)} runs: the training images every run misclassifies under PGD-20")
+    lines = ["### S_U at the peak epoch vs the last", "",
+             f"From `train_records.pt` ({who}; {peak['n_recorded']} images recorded). Peak epoch(s): "
+             f"{', '.join(str(e + 1) for e in peak['runs'].values())}; last: "
+             f"{', '.join(str(e + 1) for e in last['runs'].values())}.", "",
+             "| epoch rule | |S_U| | |S_L| |", "|---|---|---|",
+             f"| peak (the paper's) | {peak['size_unlearnable']} | {peak['size_learnable']} |",
+             f"| last | {last['size_unlearnable']} | {last['size_learnable']} |", "",
+             f"S_U at the last epoch keeps {len(a & b)} of the peak's {len(a)} ({pct(kept)}%) and adds {len(b - a)}; "
+             f"Jaccard {j:.3f}.", ""]
+    if not overfit:
+        return lines + ["Verdict: no run of this regime overfits (gap < 3 points), so this does not test the "
+                        "paper's reason for the peak-epoch rule.", ""]
+    matters = j < 0.8
+    return lines + ["Verdict: in this overfitting regime the peak-epoch rule " +
+                    ("**changes S_U** (Jaccard < 0.8): the paper's premise, S_U taken at each model's peak, matters."
+                     if matters else "**barely changes S_U** (Jaccard >= 0.8)."), ""]
 
 
 def regime(root: Path, what: str) -> tuple[list[str], list[str]]:
@@ -91,7 +129,8 @@ def regime(root: Path, what: str) -> tuple[list[str], list[str]]:
                    "`bench` command does it); on validation no run overfits: peak - last PGD-20 < 3 points in each.")
     else:
         verdict = "not every run has finished (no final evaluation yet): no verdict."
-    return lines + ["", f"Verdict: {verdict}", ""], overfit
+    recorded = [p.parent for p in sorted(root.glob("*/train_records.pt")) if (p.parent / "summary.json").is_file()]
+    return lines + ["", f"Verdict: {verdict}", ""] + su_peak_vs_last(recorded, overfit), overfit
 
 
 def main(results: Path) -> str:

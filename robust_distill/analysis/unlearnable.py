@@ -26,8 +26,11 @@ from robust_distill.errors import InputError
 from robust_distill.files.atomic import read_json, read_jsonl
 from robust_distill.files.checkpoint import load_checkpoint
 
-__all__ = ["unlearnable_sets", "teacher_scores", "set_images"]
+__all__ = ["unlearnable_sets", "teacher_scores", "set_images", "EPOCH_RULES"]
 
+
+
+EPOCH_RULES = ("peak", "last")
 
 
 def _peak_epoch(run: Path) -> int:
@@ -41,14 +44,19 @@ def _peak_epoch(run: Path) -> int:
     return int(best[-1]["epoch"])
 
 
-def unlearnable_sets(runs: Sequence[str | Path]) -> dict[str, Any]:
+def unlearnable_sets(runs: Sequence[str | Path], *, at: str = "peak") -> dict[str, Any]:
     """S_U and S_L over ``runs`` (each with ``train_records.pt``), at each run's peak-robust epoch.
 
-    Returns dataset positions (indices into the dataset's own training split), sizes, labels and, per run,
-    the epoch used. All runs must have recorded the same training samples.
+    ``at="peak"`` is the paper's rule (Sec. 3: each model at its best robust epoch, so that robust overfitting
+    does not shape the sets); ``at="last"`` takes each run's last recorded epoch instead, to measure what the rule
+    changes in a run that overfits. Returns dataset positions (indices into the dataset's own training split),
+    sizes, labels and, per run, the epoch used. All runs must have recorded the same training samples.
     """
     if not runs:
         raise InputError("give at least one run folder")
+    if at not in EPOCH_RULES:
+        raise InputError(f"at must be one of {', '.join(EPOCH_RULES)} (the epoch of each run whose records are "
+                         f"used), got {at!r}")
     indices, labels, correct, used = None, None, [], {}
     for run in map(Path, runs):
         path = run / "train_records.pt"
@@ -59,9 +67,9 @@ def unlearnable_sets(runs: Sequence[str | Path]) -> dict[str, Any]:
             raise FileNotFoundError(f"{path} does not exist: train the run with eval.train_records: N (e.g. 10000) "
                                     "to record per-sample robustness on the training set.")
         rec = load_checkpoint(path)
-        epoch = _peak_epoch(run)
+        epoch = _peak_epoch(run) if at == "peak" else max(map(int, rec["records"]))
         if str(epoch) not in rec["records"]:
-            raise InputError(f"run {str(run)!r}: no training-set record at its peak epoch {epoch + 1}")
+            raise InputError(f"run {str(run)!r}: no training-set record at its {at} epoch {epoch + 1}")
         if indices is None:
             indices, labels = rec["indices"], rec["labels"]
         elif not torch.equal(indices, rec["indices"]):

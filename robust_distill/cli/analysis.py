@@ -19,7 +19,7 @@ from robust_distill.analysis.report import build_report
 from robust_distill.analysis.select_teacher import Identification, format_selection, select_teacher
 from robust_distill.analysis.specialization_report import specialization_report, write_report
 from robust_distill.analysis.subspace import InputSubspace, first_layer, fit_input_subspace
-from robust_distill.analysis.unlearnable import set_images, teacher_scores, unlearnable_sets
+from robust_distill.analysis.unlearnable import EPOCH_RULES, set_images, teacher_scores, unlearnable_sets
 from robust_distill.api import resolve_model
 from robust_distill.cli import command, common_problems, integer, radius
 from robust_distill.config import read_yaml
@@ -101,6 +101,8 @@ def cmd_report(ns: argparse.Namespace) -> int:
 def _unlearnable_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", help="run folders trained with eval.train_records: N")
     p.add_argument("--out", default="unlearnable.json", help="output JSON (indices of S_U and S_L)")
+    p.add_argument("--at", choices=EPOCH_RULES, default="peak",
+                   help="each run's records at its peak robust epoch (the paper's rule) or at its last one")
 
 
 @command("unlearnable", "the robustly unlearnable set S_U and learnable set S_L of a set of runs", _unlearnable_args)
@@ -108,7 +110,7 @@ def cmd_unlearnable(ns: argparse.Namespace) -> int:
 
     if problem := check_output_file(ns.out):
         raise ConfigError([f"--out: {problem}"], "unlearnable arguments")
-    sets = unlearnable_sets(ns.runs)
+    sets = unlearnable_sets(ns.runs, at=ns.at)
     cfg = yaml.safe_load((Path(ns.runs[0]) / "config.yaml").read_text())
     sets["data"] = {k: cfg["data"].get(k) for k in ("dataset", "root", "options")}
     atomic_write_json(sets, ns.out)

@@ -1,0 +1,59 @@
+"""benchmarks/fashion_mnist/overfit_verdict.py: the best/last gap rule, and S_U at the peak epoch against the last,
+on run folders written by hand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from .scripts import load_script
+
+
+@pytest.fixture(scope="module")
+def ov():
+    return load_script("benchmarks/fashion_mnist/overfit_verdict.py")
+
+
+def write_run(folder: Path, best: dict, last: dict, records: dict[int, list[int]] | None = None) -> None:
+    """A 4-epoch run validated at epochs 2 and 4 (1-based), peaking at epoch 2 (index 1)."""
+    folder.mkdir(parents=True)
+    rows = [{"epoch": 0, "train_loss": 1.0}, {"epoch": 1, "train_loss": 0.8, "val_pgd20": 0.70},
+            {"epoch": 2, "train_loss": 0.5}, {"epoch": 3, "train_loss": 0.25, "val_pgd20": 0.64}]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "config.yaml").write_text("optim: {epochs: 4}\n")
+    (folder / "summary.json").write_text(json.dumps({"best_epoch": 1, "final": {"best": best, "last": last}}))
+    if records is not None:
+        torch.save({"indices": torch.arange(10, 15), "labels": torch.arange(5),
+                    "records": {str(e): torch.tensor(c, dtype=torch.bool) for e, c in records.items()}},
+                   folder / "train_records.pt")
+
+
+def test_a_gap_of_3_points_on_both_attacks_is_overfitting(ov, tmp_path):
+    root = tmp_path / "regime"
+    write_run(root / "seed=0", {"clean": 0.8, "pgd20": 0.66, "autoattack_apgd": 0.64},
+              {"clean": 0.82, "pgd20": 0.62, "autoattack_apgd": 0.605},
+              # peak (index 1): samples 0-2 wrong; last (index 3): only 2 wrong
+              {1: [0, 0, 0, 1, 1], 3: [1, 1, 0, 1, 1]})
+    write_run(root / "seed=1", {"clean": 0.8, "pgd20": 0.66, "autoattack_apgd": 0.64},
+              {"clean": 0.8, "pgd20": 0.62, "autoattack_apgd": 0.615})  # APGD gap 2.5: not overfitting
+    lines, overfit = ov.regime(root, "a regime")
+    text = "\n".join(lines)
+    assert overfit == ["regime/seed=0"]
+    assert "| seed=0 | 4 | 0.25 | 2 | 70.0 / 64.0 | 80.0 / 82.0 | 66.0 / 62.0 (4.0) | 64.0 / 60.5 (3.5) | yes |" in text
+    assert "(2.5) | no |" in text
+    # S_U from the one run with records: {10, 11, 12} at its peak, {12} at its last epoch; Jaccard 1/3
+    assert "| peak (the paper's) | 3 | 2 |" in text and "| last | 1 | 4 |" in text
+    assert "keeps 1 of the peak's 3 (33.3%) and adds 0; Jaccard 0.333" in text
+    assert "**changes S_U**" in text
+
+
+def test_no_overfitting_no_verdict_on_the_epoch_rule(ov, tmp_path):
+    root = tmp_path / "regime"
+    same = {"clean": 0.8, "pgd20": 0.66, "autoattack_apgd": 0.64}
+    write_run(root / "seed=0", same, same, {1: [0, 0, 0, 1, 1], 3: [0, 0, 0, 1, 1]})
+    text = "\n".join(ov.regime(root, "a regime")[0])
+    assert "no run shows a best/last gap" in text and "Jaccard 1.000" in text
+    assert "does not test the paper's reason" in text
