@@ -62,6 +62,37 @@ def test_grid_expansion_names_excludes_and_per_method(regs, tmp_path: Path) -> N
         load_grid(write_grid(tmp_path / "x.yaml", {"gird": {}}))
 
 
+def test_explicit_runs_beside_an_axis_of_the_same_key(tmp_path: Path) -> None:
+    """``runs`` entries that share a key with the cartesian axes add their runs, and leave the grid file's axes as
+    they were (checking once used to append the runs' values to the axes' own lists, so a grid read from a file
+    expanded into duplicate runs)."""
+    grid = load_grid(write_grid(tmp_path / "g.yaml", {
+        "output_dir": str(tmp_path / "g"), "base": fmnist_base(),
+        "grid": {"method": ["pgd_at", "trades"], "seed": [0, 1]},
+        "exclude": [{"method": "trades", "seed": 1}],
+        "runs": [{"method": "pgd_at", "seed": 2}, {"method": "trades", "outer_loss.kwargs.beta": 1.0, "seed": 0}]}))
+    assert grid["grid"] == {"method": ["pgd_at", "trades"], "seed": [0, 1]}
+    runs = expand_grid(grid)
+    assert [r.name for r in runs] == ["method=pgd_at,seed=0", "method=pgd_at,seed=1", "method=trades,seed=0",
+                                      "method=pgd_at,seed=2", "method=trades,beta=1,seed=0"]
+    assert runs[-1].raw["outer_loss"]["kwargs"]["beta"] == 1.0 and "outer_loss" not in runs[2].raw
+
+
+def test_finished_runs_are_not_validated_again(regs, tmp_path: Path) -> None:
+    """A grid extended after its first runs finished (checkpoints are not committed, so a finished run's teacher may
+    be gone) validates only the runs still to run."""
+    spec = "checkpoint:{}/t{}.pt".format
+    grid = {"output_dir": str(tmp_path / "g"), "base": fmnist_base(), "set": {"method": "rslad"},
+            "grid": {"teachers.robust": [spec(tmp_path, 0), spec(tmp_path, 1)]}}
+    old, new = expand_grid(grid)
+    old.folder.mkdir(parents=True)
+    (old.folder / "summary.json").write_text("{}")
+    with pytest.raises(ConfigError) as exc:
+        run_grid(grid, regs, dry_run=True)
+    assert len(exc.value.problems) == 1 and "t1.pt' does not exist" in exc.value.problems[0]
+    assert exc.value.problems[0].startswith(new.name)
+
+
 def test_grid_names_tell_apart_checkpoints_of_the_same_file_name(tmp_path: Path) -> None:
     """Two runs' best.pt as values of one key: their folders' names tell them apart; other grids keep short names."""
     spec = "checkpoint:results/{}/seed={}/best.pt".format

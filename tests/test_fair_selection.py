@@ -109,3 +109,32 @@ def test_three_kept_teachers_give_a_correlation_but_no_verdict(fair, tmp_path):
     assert ("Over the 3 kept teachers (no verdict possible): Spearman (entropy on S_U, mean student AA) +1.00" in
             text and "0.167 for a positive" in text)
     assert "Verdict: higher" not in text and "Over all" not in text  # d and e have no students
+
+
+def test_scores_only_the_teachers_not_scored_yet(fair, tmp_path, monkeypatch):
+    """A fresh checkout has the scores file but no teacher checkpoints: adding teachers scores just those, keeps the
+    others' rows, drops rows of teachers no longer in the pool and ranks the merged rows by entropy on S_U."""
+    write_pool(tmp_path, {"a": (0.8, 0.9, 1.0), "b": (0.8, 0.9, 1.2)}, {})
+    old = json.loads((tmp_path / "fair" / "teacher_scores.json").read_text())
+    old["teachers"].append({**old["teachers"][0], "teacher": "checkpoint:gone/best.pt"})
+    (tmp_path / "fair" / "teacher_scores.json").write_text(json.dumps(old))
+    new_run = tmp_path / "fair" / "teachers" / "c"
+    new_run.mkdir(parents=True)
+    calls = []
+
+    def teacher_score(argv, check):
+        calls.append(argv)
+        out = Path(argv[argv.index("--out") + 1])
+        out.write_text(json.dumps({"teachers": [{"teacher": argv[argv.index("--teachers") + 1],
+                                                 "learnable": {"entropy": 0.3, "confidence": 0.9},
+                                                 "unlearnable": {"entropy": 1.1, "confidence": 0.4}}]}))
+    monkeypatch.setattr(fair.subprocess, "run", teacher_score)
+    teachers = [tmp_path / "fair" / "teachers" / n for n in "abc"]
+    score = fair.scores(tmp_path, teachers)
+    assert len(calls) == 1 and calls[0][calls[0].index("--teachers") + 1:calls[0].index("--unlearnable")] == [
+        f"checkpoint:{new_run / 'best.pt'}"]
+    assert sorted(score) == ["a", "b", "c"] and [score[n]["rank"] for n in "bca"] == [1, 2, 3]
+    kept = json.loads((tmp_path / "fair" / "teacher_scores.json").read_text())
+    assert len(kept["teachers"]) == 3 and not (tmp_path / "fair" / "teacher_scores.new.json").exists()
+    fair.scores(tmp_path, teachers)  # all scored now: no second call
+    assert len(calls) == 1

@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from robust_distill.analysis.report import spearman
+from robust_distill.files.atomic import atomic_write_json
 
 CLEAN_TOL, CONF_TOL = 0.02, 0.03  # |clean - median| and |S_L confidence - median|, fractions
 DRAWS = 10_000
@@ -41,13 +42,26 @@ def final_best(run: Path) -> dict[str, float]:
 
 
 def scores(root: Path, teachers: list[Path]) -> dict[str, dict]:
+    """Each teacher's entropy and confidence on S_U and S_L (``robust-distill teacher-score``), kept in
+    ``fair/teacher_scores.json``: only teachers not scored there yet are scored (their checkpoints must exist; the
+    scored ones' checkpoints need not, as on a fresh checkout, where checkpoints are not committed), and scores of
+    teachers no longer in the pool are dropped."""
     out = root / "fair" / "teacher_scores.json"
     wanted = {f"checkpoint:{t / 'best.pt'}" for t in teachers}
-    if not out.is_file() or {r["teacher"] for r in json.loads(out.read_text())["teachers"]} != wanted:
-        subprocess.run([sys.executable, "-m", "robust_distill", "teacher-score", "--teachers",
-                        *sorted(wanted), "--unlearnable", str(root / "unlearnable.json"),
-                        "--out", str(out), "--device", "cpu"], check=True)
-    rows = json.loads(out.read_text())["teachers"]
+    rows = [r for r in json.loads(out.read_text())["teachers"] if r["teacher"] in wanted] if out.is_file() else []
+    missing = sorted(wanted - {r["teacher"] for r in rows})
+    if missing:
+        new = out.with_name("teacher_scores.new.json")
+        subprocess.run([sys.executable, "-m", "robust_distill", "teacher-score", "--teachers", *missing,
+                        "--unlearnable", str(root / "unlearnable.json"), "--out", str(new), "--device", "cpu"],
+                       check=True)
+        rows += json.loads(new.read_text())["teachers"]
+        new.unlink()
+    if missing or len(rows) != len(json.loads(out.read_text())["teachers"]):
+        rows.sort(key=lambda r: -r["unlearnable"]["entropy"])
+        for rank, row in enumerate(rows, 1):
+            row["rank"] = rank
+        atomic_write_json({"unlearnable": str(root / "unlearnable.json"), "teachers": rows}, out)
     return {Path(r["teacher"].removeprefix("checkpoint:")).parent.name: r for r in rows}
 
 

@@ -25,8 +25,9 @@ A grid file::
     report: false              # true: write report.md (robust-distill report) when the runs have ended
 
 Every run is a ``robust-distill train`` process in ``<output_dir>/<run name>/`` with its layered config
-(``run.yaml``), started by the grid's launcher (:mod:`.launch`); the grid file, all configs and the launcher
-are validated before the first run starts. Each run's state is in its ``status.json``
+(``run.yaml``), started by the grid's launcher (:mod:`.launch`); the grid file, the config of every run still
+to run and the launcher are validated before the first run starts (finished runs are not: a grid can grow after
+its inputs' checkpoints are gone). Each run's state is in its ``status.json``
 (``submitted``/``running``/``done``/``failed`` with the error, ``interrupted``); a ``running`` whose process is
 gone reads as ``interrupted``. A run killed while the grid runs is started again (``launcher.resubmit``);
 re-running the same grid skips finished runs, resumes interrupted ones from their ``last.pt`` and retries
@@ -188,7 +189,7 @@ def check_grid(grid: Mapping[str, Any], source: str = "grid") -> None:
             problems.append(f"{key}: must be a list of mappings (dotted config key: value), got {value!r}.")
     if problems:
         raise ConfigError(problems, source)
-    axes = {k: (v if isinstance(v, list) else [v]) for k, v in (grid.get("grid") or {}).items()}
+    axes = {k: (list(v) if isinstance(v, list) else [v]) for k, v in (grid.get("grid") or {}).items()}  # copies
     for r in grid.get("runs") or []:
         for k, v in r.items():
             axes.setdefault(k, []).append(v)
@@ -246,7 +247,9 @@ def run_grid(grid: Mapping[str, Any], regs: Any, *, parallel: int | None = None,
         raise ConfigError([f"--parallel: must be an integer >= 1, got {parallel!r}."], "bench")
     runs = expand_grid(grid)
     problems: list[str] = []
-    for run in runs:  # validate everything before anything starts
+    for run in runs:  # validate everything that will run before anything starts (a finished run will not start
+        if run.status()["state"] == "done":  # again: its input files may be gone, as on a fresh checkout)
+            continue
         try:
             resolve_config(run.raw, regs, source=f"run {run.name}")
         except ConfigError as exc:
