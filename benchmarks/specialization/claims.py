@@ -136,8 +136,9 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def verdict(held: bool | None) -> str:
-    return {True: "**held**", False: "**did not hold**", None: "**partly held**"}[held]
+def verdict(held: bool | str | None) -> str:
+    """True / False / None (partly) / ``"untestable"`` (the runs cannot decide it) as the verdict's words."""
+    return {True: "**held**", False: "**did not hold**", None: "**partly held**", "untestable": "**no verdict**"}[held]
 
 
 def claim_table1(a: dict[str, dict[int, dict[str, Any]]]) -> tuple[list[str], bool | None]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from claims import (  # noqa: E402  (claims.py is a script beside this one, not a package)
@@ -73,6 +74,16 @@ def measure(root: Path, run: str, epoch: int, teacher: torch.nn.Module, x: torch
     return json.loads(cache.read_text())
 
 
+def attacked_lambda(run: Path) -> list[float]:
+    """Per epoch, the mean calibration lambda of the attacked samples (the ``train_ccat_lambda`` metric averages
+    over the whole batch, whose unattacked share ``1 - fraction`` has lambda 1); [] for a run without it."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if not any("train_ccat_lambda" in r for r in rows):
+        return []
+    fraction = float(yaml.safe_load((run / "config.yaml").read_text())["inner_attack"]["kwargs"]["fraction"])
+    return [(r["train_ccat_lambda"] - (1.0 - fraction)) / fraction for r in rows if "train_ccat_lambda" in r]
+
+
 def main(root: Path) -> int:
     torch.set_num_threads(1)
     regs = get_registries()
@@ -100,6 +111,9 @@ def main(root: Path) -> int:
             row("mean eps_in (lowest layer)", lambda r: f"{r['epsilon']['mean_eps_in']:.3f}"),
             row("mean eps_out (lowest layer)", lambda r: f"{r['epsilon']['mean_eps_out']:.3f}")]
 
+    lam = {run: attacked_lambda(root / run) for run in RUNS}
+    rows.append(["training lambda of the attacked samples, per epoch",
+                 *(", ".join(f"{v:.3f}" for v in lam[run]) or "-" for run in RUNS)])
     rob = {run: reps[run]["robustness"]["oracle"] for run in RUNS}
     spec = {run: mean_mbnc(reps[run]) for run in RUNS}
     ccat = [f"ccat_rho{r}" for r in RHOS]
@@ -110,6 +124,11 @@ def main(root: Path) -> int:
     rank_all = spearman([spec[r] for r in RUNS], [rob[r] for r in RUNS])
     rank_ccat = spearman([spec[c] for c in ccat], [rob[c] for c in ccat])
     best = max(ccat, key=lambda c: rob[c])
+    alike = len({rob[c] for c in ccat}) == 1
+    surface = all(lam[c] and max(lam[c]) < 1e-6 for c in ccat)
+    why = (" Every attacked sample's best iterate lay on the ball's surface in every epoch (lambda 0 for each rho: "
+           "uniform targets whatever rho), so rho cannot matter here and the three students are one network."
+           if surface else "")
     claims = [
         ("AT is more robust than CCAT (Table 4)", "AT's robust accuracy is above every CCAT student's.",
          {3: True, 0: False}.get(at_more_robust),
@@ -128,7 +147,9 @@ def main(root: Path) -> int:
          f"Spearman(mean MBNC, robust accuracy) over the 4 students {rank_all:.2f}, over the 3 CCAT students "
          f"{rank_ccat:.2f}."),
         ("rho = 10 is the most robust CCAT (Table 4)", "CCAT with rho = 10 is more robust than with rho = 5 or 20.",
-         best == "ccat_rho10", f"The most robust CCAT student is {RUNS[best]} ({pct(rob[best])}%)."),
+         "untestable" if alike else best == "ccat_rho10",
+         (f"The three CCAT students are equally robust ({pct(rob[best])}%): no order to test." + why) if alike
+         else f"The most robust CCAT student is {RUNS[best]} ({pct(rob[best])}%)."),
     ]
 
     out = root
