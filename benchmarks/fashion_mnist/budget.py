@@ -30,7 +30,7 @@ def grid_cost(grid_file: Path) -> dict:
             minutes += float(state.get("minutes") or 0.0)
         done += (run.folder / "summary.json").is_file()
     return {"grid": grid_file.name, "runs": len(runs), "done": done, "minutes": minutes,
-            "parallel": grid.get("parallel") or 1, "output_dir": grid["output_dir"]}
+            "parallel": grid.get("parallel") or 1}
 
 
 def main(results: Path, grids: Path = GRIDS) -> str:

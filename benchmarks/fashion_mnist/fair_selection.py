@@ -48,7 +48,8 @@ def scores(root: Path, teachers: list[Path]) -> dict[str, dict]:
     teachers no longer in the pool are dropped."""
     out = root / "fair" / "teacher_scores.json"
     wanted = {f"checkpoint:{t / 'best.pt'}" for t in teachers}
-    rows = [r for r in json.loads(out.read_text())["teachers"] if r["teacher"] in wanted] if out.is_file() else []
+    before = json.loads(out.read_text())["teachers"] if out.is_file() else []
+    rows = [r for r in before if r["teacher"] in wanted]
     missing = sorted(wanted - {r["teacher"] for r in rows})
     if missing:
         new = out.with_name("teacher_scores.new.json")
@@ -57,7 +58,7 @@ def scores(root: Path, teachers: list[Path]) -> dict[str, dict]:
                        check=True)
         rows += json.loads(new.read_text())["teachers"]
         new.unlink()
-    if missing or len(rows) != len(json.loads(out.read_text())["teachers"]):
+    if missing or len(rows) != len(before):
         rows.sort(key=lambda r: -r["unlearnable"]["entropy"])
         for rank, row in enumerate(rows, 1):
             row["rank"] = rank
