@@ -145,11 +145,12 @@ def mobilenetv2_cifar(pretrained: bool = False, **kwargs: Any) -> MobileNetV2Cif
     return build_model_with_cfg(MobileNetV2Cifar, "mobilenetv2_cifar", pretrained, **kwargs)
 
 
-def _convnet(variant: str, pretrained: bool, widths: tuple[int, ...], depth: int, stem_stride: int,
-             **kwargs: Any) -> ConvNet:
-    kwargs.setdefault("widths", widths)
-    kwargs.setdefault("depth", depth)
-    kwargs.setdefault("stem_stride", stem_stride)
+def _convnet(variant: str, pretrained: bool, default_widths: tuple[int, ...], default_depth: int,
+             default_stem_stride: int, **kwargs: Any) -> ConvNet:
+    """The variant's shape unless ``kwargs`` sets ``widths``, ``depth`` or ``stem_stride`` (``student.kwargs``)."""
+    kwargs.setdefault("widths", default_widths)
+    kwargs.setdefault("depth", default_depth)
+    kwargs.setdefault("stem_stride", default_stem_stride)
     return build_model_with_cfg(ConvNet, variant, pretrained, **kwargs)
 
 

@@ -122,6 +122,21 @@ def test_spearman_and_entropy_of_known_distributions() -> None:
     assert rows[0]["learnable"]["confidence"] == pytest.approx(0.1, abs=1e-6)
 
 
+def test_convnet_shape_can_be_set_through_student_kwargs(regs) -> None:
+    """``student.kwargs.widths`` (and depth, stem_stride) override a convnet variant's shape: convnet_m's own
+    widths are 32, 64, 128; before the fix its builder took ``widths`` twice and refused the run."""
+    from robust_distill.core.components import DatasetInfo
+    from robust_distill.engine.run import build_student
+
+    info = DatasetInfo("d", 10, (1, 28, 28))
+    default = build_student("timm:convnet_m", {}, info, regs)
+    wide = build_student("timm:convnet_m", {"widths": [48, 96, 192], "depth": 1}, info, regs)
+    convs = lambda m: [c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d)]  # noqa: E731
+    assert convs(default) == [32, 32, 64, 64, 128, 128]
+    assert convs(wide) == [48, 96, 192]
+    assert wide(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_normalized_correlation_of_a_model_with_itself_is_one(regs) -> None:
     from robust_distill.core.components import DatasetInfo
     from robust_distill.engine.run import build_student

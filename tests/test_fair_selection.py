@@ -19,15 +19,39 @@ def fair():
 
 
 def test_permutation_p_counts_orderings(fair):
+    def p(entropy, means):
+        value, how = fair.permutation_p(entropy, means)
+        assert how == f"exact, over the {len(means)}! orderings of the teachers"
+        return value
     # 4 teachers in perfect order: only the identity ordering reaches rho = 1, so p = 1/24
-    assert fair.permutation_p([0.1, 0.2, 0.3, 0.4], [10, 20, 30, 40]) == pytest.approx(1 / 24)
+    assert p([0.1, 0.2, 0.3, 0.4], [10, 20, 30, 40]) == pytest.approx(1 / 24)
     # 3 teachers can never go below 1/6
-    assert fair.permutation_p([0.1, 0.2, 0.3], [1, 2, 3]) == pytest.approx(1 / 6)
+    assert p([0.1, 0.2, 0.3], [1, 2, 3]) == pytest.approx(1 / 6)
     # reversed order: every ordering has rho >= -1
-    assert fair.permutation_p([0.1, 0.2, 0.3, 0.4], [40, 30, 20, 10]) == 1.0
+    assert p([0.1, 0.2, 0.3, 0.4], [40, 30, 20, 10]) == 1.0
     # swapping the top two (rho = 0.8): the orderings with rho >= 0.8 are the identity and 3 single swaps of
     # neighbours (sum d^2 = 2), so 4/24
-    assert fair.permutation_p([0.1, 0.2, 0.3, 0.4], [10, 20, 40, 30]) == pytest.approx(4 / 24)
+    assert p([0.1, 0.2, 0.3, 0.4], [10, 20, 40, 30]) == pytest.approx(4 / 24)
+
+
+def test_permutation_p_above_eight_teachers_is_monte_carlo_and_close_to_exact(fair):
+    """9 teachers (9! = 362,880 orderings: the exact count is done here with numpy's closed form of rho for
+    untied ranks, 1 - 6 sum d^2 / (n (n^2 - 1)))."""
+    import numpy as np
+
+    entropy = [0.1 * i for i in range(9)]
+    means = [3, 1, 4, 0, 5, 8, 2, 6, 7]  # sum d^2 = 9+0+4+9+1+9+16+1+1 = 50: rho = 1 - 300/720 = 7/12
+    value, how = fair.permutation_p(entropy, means)
+    assert how == f"Monte-Carlo, {fair.DRAWS} random orderings of the 9 teachers, seed 0"
+    orders = np.array(list(__import__("itertools").permutations(range(9))))
+    rho = 1 - 6 * ((orders - np.arange(9)) ** 2).sum(1) / (9 * 80)
+    observed = 1 - 6 * sum((m - i) ** 2 for i, m in enumerate(means)) / (9 * 80)
+    assert observed == pytest.approx(7 / 12) == fair.spearman(entropy, means)
+    exact = float((rho >= observed - 1e-12).mean())
+    assert abs(value - exact) < 0.01  # 10,000 draws: standard error sqrt(p (1 - p) / 10,000) < 0.003 here
+    # the observed ordering counts in: perfect order gives 1 / (DRAWS + 1), not 0 (its exact p is 1/9! = 2.8e-6)
+    assert fair.permutation_p(entropy, list(range(9)))[0] == pytest.approx(1 / (fair.DRAWS + 1))
+    assert fair.permutation_p(entropy, list(range(9))[::-1])[0] == 1.0
 
 
 def test_bootstrap_interval_of_separated_groups_is_a_point(fair):
@@ -67,15 +91,23 @@ def test_verdict_held_with_the_premise_applied(fair, tmp_path):
     assert "| e | 70.0 |" in text and "| out |" in text
     assert ("Over the 4 kept teachers: Spearman (entropy on S_U, mean student AA) +1.00, 95% bootstrap interval "
             "[+1.00, +1.00]") in text
-    assert "p (over the 4! orderings of the teachers) 0.042 for a positive, 1.000 for a negative" in text
+    assert ("permutation p (exact, over the 4! orderings of the teachers) 0.042 for a positive, 1.000 for a "
+            "negative") in text
     assert "Verdict: higher entropy on S_U predicts the more robust student: **held**." in text
     # the secondary analysis over every candidate: e has the lowest entropy and the lowest AA, rho +1 over 5! orders
     assert ("Over all 5 candidates, the premise NOT applied (not the paper's test: it mixes S_L confidence into the "
             "comparison): Spearman (entropy on S_U, mean student AA) +1.00, 95% bootstrap interval [+1.00, +1.00]"
             ) in text
-    assert "p (over the 5! orderings of the teachers) 0.008 for a positive" in text
+    assert "permutation p (exact, over the 5! orderings of the teachers) 0.008 for a positive" in text
     assert text.rstrip().endswith("By the same rule: **held**.")
     assert (tmp_path / "fair" / "fair_selection.md").read_text() == text
+    record = json.loads((tmp_path / "fair" / "fair_selection.json").read_text())
+    assert record["premise"]["kept"] == ["a", "b", "c", "d"] and record["premise"]["median_clean"] == 0.80
+    kept = record["premise_applied"]
+    assert kept["verdict"] == "held" and kept["spearman"] == pytest.approx(1.0) and kept["seeds"] == 3
+    assert kept["p_positive"] == pytest.approx(1 / 24) and kept["bootstrap_95"] == [1.0, 1.0]
+    assert kept["student_aa_mean"] == pytest.approx([0.41, 0.44, 0.47, 0.50])
+    assert record["premise_not_applied"]["teachers"] == ["a", "b", "c", "d", "e"]
 
 
 def test_verdict_did_not_hold_when_entropy_orders_students_backwards(fair, tmp_path):
@@ -98,6 +130,7 @@ def test_fewer_than_three_students_per_teacher_gives_no_verdict(fair, tmp_path):
     text = fair.main(tmp_path)
     assert "Verdict: 2 teachers meet the premise and have 3 students: too few for a verdict" in text
     assert "Spearman" not in text
+    assert json.loads((tmp_path / "fair" / "fair_selection.json").read_text())["premise_applied"] is None
 
 
 def test_three_kept_teachers_give_a_correlation_but_no_verdict(fair, tmp_path):
