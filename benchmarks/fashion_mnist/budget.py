@@ -3,7 +3,9 @@ took from start to end, on one core beside whatever else ran; a run stopped befo
 Writes ``budget.md`` into the results folder.
 
 The sum of a grid's run-minutes is its cost in core-minutes; its wall time is about that divided by the runs it
-ran at a time (``parallel``), when nothing else shared the machine.
+ran at a time (``parallel``), when nothing else shared the machine. The specialization scripts (run_all.sh,
+table4_ccat.sh, table5_rft.sh) run one step at a time on one core and log each step's wall seconds to
+``benchmarks/results/specialization/cpu_times.log``: their cost is added from there, step by step.
 
     python benchmarks/fashion_mnist/budget.py [benchmarks/results/fashion_mnist]
 """
@@ -17,6 +19,7 @@ from pathlib import Path
 from robust_distill.analysis.bench import expand_grid, load_grid
 
 GRIDS = Path(__file__).resolve().parent
+SPECIALIZATION_LOG = GRIDS.parents[1] / "benchmarks" / "results" / "specialization" / "cpu_times.log"
 
 
 def grid_cost(grid_file: Path) -> dict:
@@ -33,7 +36,21 @@ def grid_cost(grid_file: Path) -> dict:
             "parallel": grid.get("parallel") or 1}
 
 
-def main(results: Path, grids: Path = GRIDS) -> str:
+def script_steps(log: Path) -> dict[str, tuple[int, float]]:
+    """Each step of ``cpu_times.log`` (lines ``NAME: U s user, S s system, W s wall``, one per run of the step):
+    how many times it ran and its wall minutes in all, one core each."""
+    steps: dict[str, tuple[int, float]] = {}
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        name, _, times = line.partition(": ")
+        wall = times.rsplit(", ", 1)[-1]
+        if not wall.endswith(" s wall"):
+            continue
+        n, minutes = steps.get(name, (0, 0.0))
+        steps[name] = (n + 1, minutes + float(wall.removesuffix(" s wall")) / 60)
+    return steps
+
+
+def main(results: Path, grids: Path = GRIDS, log: Path = SPECIALIZATION_LOG) -> str:
     rows = [grid_cost(p) for p in sorted(grids.glob("*_grid.yaml"))]
     lines = ["# What each grid cost on the 2 CPU cores", "",
              "From each run's `status.json` (minutes from start to end, one core per run, beside whatever else ran "
@@ -45,6 +62,13 @@ def main(results: Path, grids: Path = GRIDS) -> str:
         total += r["minutes"]
         lines.append(f"| `{r['grid']}` | {r['runs']} ({r['done']}) | {r['minutes']:.0f} | "
                      f"{r['minutes'] / r['parallel'] / 60:.1f} |")
+    steps = script_steps(log)
+    if steps:
+        lines += ["", f"The specialization scripts, from `{log.name}` (every run of each step, one core):", "",
+                  "| step | runs | core-minutes |", "|---|---|---|"]
+        for name, (n, minutes) in steps.items():
+            total += minutes
+            lines.append(f"| {name} | {n} | {minutes:.0f} |")
     lines += ["", f"In all: {total:.0f} core-minutes ({total / 60:.1f} core-hours, {total / 120:.1f} hours on both "
               "cores)."]
     text = "\n".join(lines) + "\n"

@@ -60,7 +60,13 @@ REGIMES = (("overfit", "`overfit_grid.yaml`: PGD-AT convnet_s (24k parameters), 
                              "200 epochs, lr 0.05 x0.1 at epochs 100 and 150, eps 0.1, validation every 4 epochs"),
            ("overfit_long", "`overfit_long_grid.yaml`: PGD-AT convnet_m, 250 training images in batches of 16; "
                             "400 epochs, lr 0.05 x0.1 at epochs 200 and 300, eps 0.1, validation every 5 epochs, "
-                            "per-sample PGD-20 on the 250 training images at each validation"))
+                            "per-sample PGD-20 on the 250 training images at each validation"),
+           ("overfit_wide", "`overfit_wide_grid.yaml`: PGD-AT convnet_m at 1.5x its widths (48, 96, 192; 0.65M "
+                            "parameters), no weight decay, 250 training images in batches of 16; 250 epochs, lr 0.05 "
+                            "x0.1 at epochs 125 and 188, eps 0.1, validation every 5 epochs with per-sample PGD-20 on "
+                            "the training images"),
+           ("overfit_wide_eps", "`overfit_wide_eps_grid.yaml`: as overfit_wide at eps 0.15 (training and evaluation), "
+                                "validation every 10 epochs"))
 
 
 def su_peak_vs_last(runs: list[Path], overfit: list[str]) -> list[str]:
