@@ -57,3 +57,36 @@ def test_no_overfitting_no_verdict_on_the_epoch_rule(ov, tmp_path):
     text = "\n".join(ov.regime(root, "a regime")[0])
     assert "no run shows a best/last gap" in text and "Jaccard 1.000" in text
     assert "does not test the paper's reason" in text
+
+
+def write_student(folder: Path, teacher: str, best_aa: float, last_aa: float) -> None:
+    write_run(folder, {"pgd20": best_aa + 0.01, "autoattack_apgd": best_aa},
+              {"pgd20": last_aa + 0.01, "autoattack_apgd": last_aa})
+    (folder / "config.yaml").write_text(
+        f"optim: {{epochs: 4}}\nteachers: {{robust: {{key: 'checkpoint:runs/t/{teacher}'}}}}\n")
+
+
+def test_self_distillation_best_teacher_keeps_students_near_their_peak(ov, tmp_path):
+    sd = tmp_path / "overfit_sd"
+    # best-teacher students: gaps 1.0 and 2.0 (mean 1.5), last-checkpoint AA 0.60 and 0.62 (mean 0.61);
+    # last-teacher students: gaps 4.0 and 5.0 (mean 4.5), last AA 0.56 and 0.57 (mean 0.565)
+    write_student(sd / "teachers.robust=best,seed=0", "best.pt", 0.61, 0.60)
+    write_student(sd / "teachers.robust=best,seed=1", "best.pt", 0.64, 0.62)
+    write_student(sd / "teachers.robust=last,seed=0", "last.pt", 0.60, 0.56)
+    write_student(sd / "teachers.robust=last,seed=1", "last.pt", 0.62, 0.57)
+    text = "\n".join(ov.self_distillation(sd))
+    assert "the best and the last checkpoint of `runs/t`" in text
+    assert ("best-teacher students: APGD gap 1.5, last checkpoint 61.0; last-teacher students: gap 4.5, last "
+            "checkpoint 56.5.") in text
+    assert "**hold**" in text
+
+
+def test_self_distillation_verdict_fails_and_waits(ov, tmp_path):
+    sd = tmp_path / "overfit_sd"
+    write_student(sd / "a", "best.pt", 0.64, 0.58)  # the best teacher's students overfit more: gap 6
+    write_student(sd / "b", "best.pt", 0.64, 0.58)
+    write_student(sd / "c", "last.pt", 0.60, 0.59)
+    assert "No runs in" in ov.self_distillation(tmp_path / "empty")[-1]
+    assert "not every student has finished" in ov.self_distillation(sd)[-1]  # one last-teacher seed only
+    write_student(sd / "d", "last.pt", 0.60, 0.59)
+    assert "**do not hold**" in ov.self_distillation(sd)[-1]

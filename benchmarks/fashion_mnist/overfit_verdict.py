@@ -169,21 +169,28 @@ def main(results: Path) -> str:
     return text
 
 
+def teacher_of(run: Path) -> str:
+    """The robust teacher's checkpoint path of a student run (its config.yaml)."""
+    robust = yaml.safe_load((run / "config.yaml").read_text())["teachers"]["robust"]
+    return (robust["key"] if isinstance(robust, dict) else robust).removeprefix("checkpoint:")
+
+
 def self_distillation(folder: Path) -> list[str]:
     """The self-distillation table and verdict (``overfit_sd_grid.yaml``), or a line saying it has not run."""
     runs = [run_row(p.parent) for p in sorted(folder.glob("*/metrics.jsonl"))]
     if not runs:
         return ["", "## Self-distillation: best vs last teacher", "", f"No runs in `{folder}` yet."]
+    teachers = sorted({str(Path(teacher_of(p.parent)).parent) for p in folder.glob("*/config.yaml")})
     lines = ["", "## Self-distillation: best vs last teacher", "",
              f"From `{folder}` (`benchmarks/fashion_mnist/overfit_sd_grid.yaml`: RSLAD students, batchmean KL, of "
-             "the best and the last checkpoint of overfit_m's seed-0 run, in the same regime).", "",
+             f"the best and the last checkpoint of `{', '.join(teachers)}`, in the teacher's regime).", "",
              "| student | peak epoch | val PGD-20 peak / last | test PGD-20 best / last "
              "| test APGD best / last (gap) |",
              "|---|---|---|---|---|"]
     by_teacher: dict[str, list[tuple[float, float]]] = {}
     for r in runs:
         b, la = r["best"], r["last"]
-        teacher = "best" if "robust=best" in r["run"] else "last"
+        teacher = Path(teacher_of(folder / r["run"])).stem  # best.pt or last.pt
         both = "autoattack_apgd" in b and "autoattack_apgd" in la
         gap = b["autoattack_apgd"] - la["autoattack_apgd"] if both else None
         if gap is not None:
