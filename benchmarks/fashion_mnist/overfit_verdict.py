@@ -66,7 +66,11 @@ REGIMES = (("overfit", "`overfit_grid.yaml`: PGD-AT convnet_s (24k parameters), 
                             "x0.1 at epochs 125 and 188, eps 0.1, validation every 5 epochs with per-sample PGD-20 on "
                             "the training images"),
            ("overfit_wide_eps", "`overfit_wide_eps_grid.yaml`: as overfit_wide at eps 0.15 (training and evaluation), "
-                                "validation every 10 epochs"))
+                                "validation every 10 epochs"),
+           ("overfit_noaug", "`overfit_noaug_grid.yaml`: overfit_m's run (PGD-AT convnet_m, 1,000 training images; "
+                             "100 epochs, lr 0.1 x0.1 at epochs 50 and 75, eps 0.1) without data augmentation (every "
+                             "earlier regime trained with random 2-pixel crops), validation every 2 epochs with "
+                             "per-sample PGD-20 on 250 training images"))
 
 
 def su_peak_vs_last(runs: list[Path], overfit: list[str]) -> list[str]:
