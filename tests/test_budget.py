@@ -16,16 +16,21 @@ def test_core_minutes_and_wall_at_the_grids_parallel(tmp_path: Path):
     grids.mkdir()
     (grids / "a_grid.yaml").write_text(yaml.safe_dump({
         "output_dir": str(results / "a"), "parallel": 2, "base": {"method": "pgd_at"}, "grid": {"seed": [0, 1, 2]}}))
-    for seed, minutes in ((0, 30.0), (1, 60.0)):  # seed 2 never ran; seed 1 was stopped (no summary.json)
+    for seed, minutes in ((0, 30.0), (1, 60.0)):  # seed 1 was stopped after writing its minutes (no summary.json)
         run = results / "a" / f"seed={seed}"
         run.mkdir(parents=True)
         (run / "status.json").write_text(json.dumps({"state": "done" if seed == 0 else "interrupted",
                                                      "minutes": minutes}))
     (results / "a" / "seed=0" / "summary.json").write_text("{}")
+    # seed 2 was stopped before it wrote its minutes: its epochs' own seconds count, 600 + 300 + 900 = 30 minutes
+    (results / "a" / "seed=2").mkdir()
+    (results / "a" / "seed=2" / "status.json").write_text(json.dumps({"state": "interrupted"}))
+    (results / "a" / "seed=2" / "metrics.jsonl").write_text(
+        '{"epoch": 0, "time_train_s": 600.0, "time_eval_s": 300.0}\n{"epoch": 1, "time_train_s": 900.0}\n')
     text = budget.main(results, grids, tmp_path / "no_such.log")
-    # 90 core-minutes; at 2 runs at a time 45 minutes of wall: 0.75 h, printed to 1 decimal
-    assert "| `a_grid.yaml` | 3 (1) | 90 | 0.8 |" in text
-    assert "In all: 90 core-minutes (1.5 core-hours, 0.8 hours on both cores)." in text
+    # 120 core-minutes; at 2 runs at a time 60 minutes of wall: 1.0 h
+    assert "| `a_grid.yaml` | 3 (1) | 120 | 1.0 |" in text
+    assert "In all: 120 core-minutes (2.0 core-hours, 1.0 hours on both cores)." in text
     assert (results / "budget.md").read_text() == text
 
 

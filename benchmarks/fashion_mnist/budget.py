@@ -1,5 +1,6 @@
 """What each Fashion-MNIST grid cost on the 2 CPU cores, from its runs' own ``status.json`` (the minutes each run
-took from start to end, on one core beside whatever else ran; a run stopped before its end has none and counts 0).
+took from start to end, on one core beside whatever else ran; a run stopped before its end has none, and counts the
+training and validation seconds its epochs logged in ``metrics.jsonl``, without its unfinished final evaluation).
 Writes ``budget.md`` into the results folder.
 
 The sum of a grid's run-minutes is its cost in core-minutes; its wall time is about that divided by the runs it
@@ -22,15 +23,23 @@ GRIDS = Path(__file__).resolve().parent
 SPECIALIZATION_LOG = GRIDS.parents[1] / "benchmarks" / "results" / "specialization" / "cpu_times.log"
 
 
+def epoch_seconds(metrics: Path) -> float:
+    """The training and validation seconds a run's epochs logged (0 when it logged none)."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    return sum(r.get("time_train_s", 0.0) + r.get("time_eval_s", 0.0) for r in rows)
+
+
 def grid_cost(grid_file: Path) -> dict:
     grid = load_grid(grid_file)
     runs = expand_grid(grid)
     minutes, done = 0.0, 0
     for run in runs:
         status = run.folder / "status.json"
-        if status.is_file():
-            state = json.loads(status.read_text())
-            minutes += float(state.get("minutes") or 0.0)
+        state = json.loads(status.read_text()) if status.is_file() else {}
+        if state.get("minutes"):
+            minutes += float(state["minutes"])
+        else:  # stopped before its end: the epochs' own training and validation seconds (metrics.jsonl)
+            minutes += epoch_seconds(run.folder / "metrics.jsonl") / 60
         done += (run.folder / "summary.json").is_file()
     return {"grid": grid_file.name, "runs": len(runs), "done": done, "minutes": minutes,
             "parallel": grid.get("parallel") or 1}

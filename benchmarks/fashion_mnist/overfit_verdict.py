@@ -170,7 +170,7 @@ def main(results: Path) -> str:
                   "time, what could hold memorisation back: more capacity and no weight decay (overfit_wide: 1.5x "
                   "widths), a larger radius on top (overfit_wide_eps: eps 0.15), and data augmentation "
                   "(overfit_noaug: no random crops, 1,000 images). None reaches a 3-point validation gap (2.6, 2.6 "
-                  "and 1.2 points peak - last) and none shows Rice et al.'s curve, a jump at the lr decay followed "
+                  "and 1.0 points peak - last) and none shows Rice et al.'s curve, a jump at the lr decay followed "
                   "by a decline: after the first decay validation PGD-20 rises or holds and never falls below its "
                   "value at the decay (overfit_wide 60.0 -> 59.6-61.8, overfit_wide_eps 56.0 -> 57.6-60.6, "
                   "overfit_noaug 64.6 -> 65.4-67.0), while the adversarial training CE ends at 0.22-0.41, not near "
