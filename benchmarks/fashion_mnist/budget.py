@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from robust_distill.analysis.bench import expand_grid, load_grid
+from robust_distill.files.atomic import read_jsonl
 
 GRIDS = Path(__file__).resolve().parent
 SPECIALIZATION_LOG = GRIDS.parents[1] / "benchmarks" / "results" / "specialization" / "cpu_times.log"
@@ -25,7 +26,7 @@ SPECIALIZATION_LOG = GRIDS.parents[1] / "benchmarks" / "results" / "specializati
 
 def epoch_seconds(metrics: Path) -> float:
     """The training and validation seconds a run's epochs logged (0 when it logged none)."""
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    rows = read_jsonl(metrics, "metrics file") if metrics.is_file() else []
     return sum(r.get("time_train_s", 0.0) + r.get("time_eval_s", 0.0) for r in rows)
 
 

@@ -84,10 +84,10 @@ def bootstrap(entropy: list[float], groups: list[list[float]], rng: random.Rando
     return rhos[int(0.025 * len(rhos))], rhos[int(0.975 * len(rhos)) - 1]
 
 
-def permutation_p(entropy: list[float], means: list[float], rng: random.Random | None = None) -> tuple[float, str]:
+def permutation_p(entropy: list[float], means: list[float]) -> tuple[float, str]:
     """One-sided permutation p-value of Spearman's rho: the share of orderings of the means whose rho is at least
     the observed one, and how it was computed. Exact over the k! orderings up to ``EXACT_UP_TO`` teachers (3
-    teachers in perfect order give 1/6); above that, ``DRAWS`` random orderings (``rng``, seed 0 by default) with
+    teachers in perfect order give 1/6); above that, ``DRAWS`` random orderings (seed 0) with
     the observed one counted in, (hits + 1) / (DRAWS + 1), so that p is never 0 (Phipson and Smyth 2010)."""
     observed = spearman(entropy, means) - 1e-12
     k = len(means)
@@ -95,8 +95,7 @@ def permutation_p(entropy: list[float], means: list[float], rng: random.Random |
         orders = list(itertools.permutations(means))
         return (sum(spearman(entropy, list(o)) >= observed for o in orders) / len(orders),
                 f"exact, over the {k}! orderings of the teachers")
-    rng = rng or random.Random(0)
-    shuffled, hits = list(means), 0
+    rng, shuffled, hits = random.Random(0), list(means), 0
     for _ in range(DRAWS):
         rng.shuffle(shuffled)
         hits += spearman(entropy, shuffled) >= observed

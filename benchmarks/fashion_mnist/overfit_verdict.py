@@ -23,12 +23,13 @@ from pathlib import Path
 import yaml
 
 from robust_distill.analysis.unlearnable import unlearnable_sets
+from robust_distill.files.atomic import read_jsonl
 
 GAP = 0.03  # best - last, on test accuracy
 
 
 def run_row(folder: Path) -> dict:
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_jsonl(folder / "metrics.jsonl", "metrics file")
     evaluated = [r for r in rows if "val_pgd20" in r]
     peak = max(evaluated, key=lambda r: r["val_pgd20"])
     summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
@@ -195,7 +196,8 @@ def self_distillation(folder: Path) -> list[str]:
     runs = [run_row(p.parent) for p in sorted(folder.glob("*/metrics.jsonl"))]
     if not runs:
         return ["", "## Self-distillation: best vs last teacher", "", f"No runs in `{folder}` yet."]
-    teachers = sorted({str(Path(teacher_of(p.parent)).parent) for p in folder.glob("*/config.yaml")})
+    teacher = {r["run"]: Path(teacher_of(folder / r["run"])) for r in runs}  # .../best.pt or .../last.pt
+    teachers = sorted({str(t.parent) for t in teacher.values()})
     lines = ["", "## Self-distillation: best vs last teacher", "",
              f"From `{folder}` (`benchmarks/fashion_mnist/overfit_sd_grid.yaml`: RSLAD students, batchmean KL, of "
              f"the best and the last checkpoint of `{', '.join(teachers)}`, in the teacher's regime).", "",
@@ -205,11 +207,10 @@ def self_distillation(folder: Path) -> list[str]:
     by_teacher: dict[str, list[tuple[float, float]]] = {}
     for r in runs:
         b, la = r["best"], r["last"]
-        teacher = Path(teacher_of(folder / r["run"])).stem  # best.pt or last.pt
         both = "autoattack_apgd" in b and "autoattack_apgd" in la
         gap = b["autoattack_apgd"] - la["autoattack_apgd"] if both else None
         if gap is not None:
-            by_teacher.setdefault(teacher, []).append((gap, la["autoattack_apgd"]))
+            by_teacher.setdefault(teacher[r["run"]].stem, []).append((gap, la["autoattack_apgd"]))
         lines.append(f"| {r['run']} | {r['peak_epoch']} | {pct(r['val_peak'])} / {pct(r['val_last'])} | "
                      f"{pct(b.get('pgd20'))} / {pct(la.get('pgd20'))} | {pct(b.get('autoattack_apgd'))} / "
                      f"{pct(la.get('autoattack_apgd'))} ({pct(gap)}) |")

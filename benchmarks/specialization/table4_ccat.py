@@ -46,7 +46,7 @@ from robust_distill.analysis.specialization_report import (  # noqa: E402
 )
 from robust_distill.analysis.subspace import InputSubspace, first_layer, fit_input_subspace  # noqa: E402
 from robust_distill.core.manager import get_registries  # noqa: E402
-from robust_distill.files.atomic import atomic_write_json, atomic_write_text  # noqa: E402
+from robust_distill.files.atomic import atomic_write_json, atomic_write_text, read_jsonl  # noqa: E402
 from robust_distill.files.checkpoint import build_from_checkpoint  # noqa: E402
 
 EPOCH = 3  # the paper's 150 of 300 epochs
@@ -77,7 +77,7 @@ def measure(root: Path, run: str, epoch: int, teacher: torch.nn.Module, x: torch
 def attacked_lambda(run: Path) -> list[float]:
     """Per epoch, the mean calibration lambda of the attacked samples (the ``train_ccat_lambda`` metric averages
     over the whole batch, whose unattacked share ``1 - fraction`` has lambda 1); [] for a run without it."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_jsonl(run / "metrics.jsonl", "metrics file")
     if not any("train_ccat_lambda" in r for r in rows):
         return []
     fraction = float(yaml.safe_load((run / "config.yaml").read_text())["inner_attack"]["kwargs"]["fraction"])
