@@ -196,6 +196,8 @@ CASES = [
     Case("val_size larger than the data", config({"data.val_size": 96}), ["data.val_size", "96 training images"]),
     Case("negative val_size", config({"data.val_size": -1, "eval.split": "test"}), ["data.val_size", ">= 0"]),
     Case("zero train subset", config({"data.train_subset": 0}), ["data.train_subset", ">= 1"]),
+    Case("label noise of 1", config({"data.label_noise": 1}), ["data.label_noise", "[0, 1)"]),
+    Case("negative label noise", config({"data.label_noise": -0.1}), ["data.label_noise", "[0, 1)"]),
     Case("augment not a bool", config({"data.augment": "no"}), ["data.augment", "true or false"]),
     Case("split seed not an integer", config({"data.split_seed": "x"}), ["data.split_seed", "integer"]),
     Case("eval eps of 2", config({"eval.eps": 2}), ["eval.eps", "(0, 1]"]),

@@ -37,6 +37,9 @@ class DataConfig:
     :param batch_size: the global training batch (divided among processes under torchrun).
     :param eval_batch_size: the batch of evaluation attacks.
     :param augment: the random crop and flip the dataset asks for (``false``: none).
+    :param label_noise: symmetric label noise on the training images (after ``train_subset``): that fraction of
+        their labels, chosen by ``split_seed``, is replaced by another class; validation and test stay clean.
+        Noisy labels make robust overfitting appear on small data (Dong et al. 2022).
     """
     dataset: str = "cifar10"
     root: Union[str, None] = None
@@ -44,6 +47,7 @@ class DataConfig:
     val_size: int = 5000  # held out of the training split for model selection; 0 disables
     split_seed: int = 0  # the validation split is the same for every run seed
     train_subset: Union[int, None] = None  # train on the first N training images (after the split)
+    label_noise: float = 0.0  # fraction of the training labels replaced by another class (fixed by split_seed)
     batch_size: int = 128
     eval_batch_size: int = 256
     augment: bool = True

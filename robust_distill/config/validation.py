@@ -364,6 +364,9 @@ def check_ranges(v: Validation) -> None:
     at_least("data.eval_batch_size", d.eval_batch_size, 1)
     at_least("data.val_size", d.val_size, 0)
     at_least("data.train_subset", d.train_subset, 1, none_ok=True)
+    if not 0 <= d.label_noise < 1:
+        problems.append(f"data.label_noise must be in [0, 1) (the fraction of training labels replaced by another "
+                        f"class), got {d.label_noise:g}.")
     if info is not None and info.train_size is not None and d.val_size >= info.train_size:
         problems.append(f"data.val_size={d.val_size} leaves no training data: {info.name} has {info.train_size} "
                         f"training images (data.val_size must be below {info.train_size}).")

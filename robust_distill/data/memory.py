@@ -54,6 +54,7 @@ class DataSplits(Protocol):
 
     info: DatasetInfo
     train_index: Tensor  # position of each training image in the dataset's training split
+    train_noisy: Tensor | None  # training labels changed by data.label_noise (boolean mask), or None
 
     @property
     def n_train(self) -> int: ...
@@ -105,6 +106,7 @@ class Splits:
     crop_padding: int
     flip: bool
     val_index: Tensor | None = None  # position of each validation image in the training split
+    train_noisy: Tensor | None = None  # training labels changed by data.label_noise (boolean mask), if any
 
     @property
     def n_train(self) -> int:

@@ -428,15 +428,19 @@ class StreamedSplits:
     :param train_index: positions (in the dataset's training split) of the training images.
     :param val_index: positions of the held-out validation images.
     :param workers: ``DataLoader`` worker processes (``0``: decode in the training process).
+    :param train_noisy: which training labels ``bundle.train`` carries changed by label noise (a boolean mask
+        over ``train_index``), for the record.
     """
 
     def __init__(self, bundle: StreamedBundle, train_index: Tensor, val_index: Tensor, *, workers: int = 0,
-                 prefetch_factor: int = 2, pin_memory: bool = False, eval_seed: int = 0) -> None:
+                 prefetch_factor: int = 2, pin_memory: bool = False, eval_seed: int = 0,
+                 train_noisy: Tensor | None = None) -> None:
         self.bundle = bundle
         self.info: DatasetInfo = bundle.info
         self.train_index, self.val_index = train_index, val_index
         self.workers, self.prefetch_factor, self.pin_memory = workers, prefetch_factor, pin_memory
         self.eval_seed = eval_seed
+        self.train_noisy = train_noisy  # the training labels data.label_noise changed (boolean mask), if any
 
     @property
     def n_train(self) -> int:

@@ -41,7 +41,7 @@ def load_data(cfg: Config, regs: Registries, device: torch.device | None = None)
     dataset = regs.datasets.get(cfg.data.dataset)
     bundle = regs.call(dataset.load, root=cfg.data.root, **cfg.data.options)
     return make_splits(bundle, val_size=cfg.data.val_size, split_seed=cfg.data.split_seed,
-                       train_subset=cfg.data.train_subset,
+                       train_subset=cfg.data.train_subset, label_noise=cfg.data.label_noise,
                        workers=default_workers() if cfg.data.workers is None else cfg.data.workers,
                        prefetch_factor=cfg.data.prefetch_factor,
                        pin_memory=device is not None and device.type == "cuda")

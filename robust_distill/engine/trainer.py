@@ -308,8 +308,10 @@ def _train(cfg: Config, regs: Registries, pm: PluginManager, dist_ctx: DistConte
                 atomic_save(run.checkpoint(full=False), out / f"epoch_{run.epoch}.pt")
             if run.train_records:
                 records = run.data.eval_set("train", cfg.eval.train_records)
-                atomic_save({"indices": records.indices, "labels": records.labels.cpu(),
-                             "records": run.train_records}, out / "train_records.pt")
+                saved = {"indices": records.indices, "labels": records.labels.cpu(), "records": run.train_records}
+                if run.data.train_noisy is not None:  # data.label_noise: which of these labels are wrong
+                    saved["noisy"] = torch.isin(records.indices, run.data.train_index[run.data.train_noisy.cpu()])
+                atomic_save(saved, out / "train_records.pt")
             log.append(row)
             # last.pt is written last: it commits the epoch. A kill before its rename redoes the epoch (every
             # file above it is rewritten the same way, rows and records of that epoch are dropped on resume);
