@@ -90,3 +90,24 @@ def test_self_distillation_verdict_fails_and_waits(ov, tmp_path):
     assert "not every student has finished" in ov.self_distillation(sd)[-1]  # one last-teacher seed only
     write_student(sd / "d", "last.pt", 0.60, 0.59)
     assert "**do not hold**" in ov.self_distillation(sd)[-1]
+
+
+def test_s_u_is_taken_per_setting_and_counts_the_noisy_labels(ov, tmp_path):
+    root = tmp_path / "overfit_noise"
+    gap = ({"clean": 0.8, "pgd20": 0.66, "autoattack_apgd": 0.64}, {"clean": 0.7, "pgd20": 0.60, "autoattack_apgd": 0.6})
+    # label_noise=0.4: S_U {10, 11, 12} at the peak, {12} at the last epoch; images 11 and 12 carry noisy labels
+    write_run(root / "label_noise=0.4,seed=0", *gap, {1: [0, 0, 0, 1, 1], 3: [1, 1, 0, 1, 1]})
+    rec = torch.load(root / "label_noise=0.4,seed=0" / "train_records.pt")
+    torch.save({**rec, "noisy": torch.tensor([False, True, True, False, False])},
+               root / "label_noise=0.4,seed=0" / "train_records.pt")
+    # label_noise=0.2 (clean records file): S_U {14} at both epochs; taken apart from the 0.4 run, not intersected
+    write_run(root / "label_noise=0.2,seed=0", gap[0], gap[0], {1: [1, 1, 1, 1, 0], 3: [1, 1, 1, 1, 0]})
+    text = "\n".join(ov.regime(root, "a regime")[0])
+    assert "### S_U at the peak epoch vs the last (label_noise=0.4)" in text
+    assert "### S_U at the peak epoch vs the last (label_noise=0.2)" in text
+    assert "5 images recorded, 2 of them with a noisy label" in text
+    assert "| peak (the paper's) | 3 | 2 | 2 |" in text and "| last | 1 | 4 | 1 |" in text
+    noise_02 = text.split("(label_noise=0.2)")[1].split("###")[0]
+    assert "Jaccard 1.000" in noise_02 and "does not test the paper's reason" in noise_02
+    noise_04 = text.split("(label_noise=0.4)")[1]
+    assert "Jaccard 0.333" in noise_04 and "**changes S_U**" in noise_04

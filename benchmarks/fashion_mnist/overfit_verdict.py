@@ -24,6 +24,7 @@ import yaml
 
 from robust_distill.analysis.unlearnable import unlearnable_sets
 from robust_distill.files.atomic import read_jsonl
+from robust_distill.files.checkpoint import load_checkpoint
 
 GAP = 0.03  # best - last, on test accuracy
 
@@ -71,12 +72,30 @@ REGIMES = (("overfit", "`overfit_grid.yaml`: PGD-AT convnet_s (24k parameters), 
            ("overfit_noaug", "`overfit_noaug_grid.yaml`: overfit_m's run (PGD-AT convnet_m, 1,000 training images; "
                              "100 epochs, lr 0.1 x0.1 at epochs 50 and 75, eps 0.1) without data augmentation (every "
                              "earlier regime trained with random 2-pixel crops), validation every 2 epochs with "
-                             "per-sample PGD-20 on 250 training images"))
+                             "per-sample PGD-20 on 250 training images"),
+           ("overfit_noise", "`overfit_noise_grid.yaml`: overfit_small's run (PGD-AT convnet_m, 250 training images in "
+                             "batches of 16; 200 epochs, lr 0.05 x0.1 at epochs 100 and 150, eps 0.1) with symmetric "
+                             "label noise on the training images (`data.label_noise` 0.2 and 0.4: that fraction of "
+                             "their labels moved to another class; validation and test labels clean), validation every "
+                             "5 epochs with per-sample PGD-20 on the 250 training images"))
+
+
+def setting(run: str) -> str:
+    """A run folder's name without its seed (``label_noise=0.4,seed=0`` -> ``label_noise=0.4``): runs of one
+    setting share their training labels, so S_U may be taken over them together."""
+    return ",".join(part for part in run.split(",") if not part.startswith("seed="))
+
+
+def noisy_indices(run: Path) -> set[int] | None:
+    """The recorded training images whose label ``data.label_noise`` changed (``None``: clean labels)."""
+    rec = load_checkpoint(run / "train_records.pt")
+    return set(rec["indices"][rec["noisy"]].tolist()) if "noisy" in rec else None
 
 
 def su_peak_vs_last(runs: list[Path], overfit: list[str]) -> list[str]:
-    """S_U at each run's peak robust epoch (the paper's rule) against S_U at its last epoch, for the runs that kept
-    per-sample training records (``eval.train_records``).
+    """S_U at each run's peak robust epoch (the paper's rule) against S_U at its last epoch, for the runs of one
+    setting that kept per-sample training records (``eval.train_records``); with label noise, how many members of
+    each S_U carry a wrong label (scored against the label the model was trained on).
 
     Verdict (fixed before the runs): the peak-epoch rule matters in an overfitting regime when S_U at the last
     epoch keeps less than 80% of S_U at the peak (Jaccard index < 0.8), in a regime whose runs overfit.
@@ -89,15 +108,20 @@ def su_peak_vs_last(runs: list[Path], overfit: list[str]) -> list[str]:
     kept = len(a & b) / len(a) if a else float("nan")
     who = ("one run: the training images this model misclassifies under PGD-20" if len(runs) == 1
            else f"{len(runs)} runs: the training images every run misclassifies under PGD-20")
-    lines = ["### S_U at the peak epoch vs the last", "",
-             f"From `train_records.pt` ({who}; {peak['n_recorded']} images recorded). Peak epoch(s): "
+    name = setting(runs[0].name)
+    noisy = noisy_indices(runs[0])
+    head = "| epoch rule | |S_U| | |S_L| |" + (" noisy labels in S_U |" if noisy is not None else "")
+    rows = (("peak (the paper's)", peak, a), ("last", last, b))
+    lines = [f"### S_U at the peak epoch vs the last{f' ({name})' if name else ''}", "",
+             f"From `train_records.pt` ({who}; {peak['n_recorded']} images recorded"
+             + (f", {len(noisy)} of them with a noisy label" if noisy is not None else "") + "). Peak epoch(s): "
              f"{', '.join(str(e + 1) for e in peak['runs'].values())}; last: "
              f"{', '.join(str(e + 1) for e in last['runs'].values())}.", "",
-             "| epoch rule | |S_U| | |S_L| |", "|---|---|---|",
-             f"| peak (the paper's) | {peak['size_unlearnable']} | {peak['size_learnable']} |",
-             f"| last | {last['size_unlearnable']} | {last['size_learnable']} |", "",
-             f"S_U at the last epoch keeps {len(a & b)} of the peak's {len(a)} ({pct(kept)}%) and adds {len(b - a)}; "
-             f"Jaccard {j:.3f}.", ""]
+             head, "|---|---|---|" + ("---|" if noisy is not None else "")]
+    lines += [f"| {label} | {sets['size_unlearnable']} | {sets['size_learnable']} |"
+              + (f" {len(members & noisy)} |" if noisy is not None else "") for label, sets, members in rows]
+    lines += ["", f"S_U at the last epoch keeps {len(a & b)} of the peak's {len(a)} ({pct(kept)}%) and adds "
+              f"{len(b - a)}; Jaccard {j:.3f}.", ""]
     if not overfit:
         return lines + ["Verdict: no run of this regime overfits (gap < 3 points), so this does not test the "
                         "paper's reason for the peak-epoch rule.", ""]
@@ -141,7 +165,11 @@ def regime(root: Path, what: str) -> tuple[list[str], list[str]]:
     else:
         verdict = "not every run has finished (no final evaluation yet): no verdict."
     recorded = [p.parent for p in sorted(root.glob("*/train_records.pt")) if (p.parent / "summary.json").is_file()]
-    return lines + ["", f"Verdict: {verdict}", ""] + su_peak_vs_last(recorded, overfit), overfit
+    lines += ["", f"Verdict: {verdict}", ""]
+    for name in sorted({setting(r.name) for r in recorded}):
+        group = [r for r in recorded if setting(r.name) == name]
+        lines += su_peak_vs_last(group, [o for o in overfit if setting(o.split("/")[-1]) == name])
+    return lines, overfit
 
 
 def main(results: Path) -> str:
