@@ -18,10 +18,12 @@ def ov():
 
 
 def write_run(folder: Path, best: dict, last: dict, records: dict[int, list[int]] | None = None) -> None:
-    """A 4-epoch run validated at epochs 2 and 4 (1-based), peaking at epoch 2 (index 1)."""
+    """A 4-epoch run validated at epochs 2 and 4 (1-based), peaking at epoch 2 (index 1); the lr falls at epoch 3."""
     folder.mkdir(parents=True)
-    rows = [{"epoch": 0, "train_loss": 1.0}, {"epoch": 1, "train_loss": 0.8, "val_pgd20": 0.70},
-            {"epoch": 2, "train_loss": 0.5}, {"epoch": 3, "train_loss": 0.25, "val_pgd20": 0.64}]
+    rows = [{"epoch": 0, "lr": 0.1, "train_loss": 1.0},
+            {"epoch": 1, "lr": 0.1, "train_loss": 0.8, "val_pgd20": 0.70},
+            {"epoch": 2, "lr": 0.01, "train_loss": 0.5},
+            {"epoch": 3, "lr": 0.01, "train_loss": 0.25, "val_pgd20": 0.64}]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "config.yaml").write_text("optim: {epochs: 4}\n")
     (folder / "summary.json").write_text(json.dumps({"best_epoch": 1, "final": {"best": best, "last": last}}))
@@ -42,12 +44,21 @@ def test_a_gap_of_3_points_on_both_attacks_is_overfitting(ov, tmp_path):
     lines, overfit = ov.regime(root, "a regime")
     text = "\n".join(lines)
     assert overfit == ["regime/seed=0"]
-    assert "| seed=0 | 4 | 0.25 | 2 | 70.0 / 64.0 | 80.0 / 82.0 | 66.0 / 62.0 (4.0) | 64.0 / 60.5 (3.5) | yes |" in text
+    assert ("| seed=0 | 4 | 0.25 | 2 | 70.0 / 64.0 | 70.0 -> 64.0-64.0 | 80.0 / 82.0 | 66.0 / 62.0 (4.0) | "
+            "64.0 / 60.5 (3.5) | yes |") in text
     assert "(2.5) | no |" in text
     # S_U from the one run with records: {10, 11, 12} at its peak, {12} at its last epoch; Jaccard 1/3
     assert "| peak (the paper's) | 3 | 2 |" in text and "| last | 1 | 4 |" in text
     assert "keeps 1 of the peak's 3 (33.3%) and adds 0; Jaccard 0.333" in text
     assert "**changes S_U**" in text
+
+
+def test_the_curve_after_the_first_lr_decay(ov):
+    rows = [{"epoch": e, "lr": lr, **({"val_pgd20": v} if v is not None else {})}
+            for e, (lr, v) in enumerate([(0.1, 0.5), (0.1, 0.6), (0.01, None), (0.01, 0.7), (0.001, 0.55)])]
+    assert ov.after_first_decay(rows) == (0.6, 0.55, 0.7)  # at the decay 60.0; after it 70.0 then 55.0
+    assert ov.after_first_decay([{**r, "lr": 0.1} for r in rows]) is None  # a constant lr: no decay
+    assert ov.decay_cell((0.6, 0.55, 0.7)) == "60.0 -> 55.0-70.0" and ov.decay_cell(None) == "-"
 
 
 def test_no_overfitting_no_verdict_on_the_epoch_rule(ov, tmp_path):
@@ -94,7 +105,8 @@ def test_self_distillation_verdict_fails_and_waits(ov, tmp_path):
 
 def test_s_u_is_taken_per_setting_and_counts_the_noisy_labels(ov, tmp_path):
     root = tmp_path / "overfit_noise"
-    gap = ({"clean": 0.8, "pgd20": 0.66, "autoattack_apgd": 0.64}, {"clean": 0.7, "pgd20": 0.60, "autoattack_apgd": 0.6})
+    gap = ({"clean": 0.8, "pgd20": 0.66, "autoattack_apgd": 0.64},
+           {"clean": 0.7, "pgd20": 0.60, "autoattack_apgd": 0.6})
     # label_noise=0.4: S_U {10, 11, 12} at the peak, {12} at the last epoch; images 11 and 12 carry noisy labels
     write_run(root / "label_noise=0.4,seed=0", *gap, {1: [0, 0, 0, 1, 1], 3: [1, 1, 0, 1, 1]})
     rec = torch.load(root / "label_noise=0.4,seed=0" / "train_records.pt")
