@@ -4,12 +4,13 @@ records written by hand."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from robust_distill.analysis.unlearnable import unlearnable_sets
+from robust_distill.analysis.unlearnable import jaccard, unlearnable_sets
 from robust_distill.cli import main
 from robust_distill.errors import InputError
 
@@ -55,3 +56,11 @@ def test_cli_at_last(overfitting_runs, tmp_path, capsys):
     assert main(["unlearnable", *map(str, overfitting_runs), "--at", "last", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["indices_unlearnable"] == [52]
     assert "S_U (robustly unlearnable): 1 samples" in capsys.readouterr().out
+
+
+def test_jaccard_by_hand():
+    # {1,2,3} and {2,3,4,5}: 2 shared of 5 in all
+    assert jaccard({1, 2, 3}, {2, 3, 4, 5}) == pytest.approx(0.4)
+    assert jaccard({7}, {7}) == 1.0
+    assert jaccard({1}, {2}) == 0.0
+    assert math.isnan(jaccard(set(), set()))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from robust_distill.analysis.unlearnable import unlearnable_sets
+from robust_distill.analysis.unlearnable import jaccard, unlearnable_sets
 from robust_distill.files.atomic import read_jsonl
 from robust_distill.files.checkpoint import load_checkpoint
 
@@ -139,7 +139,7 @@ def su_peak_vs_last(runs: list[Path], overfit: list[str]) -> list[str]:
         return []
     peak, last = unlearnable_sets(runs, at="peak"), unlearnable_sets(runs, at="last")
     a, b = set(peak["indices_unlearnable"]), set(last["indices_unlearnable"])
-    j = len(a & b) / len(a | b) if a | b else float("nan")
+    j = jaccard(a, b)
     kept = len(a & b) / len(a) if a else float("nan")
     who = ("one run: the training images this model misclassifies under PGD-20" if len(runs) == 1
            else f"{len(runs)} runs: the training images every run misclassifies under PGD-20")

@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from robust_distill.analysis.unlearnable import unlearnable_sets
+from robust_distill.analysis.unlearnable import jaccard, unlearnable_sets
 
 
 def ordered_runs(root: Path) -> list[Path]:
@@ -32,10 +32,6 @@ def ordered_runs(root: Path) -> list[Path]:
         fields = dict(part.split("=", 1) for part in run.name.split(","))
         return int(fields.get("seed", 0)), fields.get("method", "")
     return sorted(runs, key=key)
-
-
-def jaccard(a: set[int], b: set[int]) -> float:
-    return len(a & b) / len(a | b) if a | b else float("nan")
 
 
 def main(root: Path) -> str:

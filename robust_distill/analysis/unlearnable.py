@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,17 @@ from robust_distill.errors import InputError
 from robust_distill.files.atomic import read_json, read_jsonl
 from robust_distill.files.checkpoint import load_checkpoint
 
-__all__ = ["unlearnable_sets", "teacher_scores", "set_images", "EPOCH_RULES"]
+__all__ = ["unlearnable_sets", "teacher_scores", "set_images", "jaccard", "EPOCH_RULES"]
 
 
 
 EPOCH_RULES = ("peak", "last")
+
+
+def jaccard(a: Set[int], b: Set[int]) -> float:
+    """The Jaccard index |A & B| / |A | B| of two sets of training indices (NaN when both are empty), how the
+    S_U of two epoch rules or two groups of runs are compared."""
+    return len(a & b) / len(a | b) if a | b else float("nan")
 
 
 def _peak_epoch(run: Path) -> int:
