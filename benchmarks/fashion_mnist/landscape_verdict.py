@@ -7,9 +7,10 @@ directions of (g_k(a) + g_k(-a))/2 - g(0).
 
 (a) Robust overfitting (Wu et al., Fig. 1): the last checkpoint of an overfitting PGD-AT run has a sharper landscape
     than its best (peak validation robustness) checkpoint. Every finished run under
-    benchmarks/results/fashion_mnist/overfit*/ (status done, best.pt and last.pt present): best.pt vs last.pt, at the
-    run's own training threat. Wu et al.'s claim is about runs that overfit, so a run counts towards it only when its
-    test PGD-20 gap (best - last, summary.json) is >= 3 points; the other runs are reported as controls.
+    benchmarks/results/fashion_mnist/overfit*/ of REGIMES (status done, and best.pt and last.pt present or its landscape
+    JSON already written): best.pt vs last.pt, at the run's own training threat. Wu et al.'s claim is about runs
+    that overfit, so a run counts towards it only when its test PGD-20 gap (best - last, summary.json) is >= 3
+    points; the other runs are reported as controls.
 (b) Distillation (AdaAD, Sec. 4.5): the students of AD methods (AdaAD, RSLAD) have a flatter landscape than the
     PGD-AT student. The last.pt of the seed-0 PGD-AT, AdaAD and RSLAD runs of transfer_students_grid.yaml
     (convnet_s, 5k images, 3 epochs, batchmean KL; the distilled ones from the shipped PGD-AT convnet_m), at the
@@ -56,19 +57,22 @@ from robust_distill.analysis.landscape import sharpness
 from robust_distill.cli import main as robust_distill
 
 GAP = 0.03  # a run overfits when its test PGD-20 and APGD best - last are both at least this (overfit_verdict.py)
-REGIMES = ("overfit", "overfit_m", "overfit_eps")  # the PGD-AT regimes (not overfit_sd's distilled students)
+# the PGD-AT regimes (not overfit_sd's distilled students)
+REGIMES = ("overfit", "overfit_m", "overfit_eps", "overfit_noise")
 STUDENT_THREAT = ["--eps", "0.1", "--step-size", "0.025", "--steps", "10"]  # student_base.yaml's
 
 
-def finished(run: Path, checkpoints: tuple[str, ...]) -> bool:
+def finished(run: Path, checkpoints: tuple[str, ...] = ()) -> bool:
+    """``run`` has trained to the end (status done) and still holds ``checkpoints``."""
     status = run / "status.json"
     state = json.loads(status.read_text()).get("state") if status.is_file() else None
     return state == "done" and all((run / c).is_file() for c in checkpoints)
 
 
 def landscape(models: list[str], out: Path, options: list[str], run: bool) -> dict | None:
-    """The landscape JSON of ``models`` at ``out``: read when it exists with the same settings, else computed
-    (``robust-distill landscape``) when ``run``, else None."""
+    """The landscape JSON of ``models`` at ``out``: read when it exists with the same settings (the checkpoints
+    may be gone: a fresh checkout keeps the JSONs, not the .pt files), else computed (``robust-distill landscape``)
+    when ``run`` and every checkpoint is there, else None."""
     wanted = dict(zip(options[::2], options[1::2], strict=True))
     if out.is_file():
         data = json.loads(out.read_text())
@@ -78,7 +82,7 @@ def landscape(models: list[str], out: Path, options: list[str], run: bool) -> di
                 and math.isclose(st["s_max"], float(wanted["--s-max"])) and st["seed"] == int(wanted["--seed"]))
         if same:
             return data
-    if not run:
+    if not run or not all(Path(m).is_file() for m in models):
         return None
     out.parent.mkdir(parents=True, exist_ok=True)
     code = robust_distill(["landscape", *models, "--out", str(out), "--plot", str(out.with_suffix(".png")),
@@ -112,8 +116,13 @@ def pct(x: float | None) -> str:
 
 def overfit_section(results: Path, out: Path, options: list[str], level: float, run: bool,
                     regimes: list[str] | None = None) -> tuple[list[str], dict]:
-    runs = sorted(p.parent for p in results.glob("overfit*/*/status.json") if finished(p.parent, ("best.pt", "last.pt"))
-                  and p.parent.parent.name in (regimes or REGIMES))
+    def json_of(folder: Path) -> Path:
+        return out / "overfit" / f"{folder.parent.name}__{folder.name}.json"
+
+    runs = sorted(p.parent for p in results.glob("overfit*/*/status.json")
+                  if p.parent.parent.name in (regimes or REGIMES)
+                  and (finished(p.parent, ("best.pt", "last.pt"))
+                       or finished(p.parent) and json_of(p.parent).is_file()))
     lines = ["## (a) Robust overfitting: best.pt vs last.pt (Wu et al. 2020, Fig. 1)", "",
              "Every finished run under `overfit*/`, both checkpoints at the run's own training threat. Test PGD-20 "
              "from the run's summary.json (1,000 test images); sharpness on the landscape's test images.", ""]
@@ -123,10 +132,10 @@ def overfit_section(results: Path, out: Path, options: list[str], level: float, 
     rows, verdicts = [], []
     for folder in runs:
         name = f"{folder.parent.name}/{folder.name}"
-        data = landscape([str(folder / "best.pt"), str(folder / "last.pt")],
-                         out / "overfit" / f"{folder.parent.name}__{folder.name}.json", options, run)
+        data = landscape([str(folder / "best.pt"), str(folder / "last.pt")], json_of(folder), options, run)
         if data is None:
-            rows.append(f"| {name} | not computed (--no-run) | | | | | |")
+            why = "--no-run" if not run else "its JSON has other settings and its checkpoints are gone"
+            rows.append(f"| {name} | not computed ({why}) | | | | | |")
             continue
         levels = [f"{a:g}" for a in data["settings"]["levels"]]
         best, last = data["models"]
@@ -167,7 +176,7 @@ def students_section(folders: list[Path], out: Path, options: list[str], level: 
              ""]
     found = {}
     for folder in folders:
-        if not finished(folder, (checkpoint,)):
+        if not (finished(folder, (checkpoint,)) or finished(folder) and (out / "students.json").is_file()):
             continue
         found.setdefault(_method(folder), folder)
     missing = [m for m in ("pgd_at", "adaad", "rslad") if m not in found]
@@ -178,7 +187,8 @@ def students_section(folders: list[Path], out: Path, options: list[str], level: 
     models = [str(found[m] / checkpoint) for m in found]
     data = landscape(models, out / "students.json", options + STUDENT_THREAT, run)
     if data is None:
-        return lines + ["Landscape not computed (--no-run): no verdict.", ""], {"verdict": "not computed"}
+        why = "--no-run" if not run else "students.json has other settings or students and a checkpoint is gone"
+        return lines + [f"Landscape not computed ({why}): no verdict.", ""], {"verdict": "not computed"}
     by_method = dict(zip(found, data["models"], strict=True))
     levels = [f"{a:g}" for a in data["settings"]["levels"]]
     base = by_method["pgd_at"]
@@ -218,7 +228,7 @@ def main(argv: list[str] | None = None) -> str:
     p.add_argument("--out", type=Path, default=None, help="default: RESULTS/landscape")
     p.add_argument("--only", choices=["overfit", "students"], default=None)
     p.add_argument("--regimes", nargs="+", default=None, metavar="NAME",
-                   help="(a) only the runs of these folders of RESULTS (default: overfit overfit_m overfit_eps)")
+                   help=f"(a) only the runs of these folders of RESULTS (default: {' '.join(REGIMES)})")
     p.add_argument("--students", type=Path, nargs="+", default=None,
                    help="student run folders (default: the seed-0 PGD-AT, AdaAD and RSLAD runs of "
                         "transfer_students_grid.yaml)")
