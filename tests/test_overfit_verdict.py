@@ -88,7 +88,8 @@ def test_self_distillation_best_teacher_keeps_students_near_their_peak(ov, tmp_p
     text = "\n".join(ov.self_distillation(sd))
     assert "the best and the last checkpoint of `runs/t`" in text
     assert ("best-teacher students: APGD gap 1.5, last checkpoint 61.0; last-teacher students: gap 4.5, last "
-            "checkpoint 56.5.") in text
+            "checkpoint 56.5. Peak (best checkpoint) APGD: 62.5 and 61.0.") in text
+    assert "Self-Distill (Last): moderate peak, significant decline" in text
     assert "**hold**" in text
 
 
@@ -123,3 +124,21 @@ def test_s_u_is_taken_per_setting_and_counts_the_noisy_labels(ov, tmp_path):
     assert "Jaccard 1.000" in noise_02 and "does not test the paper's reason" in noise_02
     noise_04 = text.split("(label_noise=0.4)")[1]
     assert "Jaccard 0.333" in noise_04 and "**changes S_U**" in noise_04
+
+
+def test_teacher_entropy_on_s_u_best_against_last(ov, tmp_path):
+    path = tmp_path / "teacher_entropy.json"
+    assert ov.teacher_entropy(path) == []  # not measured: nothing said
+
+    def row(name, h_u, c_u):
+        return {"teacher": f"checkpoint:runs/a/{name}.pt", "unlearnable": {"entropy": h_u, "confidence": c_u, "n": 40},
+                "learnable": {"entropy": 0.2, "confidence": 0.9, "n": 200}}
+
+    path.write_text(json.dumps({"teachers": [row("best", 1.2, 0.3), row("last", 0.4, 0.1)]}))
+    text = "\n".join(ov.teacher_entropy(path))
+    assert "| best (peak epoch) | 1.200 | 30.0 | 0.200 | 90.0 |" in text and "of `runs/a`'s two checkpoints" in text
+    assert "(40 and 200 training images" in text and "**less confident on S_U**" in text
+    path.write_text(json.dumps({"teachers": [row("best", 0.3, 0.3), row("last", 0.4, 0.1)]}))
+    assert "does not hold here" in ov.teacher_entropy(path)[-1]
+    path.write_text(json.dumps({"teachers": [row("best", 0.3, 0.3)]}))
+    assert "no verdict" in ov.teacher_entropy(path)[-1]

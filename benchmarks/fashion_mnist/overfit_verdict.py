@@ -221,9 +221,15 @@ def main(results: Path) -> str:
     lines += ["Overall: " + (f"a regime exists ({', '.join(found)})." if found else "no regime found yet."), ""]
     lines += CLEAN_LABELS
     lines += self_distillation(results / "overfit_sd")
+    lines += teacher_entropy(results / "overfit_noise" / "teacher_entropy.json")
     text = "\n".join(lines) + "\n"
     (results / "overfit_verdict.md").write_text(text)
     return text
+
+
+PAPER_SD = ("The paper's table (qualitative, CIFAR-10): Self-Distill (Best): high peak robust accuracy, final near "
+            "the peak, no overfitting; Self-Distill (Last): moderate peak, significant decline, overfitting; standard "
+            "PGD-AT: moderate peak, significant decline (here the teacher's own row in its regime's table above).")
 
 
 def teacher_of(run: Path) -> str:
@@ -245,25 +251,55 @@ def self_distillation(folder: Path) -> list[str]:
              "| student | peak epoch | val PGD-20 peak / last | test PGD-20 best / last "
              "| test APGD best / last (gap) |",
              "|---|---|---|---|---|"]
-    by_teacher: dict[str, list[tuple[float, float]]] = {}
+    by_teacher: dict[str, list[tuple[float, float, float]]] = {}
     for r in runs:
         b, la = r["best"], r["last"]
         both = "autoattack_apgd" in b and "autoattack_apgd" in la
         gap = b["autoattack_apgd"] - la["autoattack_apgd"] if both else None
         if gap is not None:
-            by_teacher.setdefault(teacher[r["run"]].stem, []).append((gap, la["autoattack_apgd"]))
+            row = (gap, la["autoattack_apgd"], b["autoattack_apgd"])
+            by_teacher.setdefault(teacher[r["run"]].stem, []).append(row)
         lines.append(f"| {r['run']} | {r['peak_epoch']} | {pct(r['val_peak'])} / {pct(r['val_last'])} | "
                      f"{pct(b.get('pgd20'))} / {pct(la.get('pgd20'))} | {pct(b.get('autoattack_apgd'))} / "
                      f"{pct(la.get('autoattack_apgd'))} ({pct(gap)}) |")
     if set(by_teacher) != {"best", "last"} or any(len(v) < 2 for v in by_teacher.values()):
         return lines + ["", "Verdict: not every student has finished (2 seeds per teacher): no verdict."]
-    mean = {t: (sum(g for g, _ in v) / len(v), sum(a for _, a in v) / len(v)) for t, v in by_teacher.items()}
+    mean = {t: [sum(x[i] for x in v) / len(v) for i in range(3)] for t, v in by_teacher.items()}
     holds = mean["best"][0] < mean["last"][0] and mean["best"][1] > mean["last"][1]
     return lines + ["", f"Mean over the seeds, best-teacher students: APGD gap {pct(mean['best'][0])}, last "
                     f"checkpoint {pct(mean['best'][1])}; last-teacher students: gap {pct(mean['last'][0])}, last "
-                    f"checkpoint {pct(mean['last'][1])}.", "",
+                    f"checkpoint {pct(mean['last'][1])}. Peak (best checkpoint) APGD: {pct(mean['best'][2])} and "
+                    f"{pct(mean['last'][2])}.", "", PAPER_SD, "",
                     "Verdict: the paper's self-distillation rows " + ("**hold**" if holds else "**do not hold**") +
                     " here (smaller gap and higher final robust accuracy from the best checkpoint as teacher)."]
+
+
+def teacher_entropy(path: Path) -> list[str]:
+    """The paper's reason for its self-distillation rows, from a ``robust-distill teacher-score`` JSON of one run's
+    best.pt and last.pt: the early (best) checkpoint is uncertain on S_U, the overfitted (last) one confident.
+    Holds when the best checkpoint's mean entropy on S_U is the higher."""
+    if not path.is_file():
+        return []
+    rows = {Path(r["teacher"].removeprefix("checkpoint:")).stem: r for r in json.loads(path.read_text())["teachers"]}
+    if set(rows) != {"best", "last"}:
+        return ["", f"`{path}` scores {', '.join(sorted(rows))}, not one run's best.pt and last.pt: no verdict."]
+    best, last = rows["best"], rows["last"]
+    run = Path(best["teacher"].removeprefix("checkpoint:")).parent
+    cells = [f"| {name} | {r['unlearnable']['entropy']:.3f} | {pct(r['unlearnable']['confidence'])} | "
+             f"{r['learnable']['entropy']:.3f} | {pct(r['learnable']['confidence'])} |"
+             for name, r in (("best (peak epoch)", best), ("last", last))]
+    holds = best["unlearnable"]["entropy"] > last["unlearnable"]["entropy"]
+    return ["", "### Why, by the paper: the teachers' entropy on S_U", "",
+            f"`robust-distill teacher-score` of `{run}`'s two checkpoints on that run's S_U and S_L at its peak epoch "
+            f"({best['unlearnable']['n']} and {best['learnable']['n']} training images; `{path}`). Confidence: "
+            "on the image's clean class.", "",
+            "| checkpoint | entropy on S_U (nats) | confidence on S_U (%) | entropy on S_L (nats) "
+            "| confidence on S_L (%) |",
+            "|---|---|---|---|---|", *cells, "",
+            "Verdict: the early checkpoint is " + ("**less confident on S_U** than the last (higher entropy), as the "
+                                                   "paper's reading of its rows says." if holds else
+                                                   "**not** less confident on S_U than the last: the paper's reading "
+                                                   "of its rows does not hold here.")]
 
 
 if __name__ == "__main__":
