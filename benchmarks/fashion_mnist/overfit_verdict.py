@@ -289,6 +289,10 @@ def teacher_entropy(path: Path) -> list[str]:
              f"{r['learnable']['entropy']:.3f} | {pct(r['learnable']['confidence'])} |"
              for name, r in (("best (peak epoch)", best), ("last", last))]
     holds = best["unlearnable"]["entropy"] > last["unlearnable"]["entropy"]
+    drop = {k: best[k]["entropy"] - last[k]["entropy"] for k in ("unlearnable", "learnable")}
+    where = ("more on S_U than on S_L: the last checkpoint grew confident on S_U above all"
+             if drop["unlearnable"] > drop["learnable"] else
+             "no more on S_U than on S_L: the last checkpoint is more confident everywhere, not on S_U alone")
     return ["", "### Why, by the paper: the teachers' entropy on S_U", "",
             f"`robust-distill teacher-score` of `{run}`'s two checkpoints on that run's S_U and S_L at its peak epoch "
             f"({best['unlearnable']['n']} and {best['learnable']['n']} training images; `{path}`). Confidence: "
@@ -299,7 +303,9 @@ def teacher_entropy(path: Path) -> list[str]:
             "Verdict: the early checkpoint is " + ("**less confident on S_U** than the last (higher entropy), as the "
                                                    "paper's reading of its rows says." if holds else
                                                    "**not** less confident on S_U than the last: the paper's reading "
-                                                   "of its rows does not hold here.")]
+                                                   "of its rows does not hold here."),
+            "", f"From best to last the entropy falls by {drop['unlearnable']:.3f} nats on S_U and "
+                f"{drop['learnable']:.3f} on S_L, {where}."]
 
 
 if __name__ == "__main__":
