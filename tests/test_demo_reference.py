@@ -82,3 +82,14 @@ def test_the_demo_evidence_is_the_committed_claims_table() -> None:
     aa = {row.split("|")[1].strip(): row.split("|")[4].strip() for row in table.splitlines() if row.startswith("| ")}
     assert aa["rslad"].startswith("46.50") and aa["adaad"].startswith("47.50") and aa["pgd_at"] == "46.50 ± 0.99"
     assert "reach 46.5 and 47.5 AA against PGD-AT's 46.5 +- 1.0" in EVIDENCE
+
+
+def test_the_demo_evidence_on_overfitting_is_the_committed_verdict() -> None:
+    """The overfitting numbers the demo quotes: PGD-AT's best/last APGD at 40% label noise (seed 0, the teacher of
+    the self-distillation students) and those students' mean last APGD, from overfit_verdict.md."""
+    verdict = (ROOT / "benchmarks/results/fashion_mnist/overfit_verdict.md").read_text()
+    row = next(r for r in verdict.splitlines() if r.startswith("| label_noise=0.4,seed=0 |"))
+    assert row.split("|")[9].strip() == "53.0 / 36.7 (16.3)"
+    assert "best-teacher students: APGD gap 0.2, last checkpoint 52.5;" in verdict
+    assert "from 53.0 AA at its best epoch to 36.7 at its last" in EVIDENCE and "end at 52.5 (2 seeds)" in EVIDENCE
+    assert "15.8 points above" in EVIDENCE  # 52.5 - 36.7
