@@ -11,6 +11,9 @@ best - last gap), a student of its last checkpoint overfits (a larger gap, a low
 claim holds here when, averaged over the seeds, the best-teacher students have both the smaller test APGD gap and
 the higher last-checkpoint test APGD. Writes ``overfit_verdict.md`` into the results folder.
 
+With ``overfit_noise/teacher_entropy.json`` (``robust-distill teacher-score`` of one run's best.pt and last.pt on
+its S_U; docs/results.md has the commands) it adds the teachers' entropy on S_U, the paper's reading of its rows.
+
     python benchmarks/fashion_mnist/overfit_verdict.py [benchmarks/results/fashion_mnist]
 """
 
