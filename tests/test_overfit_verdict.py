@@ -104,6 +104,17 @@ def test_self_distillation_verdict_fails_and_waits(ov, tmp_path):
     assert "**do not hold**" in ov.self_distillation(sd)[-1]
 
 
+def test_a_second_teacher_run_with_one_student_seed_per_checkpoint(ov, tmp_path):
+    sd = tmp_path / "overfit_sd_t1"
+    write_student(sd / "robust=best,seed=0", "best.pt", 0.61, 0.60)
+    assert "(1 seed(s) per teacher): no verdict" in ov.self_distillation(sd, min_seeds=1)[-1]
+    write_student(sd / "robust=last,seed=0", "last.pt", 0.60, 0.56)
+    text = "\n".join(ov.self_distillation(sd, min_seeds=1))
+    assert "## Self-distillation: best vs last teacher (overfit_sd_t1)" in text
+    assert "`benchmarks/fashion_mnist/overfit_sd_t1_grid.yaml`" in text and "**hold**" in text
+    assert "(2 seed(s) per teacher): no verdict" in ov.self_distillation(sd)[-1]  # the default asks for 2
+
+
 def test_s_u_is_taken_per_setting_and_counts_the_noisy_labels(ov, tmp_path):
     root = tmp_path / "overfit_noise"
     gap = ({"clean": 0.8, "pgd20": 0.66, "autoattack_apgd": 0.64},
@@ -143,3 +154,13 @@ def test_teacher_entropy_on_s_u_best_against_last(ov, tmp_path):
     assert "does not hold here" in "\n".join(ov.teacher_entropy(path))
     path.write_text(json.dumps({"teachers": [row("best", 0.3, 0.3)]}))
     assert "no verdict" in ov.teacher_entropy(path)[-1]
+
+
+def test_a_run_not_yet_validated_is_left_out(ov, tmp_path):
+    sd = tmp_path / "overfit_sd_t1"
+    write_student(sd / "robust=best,seed=0", "best.pt", 0.61, 0.60)
+    started = sd / "robust=last,seed=0"
+    started.mkdir()
+    (started / "metrics.jsonl").write_text(json.dumps({"epoch": 0, "lr": 0.05, "train_loss": 2.3}) + "\n")
+    assert [r["run"] for r in ov.run_rows(sd)] == ["robust=best,seed=0"]
+    assert "no verdict" in ov.self_distillation(sd, min_seeds=1)[-1]

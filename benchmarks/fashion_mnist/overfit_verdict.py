@@ -32,9 +32,16 @@ from robust_distill.files.checkpoint import load_checkpoint
 GAP = 0.03  # best - last, on test accuracy
 
 
-def run_row(folder: Path) -> dict:
+def run_rows(root: Path) -> list[dict]:
+    """:func:`run_row` of every run under ``root`` validated at least once (a run just started is left out)."""
+    return [row for p in sorted(root.glob("*/metrics.jsonl")) if (row := run_row(p.parent)) is not None]
+
+
+def run_row(folder: Path) -> dict | None:
     rows = read_jsonl(folder / "metrics.jsonl", "metrics file")
     evaluated = [r for r in rows if "val_pgd20" in r]
+    if not evaluated:
+        return None
     peak = max(evaluated, key=lambda r: r["val_pgd20"])
     summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").is_file() else {}
     final = summary.get("final") or {}
@@ -171,7 +178,7 @@ def su_peak_vs_last(runs: list[Path], overfit: list[str]) -> list[str]:
 
 def regime(root: Path, what: str) -> tuple[list[str], list[str]]:
     """One regime's table and verdict lines, and the runs in which the gap holds."""
-    runs = [run_row(p.parent) for p in sorted(root.glob("*/metrics.jsonl"))]
+    runs = run_rows(root)
     lines = [f"## {root.name}", "", f"From `{root}` ({what}). "
              "Test numbers on the first 1,000 test images; gap = best checkpoint - last checkpoint.", "",
              "| run | epochs done | last train loss (adv. CE) | peak epoch (val PGD-20) | val PGD-20 peak / last | "
@@ -224,6 +231,8 @@ def main(results: Path) -> str:
     lines += ["Overall: " + (f"a regime exists ({', '.join(found)})." if found else "no regime found yet."), ""]
     lines += CLEAN_LABELS
     lines += self_distillation(results / "overfit_sd")
+    if (results / "overfit_sd_t1").is_dir():
+        lines += self_distillation(results / "overfit_sd_t1", min_seeds=1)
     lines += teacher_entropy(results / "overfit_noise" / "teacher_entropy.json")
     text = "\n".join(lines) + "\n"
     (results / "overfit_verdict.md").write_text(text)
@@ -241,15 +250,16 @@ def teacher_of(run: Path) -> str:
     return (robust["key"] if isinstance(robust, dict) else robust).removeprefix("checkpoint:")
 
 
-def self_distillation(folder: Path) -> list[str]:
-    """The self-distillation table and verdict (``overfit_sd_grid.yaml``), or a line saying it has not run."""
-    runs = [run_row(p.parent) for p in sorted(folder.glob("*/metrics.jsonl"))]
+def self_distillation(folder: Path, min_seeds: int = 2) -> list[str]:
+    """The self-distillation table and verdict of one teacher run's students (``overfit_sd_grid.yaml``: 2 seeds per
+    checkpoint; ``overfit_sd_t1_grid.yaml``, a second teacher run: 1), or a line saying it has not run."""
+    runs = run_rows(folder)
     if not runs:
-        return ["", "## Self-distillation: best vs last teacher", "", f"No runs in `{folder}` yet."]
+        return ["", f"## Self-distillation: best vs last teacher ({folder.name})", "", f"No runs in `{folder}` yet."]
     teacher = {r["run"]: Path(teacher_of(folder / r["run"])) for r in runs}  # .../best.pt or .../last.pt
     teachers = sorted({str(t.parent) for t in teacher.values()})
-    lines = ["", "## Self-distillation: best vs last teacher", "",
-             f"From `{folder}` (`benchmarks/fashion_mnist/overfit_sd_grid.yaml`: RSLAD students, batchmean KL, of "
+    lines = ["", f"## Self-distillation: best vs last teacher ({folder.name})", "",
+             f"From `{folder}` (`benchmarks/fashion_mnist/{folder.name}_grid.yaml`: RSLAD students, batchmean KL, of "
              f"the best and the last checkpoint of `{', '.join(teachers)}`, in the teacher's regime).", "",
              "| student | peak epoch | val PGD-20 peak / last | test PGD-20 best / last "
              "| test APGD best / last (gap) |",
@@ -265,8 +275,8 @@ def self_distillation(folder: Path) -> list[str]:
         lines.append(f"| {r['run']} | {r['peak_epoch']} | {pct(r['val_peak'])} / {pct(r['val_last'])} | "
                      f"{pct(b.get('pgd20'))} / {pct(la.get('pgd20'))} | {pct(b.get('autoattack_apgd'))} / "
                      f"{pct(la.get('autoattack_apgd'))} ({pct(gap)}) |")
-    if set(by_teacher) != {"best", "last"} or any(len(v) < 2 for v in by_teacher.values()):
-        return lines + ["", "Verdict: not every student has finished (2 seeds per teacher): no verdict."]
+    if set(by_teacher) != {"best", "last"} or any(len(v) < min_seeds for v in by_teacher.values()):
+        return lines + ["", f"Verdict: not every student has finished ({min_seeds} seed(s) per teacher): no verdict."]
     mean = {t: [sum(x[i] for x in v) / len(v) for i in range(3)] for t, v in by_teacher.items()}
     holds = mean["best"][0] < mean["last"][0] and mean["best"][1] > mean["last"][1]
     return lines + ["", f"Mean over the seeds, best-teacher students: APGD gap {pct(mean['best'][0])}, last "
