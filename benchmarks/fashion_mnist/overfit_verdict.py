@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from robust_distill.analysis.unlearnable import jaccard, unlearnable_sets
-from robust_distill.files.atomic import read_jsonl
+from robust_distill.files.atomic import read_json, read_jsonl
 from robust_distill.files.checkpoint import load_checkpoint
 
 GAP = 0.03  # best - last, on test accuracy
@@ -293,7 +293,8 @@ def teacher_entropy(path: Path) -> list[str]:
     Holds when the best checkpoint's mean entropy on S_U is the higher."""
     if not path.is_file():
         return []
-    rows = {Path(r["teacher"].removeprefix("checkpoint:")).stem: r for r in json.loads(path.read_text())["teachers"]}
+    rows = {Path(r["teacher"].removeprefix("checkpoint:")).stem: r
+            for r in read_json(path, "teacher-score file")["teachers"]}
     if set(rows) != {"best", "last"}:
         return ["", f"`{path}` scores {', '.join(sorted(rows))}, not one run's best.pt and last.pt: no verdict."]
     best, last = rows["best"], rows["last"]
